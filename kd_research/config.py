@@ -1,0 +1,143 @@
+"""The one base config that declares every field, and its validation.
+
+Experiments (``experiments/<name>.py``) start from ``base_config()`` and change a
+few fields; ``main.py`` applies ``--config.x=y`` overrides on top. The config is
+locked, so a misspelt override fails loudly instead of being ignored.
+"""
+
+import json
+
+import ml_collections
+
+from kd_research import data_sources
+from kd_research import models
+from kd_research import schedules
+from kd_research.errors import UserError
+from kd_research.losses import COMBINE_MODES
+
+STRATEGIES = ("default", "mirrored", "multi_worker", "auto")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+PRECISIONS = ("none", "bf16", "fp16")
+
+
+def schedule_fields(prefix, value, name="constant"):
+  """Fields ``<prefix>``, ``<prefix>_schedule``, ``_end``, ``_boundaries``, ``_values``, ``_warmup_*``."""
+  return {prefix: value, f"{prefix}_schedule": name, f"{prefix}_end": value,
+          f"{prefix}_boundaries": "", f"{prefix}_values": "",
+          f"{prefix}_warmup_steps": 0, f"{prefix}_warmup_from": 0.0}
+
+
+def model_config(name, width=0, epochs=1, seed=0, path=""):
+  """One model entry: registry name, width (0 = model default), BN sync, epochs, seed, path."""
+  return ml_collections.ConfigDict(dict(
+      model=name, width=width, sync_bn=False, epochs=epochs, seed=seed, path=path))
+
+
+def base_config():
+  """Every field, with defaults that make a small but complete Fashion-MNIST run."""
+  c = ml_collections.ConfigDict()
+  c.experiment = ""              # set by main.py to the experiment spec, recorded in config.json
+  # Data.
+  c.dataset = "fashion_mnist"    # fashion_mnist | mnist | cifar10 | cifar100 | synthetic
+  c.data_dir = ""                # searched first; then $KD_DATA_DIR and the standard places
+  c.validation_size = 5000       # carved from the training set with validation_seed
+  c.validation_seed = 0
+  c.train_size = 0               # >0: use only this many training examples (quick runs)
+  c.test_size = 0                # >0: evaluate the final test on only this many (tests only)
+  c.global_batch_size = 128
+  c.eval_batch_size = 1000       # rounded up to a multiple of the replica count
+  # Distribution and speed.
+  c.strategy = "default"
+  c.num_cpu_devices = 2          # mirrored on a machine without GPUs: logical CPU replicas
+  c.cross_device_ops = "auto"    # auto | nccl | hierarchical_copy | reduce_to_one (mirrored)
+  c.cluster = "tf_config"        # multi_worker cluster spec: tf_config | slurm
+  c.collective_timeout_seconds = 120.0  # a dead peer becomes an error after this long
+  c.mixed_precision = "none"     # none | bf16 | fp16 (fp16 only on GPUs)
+  c.steps_per_loop = 50          # steps per tf.function call
+  c.deterministic = False        # enable_op_determinism (slower, bit-exact resume)
+  # Bookkeeping.
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 500
+  c.keep_checkpoints = 2
+  c.eval_every_epochs = 1
+  # Optimisation (shared by every stage).
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="adam", momentum=0.9, weight_decay=0.0,
+      **schedule_fields("learning_rate", 1e-3, "cosine")))
+  c.optimizer.learning_rate_end = 0.0
+  # Models.
+  c.teacher = model_config("resnet_seed", width=16, epochs=2, seed=0)
+  c.student = model_config("cnn_seed", width=16, epochs=2, seed=0)
+  # Distillation.
+  c.distill = ml_collections.ConfigDict(dict(
+      combine="prob_mean", finetune_epochs=0,
+      **schedule_fields("alpha", 0.7), **schedule_fields("temperature", 10.0)))
+  return c
+
+
+def finalize(config):
+  """Locks the config so that unknown fields fail, and returns it."""
+  config.lock()
+  return config
+
+
+def validate(config):
+  """Checks every field a run depends on; raises UserError naming the field and valid values."""
+  def need(cond, msg):
+    if not cond:
+      raise UserError(msg)
+
+  need(config.dataset in data_sources.DATASETS,
+       f"config.dataset={config.dataset!r} is unknown; valid: {', '.join(data_sources.DATASETS)}.")
+  need(config.strategy in STRATEGIES,
+       f"config.strategy={config.strategy!r} is unknown; valid: {', '.join(STRATEGIES)}.")
+  need(config.mixed_precision in PRECISIONS,
+       f"config.mixed_precision={config.mixed_precision!r}; valid: {', '.join(PRECISIONS)}.")
+  need(config.optimizer.name in OPTIMIZERS,
+       f"config.optimizer.name={config.optimizer.name!r}; valid: {', '.join(OPTIMIZERS)}.")
+  need(config.distill.combine in COMBINE_MODES,
+       f"config.distill.combine={config.distill.combine!r}; valid: {', '.join(COMBINE_MODES)}.")
+  for field in ("global_batch_size", "eval_batch_size", "steps_per_loop", "log_every_steps",
+                "checkpoint_every_steps", "keep_checkpoints", "num_cpu_devices",
+                "eval_every_epochs"):
+    need(config[field] >= 1, f"config.{field} must be a positive integer, got {config[field]}.")
+  for field in ("validation_size", "train_size", "test_size", "distill.finetune_epochs"):
+    section, _, name = field.rpartition(".")
+    value = (config[section] if section else config)[name]
+    need(value >= 0, f"config.{field} must be >= 0, got {value}.")
+  need(config.optimizer.learning_rate > 0,
+       f"config.optimizer.learning_rate must be > 0, got {config.optimizer.learning_rate}.")
+  need(config.optimizer.weight_decay >= 0,
+       f"config.optimizer.weight_decay must be >= 0, got {config.optimizer.weight_decay}.")
+  for role in ("teacher", "student"):
+    entry = config[role]
+    need(entry.model in models.MODELS, f"config.{role}.model={entry.model!r} is unknown; "
+         f"valid models: {', '.join(sorted(models.MODELS))}.")
+    need(entry.epochs >= 1, f"config.{role}.epochs must be a positive integer, got {entry.epochs}.")
+    need(entry.width >= 0, f"config.{role}.width must be >= 0 (0 = default), got {entry.width}.")
+  need(config.distill.finetune_epochs < config.student.epochs,
+       f"config.distill.finetune_epochs={config.distill.finetune_epochs} must be smaller than "
+       f"config.student.epochs={config.student.epochs} (the total student epochs).")
+  # Schedules: shape parameters and the value range over a nominal run.
+  schedules.from_config(config.distill, "alpha", 1000, "alpha schedule").check_range(0.0, 1.0)
+  schedules.from_config(config.distill, "temperature", 1000, "temperature schedule").check_range(
+      0.0, float("inf"), low_inclusive=False, what_range="T > 0")
+  schedules.from_config(config.optimizer, "learning_rate", 1000, "learning-rate schedule")
+  return config
+
+
+def to_json(config):
+  """The config as a JSON string with sorted keys (config.json, fingerprints)."""
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def flatten(d, prefix=""):
+  """{'a': {'b': 1}} -> {'a.b': 1}; used for HParams and for config diffs."""
+  out = {}
+  for key, value in d.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out.update(flatten(value, name + "."))
+    else:
+      out[name] = value
+  return out

@@ -1,0 +1,273 @@
+"""train_and_evaluate: one explicit training loop for teachers, student baselines and distillation.
+
+The loop owns ``strategy.scope()``: model, optimizer, step counter and checkpoint
+are created (and restored) inside it. The Python outer loop calls a traced
+``train_loop`` for a few steps at a time, then logs, evaluates and checkpoints.
+"""
+
+import os
+import shutil
+import tempfile
+import time
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kd_research import data
+from kd_research import distribute
+from kd_research import evaluate
+from kd_research import io_utils
+from kd_research import models
+from kd_research import schedules
+from kd_research import summaries
+from kd_research import teachers as teachers_lib
+from kd_research import train_step
+from kd_research import workdir as workdir_lib
+from kd_research.errors import UserError
+
+ROLES = ("teacher", "student", "distill")
+
+
+class TrainingDiverged(UserError):
+  """A loss became NaN or infinite; the run stops before checkpointing the bad state."""
+
+
+class _ScheduledLR(keras.optimizers.schedules.LearningRateSchedule):
+  """Adapts a ``schedules.Schedule`` to the optimizer (step = optimizer iterations)."""
+
+  def __init__(self, schedule):
+    self.schedule = schedule
+
+  def __call__(self, step):
+    return self.schedule(step)
+
+  def get_config(self):
+    return {"name": self.schedule.name}
+
+
+def make_optimizer(opt_cfg, lr_schedule):
+  """Adam / AdamW / SGD+momentum with decoupled weight decay and a scheduled learning rate."""
+  lr = _ScheduledLR(lr_schedule)
+  decay = opt_cfg.weight_decay or None
+  if opt_cfg.name == "adam":
+    return keras.optimizers.Adam(lr, weight_decay=decay)
+  if opt_cfg.name == "adamw":
+    return keras.optimizers.AdamW(lr, weight_decay=opt_cfg.weight_decay)
+  return keras.optimizers.SGD(lr, momentum=opt_cfg.momentum, weight_decay=decay)
+
+
+def _set_precision(name):
+  keras.mixed_precision.set_global_policy(
+      {"none": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[name])
+
+
+def eval_batch_size(config, strategy):
+  """The eval global batch, rounded up to a multiple of the replica count."""
+  replicas = strategy.num_replicas_in_sync
+  return -(-config.eval_batch_size // replicas) * replicas
+
+
+def check_batch(global_batch_size, strategy):
+  """The global batch must split evenly over the replicas."""
+  replicas = strategy.num_replicas_in_sync
+  if global_batch_size % replicas:
+    raise UserError(f"config.global_batch_size={global_batch_size} is not divisible by the "
+                    f"{replicas} replicas of this strategy; use a multiple of {replicas}.")
+
+
+def _distill_schedules(config, distill_steps):
+  alpha = schedules.from_config(config.distill, "alpha", distill_steps, "alpha schedule")
+  alpha.check_range(0.0, 1.0)
+  temperature = schedules.from_config(config.distill, "temperature", distill_steps,
+                                      "temperature schedule")
+  temperature.check_range(0.0, float("inf"), low_inclusive=False, what_range="T > 0")
+  return alpha, temperature
+
+
+def _steps_to_next(step, every):
+  return every - step % every
+
+
+def train_and_evaluate(config, workdir, role, strategy, teacher_paths=(), overwrite=False):
+  """Trains one model (``role``: teacher | student | distill) in ``workdir``; returns results.
+
+  Resumes from the latest checkpoint in ``workdir``; a finished run (results.json
+  present, same config) is reported, not retrained.
+  """
+  if role not in ROLES:
+    raise UserError(f"Unknown role {role!r}; valid: {', '.join(ROLES)}.")
+  entry = config.teacher if role == "teacher" else config.student
+  chief = distribute.is_chief(strategy)
+  identity = workdir_lib.run_identity(config, role, teacher_paths)
+  finished = workdir_lib.prepare(workdir, identity, overwrite, write=chief)
+  if finished is not None:
+    logging.info("%s: already finished (test accuracy %.4f); not retraining.", workdir,
+                 finished["test_accuracy"])
+    return finished
+  check_batch(config.global_batch_size, strategy)
+  splits = data.load_splits(config)
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  _set_precision(config.mixed_precision)
+  keras.utils.set_random_seed(entry.seed)
+  try:
+    return _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief)
+  finally:
+    _set_precision("none")
+
+
+def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
+  gb = config.global_batch_size
+  spe = data.steps_per_epoch(len(splits.train[0]), gb)
+  total_steps = entry.epochs * spe
+  distilling = role == "distill"
+  distill_steps = (entry.epochs - config.distill.finetune_epochs) * spe if distilling else 0
+  if distilling:
+    alpha_fn, temperature_fn = _distill_schedules(config, distill_steps)
+  lr_fn = schedules.from_config(config.optimizer, "learning_rate", total_steps,
+                                "learning-rate schedule")
+
+  with strategy.scope():
+    model = models.build(entry.model, splits.input_shape, splits.num_classes,
+                         entry.width, entry.sync_bn)
+    optimizer = make_optimizer(config.optimizer, lr_fn)
+    optimizer.build(model.trainable_variables)  # Before tracing (TF_NOTES).
+    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    elapsed_var = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
+    ensemble = (teachers_lib.load(teacher_paths, splits.input_shape, splits.num_classes)
+                if distilling else None)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var,
+                                     train_seconds=elapsed_var)
+  ckpt_dir = os.path.join(workdir, "checkpoints") if chief else tempfile.mkdtemp()
+  manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=config.keep_checkpoints)
+  if manager.latest_checkpoint:
+    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    logging.info("Resumed %s from %s at step %d.", workdir, manager.latest_checkpoint,
+                 int(step_var.numpy()))
+  step = int(step_var.numpy())
+  logging.info("%s: %s %s, %d params, %d steps (%d/epoch), %d replica(s), %s.", workdir, role,
+               entry.model, model.count_params(), total_steps, spe,
+               strategy.num_replicas_in_sync, splits.source)
+
+  plain_loop = train_step.make_train_loop(strategy, model, optimizer, step_var, gb)
+  distill_loop = (train_step.make_train_loop(
+      strategy, model, optimizer, step_var, gb, ensemble, alpha_fn, temperature_fn,
+      config.distill.combine) if distilling else None)
+  final_t = float(temperature_fn(max(distill_steps, 1))) if distilling else 1.0
+  eval_step = train_step.make_eval_step(strategy, model, ensemble, final_t)
+  eval_gb = eval_batch_size(config, strategy)
+  writer = summaries.Summaries(os.path.join(workdir, "tensorboard"), enabled=chief)
+  iterator = iter(strategy.distribute_datasets_from_function(
+      data.train_dataset_fn(*splits.train, gb, seed=entry.seed, start_step=step)))
+
+  window = np.zeros(len(train_step.TRAIN_SUMS))
+  window_start = time.perf_counter()
+  while step < total_steps:
+    in_distill = distilling and step < distill_steps
+    n = min(config.steps_per_loop, total_steps - step, _steps_to_next(step, config.log_every_steps),
+            _steps_to_next(step, config.checkpoint_every_steps), _steps_to_next(step, spe))
+    if in_distill:
+      n = min(n, distill_steps - step)
+    started = time.perf_counter()
+    sums = (distill_loop if in_distill else plain_loop)(iterator, tf.constant(n)).numpy()
+    elapsed_var.assign_add(time.perf_counter() - started)
+    _check_finite(sums, step, n, manager)
+    step += n
+    window += sums
+    if step % config.log_every_steps == 0 or step == total_steps:
+      seconds = time.perf_counter() - window_start
+      metrics = _train_metrics(window, seconds, lr_fn(step))
+      if distilling:
+        metrics["train/alpha"] = float(alpha_fn(step)) if in_distill else 0.0
+        metrics["train/temperature"] = float(temperature_fn(step))
+      writer.scalars(step, metrics)
+      eta = (total_steps - step) * seconds / max(window[-1] / gb, 1)
+      logging.info("%s step %d/%d  loss %.4f  acc %.4f  %.0f ex/s  ETA %.0f s", role, step,
+                   total_steps, metrics["train/loss_total"], metrics["train/accuracy"],
+                   metrics["train/examples_per_second"], eta)
+      window[:] = 0
+      window_start = time.perf_counter()
+    if step % spe == 0 and ((step // spe) % config.eval_every_epochs == 0 or
+                            step == total_steps):
+      result = evaluate.run_eval(strategy, eval_step, *splits.validation, eval_gb)
+      writer.scalars(step, _eval_metrics(result, distilling, "eval"))
+      logging.info("%s epoch %d: validation accuracy %.4f loss %.4f", role, step // spe,
+                   result["accuracy"], result["loss"])
+    if step % config.checkpoint_every_steps == 0 or step == total_steps:
+      manager.save(checkpoint_number=step)
+
+  results = _final_results(config, workdir, role, strategy, model, eval_step, splits, eval_gb,
+                           ensemble, step, float(elapsed_var.numpy()))
+  writer.scalars(step, _eval_metrics(results["test"], distilling, "test"))
+  writer.close()
+  if chief:
+    _export(model, workdir)
+    io_utils.atomic_write_json(os.path.join(workdir, workdir_lib.RESULTS_FILE), results)
+  else:
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+  return results
+
+
+def _check_finite(sums, step, n, manager):
+  """Stops with a clear message when any loss term became NaN/inf in the last n steps."""
+  for name, value in zip(train_step.TRAIN_SUMS, sums):
+    if not np.isfinite(value):
+      last = manager.latest_checkpoint or "none yet"
+      raise TrainingDiverged(
+          f"Training diverged: train/{name} became {value} between steps {step + 1} and "
+          f"{step + n}. The last good checkpoint ({last}) is kept; no results were written. "
+          "Lower the learning rate (config.optimizer.learning_rate) or check the data.")
+
+
+def _train_metrics(window, seconds, lr):
+  sums = dict(zip(train_step.TRAIN_SUMS, window))
+  count = max(sums["count"], 1.0)
+  return {"train/loss_total": sums["loss_total"] / count,
+          "train/loss_distill": sums["loss_distill"] / count,
+          "train/loss_ce": sums["loss_ce"] / count,
+          "train/accuracy": sums["correct"] / count,
+          "train/learning_rate": float(lr),
+          "train/examples_per_second": sums["count"] / max(seconds, 1e-9)}
+
+
+def _eval_metrics(result, distilling, prefix):
+  metrics = {f"{prefix}/accuracy": result["accuracy"], f"{prefix}/loss": result["loss"]}
+  if distilling:
+    metrics.update({"distill/agreement": result["agreement"], "distill/kl": result["kl"],
+                    "teacher/accuracy": result["teacher_accuracy"]})
+  return metrics
+
+
+def _final_results(config, workdir, role, strategy, model, eval_step, splits, eval_gb, ensemble,
+                   step, train_seconds):
+  """Test-split evaluation (once, at the end), validation accuracy, size and latency."""
+  test = evaluate.run_eval(strategy, eval_step, *splits.test, eval_gb)
+  validation = evaluate.run_eval(strategy, eval_step, *splits.validation, eval_gb)
+  entry = config.teacher if role == "teacher" else config.student
+  results = {
+      "role": role, "model": entry.model, "width": entry.width, "seed": entry.seed,
+      "params": int(model.count_params()), "test_accuracy": test["accuracy"],
+      "test_loss": test["loss"], "test_count": test["count"],
+      "validation_accuracy": validation["accuracy"], "steps": step, "epochs": entry.epochs,
+      "train_seconds": train_seconds,
+      "ms_per_batch_128": evaluate.inference_ms_per_batch(model, splits.input_shape, 128),
+      "replicas": strategy.num_replicas_in_sync, "dataset": config.dataset, "test": test,
+      "workdir": os.path.abspath(workdir),
+  }
+  if ensemble is not None:
+    results.update({"teacher_test_accuracy": test["teacher_accuracy"],
+                    "test_agreement": test["agreement"]})
+  logging.info("%s finished: test accuracy %.4f over %d examples.", role, test["accuracy"],
+               test["count"])
+  return results
+
+
+def _export(model, workdir):
+  """Saves the trained model as RUN/model.keras and RUN/saved_model, each atomically."""
+  tmp = os.path.join(workdir, "model.tmp.keras")
+  model.save(tmp)
+  os.replace(tmp, os.path.join(workdir, "model.keras"))
+  io_utils.atomic_save_dir(os.path.join(workdir, "saved_model"),
+                           lambda d: model.export(d, verbose=False))

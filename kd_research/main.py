@@ -1,0 +1,117 @@
+"""Command-line entry: parses absl flags, builds the config, and calls the library.
+
+    python -m kd_research.main COMMAND --experiment=NAME[:ARG] --workdir=DIR [--config.x=y ...]
+
+Commands: train (one model on labels; --role=teacher|student), distill (student
+from config.teacher.path), pipeline (teacher -> baseline -> distilled, with the
+results table), eval (a finished run's model on the test split). This is the only
+module that reads FLAGS.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+COMMANDS = ("train", "distill", "pipeline", "eval")
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_EXPERIMENTS = os.path.join(_REPO, "experiments")
+
+flags.DEFINE_string("experiment", None, "Experiment module under experiments/, optionally with "
+                    "a preset: fashion_mnist:quick. Alternative to --config=PATH.py:ARG.")
+flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints, TensorBoard "
+                    "events, results. Rerunning the same command resumes here.")
+flags.DEFINE_enum("role", "student", ("teacher", "student"), "For 'train': which model of the "
+                  "config to train on labels only.")
+flags.DEFINE_bool("overwrite", False, "Discard a different or finished run in --workdir.")
+
+
+def experiment_names():
+  """Experiment modules available under experiments/."""
+  return sorted(f[:-3] for f in os.listdir(_EXPERIMENTS)
+                if f.endswith(".py") and not f.startswith("_"))
+
+
+def _experiment_to_config_flag(argv):
+  """Rewrites --experiment=NAME[:ARG] into ml_collections' --config=experiments/NAME.py[:ARG]."""
+  out, spec = [], None
+  for arg in argv:
+    if arg.startswith("--experiment="):
+      spec = arg.split("=", 1)[1]
+    else:
+      out.append(arg)
+  if spec is None and not any(a.startswith("--config=") for a in argv):
+    spec = "fashion_mnist:quick"
+  if spec is not None:
+    name, _, preset = spec.partition(":")
+    if name not in experiment_names():
+      sys.stderr.write(f"error: unknown experiment {name!r}; valid: "
+                       f"{', '.join(experiment_names())}.\n")
+      sys.exit(2)
+    out.insert(1, f"--config={os.path.join(_EXPERIMENTS, name + '.py')}"
+               + (f":{preset}" if preset else ""))
+    out.insert(1, f"--experiment={spec}")
+  return out
+
+
+def _run(command, config, workdir):
+  # Imported here so that --help works fast and TF starts only after flag parsing.
+  from kd_research import config as config_lib
+  from kd_research import distribute
+  from kd_research import loop
+  from kd_research import pipeline
+  from kd_research import run_eval
+
+  config_lib.validate(config)
+  strategy = distribute.make_strategy(config)  # Before any other TF op (TF_NOTES).
+  overwrite = flags.FLAGS.overwrite
+  if command == "train":
+    results = loop.train_and_evaluate(config, workdir, flags.FLAGS.role, strategy,
+                                      overwrite=overwrite)
+  elif command == "distill":
+    results = loop.train_and_evaluate(config, workdir, "distill", strategy,
+                                      teacher_paths=(config.teacher.path,), overwrite=overwrite)
+  elif command == "pipeline":
+    _, table = pipeline.run(config, workdir, strategy, overwrite=overwrite)
+    print(table)
+    return
+  else:
+    results = run_eval.evaluate_run(config, workdir, strategy)
+  print(f"{command}: test accuracy {100 * results['test_accuracy']:.2f}% over "
+        f"{results['test_count']} examples; results in {workdir}")
+
+
+def main(argv):
+  from ml_collections import config_flags  # pylint: disable=unused-import
+  from kd_research.errors import UserError
+
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    sys.stderr.write(f"usage: python -m kd_research.main {{{'|'.join(COMMANDS)}}} "
+                     "--experiment=NAME[:ARG] --workdir=DIR [--config.x=y ...]\n")
+    sys.exit(2)
+  if not flags.FLAGS.workdir:
+    sys.stderr.write("error: --workdir is required (the run directory).\n")
+    sys.exit(2)
+  config = flags.FLAGS.config
+  config.experiment = flags.FLAGS.experiment or flags.FLAGS["config"].config_filename
+  try:
+    _run(argv[1], config, flags.FLAGS.workdir)
+  except UserError as e:
+    if logging.get_verbosity() >= logging.DEBUG:
+      raise
+    sys.stderr.write(f"error: {e}\n")
+    sys.exit(1)
+
+
+def run():
+  """Console entry point (also used by ``python -m kd_research.main``)."""
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "Experiment config file and preset, "
+                                  "e.g. experiments/fashion_mnist.py:quick.", lock_config=True)
+  app.run(main, argv=_experiment_to_config_flag(sys.argv))
+
+
+if __name__ == "__main__":
+  run()

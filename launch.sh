@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# kd_research entry point. ./launch.sh help lists the commands.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV="${KD_VENV:-.venv}"
+PY="$VENV/bin/python"
+STAMP="$VENV/.kd_setup_stamp"
+
+usage() {
+  cat <<'USAGE'
+usage: ./launch.sh COMMAND [flags]
+
+  setup        create .venv, install kd_research and its dependencies, get Fashion-MNIST
+               (idempotent; KD_TF=gpu installs tensorflow[and-cuda] instead of tensorflow-cpu)
+  quickstart   setup, then the default experiment end to end (fashion_mnist:quick pipeline
+               in runs/quickstart) and print the results table
+  test         setup, then the test suite (extra args go to pytest)
+  train        train one model on labels:      --experiment=NAME[:ARG] --workdir=DIR --role=teacher|student
+  distill      distil the student from a teacher: --workdir=DIR --config.teacher.path=RUN/model.keras
+  pipeline     teacher -> student baseline -> distilled student -> results.md: --workdir=DIR
+  eval         evaluate a finished run on the test split: --workdir=RUN
+  tensorboard  start TensorBoard on 127.0.0.1 [--logdir=DIR] [--port=N]
+  help         this message; `./launch.sh train --helpfull` lists every flag
+
+Flags after train/distill/pipeline/eval go to `python -m kd_research.main`, e.g.
+  ./launch.sh pipeline --experiment=fashion_mnist:full --workdir=runs/full --config.distill.temperature=8
+USAGE
+}
+
+have_fashion_mnist() {
+  local d
+  for d in "${KD_DATA_DIR:-}" /usr/share/datasets/fashion-mnist "$HOME/.keras/datasets/fashion-mnist"; do
+    if [ -n "$d" ] && [ -e "$d/train-images-idx3-ubyte.gz" -o -e "$d/train-images-idx3-ubyte" ]; then
+      return 0
+    fi
+  done
+  return 1
+}
+
+get_data() {
+  have_fashion_mnist && return 0
+  echo "[setup] Fashion-MNIST not found; trying Debian's dataset-fashion-mnist package" >&2
+  if command -v apt-get >/dev/null 2>&1; then
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo="sudo"
+    if { $sudo apt-get update -q && $sudo apt-get install -y -q dataset-fashion-mnist; } >&2; then
+      have_fashion_mnist && return 0
+    fi
+  fi
+  echo "[setup] apt did not work; trying Keras' downloader (needs internet)" >&2
+  if "$PY" -c "import keras; keras.datasets.fashion_mnist.load_data()" >&2 2>/dev/null; then
+    have_fashion_mnist && return 0
+  fi
+  echo "[setup] WARNING: could not obtain Fashion-MNIST. Install it with" \
+       "'sudo apt-get install dataset-fashion-mnist', or copy the four IDX .gz files into" \
+       "\$KD_DATA_DIR. Tests that need the real data will fail until then." >&2
+  return 0
+}
+
+setup() {
+  local want
+  want="$(cat pyproject.toml; echo "${KD_TF:-cpu}")"
+  if [ -x "$PY" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+    get_data
+    return 0
+  fi
+  echo "[setup] creating $VENV and installing kd_research[${KD_TF:-cpu},test]" >&2
+  [ -x "$PY" ] || python3 -m venv "$VENV"
+  "$PY" -m pip install -q --upgrade pip >&2
+  "$PY" -m pip install -q -e ".[${KD_TF:-cpu},test]" >&2
+  printf '%s' "$want" > "$STAMP"
+  get_data
+}
+
+main_py() {
+  exec "$PY" -m kd_research.main "$@"
+}
+
+cmd="${1:-help}"
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  setup) setup ;;
+  quickstart)
+    setup
+    start=$(date +%s)
+    "$PY" -m kd_research.main pipeline --experiment=fashion_mnist:quick \
+      --workdir="${KD_QUICKSTART_DIR:-runs/quickstart}" "$@"
+    echo "quickstart wall time: $(( $(date +%s) - start )) s" ;;
+  test)
+    setup
+    "$PY" -m pytest -q "$@" ;;
+  train|distill|pipeline|eval)
+    [ -x "$PY" ] || setup
+    main_py "$cmd" "$@" ;;
+  tensorboard)
+    [ -x "$PY" ] || setup
+    logdir="runs"; port=6006
+    for a in "$@"; do
+      case "$a" in
+        --logdir=*) logdir="${a#--logdir=}" ;;
+        --port=*) port="${a#--port=}" ;;
+        *) echo "tensorboard: unknown flag $a (valid: --logdir=DIR --port=N)" >&2; exit 2 ;;
+      esac
+    done
+    echo "TensorBoard for $logdir at http://127.0.0.1:$port/"
+    exec "$PY" -m tensorboard.main --logdir="$logdir" --host=127.0.0.1 --port="$port" ;;
+  --helpfull)
+    [ -x "$PY" ] || setup
+    main_py train --helpfull ;;
+  help|-h|--help) usage ;;
+  *) echo "unknown command: $cmd" >&2; usage >&2; exit 2 ;;
+esac
