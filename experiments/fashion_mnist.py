@@ -34,7 +34,7 @@ def get_config(arg="quick"):
     c.global_batch_size = 64
     c.eval_batch_size = 128
     c.teacher = config_lib.model_config("mlp", width=64, epochs=2, seed=0)
-    c.student = config_lib.model_config("mlp", width=8, epochs=2, seed=0)
+    c.student = config_lib.model_config("mlp", width=32, epochs=2, seed=0)
     c.steps_per_loop = 10
     c.log_every_steps = 10
     c.checkpoint_every_steps = 20

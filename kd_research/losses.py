@@ -28,6 +28,7 @@ def cross_entropy(labels, logits):
   (for example Mixup targets) use the dense form.
   """
   logits = _f32(logits)
+  labels = tf.convert_to_tensor(labels)
   if labels.shape.rank == logits.shape.rank:
     return tf.nn.softmax_cross_entropy_with_logits(_f32(labels), logits)
   return tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32), logits)

@@ -110,7 +110,14 @@ def run():
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "Experiment config file and preset, "
                                   "e.g. experiments/fashion_mnist.py:quick.", lock_config=True)
-  app.run(main, argv=_experiment_to_config_flag(sys.argv))
+  argv = _experiment_to_config_flag(sys.argv)
+  try:
+    app.run(main, argv=argv)
+  except SystemExit as e:
+    # absl exits 1 after printing --help/--helpfull; asking for help is not an error.
+    if e.code == 1 and any(a in ("--help", "--helpfull", "--helpshort", "-h") for a in argv):
+      sys.exit(0)
+    raise
 
 
 if __name__ == "__main__":

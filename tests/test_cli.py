@@ -1,0 +1,82 @@
+"""The command line: launch.sh and python -m kd_research.main, good and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def run_main(*args, cwd=REPO):
+  return subprocess.run([sys.executable, "-m", "kd_research.main", *args], cwd=cwd, env=ENV,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_launch_help_and_unknown_command():
+  ok = subprocess.run(["./launch.sh", "help"], cwd=REPO, capture_output=True, text=True)
+  assert ok.returncode == 0
+  for command in ("setup", "quickstart", "test", "train", "distill", "pipeline", "eval"):
+    assert command in ok.stdout
+  bad = subprocess.run(["./launch.sh", "frobnicate"], cwd=REPO, capture_output=True, text=True)
+  assert bad.returncode == 2 and "unknown command: frobnicate" in bad.stderr
+
+
+def test_helpfull_lists_config_overrides():
+  out = run_main("train", "--helpfull")
+  assert out.returncode == 0
+  assert "--workdir" in out.stdout and "--experiment" in out.stdout
+
+
+def test_unknown_experiment_lists_valid_names(tmp_path):
+  out = run_main("train", "--experiment=imagenet", f"--workdir={tmp_path}/w")
+  assert out.returncode == 2
+  assert "unknown experiment 'imagenet'" in out.stderr and "fashion_mnist" in out.stderr
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.distill.alpha=1.5", "alpha schedule"),
+    ("--config.distill.temperature=0", "T > 0"),
+    ("--config.global_batch_size=0", "config.global_batch_size"),
+    ("--config.student.epochs=0", "config.student.epochs"),
+    ("--config.student.model=vgg", "cnn_seed"),
+    ("--config.dataset=imagenet", "fashion_mnist"),
+    ("--config.distill.combine=median", "prob_mean"),
+])
+def test_bad_config_fails_before_training(tmp_path, override, message):
+  workdir = tmp_path / "w"
+  out = run_main("distill", "--experiment=fashion_mnist:tiny", f"--workdir={workdir}", override)
+  assert out.returncode == 1, out.stderr
+  assert message in out.stderr and "Traceback" not in out.stderr
+  assert not workdir.exists() or not os.listdir(workdir)
+
+
+def test_misspelt_override_fails(tmp_path):
+  out = run_main("train", "--experiment=fashion_mnist:tiny", f"--workdir={tmp_path}/w",
+                 "--config.distill.temprature=4")
+  assert out.returncode != 0 and "temprature" in out.stderr
+
+
+def test_distill_without_teacher_path(tmp_path):
+  out = run_main("distill", "--experiment=fashion_mnist:tiny", f"--workdir={tmp_path}/w")
+  assert out.returncode == 1 and "config.teacher.path" in out.stderr
+
+
+def test_train_then_eval_command(tmp_path):
+  workdir = str(tmp_path / "student")
+  out = run_main("train", "--experiment=fashion_mnist:tiny", f"--workdir={workdir}",
+                 "--role=student", "--config.student.epochs=1")
+  assert out.returncode == 0, out.stderr[-2000:]
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  out = run_main("eval", "--experiment=fashion_mnist:tiny", f"--workdir={workdir}",
+                 "--config.student.epochs=1")
+  assert out.returncode == 0, out.stderr[-2000:]
+  evaluated = json.load(open(os.path.join(workdir, "eval.json")))
+  assert evaluated["count"] == 500
+  assert evaluated["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-9)
+  missing = run_main("eval", "--experiment=fashion_mnist:tiny", f"--workdir={tmp_path}/none")
+  assert missing.returncode == 1 and "model.keras" in missing.stderr

@@ -1,0 +1,38 @@
+"""End to end on the real Fashion-MNIST files: the pipeline command on a small subset."""
+
+import json
+import os
+
+from tensorboard.backend.event_processing import event_accumulator
+
+from test_cli import run_main
+
+
+def test_pipeline_on_real_fashion_mnist(tmp_path):
+  workdir = str(tmp_path / "pipeline")
+  out = run_main("pipeline", "--experiment=fashion_mnist:quick", f"--workdir={workdir}",
+                 "--config.train_size=8000", "--config.validation_size=2000",
+                 "--config.teacher.model=mlp", "--config.teacher.width=256",
+                 "--config.student.model=mlp", "--config.student.width=32",
+                 "--config.teacher.epochs=3", "--config.student.epochs=3",
+                 "--config.log_every_steps=50")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "| student (mlp), distilled |" in out.stdout
+  stages = {}
+  for stage in ("teacher", "student_baseline", "student_kd"):
+    run = os.path.join(workdir, stage)
+    for name in ("config.json", "results.json", "model.keras", "saved_model/saved_model.pb"):
+      assert os.path.exists(os.path.join(run, name)), (stage, name)
+    stages[stage] = json.load(open(os.path.join(run, "results.json")))
+    assert stages[stage]["test_count"] == 10000  # The whole real test split.
+    assert stages[stage]["steps"] == 3 * (8000 // 128)
+    acc = event_accumulator.EventAccumulator(os.path.join(run, "tensorboard"))
+    acc.Reload()
+    assert "eval/accuracy" in acc.Tags()["tensors"]
+  assert stages["teacher"]["test_accuracy"] > 0.75
+  assert stages["student_kd"]["test_accuracy"] > 0.6  # Far above the 10% of chance.
+  assert stages["student_kd"]["teacher_test_accuracy"] == stages["teacher"]["test_accuracy"]
+  summary = json.load(open(os.path.join(workdir, "results.json")))
+  assert set(summary) == {"teacher", "student_baseline", "student_kd"}
+  table = open(os.path.join(workdir, "results.md")).read()
+  assert table.count("\n| ") == 4  # header + 3 model rows

@@ -1,0 +1,173 @@
+"""The training loop: outputs, resume, replica independence, frozen teachers, safety."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kd_research import loop
+from kd_research import models
+from kd_research import teachers as teachers_lib
+from kd_research import train_step
+from kd_research.errors import UserError
+from conftest import tiny_config
+
+DEFAULT = tf.distribute.get_strategy()
+
+
+@pytest.fixture(scope="module")
+def teacher_path(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("teacher"))
+  results = loop.train_and_evaluate(tiny_config(), workdir, "teacher", DEFAULT)
+  assert results["test_accuracy"] > 0.9  # Synthetic data is easy for the teacher.
+  return os.path.join(workdir, "model.keras")
+
+
+def weights_of(workdir):
+  model = keras.models.load_model(os.path.join(workdir, "model.keras"), compile=False)
+  return [w.numpy() for w in model.weights]
+
+
+def read_scalars(logdir):
+  from tensorboard.backend.event_processing import event_accumulator
+  acc = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
+  acc.Reload()
+  return {tag: [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+          for tag in acc.Tags()["tensors"]}
+
+
+def test_distillation_run_writes_everything(tmp_path, teacher_path):
+  workdir = str(tmp_path / "kd")
+  config = tiny_config()
+  results = loop.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_path,))
+  for name in ("config.json", "results.json", "model.keras", "saved_model/saved_model.pb"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  with open(os.path.join(workdir, "results.json")) as f:
+    saved = json.load(f)
+  assert saved["test_count"] == 500 and saved["steps"] == 2 * (1800 // 64)
+  assert saved["test_accuracy"] == results["test_accuracy"] > 0.5
+  assert saved["ms_per_batch_128"] > 0 and saved["params"] > 0
+  scalars = read_scalars(os.path.join(workdir, "tensorboard"))
+  for tag in ("train/loss_total", "train/loss_distill", "train/loss_ce", "train/accuracy",
+              "train/alpha", "train/temperature", "train/learning_rate",
+              "train/examples_per_second", "eval/loss", "eval/accuracy", "distill/agreement",
+              "distill/kl", "teacher/accuracy", "test/accuracy"):
+    assert tag in scalars, tag
+  assert all(v == pytest.approx(0.7) for _, v in scalars["train/alpha"])
+  assert all(v > 0 for _, v in scalars["train/examples_per_second"])
+  # loss_total = alpha * loss_distill + (1 - alpha) * loss_ce at every logged step.
+  for (_, t), (_, d), (_, c) in zip(scalars["train/loss_total"], scalars["train/loss_distill"],
+                                    scalars["train/loss_ce"]):
+    assert t == pytest.approx(0.7 * d + 0.3 * c, rel=1e-4)
+  # Finished runs are reported, not retrained; a different config is refused.
+  mtime = os.path.getmtime(os.path.join(workdir, "model.keras"))
+  again = loop.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_path,))
+  assert again["test_accuracy"] == results["test_accuracy"]
+  assert os.path.getmtime(os.path.join(workdir, "model.keras")) == mtime
+  with pytest.raises(UserError, match=r"distill.temperature: 10.0 -> 3.0"):
+    loop.train_and_evaluate(tiny_config(**{"distill.temperature": 3.0}), workdir, "distill",
+                            DEFAULT, (teacher_path,))
+
+
+class Interrupted(Exception):
+  pass
+
+
+def test_resume_after_interruption_matches_uninterrupted(tmp_path, teacher_path, monkeypatch):
+  config = tiny_config()
+  full_dir, cut_dir = str(tmp_path / "full"), str(tmp_path / "cut")
+  loop.train_and_evaluate(config, full_dir, "distill", DEFAULT, (teacher_path,))
+  original = loop._check_finite
+
+  def interrupt_at_step_35(sums, step, n, manager):
+    original(sums, step, n, manager)
+    if step + n > 35:
+      raise Interrupted()
+
+  monkeypatch.setattr(loop, "_check_finite", interrupt_at_step_35)
+  with pytest.raises(Interrupted):
+    loop.train_and_evaluate(config, cut_dir, "distill", DEFAULT, (teacher_path,))
+  assert not os.path.exists(os.path.join(cut_dir, "results.json"))
+  assert tf.train.latest_checkpoint(os.path.join(cut_dir, "checkpoints")).endswith("-20")
+  monkeypatch.setattr(loop, "_check_finite", original)
+  loop.train_and_evaluate(config, cut_dir, "distill", DEFAULT, (teacher_path,))
+  for a, b in zip(weights_of(full_dir), weights_of(cut_dir)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("replicas", [2, 4])
+def test_distillation_does_not_depend_on_replica_count(tmp_path, teacher_path, replicas,
+                                                       strategy_factory):
+  config = tiny_config(**{"student.epochs": 1})
+  single = loop.train_and_evaluate(config, str(tmp_path / "one"), "distill", DEFAULT,
+                                   (teacher_path,))
+  multi = loop.train_and_evaluate(config, str(tmp_path / "many"), "distill",
+                                  strategy_factory(replicas), (teacher_path,))
+  assert multi["replicas"] == replicas
+  for a, b in zip(weights_of(str(tmp_path / "one")), weights_of(str(tmp_path / "many"))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  assert multi["test_count"] == single["test_count"] == 500
+  assert multi["test_accuracy"] == pytest.approx(single["test_accuracy"], abs=1e-9)
+  assert multi["test_loss"] == pytest.approx(single["test_loss"], rel=1e-5)
+
+
+def test_train_loop_loss_is_global_mean_on_two_replicas(strategy_factory):
+  """The loop's summed loss equals the per-example mean computed on one device."""
+  rng = np.random.default_rng(0)
+  images = rng.uniform(0, 255, (16, 4, 4, 1)).astype(np.float32)
+  labels = rng.integers(0, 3, 16).astype(np.int32)
+  want = None
+  for n in (1, 2):
+    strategy = strategy_factory(n)
+    with strategy.scope():
+      keras.utils.set_random_seed(0)
+      model = models.build("mlp", (4, 4, 1), 3, width=8)
+      opt = keras.optimizers.SGD(0.0)
+      opt.build(model.trainable_variables)
+      step = tf.Variable(0, dtype=tf.int64)
+    ds = strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensors({"image": images, "label": labels}).repeat())
+    run = train_step.make_train_loop(strategy, model, opt, step, 16)
+    sums = run(iter(ds), tf.constant(1)).numpy()
+    if want is None:
+      logits = model(images).numpy()
+      want = np.mean(-np.log(tf.nn.softmax(logits).numpy()[np.arange(16), labels]))
+    assert sums[-1] == 16
+    assert sums[0] / sums[-1] == pytest.approx(want, rel=1e-5)
+
+
+def test_teacher_weights_and_bn_statistics_never_move(strategy_factory):
+  strategy = strategy_factory(2)
+  rng = np.random.default_rng(1)
+  images = rng.uniform(0, 255, (8, 8, 8, 1)).astype(np.float32)
+  labels = rng.integers(0, 4, 8).astype(np.int32)
+  with strategy.scope():
+    teacher = models.build("resnet_seed", (8, 8, 1), 4, width=2)
+    student = models.build("mlp", (8, 8, 1), 4, width=8)
+    opt = keras.optimizers.Adam(0.1)
+    opt.build(student.trainable_variables)
+    step = tf.Variable(0, dtype=tf.int64)
+  before = [w.numpy().copy() for w in teacher.weights]
+  ensemble = teachers_lib.TeacherEnsemble([teacher], ["t"])
+  ds = strategy.experimental_distribute_dataset(
+      tf.data.Dataset.from_tensors({"image": images, "label": labels}).repeat())
+  student_before = [w.numpy().copy() for w in student.weights]
+  run = train_step.make_train_loop(strategy, student, opt, step, 8, ensemble,
+                                   lambda s: 0.7, lambda s: 4.0)
+  run(iter(ds), tf.constant(3))
+  assert any(np.any(a != b.numpy()) for a, b in zip(student_before, student.weights))
+  assert any("moving" in w.path for w in teacher.weights)
+  for a, b in zip(before, teacher.weights):
+    np.testing.assert_array_equal(a, b.numpy())
+
+
+def test_divergence_stops_without_results(tmp_path):
+  config = tiny_config(**{"optimizer.learning_rate": 1e30, "optimizer.learning_rate_end": 1e30,
+                          "optimizer.name": "sgd"})
+  workdir = str(tmp_path / "nan")
+  with pytest.raises(loop.TrainingDiverged, match="train/loss"):
+    loop.train_and_evaluate(config, workdir, "student", DEFAULT)
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
