@@ -9,6 +9,7 @@ import json
 
 import ml_collections
 
+from kd_research import augment
 from kd_research import data_sources
 from kd_research import models
 from kd_research import schedules
@@ -68,6 +69,10 @@ def base_config():
   # Models.
   c.teacher = model_config("resnet_seed", width=16, epochs=2, seed=0)
   c.student = model_config("cnn_seed", width=16, epochs=2, seed=0)
+  # Augmentation (all training stages; teacher and student see the same images).
+  c.augment = ml_collections.ConfigDict(dict(
+      ops="", crop_padding=2, rotation_degrees=10.0, cutout_size=8, mixup_alpha=0.2,
+      cutmix_alpha=1.0))
   # Distillation.
   c.distill = ml_collections.ConfigDict(dict(
       combine="prob_mean", finetune_epochs=0,
@@ -123,6 +128,7 @@ def validate(config):
   schedules.from_config(config.distill, "temperature", 1000, "temperature schedule").check_range(
       0.0, float("inf"), low_inclusive=False, what_range="T > 0")
   schedules.from_config(config.optimizer, "learning_rate", 1000, "learning-rate schedule")
+  augment.parse_ops(config.augment.ops)
   return config
 
 

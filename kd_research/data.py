@@ -93,12 +93,14 @@ def _gather(arrays, num_classes=None):
   return fn
 
 
-def train_dataset_fn(images, labels, global_batch_size, seed, start_step=0, extras=None):
+def train_dataset_fn(images, labels, global_batch_size, seed, start_step=0, extras=None,
+                     transform=None):
   """Returns ``fn(input_context)`` building the infinite training stream from ``start_step``.
 
   Elements are per-replica dicts: image (float32, 0..255), label, index (example id
-  in the training array), step (global step of the batch) and any ``extras``
-  (arrays aligned with ``images``, e.g. cached teacher logits).
+  in the training array), step (global step of the batch), position (in the global
+  batch) and any ``extras`` (arrays aligned with ``images``, e.g. cached teacher
+  logits). ``transform(batch) -> batch`` (augmentation) runs on each replica batch.
   """
   n = len(images)
   spe = steps_per_epoch(n, global_batch_size)
@@ -111,12 +113,16 @@ def train_dataset_fn(images, labels, global_batch_size, seed, start_step=0, extr
       index = tf.reshape(tf.cast(order, tf.int64), [spe, global_batch_size])
       step = epoch * spe + tf.range(spe, dtype=tf.int64)
       step = tf.tile(step[:, None], [1, global_batch_size])
-      return tf.data.Dataset.from_tensor_slices({"index": index, "step": step})
+      position = tf.tile(tf.range(global_batch_size)[None], [spe, 1])
+      return tf.data.Dataset.from_tensor_slices(
+          {"index": index, "step": step, "position": position})
 
     batches = tf.data.Dataset.range(start_step // spe, 2**62).flat_map(epoch_batches)
     batches = batches.skip(start_step % spe)
     ds = _replica_slices(batches, input_context, global_batch_size)
     ds = ds.map(_gather(arrays), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if transform is not None:
+      ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
   return fn

@@ -5,6 +5,7 @@ are created (and restored) inside it. The Python outer loop calls a traced
 ``train_loop`` for a few steps at a time, then logs, evaluates and checkpoints.
 """
 
+import functools
 import os
 import shutil
 import tempfile
@@ -15,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kd_research import augment
 from kd_research import data
 from kd_research import distribute
 from kd_research import evaluate
@@ -84,6 +86,16 @@ def _distill_schedules(config, distill_steps):
                                       "temperature schedule")
   temperature.check_range(0.0, float("inf"), low_inclusive=False, what_range="T > 0")
   return alpha, temperature
+
+
+def _augmentation(config, splits, per_replica_batch, seed):
+  """The per-replica augmentation transform of config.augment, or None without ops."""
+  ops = augment.validate(config.augment, splits.input_shape, per_replica_batch)
+  if not ops:
+    return None
+  return functools.partial(augment.augment_batch, ops=ops, cfg=config.augment, seed=seed,
+                           num_classes=splits.num_classes,
+                           global_batch_size=config.global_batch_size)
 
 
 def _steps_to_next(step, every):
@@ -159,8 +171,13 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
   eval_step = train_step.make_eval_step(strategy, model, ensemble, final_t)
   eval_gb = eval_batch_size(config, strategy)
   writer = summaries.Summaries(os.path.join(workdir, "tensorboard"), enabled=chief)
-  iterator = iter(strategy.distribute_datasets_from_function(
-      data.train_dataset_fn(*splits.train, gb, seed=entry.seed, start_step=step)))
+  transform = _augmentation(config, splits, gb // strategy.num_replicas_in_sync, entry.seed)
+  train_fn = functools.partial(data.train_dataset_fn, *splits.train, gb, seed=entry.seed,
+                               transform=transform)
+  if step == 0 and transform is not None:
+    first = next(iter(train_fn()(tf.distribute.InputContext())))
+    writer.images(0, "train/augmented_examples", first["image"][:16] / 255.0)
+  iterator = iter(strategy.distribute_datasets_from_function(train_fn(start_step=step)))
 
   window = np.zeros(len(train_step.TRAIN_SUMS))
   window_start = time.perf_counter()

@@ -1,5 +1,7 @@
 """TensorBoard summaries, written from the outer (Python) loop by the chief only."""
 
+import math
+
 import tensorflow as tf
 
 
@@ -18,6 +20,29 @@ class Summaries:
         tf.summary.scalar(name, float(value))
     self._writer.flush()
 
+  def images(self, step, name, images):
+    """Writes a batch of images in [0, 1] (shape [N, H, W, C]) as one grid image."""
+    if self._writer is None:
+      return
+    images = tf.convert_to_tensor(images, tf.float32)
+    if images.shape[-1] == 2 or images.shape[-1] > 4:
+      raise ValueError(f"images must have 1, 3 or 4 channels, got {images.shape}")
+    with self._writer.as_default(step=int(step)):
+      tf.summary.image(name, image_grid(images)[None], max_outputs=1)
+    self._writer.flush()
+
   def close(self):
     if self._writer is not None:
       self._writer.close()
+
+
+def image_grid(images, columns=None):
+  """Tiles [N, H, W, C] images into one [rows*H, cols*W, C] image (blank cells at the end)."""
+  n, height, width, channels = images.shape
+  columns = columns or math.ceil(math.sqrt(n))
+  rows = -(-n // columns)
+  pad = rows * columns - n
+  images = tf.concat([images, tf.zeros([pad, height, width, channels], images.dtype)], 0)
+  grid = tf.reshape(images, [rows, columns, height, width, channels])
+  grid = tf.transpose(grid, [0, 2, 1, 3, 4])
+  return tf.reshape(grid, [rows * height, columns * width, channels])

@@ -46,7 +46,8 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size,
         loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
     grads = tape.gradient(loss, model.trainable_variables)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
-    correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+    hard = labels if labels.shape.rank == 1 else tf.argmax(labels, -1, output_type=tf.int32)
+    correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), hard), tf.float32)
     return tf.stack([tf.reduce_sum(total), tf.reduce_sum(distill), tf.reduce_sum(ce),
                      tf.reduce_sum(correct), tf.cast(tf.size(correct), tf.float32)])
 

@@ -171,3 +171,43 @@ def test_divergence_stops_without_results(tmp_path):
   with pytest.raises(loop.TrainingDiverged, match="train/loss"):
     loop.train_and_evaluate(config, workdir, "student", DEFAULT)
   assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+
+def test_schedules_and_finetune_stage_resume_exactly(tmp_path, teacher_path, monkeypatch):
+  """Linear alpha 0.9 -> 0.3 over two distillation epochs, then one labels-only epoch."""
+  config = tiny_config(**{"student.epochs": 3, "distill.finetune_epochs": 1,
+                          "distill.alpha": 0.9, "distill.alpha_end": 0.3,
+                          "distill.alpha_schedule": "linear",
+                          "distill.temperature": 8.0, "distill.temperature_end": 2.0,
+                          "distill.temperature_schedule": "cosine"})
+  full_dir, cut_dir = str(tmp_path / "full"), str(tmp_path / "cut")
+  loop.train_and_evaluate(config, full_dir, "distill", DEFAULT, (teacher_path,))
+  spe, distill_steps = 1800 // 64, 2 * (1800 // 64)
+  scalars = read_scalars(os.path.join(full_dir, "tensorboard"))
+  for step, alpha in scalars["train/alpha"]:
+    want = 0.0 if step > distill_steps else 0.9 - 0.6 * step / distill_steps
+    assert alpha == pytest.approx(want, abs=1e-6), step
+  temperature = dict(scalars["train/temperature"])
+  assert temperature[50] == pytest.approx(2.0 + 3.0 * (1 + np.cos(np.pi * 50 / 56)), rel=1e-5)
+  assert temperature[10] == pytest.approx(2.0 + 3.0 * (1 + np.cos(np.pi * 10 / 56)), rel=1e-5)
+  distill = dict(scalars["train/loss_distill"])
+  total = dict(scalars["train/loss_total"])
+  ce = dict(scalars["train/loss_ce"])
+  finetune_steps = [s for s in distill if s > distill_steps + 10]
+  assert finetune_steps and all(distill[s] == 0 and total[s] == ce[s] for s in finetune_steps)
+  # Interrupt inside the fine-tuning stage (last checkpoint at step 60 > 56), then resume.
+  original = loop._check_finite
+
+  def interrupt(sums, step, n, manager):
+    original(sums, step, n, manager)
+    if step + n > 65:
+      raise Interrupted()
+
+  monkeypatch.setattr(loop, "_check_finite", interrupt)
+  with pytest.raises(Interrupted):
+    loop.train_and_evaluate(config, cut_dir, "distill", DEFAULT, (teacher_path,))
+  monkeypatch.setattr(loop, "_check_finite", original)
+  loop.train_and_evaluate(config, cut_dir, "distill", DEFAULT, (teacher_path,))
+  for a, b in zip(weights_of(full_dir), weights_of(cut_dir)):
+    np.testing.assert_array_equal(a, b)
+  assert spe == 28

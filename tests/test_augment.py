@@ -1,0 +1,149 @@
+"""Augmentation: replica-independent, resumable, same batch for teacher and student, errors."""
+
+import functools
+
+import keras
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kd_research import augment
+from kd_research import data
+from kd_research import teachers as teachers_lib
+from kd_research import train_step
+from kd_research.errors import UserError
+from test_data import _global_batches
+
+ALL = ("flip", "crop", "rotate", "cutout", "mixup")
+
+
+def params(**kw):
+  base = dict(ops="", crop_padding=2, rotation_degrees=20.0, cutout_size=3, mixup_alpha=0.4,
+              cutmix_alpha=1.0)
+  base.update(kw)
+  return ml_collections.ConfigDict(base)
+
+
+def dataset(n=64, size=8, seed=0):
+  rng = np.random.default_rng(seed)
+  return (rng.integers(0, 255, (n, size, size, 1)).astype(np.uint8),
+          rng.integers(0, 5, n).astype(np.int32))
+
+
+def train_fn(ops, gb=16, start_step=0, **kw):
+  x, y = dataset()
+  transform = functools.partial(augment.augment_batch, ops=ops, cfg=params(**kw), seed=7,
+                                num_classes=5, global_batch_size=gb)
+  return data.train_dataset_fn(x, y, gb, seed=3, start_step=start_step, transform=transform)
+
+
+@pytest.mark.parametrize("ops", [("flip", "crop", "rotate", "cutout", "mixup"), ("cutmix",)])
+@pytest.mark.parametrize("replicas", [2, 4])
+def test_same_augmented_batch_for_any_replica_count(ops, replicas):
+  reference = _global_batches(train_fn(ops), 1, 6)
+  got = _global_batches(train_fn(ops), replicas, 6)
+  for a, b in zip(reference, got):
+    # Pixels are 0..255; bilinear rotation on a differently sized batch differs by ~1e-4.
+    np.testing.assert_allclose(a["image"], b["image"], rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(a["label"], b["label"], atol=1e-6)
+
+
+def test_augmentation_stream_resumes():
+  full = _global_batches(train_fn(ALL), 1, 9)
+  resumed = _global_batches(train_fn(ALL, start_step=5), 1, 4)
+  for a, b in zip(full[5:], resumed):
+    np.testing.assert_allclose(a["image"], b["image"], atol=1e-6)
+  # Different steps get different randomness.
+  assert not np.allclose(full[0]["image"], full[5]["image"])
+
+
+def test_mixup_mixes_images_and_labels_of_partners():
+  plain = _global_batches(train_fn(()), 1, 1)[0]
+  mixed = _global_batches(train_fn(("mixup",)), 1, 1)[0]
+  labels = mixed["label"]
+  np.testing.assert_allclose(labels.sum(1), 1.0, atol=1e-6)
+  one_hot = np.eye(5)[plain["label"]]
+  partner = np.arange(16) ^ 1
+  # lam is recovered from the label of the first class mixed in.
+  for i in range(16):
+    if plain["label"][i] == plain["label"][partner[i]]:
+      continue
+    lam = labels[i, plain["label"][i]]
+    np.testing.assert_allclose(labels[i], lam * one_hot[i] + (1 - lam) * one_hot[partner[i]],
+                               atol=1e-6)
+    np.testing.assert_allclose(mixed["image"][i],
+                               lam * plain["image"][i] + (1 - lam) * plain["image"][partner[i]],
+                               atol=1e-3)
+
+
+def test_flip_crop_and_cutout_geometry():
+  plain = _global_batches(train_fn(()), 1, 1)[0]["image"]
+  flipped = _global_batches(train_fn(("flip",)), 1, 1)[0]["image"]
+  for a, b in zip(plain, flipped):
+    assert np.array_equal(a, b) or np.array_equal(a[:, ::-1], b)
+  assert any(not np.array_equal(a, b) for a, b in zip(plain, flipped))
+  cropped = _global_batches(train_fn(("crop",)), 1, 1)[0]["image"]
+  for a, b in zip(plain, cropped):  # Some shift (dy, dx) in [-2, 2]^2 explains the crop.
+    padded = np.pad(a, [(2, 2), (2, 2), (0, 0)])
+    assert any(np.array_equal(padded[2 + dy:10 + dy, 2 + dx:10 + dx], b)
+               for dy in range(-2, 3) for dx in range(-2, 3))
+  cut = _global_batches(train_fn(("cutout",)), 1, 1)[0]["image"]
+  changed = (cut != plain).reshape(16, -1).sum(1)
+  assert np.all(changed <= 9) and np.all((cut == 0) | (cut == plain))
+
+
+class _Recorder(keras.layers.Layer):
+  """Stores the last input it saw in a variable, then flattens it to logits."""
+
+  def build(self, shape):
+    self.seen = self.add_weight(shape=(16,) + tuple(shape[1:]), initializer="zeros",
+                                trainable=False)
+
+  def call(self, x):
+    self.seen.assign(x)
+    return x
+
+
+def _recording_model(trainable):
+  inputs = keras.Input((8, 8, 1))
+  recorder = _Recorder()
+  x = keras.layers.Flatten()(recorder(inputs))
+  model = keras.Model(inputs, keras.layers.Dense(5, trainable=trainable)(x))
+  return model, recorder
+
+
+def test_teacher_and_student_receive_the_same_augmented_batch():
+  teacher, teacher_seen = _recording_model(False)
+  student, student_seen = _recording_model(True)
+  strategy = tf.distribute.get_strategy()
+  opt = keras.optimizers.SGD(0.01)
+  opt.build(student.trainable_variables)
+  step = tf.Variable(0, dtype=tf.int64)
+  ensemble = teachers_lib.TeacherEnsemble([teacher], ["t"])
+  loop = train_step.make_train_loop(strategy, student, opt, step, 16, ensemble,
+                                    lambda s: 0.5, lambda s: 2.0)
+  ds = strategy.distribute_datasets_from_function(train_fn(ALL))
+  loop(iter(ds), tf.constant(2))
+  second = _global_batches(train_fn(ALL), 1, 2)[1]["image"]
+  np.testing.assert_array_equal(teacher_seen.seen.numpy(), student_seen.seen.numpy())
+  np.testing.assert_allclose(student_seen.seen.numpy(), second, atol=1e-5)
+  assert not np.allclose(second, _global_batches(train_fn(()), 1, 2)[1]["image"])
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(ops="flip,blur"), "valid: flip, crop"),
+    (dict(ops="rotate", rotation_degrees=0.0), "rotation_degrees"),
+    (dict(ops="cutout", cutout_size=9), "cutout_size"),
+    (dict(ops="mixup", mixup_alpha=0.0), "mixup_alpha"),
+    (dict(ops="crop", crop_padding=8), "crop_padding"),
+    (dict(ops="mixup,cutmix"), "only one of"),
+])
+def test_bad_augmentation_config(kw, match):
+  with pytest.raises(UserError, match=match):
+    augment.validate(params(**kw), (8, 8, 1), 16)
+
+
+def test_mixing_needs_even_replica_batch():
+  with pytest.raises(UserError, match="even per-replica batch"):
+    augment.validate(params(ops="mixup"), (8, 8, 1), 15)
