@@ -20,6 +20,8 @@ usage: ./launch.sh COMMAND [flags]
   distill      distil the student from a teacher: --workdir=DIR --config.teacher.path=RUN/model.keras
   pipeline     teacher -> student baseline -> distilled student -> results.md: --workdir=DIR
   eval         evaluate a finished run on the test split: --workdir=RUN
+  multiworker  N local worker processes (MultiWorkerMirroredStrategy on 127.0.0.1):
+               --num_workers=N COMMAND [flags], e.g. multiworker --num_workers=2 distill ...
   tensorboard  start TensorBoard on 127.0.0.1 [--logdir=DIR] [--port=N]
   help         this message; `./launch.sh train --helpfull` lists every flag
 
@@ -93,6 +95,9 @@ case "$cmd" in
   train|distill|pipeline|eval)
     [ -x "$PY" ] || setup
     main_py "$cmd" "$@" ;;
+  multiworker)
+    [ -x "$PY" ] || setup
+    exec "$PY" -m kd_research.multiworker "$@" ;;
   tensorboard)
     [ -x "$PY" ] || setup
     logdir="runs"; port=6006

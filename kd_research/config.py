@@ -77,6 +77,9 @@ def base_config():
   c.distill = ml_collections.ConfigDict(dict(
       combine="prob_mean", finetune_epochs=0,
       **schedule_fields("alpha", 0.7), **schedule_fields("temperature", 10.0)))
+  # Named distillation variants for the pipeline: {name: {distill field: value}}. Empty means
+  # one distilled student with config.distill; otherwise one student_kd_<name> run each.
+  c.variants = ml_collections.ConfigDict()
   return c
 
 
@@ -129,7 +132,26 @@ def validate(config):
       0.0, float("inf"), low_inclusive=False, what_range="T > 0")
   schedules.from_config(config.optimizer, "learning_rate", 1000, "learning-rate schedule")
   augment.parse_ops(config.augment.ops)
+  for name, overrides in config.variants.items():
+    variant = apply_variant(config, name)
+    need(variant.distill.finetune_epochs < variant.student.epochs,
+         f"variant {name}: finetune_epochs must be smaller than config.student.epochs.")
+    schedules.from_config(variant.distill, "alpha", 1000, f"variant {name} alpha schedule"
+                          ).check_range(0.0, 1.0)
   return config
+
+
+def apply_variant(config, name):
+  """A copy of ``config`` with ``config.variants[name]`` applied to its distill fields."""
+  variant = ml_collections.ConfigDict(config.to_dict())
+  for key, value in config.variants[name].items():
+    if key not in variant.distill:
+      raise UserError(f"variant {name}: {key!r} is not a config.distill field; valid: "
+                      f"{', '.join(sorted(variant.distill))}.")
+    variant.distill[key] = value
+  variant.variants = ml_collections.ConfigDict()
+  variant.lock()
+  return variant
 
 
 def to_json(config):

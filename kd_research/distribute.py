@@ -7,6 +7,8 @@ thing a run does.
 
 import json
 import os
+import sys
+import subprocess
 
 import tensorflow as tf
 
@@ -32,11 +34,13 @@ def _logical_cpus(n):
   if n < 1:
     raise UserError(f"config.num_cpu_devices must be >= 1, got {n}.")
   cpu = tf.config.list_physical_devices("CPU")[0]
-  try:
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
-  except RuntimeError:
-    pass  # Already initialised (e.g. a second run in one process); check what we have.
+  configured = tf.config.get_logical_device_configuration(cpu) or []
+  if len(configured) < n:
+    try:
+      tf.config.set_logical_device_configuration(
+          cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
+    except RuntimeError:
+      pass  # Already initialised (e.g. a second run in one process); check what we have.
   have = len(tf.config.list_logical_devices("CPU"))
   if have < n:
     raise UserError(f"config.num_cpu_devices={n}, but TensorFlow was already initialised with "
@@ -70,6 +74,48 @@ def parse_tf_config():
   return tf_config
 
 
+_WATCHDOG_SCRIPT = """
+import os, signal, sys, time
+pid, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+deadline = time.time() + seconds
+while time.time() < deadline:
+  time.sleep(0.2)
+  try:
+    os.kill(pid, 0)
+  except OSError:
+    sys.exit(0)
+sys.stderr.write(message)
+sys.stderr.flush()
+os.kill(pid, signal.SIGKILL)
+"""
+
+
+class _Watchdog:
+  """Kills this process with a clear message if its block takes longer than ``seconds``.
+
+  A separate process, because the blocking call holds the GIL: no Python thread or
+  signal handler of this process would run while it hangs.
+  """
+
+  def __init__(self, seconds, cluster):
+    self._message = (
+        f"error: could not connect to every worker of the cluster {cluster} within "
+        f"{seconds:.0f} s (config.collective_timeout_seconds). Start all workers with the "
+        "same TF_CONFIG cluster, check hosts and ports, or raise the timeout.\n")
+    self._seconds = seconds
+    self._proc = None
+
+  def __enter__(self):
+    self._proc = subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG_SCRIPT, str(os.getpid()), str(self._seconds),
+         self._message])
+    return self
+
+  def __exit__(self, *exc):
+    self._proc.kill()
+    self._proc.wait()
+
+
 def make_strategy(config):
   """Builds the tf.distribute strategy named by ``config.strategy``."""
   name = config.strategy
@@ -93,8 +139,11 @@ def make_strategy(config):
       raise UserError(f"config.cluster={config.cluster!r}; valid: tf_config, slurm.")
     options = tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=config.collective_timeout_seconds)
-    return tf.distribute.MultiWorkerMirroredStrategy(
-        cluster_resolver=resolver, communication_options=options)
+    # The constructor blocks until every worker is up; a peer that never comes would hang
+    # it forever, and the blocking C++ call cannot be interrupted: a watchdog exits instead.
+    with _Watchdog(config.collective_timeout_seconds, resolver.cluster_spec().as_dict()):
+      return tf.distribute.MultiWorkerMirroredStrategy(
+          cluster_resolver=resolver, communication_options=options)
   raise UserError(f"config.strategy={config.strategy!r}; valid: default, mirrored, "
                   "multi_worker, auto.")
 

@@ -152,12 +152,15 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
                 if distilling else None)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var,
                                      train_seconds=elapsed_var)
-  ckpt_dir = os.path.join(workdir, "checkpoints") if chief else tempfile.mkdtemp()
+  # Every worker restores the chief's latest checkpoint (shared filesystem) and saves
+  # (a collective under MultiWorkerMirroredStrategy), non-chiefs into a temporary dir.
+  chief_ckpt_dir = os.path.join(workdir, "checkpoints")
+  ckpt_dir = chief_ckpt_dir if chief else tempfile.mkdtemp(prefix="kd_worker_ckpt_")
   manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=config.keep_checkpoints)
-  if manager.latest_checkpoint:
-    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    logging.info("Resumed %s from %s at step %d.", workdir, manager.latest_checkpoint,
-                 int(step_var.numpy()))
+  latest = tf.train.latest_checkpoint(chief_ckpt_dir)
+  if latest:
+    checkpoint.restore(latest).assert_existing_objects_matched()
+    logging.info("Resumed %s from %s at step %d.", workdir, latest, int(step_var.numpy()))
   step = int(step_var.numpy())
   logging.info("%s: %s %s, %d params, %d steps (%d/epoch), %d replica(s), %s.", workdir, role,
                entry.model, model.count_params(), total_steps, spe,
@@ -223,7 +226,10 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
     _export(model, workdir)
     io_utils.atomic_write_json(os.path.join(workdir, workdir_lib.RESULTS_FILE), results)
   else:
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    scratch = tempfile.mkdtemp(prefix="kd_worker_export_")
+    _export(model, scratch)  # Saving may need every worker; the copy is thrown away.
+    for path in (ckpt_dir, scratch):
+      shutil.rmtree(path, ignore_errors=True)
   return results
 
 

@@ -96,12 +96,23 @@ def main(argv):
     sys.exit(2)
   config = flags.FLAGS.config
   config.experiment = flags.FLAGS.experiment or flags.FLAGS["config"].config_filename
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  peer_errors = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)
   try:
     _run(argv[1], config, flags.FLAGS.workdir)
   except UserError as e:
     if logging.get_verbosity() >= logging.DEBUG:
       raise
     sys.stderr.write(f"error: {e}\n")
+    sys.exit(1)
+  except peer_errors as e:
+    if logging.get_verbosity() >= logging.DEBUG:
+      raise
+    sys.stderr.write(
+        f"error: a worker failed or became unreachable ({type(e).__name__}: "
+        f"{str(e).splitlines()[0][:300]}). The chief's last checkpoint in "
+        f"{flags.FLAGS.workdir} is intact; restart every worker with the same command to "
+        "resume from it.\n")
     sys.exit(1)
 
 
