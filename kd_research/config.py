@@ -59,6 +59,7 @@ def base_config():
   # Bookkeeping.
   c.log_every_steps = 100
   c.checkpoint_every_steps = 500
+  c.checkpoint_every_seconds = 0.0  # >0: also checkpoint when this much time has passed
   c.keep_checkpoints = 2
   c.eval_every_epochs = 1
   # Optimisation (shared by every stage).
@@ -113,6 +114,8 @@ def validate(config):
     section, _, name = field.rpartition(".")
     value = (config[section] if section else config)[name]
     need(value >= 0, f"config.{field} must be >= 0, got {value}.")
+  need(config.checkpoint_every_seconds >= 0,
+       f"config.checkpoint_every_seconds must be >= 0, got {config.checkpoint_every_seconds}.")
   need(config.optimizer.learning_rate > 0,
        f"config.optimizer.learning_rate must be > 0, got {config.optimizer.learning_rate}.")
   need(config.optimizer.weight_decay >= 0,

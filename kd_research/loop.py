@@ -119,6 +119,11 @@ def train_and_evaluate(config, workdir, role, strategy, teacher_paths=(), overwr
                  finished["test_accuracy"])
     return finished
   check_batch(config.global_batch_size, strategy)
+  if config.checkpoint_every_seconds and isinstance(
+      strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    raise UserError("config.checkpoint_every_seconds works only in single-process runs: "
+                    "workers would disagree on when to save (a collective). Use "
+                    "config.checkpoint_every_steps with multi_worker.")
   splits = data.load_splits(config)
   if config.deterministic:
     tf.config.experimental.enable_op_determinism()
@@ -159,7 +164,12 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
   manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=config.keep_checkpoints)
   latest = tf.train.latest_checkpoint(chief_ckpt_dir)
   if latest:
-    checkpoint.restore(latest).assert_existing_objects_matched()
+    try:
+      checkpoint.restore(latest).assert_existing_objects_matched()
+    except (ValueError, AssertionError, tf.errors.OpError) as e:
+      raise UserError(f"Checkpoint {latest} does not fit the configured {entry.model} model "
+                      f"({str(e).splitlines()[0][:300]}). The workdir holds another model's "
+                      "run: use a new --workdir, or --overwrite to discard it.")
     logging.info("Resumed %s from %s at step %d.", workdir, latest, int(step_var.numpy()))
   step = int(step_var.numpy())
   logging.info("%s: %s %s, %d params, %d steps (%d/epoch), %d replica(s), %s.", workdir, role,
@@ -183,7 +193,7 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
   iterator = iter(strategy.distribute_datasets_from_function(train_fn(start_step=step)))
 
   window = np.zeros(len(train_step.TRAIN_SUMS))
-  window_start = time.perf_counter()
+  window_start = last_save = time.perf_counter()
   while step < total_steps:
     in_distill = distilling and step < distill_steps
     n = min(config.steps_per_loop, total_steps - step, _steps_to_next(step, config.log_every_steps),
@@ -215,8 +225,11 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
       writer.scalars(step, _eval_metrics(result, distilling, "eval"))
       logging.info("%s epoch %d: validation accuracy %.4f loss %.4f", role, step // spe,
                    result["accuracy"], result["loss"])
-    if step % config.checkpoint_every_steps == 0 or step == total_steps:
+    timed_out = (config.checkpoint_every_seconds and
+                 time.perf_counter() - last_save >= config.checkpoint_every_seconds)
+    if step % config.checkpoint_every_steps == 0 or step == total_steps or timed_out:
       manager.save(checkpoint_number=step)
+      last_save = time.perf_counter()
 
   results = _final_results(config, workdir, role, strategy, model, eval_step, splits, eval_gb,
                            ensemble, step, float(elapsed_var.numpy()))

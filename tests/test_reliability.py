@@ -1,0 +1,169 @@
+"""Reliability: SIGKILL and resume exactly, bad input, teacher integrity, atomic outputs."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kd_research import data_sources
+from kd_research import io_utils
+from kd_research import loop
+from kd_research import teachers as teachers_lib
+from kd_research.errors import UserError
+from conftest import REPO, tiny_config
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+DEFAULT = tf.distribute.get_strategy()
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("rel_teacher"))
+  loop.train_and_evaluate(tiny_config(), workdir, "teacher", DEFAULT)
+  return os.path.join(workdir, "model.keras")
+
+
+def _distill_cmd(workdir, teacher_file):
+  return [sys.executable, "-m", "kd_research.main", "distill", "--experiment=fashion_mnist:tiny",
+          f"--workdir={workdir}", f"--config.teacher.path={teacher_file}",
+          "--config.deterministic=true", "--config.student.epochs=4",
+          "--config.checkpoint_every_steps=10", "--config.steps_per_loop=2",
+          "--config.log_every_steps=2", "--config.augment.ops=flip,crop,cutout",
+          "--config.distill.alpha_schedule=linear", "--config.distill.alpha_end=0.2"]
+
+
+def _weights(workdir):
+  model = keras.models.load_model(os.path.join(workdir, "model.keras"), compile=False)
+  return [w.numpy() for w in model.weights]
+
+
+def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path, teacher_file):
+  full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+  done = subprocess.run(_distill_cmd(full, teacher_file), cwd=REPO, env=ENV,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  proc = subprocess.Popen(_distill_cmd(cut, teacher_file), cwd=REPO, env=ENV,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt_dir = os.path.join(cut, "checkpoints")
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    latest = tf.train.latest_checkpoint(ckpt_dir) if os.path.isdir(ckpt_dir) else None
+    if latest and int(latest.rsplit("-", 1)[1]) >= 40:
+      break
+    time.sleep(0.02)
+  assert proc.poll() is None, "the run finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = int(tf.train.latest_checkpoint(ckpt_dir).rsplit("-", 1)[1])
+  assert 40 <= killed_at < 4 * 28
+  assert not os.path.exists(os.path.join(cut, "results.json"))
+  resumed = subprocess.run(_distill_cmd(cut, teacher_file), cwd=REPO, env=ENV,
+                           capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "Resumed" in resumed.stderr
+  diffs = [float(np.max(np.abs(a - b))) for a, b in zip(_weights(full), _weights(cut))]
+  print(f"killed after checkpoint {killed_at}; max |dw| vs uninterrupted: {max(diffs)}")
+  assert max(diffs) == 0.0
+  a = json.load(open(os.path.join(full, "results.json")))
+  b = json.load(open(os.path.join(cut, "results.json")))
+  assert a["test_accuracy"] == b["test_accuracy"] and a["test_loss"] == b["test_loss"]
+
+
+def _sha(path):
+  return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_teacher_file_untouched_by_distillation(tmp_path, teacher_file):
+  before = _sha(teacher_file)
+  loop.train_and_evaluate(tiny_config(**{"student.epochs": 1}), str(tmp_path / "kd"), "distill",
+                          DEFAULT, (teacher_file,))
+  assert _sha(teacher_file) == before
+  ckpt = tf.train.latest_checkpoint(str(tmp_path / "kd" / "checkpoints"))
+  names = [name for name, _ in tf.train.list_variables(ckpt)]
+  assert names and not any("teacher" in n for n in names)
+
+
+def test_bad_teacher_files(tmp_path, teacher_file):
+  shape, classes = (28, 28, 1), 10
+  with pytest.raises(UserError, match="does not exist"):
+    teachers_lib.load([str(tmp_path / "none.keras")], shape, classes)
+  truncated = tmp_path / "truncated.keras"
+  truncated.write_bytes(open(teacher_file, "rb").read()[:500])
+  with pytest.raises(UserError, match="cannot load teacher"):
+    teachers_lib.load([str(truncated)], shape, classes)
+  with pytest.raises(UserError, match="predicts 10 classes, but the data has 5"):
+    teachers_lib.load([teacher_file], shape, 5)
+  with pytest.raises(UserError, match=r"inputs of shape \(28, 28, 1\).*\(32, 32, 3\)"):
+    teachers_lib.load([teacher_file], (32, 32, 3), classes)
+  with pytest.raises(UserError, match="not a .keras file"):
+    teachers_lib.load([str(tmp_path / "x.h5")] if (tmp_path / "x.h5").write_text("x") else [],
+                      shape, classes)
+  with pytest.raises(UserError, match="at least one teacher"):
+    teachers_lib.load([], shape, classes)
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+  workdir = str(tmp_path / "w")
+  loop.train_and_evaluate(tiny_config(**{"student.epochs": 1}), workdir, "student", DEFAULT)
+  os.remove(os.path.join(workdir, "results.json"))
+  with open(os.path.join(workdir, "config.json")) as f:
+    identity = json.load(f)
+  identity["model"]["width"] = 64  # Pretend the run was configured with a wider model.
+  io_utils.atomic_write_json(os.path.join(workdir, "config.json"), identity)
+  config = tiny_config(**{"student.epochs": 1, "student.width": 64})
+  with pytest.raises(UserError, match="does not fit the configured mlp model"):
+    loop.train_and_evaluate(config, workdir, "student", DEFAULT)
+
+
+def test_unreadable_data_and_unwritable_workdir(tmp_path, monkeypatch):
+  from test_data import write_fake_mnist
+  write_fake_mnist(str(tmp_path / "d"))
+  real_open = open
+
+  def deny(path, *args, **kwargs):
+    if "train-images" in str(path):
+      raise PermissionError(13, "Permission denied", str(path))
+    return real_open(path, *args, **kwargs)
+
+  monkeypatch.setattr("builtins.open", deny)
+  monkeypatch.setattr("gzip.open", deny)
+  with pytest.raises(UserError, match="permission denied"):
+    data_sources.load("mnist", str(tmp_path / "d"))
+  monkeypatch.undo()
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  with pytest.raises(UserError, match="cannot be written"):
+    loop.train_and_evaluate(tiny_config(), str(blocker / "run"), "student", DEFAULT)
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+  path = str(tmp_path / "results.json")
+  io_utils.atomic_write_json(path, {"ok": 1})
+
+  class Boom:
+    def __str__(self):
+      raise RuntimeError("interrupted mid-write")
+
+  with pytest.raises(RuntimeError):
+    io_utils.atomic_write_json(path, {"bad": Boom()})
+  assert json.load(open(path)) == {"ok": 1}
+  assert os.listdir(tmp_path) == ["results.json"]
+
+
+def test_overwrite_discards_a_different_run(tmp_path):
+  workdir = str(tmp_path / "w")
+  loop.train_and_evaluate(tiny_config(**{"student.epochs": 1}), workdir, "student", DEFAULT)
+  config = tiny_config(**{"student.epochs": 1, "student.width": 16})
+  with pytest.raises(UserError, match="model.width: 32 -> 16"):
+    loop.train_and_evaluate(config, workdir, "student", DEFAULT)
+  results = loop.train_and_evaluate(config, workdir, "student", DEFAULT, overwrite=True)
+  assert json.load(open(os.path.join(workdir, "config.json")))["model"]["width"] == 16
+  assert results["params"] == json.load(open(os.path.join(workdir, "results.json")))["params"]
