@@ -75,8 +75,12 @@ def base_config():
       ops="", crop_padding=2, rotation_degrees=10.0, cutout_size=8, mixup_alpha=0.2,
       cutmix_alpha=1.0))
   # Distillation.
+  # More teachers for multi-teacher distillation: {name: model entry}; the ensemble is
+  # config.teacher followed by these in name order.
+  c.extra_teachers = ml_collections.ConfigDict()
   c.distill = ml_collections.ConfigDict(dict(
-      combine="prob_mean", finetune_epochs=0,
+      combine="prob_mean", finetune_epochs=0, cache_teacher=False,
+      teacher_weights="",  # comma-separated, one per teacher; empty = uniform
       **schedule_fields("alpha", 0.7), **schedule_fields("temperature", 10.0)))
   # Named distillation variants for the pipeline: {name: {distill field: value}}. Empty means
   # one distilled student with config.distill; otherwise one student_kd_<name> run each.
@@ -120,12 +124,20 @@ def validate(config):
        f"config.optimizer.learning_rate must be > 0, got {config.optimizer.learning_rate}.")
   need(config.optimizer.weight_decay >= 0,
        f"config.optimizer.weight_decay must be >= 0, got {config.optimizer.weight_decay}.")
-  for role in ("teacher", "student"):
-    entry = config[role]
+  entries = [("teacher", config.teacher), ("student", config.student)] + [
+      (f"extra_teachers.{name}", entry) for name, entry in config.extra_teachers.items()]
+  for role, entry in entries:
+    for field in ("model", "width", "sync_bn", "epochs", "seed", "path"):
+      need(field in entry, f"config.{role} lacks the field {field!r}; build entries with "
+           "config.model_config(...).")
     need(entry.model in models.MODELS, f"config.{role}.model={entry.model!r} is unknown; "
          f"valid models: {', '.join(sorted(models.MODELS))}.")
     need(entry.epochs >= 1, f"config.{role}.epochs must be a positive integer, got {entry.epochs}.")
     need(entry.width >= 0, f"config.{role}.width must be >= 0 (0 = default), got {entry.width}.")
+  from kd_research import losses  # pylint: disable=g-import-not-at-top
+  losses.normalise_weights(schedules.parse_floats(config.distill.teacher_weights,
+                                                  "config.distill.teacher_weights") or None,
+                           1 + len(config.extra_teachers))
   need(config.distill.finetune_epochs < config.student.epochs,
        f"config.distill.finetune_epochs={config.distill.finetune_epochs} must be smaller than "
        f"config.student.epochs={config.student.epochs} (the total student epochs).")
@@ -172,3 +184,22 @@ def flatten(d, prefix=""):
     else:
       out[name] = value
   return out
+
+
+def teacher_entries(config):
+  """[(name, entry)] of every teacher: ('teacher', config.teacher), then extra_teachers by name."""
+  return [("teacher", config.teacher)] + sorted(config.extra_teachers.items())
+
+
+def teacher_weights(config):
+  """The per-teacher weights as a list, or None for uniform."""
+  return list(schedules.parse_floats(config.distill.teacher_weights,
+                                     "config.distill.teacher_weights")) or None
+
+
+def with_teacher(config, entry):
+  """A copy of ``config`` whose config.teacher is ``entry`` (to train an extra teacher)."""
+  copy = ml_collections.ConfigDict(config.to_dict())
+  copy.teacher = ml_collections.ConfigDict(entry.to_dict())
+  copy.lock()
+  return copy

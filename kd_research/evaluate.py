@@ -23,6 +23,67 @@ def run_eval(strategy, eval_step, images, labels, global_batch_size):
           "agreement": totals["agreement"] / count, "kl": totals["kl"] / count}
 
 
+def expected_calibration_error(probs, labels, bins=15):
+  """ECE: sum over confidence bins of |accuracy - confidence| weighted by the bin's share."""
+  confidence = probs.max(-1)
+  correct = (probs.argmax(-1) == labels).astype(np.float64)
+  edges = np.linspace(0.0, 1.0, bins + 1)
+  index = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+  ece = 0.0
+  for b in range(bins):
+    in_bin = index == b
+    if in_bin.any():
+      ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+  return float(ece)
+
+
+def _softmax(z):
+  z = z - z.max(-1, keepdims=True)
+  e = np.exp(z)
+  return e / e.sum(-1, keepdims=True)
+
+
+def teacher_report(ensemble, splits, weights=None):
+  """Each teacher's and the ensemble's accuracy and ECE on validation and test, and agreement.
+
+  The ensemble averages the teachers' probabilities at T = 1 with the configured
+  weights (uniform by default). Returns a JSON-ready dict.
+  """
+  from kd_research import losses  # pylint: disable=g-import-not-at-top
+  from kd_research import teacher_cache  # pylint: disable=g-import-not-at-top
+  w = np.asarray(losses.normalise_weights(weights, len(ensemble)))
+  report = {"names": list(ensemble.names), "weights": w.tolist()}
+  for split in ("validation", "test"):
+    images, labels = getattr(splits, split)
+    logits = teacher_cache.compute_logits(ensemble, images)  # [N, K, C]
+    probs = _softmax(logits.astype(np.float64))
+    predictions = probs.argmax(-1)
+    ensemble_probs = np.einsum("k,nkc->nc", w, probs)
+    report[split] = {
+        "accuracy": [float((predictions[:, k] == labels).mean()) for k in range(len(ensemble))],
+        "ece": [expected_calibration_error(probs[:, k], labels) for k in range(len(ensemble))],
+        "ensemble_accuracy": float((ensemble_probs.argmax(-1) == labels).mean()),
+        "ensemble_ece": expected_calibration_error(ensemble_probs, labels),
+        "pairwise_agreement": [[float((predictions[:, i] == predictions[:, j]).mean())
+                                for j in range(len(ensemble))] for i in range(len(ensemble))],
+    }
+  return report
+
+
+def teacher_scalars(report):
+  """TensorBoard scalars teacher/<k>/..., teacher/ensemble/..., teacher/agreement/<i>_<j>."""
+  out = {}
+  v = report["validation"]
+  for k in range(len(report["names"])):
+    out[f"teacher/{k}/validation_accuracy"] = v["accuracy"][k]
+    out[f"teacher/{k}/validation_ece"] = v["ece"][k]
+    for j in range(k + 1, len(report["names"])):
+      out[f"teacher/agreement/{k}_{j}"] = v["pairwise_agreement"][k][j]
+  out["teacher/ensemble/validation_accuracy"] = v["ensemble_accuracy"]
+  out["teacher/ensemble/validation_ece"] = v["ensemble_ece"]
+  return out
+
+
 def inference_ms_per_batch(model, input_shape, batch_size=128, repeats=20, warmup=3):
   """Median wall time (ms) of one inference-mode forward pass on a batch, after warm-up."""
   images = tf.random.uniform((batch_size,) + tuple(input_shape), 0, 255, seed=0)

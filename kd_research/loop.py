@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from kd_research import augment
+from kd_research import config as config_lib
 from kd_research import data
 from kd_research import distribute
 from kd_research import evaluate
@@ -24,6 +25,7 @@ from kd_research import io_utils
 from kd_research import models
 from kd_research import schedules
 from kd_research import summaries
+from kd_research import teacher_cache
 from kd_research import teachers as teachers_lib
 from kd_research import train_step
 from kd_research import workdir as workdir_lib
@@ -176,17 +178,33 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
                entry.model, model.count_params(), total_steps, spe,
                strategy.num_replicas_in_sync, splits.source)
 
+  weights = config_lib.teacher_weights(config) if distilling else None
+  transform = _augmentation(config, splits, gb // strategy.num_replicas_in_sync, entry.seed)
+  cached = distilling and config.distill.cache_teacher
+  extras = None
+  if cached:
+    teacher_cache.refuse_with_augmentation(augment.parse_ops(config.augment.ops))
+    digest = teacher_cache.fingerprint(teacher_paths, splits.train[0], config.mixed_precision,
+                                       config.distill.combine)
+    extras = {"teacher_logits": teacher_cache.load_or_compute(
+        os.path.join(workdir, "teacher_cache"), "train", ensemble, splits.train[0], digest,
+        write=chief)}
   plain_loop = train_step.make_train_loop(strategy, model, optimizer, step_var, gb)
   distill_loop = (train_step.make_train_loop(
-      strategy, model, optimizer, step_var, gb, ensemble, alpha_fn, temperature_fn,
-      config.distill.combine) if distilling else None)
+      strategy, model, optimizer, step_var, gb, None if cached else ensemble, alpha_fn,
+      temperature_fn, config.distill.combine, weights, cached_teacher_logits=cached)
+                  if distilling else None)
   final_t = float(temperature_fn(max(distill_steps, 1))) if distilling else 1.0
-  eval_step = train_step.make_eval_step(strategy, model, ensemble, final_t)
+  eval_step = train_step.make_eval_step(strategy, model, ensemble, final_t,
+                                        config.distill.combine, weights)
   eval_gb = eval_batch_size(config, strategy)
   writer = summaries.Summaries(os.path.join(workdir, "tensorboard"), enabled=chief)
-  transform = _augmentation(config, splits, gb // strategy.num_replicas_in_sync, entry.seed)
+  teacher_summary = None
+  if distilling:
+    teacher_summary = evaluate.teacher_report(ensemble, splits, weights)
+    writer.scalars(0, evaluate.teacher_scalars(teacher_summary))
   train_fn = functools.partial(data.train_dataset_fn, *splits.train, gb, seed=entry.seed,
-                               transform=transform)
+                               transform=transform, extras=extras)
   if step == 0 and transform is not None:
     first = next(iter(train_fn()(tf.distribute.InputContext())))
     writer.images(0, "train/augmented_examples", first["image"][:16] / 255.0)
@@ -233,6 +251,8 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
 
   results = _final_results(config, workdir, role, strategy, model, eval_step, splits, eval_gb,
                            ensemble, step, float(elapsed_var.numpy()))
+  if teacher_summary is not None:
+    results["teachers"] = teacher_summary
   writer.scalars(step, _eval_metrics(results["test"], distilling, "test"))
   writer.close()
   if chief:

@@ -19,22 +19,26 @@ EVAL_SUMS = ("loss", "correct", "count", "teacher_correct", "agreement", "kl")
 
 def make_train_loop(strategy, model, optimizer, step_var, global_batch_size,
                     teachers=None, alpha_fn=None, temperature_fn=None,
-                    combine="prob_mean", teacher_weights=None):
+                    combine="prob_mean", teacher_weights=None, cached_teacher_logits=False):
   """Returns ``train_loop(iterator, num_steps) -> sums`` (see TRAIN_SUMS).
 
-  With ``teachers`` the step distils with alpha/temperature taken from the
-  schedules at the current global step; without, it trains on labels only and the
-  teacher is never evaluated (student baseline, teacher training, fine-tuning).
+  With ``teachers`` (a TeacherEnsemble) or ``cached_teacher_logits`` (batches carry
+  'teacher_logits' [b, K, C] from the teacher cache) the step distils with
+  alpha/temperature taken from the schedules at the current global step; otherwise
+  it trains on labels only and no teacher runs (baseline, teacher, fine-tuning).
   """
+  distilling = teachers is not None or cached_teacher_logits
 
   def replica_step(batch):
     images, labels = batch["image"], batch["label"]
     step = step_var.read_value()
-    if teachers is not None:
+    if cached_teacher_logits:
+      teacher_logits = tf.transpose(batch["teacher_logits"], [1, 0, 2])
+    elif teachers is not None:
       teacher_logits = teachers.logits(images)
     with tf.GradientTape() as tape:
       logits = model(images, training=True)
-      if teachers is not None:
+      if distilling:
         total, distill, ce = losses.distillation_terms(
             logits, teacher_logits, labels, alpha_fn(step), temperature_fn(step),
             combine, teacher_weights)
@@ -63,7 +67,8 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size,
   return train_loop
 
 
-def make_eval_step(strategy, model, teachers=None, temperature=1.0):
+def make_eval_step(strategy, model, teachers=None, temperature=1.0, combine="prob_mean",
+                   teacher_weights=None):
   """Returns ``eval_step(batch) -> sums`` (see EVAL_SUMS), weighting out padded examples.
 
   With ``teachers``, also counts teacher accuracy, teacher-student top-1 agreement
@@ -80,11 +85,13 @@ def make_eval_step(strategy, model, teachers=None, temperature=1.0):
     teacher_correct, agreement, kl = zeros, zeros, zeros
     if teachers is not None:
       teacher_logits = teachers.logits(images)
-      teacher_probs = tf.reduce_mean(losses.soften(teacher_logits, 1.0), axis=0)
+      weights = tf.constant(losses.normalise_weights(teacher_weights, len(teachers)))
+      teacher_probs = tf.einsum("k,kbc->bc", weights, losses.soften(teacher_logits, 1.0))
       teacher_predicted = tf.argmax(teacher_probs, -1, output_type=tf.int32)
       teacher_correct = tf.cast(tf.equal(teacher_predicted, labels), tf.float32) * weight
       agreement = tf.cast(tf.equal(teacher_predicted, predicted), tf.float32) * weight
-      kl = losses.combined_distill_term(teacher_logits, logits, temperature) * weight
+      kl = losses.combined_distill_term(teacher_logits, logits, temperature, combine,
+                                        teacher_weights) * weight
     return tf.stack([tf.reduce_sum(t) for t in
                      (loss, correct, weight, teacher_correct, agreement, kl)])
 

@@ -1,0 +1,155 @@
+"""Multi-teacher distillation, teacher monitoring and the teacher-output cache."""
+
+import json
+import os
+
+import keras
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kd_research import config as config_lib
+from kd_research import evaluate
+from kd_research import loop
+from kd_research import pipeline
+from kd_research import teacher_cache
+from kd_research.errors import UserError
+from conftest import tiny_config, load_experiment
+
+DEFAULT = tf.distribute.get_strategy()
+
+
+def three_teacher_config(**overrides):
+  config = tiny_config(**overrides)
+  with config.unlocked():
+    config.extra_teachers = ml_collections.ConfigDict({
+        "b": config_lib.model_config("mlp", width=48, epochs=2, seed=1),
+        "c": config_lib.model_config("mlp", width=96, epochs=1, seed=2)})
+  return config
+
+
+@pytest.fixture(scope="module")
+def multi_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("multi"))
+  config = three_teacher_config(**{"distill.teacher_weights": "2,1,1"})
+  config_lib.validate(config)
+  results, table = pipeline.run(config, workdir, DEFAULT)
+  return workdir, results, table
+
+
+def test_multi_teacher_pipeline_table(multi_run):
+  workdir, results, table = multi_run
+  for stage in ("teacher", "teacher_b", "teacher_c", "teacher_ensemble", "student_baseline",
+                "student_kd", "student_kd_multi"):
+    assert stage in results, stage
+  for label in ("teacher b (mlp)", "teacher c (mlp)", "teacher ensemble (3",
+                "KD single teacher", "KD 3 teachers"):
+    assert label in table
+  single = json.load(open(os.path.join(workdir, "student_kd", "config.json")))
+  multi = json.load(open(os.path.join(workdir, "student_kd_multi", "config.json")))
+  assert len(single["teachers"]) == 1 and len(multi["teachers"]) == 3
+  assert multi["distill"]["teacher_weights"] == "2,1,1"
+
+
+def test_teacher_report_matches_numpy(multi_run):
+  workdir, results, _ = multi_run
+  report = results["student_kd_multi"]["teachers"]
+  assert report["weights"] == pytest.approx([0.5, 0.25, 0.25])
+  # Each teacher's test accuracy equals what its own run measured.
+  for k, stage in enumerate(("teacher", "teacher_b", "teacher_c")):
+    assert report["test"]["accuracy"][k] == pytest.approx(results[stage]["test_accuracy"],
+                                                          abs=1e-9)
+  # The ensemble and agreement from the teachers' saved models, in NumPy.
+  from kd_research import data
+  splits = data.load_splits(tiny_config())
+  images, labels = splits.test
+  probs = []
+  for stage in ("teacher", "teacher_b", "teacher_c"):
+    model = keras.models.load_model(os.path.join(workdir, stage, "model.keras"), compile=False)
+    probs.append(tf.nn.softmax(model(images.astype(np.float32))).numpy())
+  ensemble = 0.5 * probs[0] + 0.25 * probs[1] + 0.25 * probs[2]
+  assert report["test"]["ensemble_accuracy"] == pytest.approx(
+      (ensemble.argmax(1) == labels).mean(), abs=1e-9)
+  agree = (probs[0].argmax(1) == probs[2].argmax(1)).mean()
+  assert report["test"]["pairwise_agreement"][0][2] == pytest.approx(agree, abs=1e-9)
+  assert report["test"]["pairwise_agreement"][1][1] == 1.0
+  assert results["student_kd_multi"]["teacher_test_accuracy"] == pytest.approx(
+      report["test"]["ensemble_accuracy"], abs=1e-9)
+
+
+def test_expected_calibration_error_small_case():
+  probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+  labels = np.array([0, 1, 1, 0])
+  # Bins (15): 0.9 -> bin 13, 0.8 -> bin 11, 0.7 -> bin 10, 0.6 -> bin 8; one example each.
+  want = 0.25 * (abs(1 - 0.9) + abs(0 - 0.8) + abs(1 - 0.7) + abs(1 - 0.6))
+  assert evaluate.expected_calibration_error(probs, labels) == pytest.approx(want)
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_cached_and_live_teacher_distil_identically(multi_run, tmp_path, replicas,
+                                                    strategy_factory):
+  workdir = multi_run[0]
+  paths = tuple(os.path.join(workdir, s, "model.keras")
+                for s in ("teacher", "teacher_b", "teacher_c"))
+  strategy = strategy_factory(replicas)
+  runs = {}
+  for cache in (False, True):
+    config = three_teacher_config(**{"student.epochs": 1, "distill.cache_teacher": cache,
+                                     "distill.combine": "kl_sum"})
+    runs[cache] = loop.train_and_evaluate(config, str(tmp_path / f"c{cache}"), "distill",
+                                          strategy, paths)
+  assert os.path.exists(tmp_path / "cTrue" / "teacher_cache" / "train.npz")
+  weights = {c: keras.models.load_model(str(tmp_path / f"c{c}" / "model.keras"),
+                                        compile=False).weights for c in (False, True)}
+  diff = max(float(np.max(np.abs(a.numpy() - b.numpy())))
+             for a, b in zip(weights[False], weights[True]))
+  print(f"{replicas} replica(s): cached vs live max |dw| = {diff:.2e}")
+  assert diff < 1e-5
+  assert runs[True]["test_loss"] == pytest.approx(runs[False]["test_loss"], rel=1e-5)
+
+
+def test_cache_refuses_random_augmentation(multi_run, tmp_path):
+  path = os.path.join(multi_run[0], "teacher", "model.keras")
+  config = tiny_config(**{"distill.cache_teacher": True, "augment.ops": "flip"})
+  with pytest.raises(UserError, match="teacher must see the same augmented image"):
+    loop.train_and_evaluate(config, str(tmp_path / "w"), "distill", DEFAULT, (path,))
+
+
+def test_stale_or_corrupt_cache_is_rebuilt(multi_run, tmp_path):
+  from kd_research import teachers as teachers_lib
+  workdir = multi_run[0]
+  path = os.path.join(workdir, "teacher", "model.keras")
+  ensemble = teachers_lib.load([path], (28, 28, 1), 10)
+  images = np.random.default_rng(0).integers(0, 255, (50, 28, 28, 1)).astype(np.uint8)
+  cache_dir = str(tmp_path / "cache")
+  digest = teacher_cache.fingerprint([path], images, "none", "prob_mean")
+  fresh = teacher_cache.load_or_compute(cache_dir, "train", ensemble, images, digest)
+  np.testing.assert_allclose(fresh, teacher_cache.compute_logits(ensemble, images), rtol=1e-6)
+  # A cache written for other data has another fingerprint and is recomputed.
+  other = teacher_cache.fingerprint([path], images[::-1].copy(), "none", "prob_mean")
+  assert other != digest
+  np.savez(os.path.join(cache_dir, "train.npz"), logits=np.zeros_like(fresh),
+           fingerprint=np.array(other))
+  np.testing.assert_allclose(
+      teacher_cache.load_or_compute(cache_dir, "train", ensemble, images, digest), fresh)
+  # A truncated file is detected and rebuilt.
+  with open(os.path.join(cache_dir, "train.npz"), "r+b") as f:
+    f.truncate(100)
+  np.testing.assert_allclose(
+      teacher_cache.load_or_compute(cache_dir, "train", ensemble, images, digest), fresh)
+  with np.load(os.path.join(cache_dir, "train.npz")) as f:
+    assert str(f["fingerprint"]) == digest
+
+
+@pytest.mark.parametrize("weights,match", [("1,-1,1", "non-negative"), ("0,0,0", "positive sum"),
+                                           ("1,1", "2 teacher weights for 3 teachers")])
+def test_bad_teacher_weights_in_config(weights, match):
+  with pytest.raises(UserError, match=match):
+    config_lib.validate(three_teacher_config(**{"distill.teacher_weights": weights}))
+
+
+def test_multi_teacher_experiment_validates():
+  config = load_experiment("fashion_mnist_multi_teacher")
+  config_lib.validate(config)
+  assert len(config_lib.teacher_entries(config)) >= 3
