@@ -74,6 +74,8 @@ def base_config():
   c.augment = ml_collections.ConfigDict(dict(
       ops="", crop_padding=2, rotation_degrees=10.0, cutout_size=8, mixup_alpha=0.2,
       cutmix_alpha=1.0))
+  # Teacher stability monitor: teacher top-1 on an augmented view vs the clean image.
+  c.stability_ops = "flip,crop"  # empty: off
   # Distillation.
   # More teachers for multi-teacher distillation: {name: model entry}; the ensemble is
   # config.teacher followed by these in name order.
@@ -147,6 +149,9 @@ def validate(config):
       0.0, float("inf"), low_inclusive=False, what_range="T > 0")
   schedules.from_config(config.optimizer, "learning_rate", 1000, "learning-rate schedule")
   augment.parse_ops(config.augment.ops)
+  need(not set(augment.parse_ops(config.stability_ops)) & set(augment.MIXING),
+       f"config.stability_ops={config.stability_ops!r} may not contain mixup/cutmix (they change "
+       "the label, not the view).")
   for name, overrides in config.variants.items():
     variant = apply_variant(config, name)
     need(variant.distill.finetune_epochs < variant.student.epochs,

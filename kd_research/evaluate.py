@@ -9,18 +9,40 @@ from kd_research import data
 from kd_research import train_step
 
 
-def run_eval(strategy, eval_step, images, labels, global_batch_size):
-  """One pass over every example exactly once; returns accuracy, loss and teacher metrics."""
+def run_eval(strategy, eval_step, images, labels, global_batch_size, num_classes):
+  """One pass over every example exactly once; returns accuracy, loss, ECE, teacher metrics."""
   dataset = strategy.distribute_datasets_from_function(
       data.eval_dataset_fn(images, labels, global_batch_size))
-  sums = np.zeros(len(train_step.EVAL_SUMS), np.float64)
+  sums = None
   for batch in dataset:
-    sums += eval_step(batch).numpy()
-  totals = dict(zip(train_step.EVAL_SUMS, sums))
+    out = eval_step(batch).numpy().astype(np.float64)
+    sums = out if sums is None else sums + out
+  return summarize_eval(sums, num_classes)
+
+
+def summarize_eval(sums, num_classes):
+  """Turns an eval step's summed vector into named metrics."""
+  n = len(train_step.EVAL_SUMS)
+  bins = train_step.ECE_BINS
+  totals = dict(zip(train_step.EVAL_SUMS, sums[:n]))
   count = totals["count"]
+  student_bins = sums[n:n + 3 * bins].reshape(3, bins)
+  teacher_bins = sums[n + 3 * bins:n + 6 * bins].reshape(3, bins)
+  confusion = sums[n + 6 * bins:].reshape(num_classes, num_classes)
   return {"accuracy": totals["correct"] / count, "loss": totals["loss"] / count,
           "count": int(round(count)), "teacher_accuracy": totals["teacher_correct"] / count,
-          "agreement": totals["agreement"] / count, "kl": totals["kl"] / count}
+          "agreement": totals["agreement"] / count, "kl": totals["kl"] / count,
+          "teacher_entropy": totals["teacher_entropy"] / count,
+          "teacher_stability": totals["teacher_stable"] / count,
+          "ece": _ece_from_bins(student_bins, count),
+          "teacher_ece": _ece_from_bins(teacher_bins, count),
+          "confusion": confusion.round().astype(int).tolist()}
+
+
+def _ece_from_bins(bins, count):
+  """ECE from per-bin (count, sum confidence, sum correct)."""
+  n, conf, correct = bins
+  return float(np.sum(np.abs(correct - conf)) / max(count, 1.0))
 
 
 def expected_calibration_error(probs, labels, bins=15):

@@ -195,8 +195,12 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
       temperature_fn, config.distill.combine, weights, cached_teacher_logits=cached)
                   if distilling else None)
   final_t = float(temperature_fn(max(distill_steps, 1))) if distilling else 1.0
-  eval_step = train_step.make_eval_step(strategy, model, ensemble, final_t,
-                                        config.distill.combine, weights)
+  stability = None
+  if distilling and config.stability_ops:
+    stability = (augment.parse_ops(config.stability_ops), config.augment,
+                 eval_batch_size(config, strategy))
+  eval_step = train_step.make_eval_step(strategy, model, splits.num_classes, ensemble, final_t,
+                                        config.distill.combine, weights, stability)
   eval_gb = eval_batch_size(config, strategy)
   writer = summaries.Summaries(os.path.join(workdir, "tensorboard"), enabled=chief)
   teacher_summary = None
@@ -231,7 +235,7 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
         metrics["train/alpha"] = float(alpha_fn(step)) if in_distill else 0.0
         metrics["train/temperature"] = float(temperature_fn(step))
       writer.scalars(step, metrics)
-      eta = (total_steps - step) * seconds / max(window[-1] / gb, 1)
+      eta = (total_steps - step) * seconds / max(window[_SUM["steps"]], 1)
       logging.info("%s step %d/%d  loss %.4f  acc %.4f  %.0f ex/s  ETA %.0f s", role, step,
                    total_steps, metrics["train/loss_total"], metrics["train/accuracy"],
                    metrics["train/examples_per_second"], eta)
@@ -239,8 +243,11 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
       window_start = time.perf_counter()
     if step % spe == 0 and ((step // spe) % config.eval_every_epochs == 0 or
                             step == total_steps):
-      result = evaluate.run_eval(strategy, eval_step, *splits.validation, eval_gb)
+      result = evaluate.run_eval(strategy, eval_step, *splits.validation, eval_gb,
+                                 splits.num_classes)
       writer.scalars(step, _eval_metrics(result, distilling, "eval"))
+      writer.images(step, "eval/confusion_matrix",
+                    summaries.confusion_image(np.asarray(result["confusion"]))[None])
       logging.info("%s epoch %d: validation accuracy %.4f loss %.4f", role, step // spe,
                    result["accuracy"], result["loss"])
     timed_out = (config.checkpoint_every_seconds and
@@ -266,6 +273,9 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
   return results
 
 
+_SUM = {name: i for i, name in enumerate(train_step.TRAIN_SUMS)}
+
+
 def _check_finite(sums, step, n, manager):
   """Stops with a clear message when any loss term became NaN/inf in the last n steps."""
   for name, value in zip(train_step.TRAIN_SUMS, sums):
@@ -280,7 +290,8 @@ def _check_finite(sums, step, n, manager):
 def _train_metrics(window, seconds, lr):
   sums = dict(zip(train_step.TRAIN_SUMS, window))
   count = max(sums["count"], 1.0)
-  return {"train/loss_total": sums["loss_total"] / count,
+  return {"train/grad_norm": sums["grad_norm"] / max(sums["steps"], 1e-9),
+          "train/loss_total": sums["loss_total"] / count,
           "train/loss_distill": sums["loss_distill"] / count,
           "train/loss_ce": sums["loss_ce"] / count,
           "train/accuracy": sums["correct"] / count,
@@ -289,18 +300,26 @@ def _train_metrics(window, seconds, lr):
 
 
 def _eval_metrics(result, distilling, prefix):
-  metrics = {f"{prefix}/accuracy": result["accuracy"], f"{prefix}/loss": result["loss"]}
+  metrics = {f"{prefix}/accuracy": result["accuracy"], f"{prefix}/loss": result["loss"],
+             f"{prefix}/ece": result["ece"]}
   if distilling:
-    metrics.update({"distill/agreement": result["agreement"], "distill/kl": result["kl"],
-                    "teacher/accuracy": result["teacher_accuracy"]})
+    tag = "" if prefix == "eval" else f"{prefix}_"
+    metrics.update({f"distill/{tag}agreement": result["agreement"],
+                    f"distill/{tag}kl": result["kl"],
+                    f"teacher/{tag}accuracy": result["teacher_accuracy"],
+                    f"teacher/{tag}ece": result["teacher_ece"],
+                    f"teacher/{tag}entropy": result["teacher_entropy"]})
+    if prefix == "eval":
+      metrics["teacher/stability"] = result["teacher_stability"]
   return metrics
 
 
 def _final_results(config, workdir, role, strategy, model, eval_step, splits, eval_gb, ensemble,
                    step, train_seconds):
   """Test-split evaluation (once, at the end), validation accuracy, size and latency."""
-  test = evaluate.run_eval(strategy, eval_step, *splits.test, eval_gb)
-  validation = evaluate.run_eval(strategy, eval_step, *splits.validation, eval_gb)
+  test = evaluate.run_eval(strategy, eval_step, *splits.test, eval_gb, splits.num_classes)
+  validation = evaluate.run_eval(strategy, eval_step, *splits.validation, eval_gb,
+                                 splits.num_classes)
   entry = config.teacher if role == "teacher" else config.student
   results = {
       "role": role, "model": entry.model, "width": entry.width, "seed": entry.seed,

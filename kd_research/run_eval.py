@@ -21,9 +21,9 @@ def evaluate_run(config, workdir, strategy):
   splits = data.load_splits(config)
   with strategy.scope():
     model = keras.models.load_model(path, compile=False)
-  eval_step = train_step.make_eval_step(strategy, model)
+  eval_step = train_step.make_eval_step(strategy, model, splits.num_classes)
   result = evaluate.run_eval(strategy, eval_step, *splits.test,
-                             loop.eval_batch_size(config, strategy))
+                             loop.eval_batch_size(config, strategy), splits.num_classes)
   result["test_accuracy"], result["test_count"] = result["accuracy"], result["count"]
   result["ms_per_batch_128"] = evaluate.inference_ms_per_batch(model, splits.input_shape)
   io_utils.atomic_write_json(os.path.join(workdir, "eval.json"), result)

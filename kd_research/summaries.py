@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 import tensorflow as tf
 
 
@@ -46,3 +48,15 @@ def image_grid(images, columns=None):
   grid = tf.reshape(images, [rows, columns, height, width, channels])
   grid = tf.transpose(grid, [0, 2, 1, 3, 4])
   return tf.reshape(grid, [rows * height, columns * width, channels])
+
+
+def confusion_image(confusion, cell=8):
+  """A [C*cell, C*cell, 3] float image of a confusion matrix: rows true, columns predicted.
+
+  Each row is normalised by its count; white is 0, dark blue is 1 (of that row).
+  """
+  confusion = np.asarray(confusion, np.float64)
+  rows = confusion / np.maximum(confusion.sum(1, keepdims=True), 1.0)
+  low, high = np.array([1.0, 1.0, 1.0]), np.array([0.03, 0.19, 0.42])
+  rgb = low + rows[..., None] * (high - low)
+  return np.kron(rgb, np.ones((cell, cell, 1))).astype(np.float32)

@@ -9,12 +9,17 @@ replica count. Metric sums are SUM-reduced over replicas and returned to Python.
 
 import tensorflow as tf
 
+from kd_research import augment
 from kd_research import losses
 
-# Order of the sums a train step returns.
-TRAIN_SUMS = ("loss_total", "loss_distill", "loss_ce", "correct", "count")
-# Order of the sums an eval step returns (the teacher ones are 0 without a teacher).
-EVAL_SUMS = ("loss", "correct", "count", "teacher_correct", "agreement", "kl")
+# Order of the sums a train step returns; 'steps' sums to 1 per step over replicas.
+TRAIN_SUMS = ("loss_total", "loss_distill", "loss_ce", "correct", "count", "grad_norm", "steps")
+# Order of the scalar sums an eval step returns (teacher ones are 0 without a teacher);
+# then ECE_BINS x (count, confidence, correct) for student and teacher, then the
+# confusion matrix (true x predicted) of the student.
+EVAL_SUMS = ("loss", "correct", "count", "teacher_correct", "agreement", "kl",
+             "teacher_entropy", "teacher_stable")
+ECE_BINS = 15
 
 
 def make_train_loop(strategy, model, optimizer, step_var, global_batch_size,
@@ -49,11 +54,14 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size,
       if model.losses:
         loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
     grads = tape.gradient(loss, model.trainable_variables)
+    grads, grad_norm = _global_gradient_norm(grads)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
     hard = labels if labels.shape.rank == 1 else tf.argmax(labels, -1, output_type=tf.int32)
     correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), hard), tf.float32)
+    replicas = float(tf.distribute.get_replica_context().num_replicas_in_sync)
     return tf.stack([tf.reduce_sum(total), tf.reduce_sum(distill), tf.reduce_sum(ce),
-                     tf.reduce_sum(correct), tf.cast(tf.size(correct), tf.float32)])
+                     tf.reduce_sum(correct), tf.cast(tf.size(correct), tf.float32),
+                     grad_norm / replicas, 1.0 / replicas])
 
   @tf.function
   def train_loop(iterator, num_steps):
@@ -67,33 +75,81 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size,
   return train_loop
 
 
-def make_eval_step(strategy, model, teachers=None, temperature=1.0, combine="prob_mean",
-                   teacher_weights=None):
-  """Returns ``eval_step(batch) -> sums`` (see EVAL_SUMS), weighting out padded examples.
+def _global_gradient_norm(grads):
+  """Norm of the global (all-replica) gradient, and grads to hand to the optimizer.
 
-  With ``teachers``, also counts teacher accuracy, teacher-student top-1 agreement
-  and the KL(teacher_T || student_T) of the combined (prob_mean) soft labels.
+  On N > 1 replicas this all-reduces the gradients itself to measure the norm and
+  passes on grads / N, which the optimizer's own SUM all-reduce turns back into
+  the global gradient (one extra all-reduce; none on a single replica).
+  """
+  ctx = tf.distribute.get_replica_context()
+  replicas = ctx.num_replicas_in_sync
+  if replicas == 1:
+    return grads, tf.linalg.global_norm(grads)
+  total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+  return [g / replicas for g in total], tf.linalg.global_norm(total)
+
+
+def _calibration_sums(probs, labels, weight):
+  """Per-bin (count, sum of confidence, sum of correct) for ECE, weighted."""
+  confidence = tf.reduce_max(probs, -1)
+  correct = tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), labels), tf.float32)
+  bins = tf.clip_by_value(tf.cast(tf.math.ceil(confidence * ECE_BINS), tf.int32) - 1, 0,
+                          ECE_BINS - 1)
+  one_hot = tf.one_hot(bins, ECE_BINS) * weight[:, None]
+  return tf.concat([tf.reduce_sum(one_hot, 0), tf.reduce_sum(one_hot * confidence[:, None], 0),
+                    tf.reduce_sum(one_hot * correct[:, None], 0)], 0)
+
+
+def make_eval_step(strategy, model, num_classes, teachers=None, temperature=1.0,
+                   combine="prob_mean", teacher_weights=None, stability=None):
+  """Returns ``eval_step(batch) -> sums``: EVAL_SUMS, calibration bins, confusion matrix.
+
+  Padded examples carry weight 0 and count nowhere. With ``teachers``: teacher
+  (ensemble) accuracy, teacher-student top-1 agreement, KL(teacher_T || student_T)
+  of the combined soft labels, the teacher's entropy at T, and, when
+  ``stability=(ops, cfg, global_batch)`` is given, how often the teacher's top-1
+  on an augmented view of the image equals its top-1 on the clean image.
   """
 
   def replica_step(batch):
     images, labels, weight = batch["image"], batch["label"], batch["weight"]
     logits = tf.cast(model(images, training=False), tf.float32)
+    probs = tf.nn.softmax(logits)
     predicted = tf.argmax(logits, -1, output_type=tf.int32)
     loss = losses.cross_entropy(labels, logits) * weight
     correct = tf.cast(tf.equal(predicted, labels), tf.float32) * weight
     zeros = tf.zeros_like(weight)
-    teacher_correct, agreement, kl = zeros, zeros, zeros
+    teacher_correct, agreement, kl, entropy, stable = zeros, zeros, zeros, zeros, zeros
+    teacher_calibration = tf.zeros([3 * ECE_BINS])
     if teachers is not None:
-      teacher_logits = teachers.logits(images)
       weights = tf.constant(losses.normalise_weights(teacher_weights, len(teachers)))
+      teacher_logits = teachers.logits(images)
       teacher_probs = tf.einsum("k,kbc->bc", weights, losses.soften(teacher_logits, 1.0))
       teacher_predicted = tf.argmax(teacher_probs, -1, output_type=tf.int32)
       teacher_correct = tf.cast(tf.equal(teacher_predicted, labels), tf.float32) * weight
       agreement = tf.cast(tf.equal(teacher_predicted, predicted), tf.float32) * weight
       kl = losses.combined_distill_term(teacher_logits, logits, temperature, combine,
                                         teacher_weights) * weight
-    return tf.stack([tf.reduce_sum(t) for t in
-                     (loss, correct, weight, teacher_correct, agreement, kl)])
+      soft = tf.einsum("k,kbc->bc", weights, losses.soften(teacher_logits, temperature))
+      entropy = -tf.reduce_sum(tf.math.xlogy(soft, soft), -1) * weight
+      teacher_calibration = _calibration_sums(teacher_probs, labels, weight)
+      if stability is not None:
+        ops, cfg, global_batch = stability
+        view = augment.augment_batch(
+            {"image": images, "label": labels, "step": tf.zeros_like(labels, tf.int64),
+             "position": tf.cast(batch["index"] % global_batch, tf.int32)},
+            ops, cfg, seed=12345, num_classes=num_classes, global_batch_size=global_batch)
+        view_probs = tf.einsum("k,kbc->bc", weights,
+                               losses.soften(teachers.logits(view["image"]), 1.0))
+        stable = tf.cast(tf.equal(tf.argmax(view_probs, -1, output_type=tf.int32),
+                                  teacher_predicted), tf.float32) * weight
+    scalars = tf.stack([tf.reduce_sum(t) for t in (loss, correct, weight, teacher_correct,
+                                                    agreement, kl, entropy, stable)])
+    confusion = tf.math.confusion_matrix(labels, predicted, num_classes, weights=weight,
+                                         dtype=tf.float32)
+    return tf.concat([scalars, _calibration_sums(probs, labels, weight), teacher_calibration,
+                      tf.reshape(confusion, [-1])], 0)
 
   @tf.function
   def eval_step(batch):

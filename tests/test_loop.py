@@ -35,8 +35,12 @@ def read_scalars(logdir):
   from tensorboard.backend.event_processing import event_accumulator
   acc = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
   acc.Reload()
-  return {tag: [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
-          for tag in acc.Tags()["tensors"]}
+  out = {}
+  for tag in acc.Tags()["tensors"]:
+    values = [(e.step, tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)]
+    if all(v.ndim == 0 for _, v in values):  # Scalars; images are string tensors.
+      out[tag] = [(step, float(v)) for step, v in values]
+  return out
 
 
 def test_distillation_run_writes_everything(tmp_path, teacher_path):
@@ -131,12 +135,16 @@ def test_train_loop_loss_is_global_mean_on_two_replicas(strategy_factory):
     ds = strategy.experimental_distribute_dataset(
         tf.data.Dataset.from_tensors({"image": images, "label": labels}).repeat())
     run = train_step.make_train_loop(strategy, model, opt, step, 16)
-    sums = run(iter(ds), tf.constant(1)).numpy()
+    sums = dict(zip(train_step.TRAIN_SUMS, run(iter(ds), tf.constant(1)).numpy()))
     if want is None:
-      logits = model(images).numpy()
-      want = np.mean(-np.log(tf.nn.softmax(logits).numpy()[np.arange(16), labels]))
-    assert sums[-1] == 16
-    assert sums[0] / sums[-1] == pytest.approx(want, rel=1e-5)
+      with tf.GradientTape() as tape:
+        logits = model(images)
+        mean = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+      want = float(mean)
+      want_norm = float(tf.linalg.global_norm(tape.gradient(mean, model.trainable_variables)))
+    assert sums["count"] == 16 and sums["steps"] == pytest.approx(1.0)
+    assert sums["loss_total"] / sums["count"] == pytest.approx(want, rel=1e-5)
+    assert sums["grad_norm"] == pytest.approx(want_norm, rel=1e-5)
 
 
 def test_teacher_weights_and_bn_statistics_never_move(strategy_factory):
