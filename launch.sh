@@ -22,6 +22,8 @@ usage: ./launch.sh COMMAND [flags]
   eval         evaluate a finished run on the test split: --workdir=RUN
   multiworker  N local worker processes (MultiWorkerMirroredStrategy on 127.0.0.1):
                --num_workers=N COMMAND [flags], e.g. multiworker --num_workers=2 distill ...
+  report       compare finished runs below --workdir=DIR (seeds grouped as mean +- std)
+               into DIR/report.md [--output=FILE]
   tensorboard  start TensorBoard on 127.0.0.1 [--logdir=DIR] [--port=N]
   help         this message; `./launch.sh train --helpfull` lists every flag
 
@@ -95,6 +97,9 @@ case "$cmd" in
   train|distill|pipeline|eval)
     [ -x "$PY" ] || setup
     main_py "$cmd" "$@" ;;
+  report)
+    [ -x "$PY" ] || setup
+    exec "$PY" -m kd_research.report "$@" ;;
   multiworker)
     [ -x "$PY" ] || setup
     exec "$PY" -m kd_research.multiworker "$@" ;;

@@ -203,6 +203,8 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
                                         config.distill.combine, weights, stability)
   eval_gb = eval_batch_size(config, strategy)
   writer = summaries.Summaries(os.path.join(workdir, "tensorboard"), enabled=chief)
+  writer.hparams(config_lib.flatten(workdir_lib.run_identity(config, role, teacher_paths)),
+                 trial_id=os.path.abspath(workdir))
   teacher_summary = None
   if distilling:
     teacher_summary = evaluate.teacher_report(ensemble, splits, weights)

@@ -83,6 +83,14 @@ def _run(command, config, workdir):
         f"{results['test_count']} examples; results in {workdir}")
 
 
+def _record_command(workdir):
+  """Writes the command line that produced the run into WORKDIR/command.txt (for reports)."""
+  from kd_research import io_utils
+  args = [a for a in sys.argv[1:] if not a.startswith("--config=")]
+  io_utils.atomic_write_text(os.path.join(workdir, "command.txt"),
+                             "./launch.sh " + " ".join(args) + "\n")
+
+
 def main(argv):
   from ml_collections import config_flags  # pylint: disable=unused-import
   from kd_research.errors import UserError
@@ -100,6 +108,7 @@ def main(argv):
   peer_errors = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)
   try:
     _run(argv[1], config, flags.FLAGS.workdir)
+    _record_command(flags.FLAGS.workdir)
   except UserError as e:
     if logging.get_verbosity() >= logging.DEBUG:
       raise

@@ -33,6 +33,17 @@ class Summaries:
       tf.summary.image(name, image_grid(images)[None], max_outputs=1)
     self._writer.flush()
 
+  def hparams(self, params, trial_id):
+    """Records the run's hyper-parameters for TensorBoard's HParams dashboard."""
+    if self._writer is None:
+      return
+    from tensorboard.plugins.hparams import api as hp  # pylint: disable=g-import-not-at-top
+    clean = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+             for k, v in params.items()}
+    with self._writer.as_default():
+      hp.hparams(clean, trial_id=trial_id)
+    self._writer.flush()
+
   def close(self):
     if self._writer is not None:
       self._writer.close()

@@ -58,8 +58,21 @@ def test_distillation_run_writes_everything(tmp_path, teacher_path):
   for tag in ("train/loss_total", "train/loss_distill", "train/loss_ce", "train/accuracy",
               "train/alpha", "train/temperature", "train/learning_rate",
               "train/examples_per_second", "eval/loss", "eval/accuracy", "distill/agreement",
-              "distill/kl", "teacher/accuracy", "test/accuracy"):
+              "distill/kl", "teacher/accuracy", "test/accuracy", "train/grad_norm",
+              "eval/ece", "teacher/ece", "teacher/entropy", "teacher/stability",
+              "teacher/0/validation_accuracy", "teacher/ensemble/validation_ece"):
     assert tag in scalars, tag
+  assert all(v > 0 for _, v in scalars["train/grad_norm"])
+  assert all(0 <= v <= 1 for _, v in scalars["teacher/stability"])
+  # The last validation agreement/accuracy equal the final results (same model, same data).
+  assert scalars["eval/accuracy"][-1][1] == pytest.approx(saved["validation_accuracy"], abs=1e-6)
+  from tensorboard.backend.event_processing import event_accumulator
+  acc = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"))
+  acc.Reload()
+  assert "eval/confusion_matrix" in acc.Tags()["tensors"]
+  assert "_hparams_/session_start_info" in acc.Tags()["tensors"]
+  confusion = np.asarray(saved["test"]["confusion"])
+  assert confusion.sum() == 500 and np.trace(confusion) == round(500 * saved["test_accuracy"])
   assert all(v == pytest.approx(0.7) for _, v in scalars["train/alpha"])
   assert all(v > 0 for _, v in scalars["train/examples_per_second"])
   # loss_total = alpha * loss_distill + (1 - alpha) * loss_ce at every logged step.
@@ -219,3 +232,22 @@ def test_schedules_and_finetune_stage_resume_exactly(tmp_path, teacher_path, mon
   for a, b in zip(weights_of(full_dir), weights_of(cut_dir)):
     np.testing.assert_array_equal(a, b)
   assert spe == 28
+
+
+def test_report_groups_seeds(tmp_path):
+  from kd_research import report
+  accuracies = []
+  for seed in (0, 1, 2):
+    results = loop.train_and_evaluate(tiny_config(**{"student.epochs": 1, "student.seed": seed}),
+                                      str(tmp_path / f"s{seed}"), "student", DEFAULT)
+    accuracies.append(results["test_accuracy"])
+  loop.train_and_evaluate(tiny_config(**{"student.epochs": 1, "student.width": 16}),
+                          str(tmp_path / "narrow"), "student", DEFAULT)
+  table = report.build_table(report.find_runs(str(tmp_path)), str(tmp_path))
+  rows = [l for l in table.splitlines() if l.startswith("| student")]
+  assert len(rows) == 2
+  want = f"{100 * np.mean(accuracies):.2f} +- {100 * np.std(accuracies, ddof=1):.2f}%"
+  assert any("| 3 | " + want in r for r in rows), (want, rows)
+  assert report.main([f"--workdir={tmp_path}"]) == 0
+  assert os.path.exists(tmp_path / "report.md")
+  assert report.main([f"--workdir={tmp_path}/nothing"]) == 2
