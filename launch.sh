@@ -20,8 +20,11 @@ usage: ./launch.sh COMMAND [flags]
   distill      distil the student from a teacher: --workdir=DIR --config.teacher.path=RUN/model.keras
   pipeline     teacher -> student baseline -> distilled student -> results.md: --workdir=DIR
   eval         evaluate a finished run on the test split: --workdir=RUN
+  export       SavedModel + TFLite (float32, float16, int8) of a finished run, verified on the
+               test split: --workdir=RUN (writes RUN/export/, export_report.json)
   multiworker  N local worker processes (MultiWorkerMirroredStrategy on 127.0.0.1):
                --num_workers=N COMMAND [flags], e.g. multiworker --num_workers=2 distill ...
+  bench        distillation throughput: Keras-fit Distiller vs our loop variants [--quick]
   report       compare finished runs below --workdir=DIR (seeds grouped as mean +- std)
                into DIR/report.md [--output=FILE]
   tensorboard  start TensorBoard on 127.0.0.1 [--logdir=DIR] [--port=N]
@@ -94,9 +97,12 @@ case "$cmd" in
   test)
     setup
     "$PY" -m pytest -q "$@" ;;
-  train|distill|pipeline|eval)
+  train|distill|pipeline|eval|export)
     [ -x "$PY" ] || setup
     main_py "$cmd" "$@" ;;
+  bench)
+    [ -x "$PY" ] || setup
+    exec "$PY" -m kd_research.bench "$@" ;;
   report)
     [ -x "$PY" ] || setup
     exec "$PY" -m kd_research.report "$@" ;;

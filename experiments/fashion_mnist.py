@@ -3,8 +3,9 @@
 Presets (the argument after the colon):
   quick  ./launch.sh quickstart   (= ./launch.sh pipeline --experiment=fashion_mnist:quick
          --workdir=runs/quickstart). resnet_seed width 16 teacher (174K params), cnn_seed
-         width 16 student (24K params), 2 epochs each. About 7 minutes on 2 CPU cores.
-         Expected: teacher ~90%, student baseline ~80%, distilled student a few points above.
+         width 16 student (24K params), 2 epochs each, T=2, alpha=0.5, teacher-output cache.
+         About 6 minutes on 2 CPU cores. Measured: teacher ~90%, student ~75%, and
+         distillation does NOT help this tiny, under-trained student (see README).
   full   ./launch.sh pipeline --experiment=fashion_mnist:full --workdir=runs/fmnist_full
          resnet_seed width 32 teacher (690K params, 15 epochs), cnn_seed width 32 student
          (93K params, 15 epochs), T=4, alpha=0.7. About 2 hours on 2 CPU cores.
@@ -22,7 +23,11 @@ def get_config(arg="quick"):
   if arg == "quick":
     c.teacher = config_lib.model_config("resnet_seed", width=16, epochs=2, seed=0)
     c.student = config_lib.model_config("cnn_seed", width=16, epochs=2, seed=0)
-    c.distill.temperature = c.distill.temperature_end = 4.0
+    # T=2, alpha=0.5: the best of (0.5, 2), (0.7, 4), (0.9, 8) on the validation split in a
+    # 4-epoch sweep of this student (0.7738 vs 0.7532 and below; see the README).
+    c.distill.temperature = c.distill.temperature_end = 2.0
+    c.distill.alpha = c.distill.alpha_end = 0.5
+    c.distill.cache_teacher = True  # No augmentation: the teacher runs once per example.
   elif arg == "full":
     c.teacher = config_lib.model_config("resnet_seed", width=32, epochs=15, seed=0)
     c.student = config_lib.model_config("cnn_seed", width=32, epochs=15, seed=0)

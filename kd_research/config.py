@@ -55,6 +55,8 @@ def base_config():
   c.collective_timeout_seconds = 120.0  # a dead peer becomes an error after this long
   c.mixed_precision = "none"     # none | bf16 | fp16 (fp16 only on GPUs)
   c.steps_per_loop = 50          # steps per tf.function call
+  c.jit_compile = False          # XLA for forward/backward (a GPU option; slower on CPU)
+  c.data_threads = 0             # tf.data private thread pool size (0 = TF default)
   c.deterministic = False        # enable_op_determinism (slower, bit-exact resume)
   # Bookkeeping.
   c.log_every_steps = 100
@@ -87,6 +89,8 @@ def base_config():
   # Named distillation variants for the pipeline: {name: {distill field: value}}. Empty means
   # one distilled student with config.distill; otherwise one student_kd_<name> run each.
   c.variants = ml_collections.ConfigDict()
+  # Pipeline: export every distilled student (SavedModel + TFLite) and add deployed columns.
+  c.export_students = True
   return c
 
 

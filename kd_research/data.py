@@ -94,7 +94,7 @@ def _gather(arrays, num_classes=None):
 
 
 def train_dataset_fn(images, labels, global_batch_size, seed, start_step=0, extras=None,
-                     transform=None):
+                     transform=None, threads=0):
   """Returns ``fn(input_context)`` building the infinite training stream from ``start_step``.
 
   Elements are per-replica dicts: image (float32, 0..255), label, index (example id
@@ -123,6 +123,10 @@ def train_dataset_fn(images, labels, global_batch_size, seed, start_step=0, extr
     ds = ds.map(_gather(arrays), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if transform is not None:
       ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if threads:
+      options = tf.data.Options()
+      options.threading.private_threadpool_size = threads
+      ds = ds.with_options(options)
     return ds.prefetch(tf.data.AUTOTUNE)
 
   return fn

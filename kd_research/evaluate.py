@@ -121,12 +121,21 @@ def inference_ms_per_batch(model, input_shape, batch_size=128, repeats=20, warmu
 
 
 def results_table(rows, reference_accuracy=None):
-  """Markdown table: model | params | test accuracy | share of teacher | ms/batch | train time."""
-  lines = ["| model | params | test accuracy | share of teacher | ms/batch (128) | train time |",
-           "|---|---|---|---|---|---|"]
+  """Markdown: model | params | test accuracy | share of teacher | ms/batch | train time | deployed.
+
+  The deployed columns (int8 TFLite size, accuracy, batch-1 latency) are filled for
+  rows whose results carry a 'deployed' entry (exported students), '-' elsewhere.
+  """
+  lines = ["| model | params | test accuracy | share of teacher | ms/batch (128) | train time "
+           "| int8 TFLite KB | int8 accuracy | int8 ms (batch 1) |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for row in rows:
     share = (f"{100 * row['test_accuracy'] / reference_accuracy:.1f}%"
              if reference_accuracy else "-")
+    deployed = row.get("deployed")
+    tail = (f"{deployed['int8_size_kb']:.1f} | {100 * deployed['int8_test_accuracy']:.2f}% | "
+            f"{deployed['int8_latency_ms_batch1']:.3f}" if deployed else "- | - | -")
     lines.append(f"| {row['label']} | {row['params']:,} | {100 * row['test_accuracy']:.2f}% | "
-                 f"{share} | {row['ms_per_batch_128']:.1f} | {row['train_seconds']:.0f} s |")
+                 f"{share} | {row['ms_per_batch_128']:.1f} | {row['train_seconds']:.0f} s | "
+                 f"{tail} |")
   return "\n".join(lines) + "\n"

@@ -189,11 +189,12 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
     extras = {"teacher_logits": teacher_cache.load_or_compute(
         os.path.join(workdir, "teacher_cache"), "train", ensemble, splits.train[0], digest,
         write=chief)}
-  plain_loop = train_step.make_train_loop(strategy, model, optimizer, step_var, gb)
+  plain_loop = train_step.make_train_loop(strategy, model, optimizer, step_var, gb,
+                                          jit_compile=config.jit_compile)
   distill_loop = (train_step.make_train_loop(
       strategy, model, optimizer, step_var, gb, None if cached else ensemble, alpha_fn,
-      temperature_fn, config.distill.combine, weights, cached_teacher_logits=cached)
-                  if distilling else None)
+      temperature_fn, config.distill.combine, weights, cached_teacher_logits=cached,
+      jit_compile=config.jit_compile) if distilling else None)
   final_t = float(temperature_fn(max(distill_steps, 1))) if distilling else 1.0
   stability = None
   if distilling and config.stability_ops:
@@ -210,7 +211,7 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
     teacher_summary = evaluate.teacher_report(ensemble, splits, weights)
     writer.scalars(0, evaluate.teacher_scalars(teacher_summary))
   train_fn = functools.partial(data.train_dataset_fn, *splits.train, gb, seed=entry.seed,
-                               transform=transform, extras=extras)
+                               transform=transform, extras=extras, threads=config.data_threads)
   if step == 0 and transform is not None:
     first = next(iter(train_fn()(tf.distribute.InputContext())))
     writer.images(0, "train/augmented_examples", first["image"][:16] / 255.0)
@@ -330,6 +331,7 @@ def _final_results(config, workdir, role, strategy, model, eval_step, splits, ev
       "validation_accuracy": validation["accuracy"], "steps": step, "epochs": entry.epochs,
       "train_seconds": train_seconds,
       "ms_per_batch_128": evaluate.inference_ms_per_batch(model, splits.input_shape, 128),
+      "ms_per_batch_1": evaluate.inference_ms_per_batch(model, splits.input_shape, 1),
       "replicas": strategy.num_replicas_in_sync, "dataset": config.dataset, "test": test,
       "workdir": os.path.abspath(workdir),
   }

@@ -4,8 +4,8 @@
 
 Commands: train (one model on labels; --role=teacher|student), distill (student
 from config.teacher.path), pipeline (teacher -> baseline -> distilled, with the
-results table), eval (a finished run's model on the test split). This is the only
-module that reads FLAGS.
+results table), eval (a finished run's model on the test split), export (SavedModel
+and TFLite float32/float16/int8, verified). This is the only module that reads FLAGS.
 """
 
 import os
@@ -15,7 +15,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-COMMANDS = ("train", "distill", "pipeline", "eval")
+COMMANDS = ("train", "distill", "pipeline", "eval", "export")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _EXPERIMENTS = os.path.join(_REPO, "experiments")
 
@@ -65,6 +65,8 @@ def _run(command, config, workdir):
   from kd_research import run_eval
 
   config_lib.validate(config)
+  if command == "export":
+    config.strategy = "default"  # Export runs on one device.
   strategy = distribute.make_strategy(config)  # Before any other TF op (TF_NOTES).
   overwrite = flags.FLAGS.overwrite
   if command == "train":
@@ -73,6 +75,11 @@ def _run(command, config, workdir):
   elif command == "distill":
     results = loop.train_and_evaluate(config, workdir, "distill", strategy,
                                       teacher_paths=(config.teacher.path,), overwrite=overwrite)
+  elif command == "export":
+    from kd_research import export  # pylint: disable=g-import-not-at-top
+    report = export.export_run(workdir, export.splits_for_run(config, workdir))
+    print(export.report_table(report))
+    return
   elif command == "pipeline":
     _, table = pipeline.run(config, workdir, strategy, overwrite=overwrite)
     print(table)
@@ -108,7 +115,8 @@ def main(argv):
   peer_errors = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)
   try:
     _run(argv[1], config, flags.FLAGS.workdir)
-    _record_command(flags.FLAGS.workdir)
+    if argv[1] in ("train", "distill", "pipeline"):
+      _record_command(flags.FLAGS.workdir)
   except UserError as e:
     if logging.get_verbosity() >= logging.DEBUG:
       raise

@@ -76,6 +76,19 @@ def run(config, workdir, strategy, overwrite=False):
         stage_config, os.path.join(workdir, stage), "distill", strategy,
         teacher_paths=tuple(stage_paths), overwrite=overwrite)
     labels[stage] = label
+  if config.export_students:
+    from kd_research import export  # pylint: disable=g-import-not-at-top
+    for stage, _, stage_config, _ in stages:
+      run_dir = os.path.join(workdir, stage)
+      report_path = os.path.join(run_dir, "export", "export_report.json")
+      if os.path.exists(report_path):  # Exported by an earlier run of this pipeline.
+        report = io_utils.read_json(report_path)
+      else:
+        report = export.export_run(run_dir, export.splits_for_run(stage_config, run_dir))
+      int8 = report["artifacts"]["tflite_int8"]
+      results[stage]["deployed"] = {"int8_size_kb": int8["size_kb"],
+                                    "int8_test_accuracy": int8["test_accuracy"],
+                                    "int8_latency_ms_batch1": int8["latency_ms_batch1"]}
   last_kd = results[stages[-1][0]]
   report = last_kd.get("teachers", {})
   for k, name in enumerate(labels_of_teachers(config)):

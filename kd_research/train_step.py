@@ -24,23 +24,20 @@ ECE_BINS = 15
 
 def make_train_loop(strategy, model, optimizer, step_var, global_batch_size,
                     teachers=None, alpha_fn=None, temperature_fn=None,
-                    combine="prob_mean", teacher_weights=None, cached_teacher_logits=False):
+                    combine="prob_mean", teacher_weights=None, cached_teacher_logits=False,
+                    jit_compile=False):
   """Returns ``train_loop(iterator, num_steps) -> sums`` (see TRAIN_SUMS).
 
   With ``teachers`` (a TeacherEnsemble) or ``cached_teacher_logits`` (batches carry
   'teacher_logits' [b, K, C] from the teacher cache) the step distils with
   alpha/temperature taken from the schedules at the current global step; otherwise
   it trains on labels only and no teacher runs (baseline, teacher, fine-tuning).
+  ``jit_compile`` compiles the forward and backward pass (not the optimizer update,
+  which XLA cannot place across replicas on CPU; TF_NOTES) with XLA.
   """
   distilling = teachers is not None or cached_teacher_logits
 
-  def replica_step(batch):
-    images, labels = batch["image"], batch["label"]
-    step = step_var.read_value()
-    if cached_teacher_logits:
-      teacher_logits = tf.transpose(batch["teacher_logits"], [1, 0, 2])
-    elif teachers is not None:
-      teacher_logits = teachers.logits(images)
+  def forward_backward(images, labels, teacher_logits, step):
     with tf.GradientTape() as tape:
       logits = model(images, training=True)
       if distilling:
@@ -53,7 +50,20 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size,
       loss = tf.nn.compute_average_loss(total, global_batch_size=global_batch_size)
       if model.losses:
         loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-    grads = tape.gradient(loss, model.trainable_variables)
+    return total, distill, ce, logits, tape.gradient(loss, model.trainable_variables)
+
+  if jit_compile:
+    forward_backward = tf.function(forward_backward, jit_compile=True)
+
+  def replica_step(batch):
+    images, labels = batch["image"], batch["label"]
+    step = step_var.read_value()
+    teacher_logits = None
+    if cached_teacher_logits:
+      teacher_logits = tf.transpose(batch["teacher_logits"], [1, 0, 2])
+    elif teachers is not None:
+      teacher_logits = teachers.logits(images)
+    total, distill, ce, logits, grads = forward_backward(images, labels, teacher_logits, step)
     grads, grad_norm = _global_gradient_norm(grads)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
     hard = labels if labels.shape.rank == 1 else tf.argmax(labels, -1, output_type=tf.int32)

@@ -36,3 +36,7 @@ def test_pipeline_on_real_fashion_mnist(tmp_path):
   assert set(summary) == {"teacher", "student_baseline", "student_kd"}
   table = open(os.path.join(workdir, "results.md")).read()
   assert table.count("\n| ") == 4  # header + 3 model rows
+  assert "| student (mlp), distilled |" in table and " KB " in table
+  kd = stages["student_kd"]
+  assert os.path.exists(os.path.join(workdir, "student_kd", "export", "model_int8.tflite"))
+  assert abs(summary["student_kd"]["deployed"]["int8_test_accuracy"] - kd["test_accuracy"]) < 0.03

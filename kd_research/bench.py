@@ -1,0 +1,242 @@
+"""Distillation throughput benchmark: the seed's Keras-fit Distiller vs our loop, one process.
+
+    python -m kd_research.bench [--quick] [--rows=a,b,...] [--batch=128] [--steps=N] ...
+
+Rows (same models, data and batch): (a) keras.Model Distiller with overridden train_step,
+trained by fit (the reference); (b) our loop, float32, live teacher; (c) (b) + XLA;
+(d) (b) + mixed bfloat16; (e) (b) + teacher-output cache; (f) the best combination;
+(g) student-only training; (h) 3 teachers live; (i) 3 teachers cached.
+Each figure is the median examples/second over several timed windows after warm-up.
+GFLOP/s counts convolution and dense FLOPs per example (student forward + backward = 3x
+forward, plus the teachers' forward when live) against a measured 2048^2 matmul peak.
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+
+flags.DEFINE_bool("quick", False, "Fewer and shorter windows: about a minute in total.")
+flags.DEFINE_string("rows", "a,b,c,d,e,f,g,h,i", "Which rows to run.")
+flags.DEFINE_string("teacher", "resnet_seed", "Teacher model.")
+flags.DEFINE_integer("teacher_width", 32, "Teacher width.")
+flags.DEFINE_string("student", "cnn_seed", "Student model.")
+flags.DEFINE_integer("student_width", 32, "Student width.")
+flags.DEFINE_integer("batch", 128, "Batch size.")
+flags.DEFINE_integer("window", 20, "Steps per timed window.")
+flags.DEFINE_integer("windows", 5, "Timed windows per row (median taken).")
+flags.DEFINE_string("dataset", "fashion_mnist", "fashion_mnist or synthetic.")
+flags.DEFINE_string("output", "runs/bench.json", "Where the JSON goes.")
+FLAGS = flags.FLAGS
+
+ROW_NAMES = {
+    "a": "Keras fit Distiller (seed), fp32", "b": "our loop, fp32, live teacher",
+    "c": "our loop + XLA jit", "d": "our loop + mixed bf16", "e": "our loop + teacher cache",
+    "f": "best combination", "g": "student only (floor)", "h": "our loop, 3 teachers live",
+    "i": "our loop, 3 teachers cached",
+}
+
+
+def forward_flops(model):
+  """Multiply-add FLOPs (x2) of Conv2D and Dense layers for one example."""
+  import keras  # pylint: disable=g-import-not-at-top
+  total = 0
+  for layer in model._flatten_layers(include_self=False):  # pylint: disable=protected-access
+    if isinstance(layer, keras.layers.Conv2D):
+      h, w, cout = layer.output.shape[1:]
+      total += 2 * h * w * cout * int(np.prod(layer.kernel_size)) * layer.input.shape[-1]
+    elif isinstance(layer, keras.layers.Dense):
+      total += 2 * layer.input.shape[-1] * layer.units
+  return total
+
+
+def matmul_peak(dtype, n=2048, reps=10):
+  """GFLOP/s of an n x n matmul in ``dtype`` (median of reps after warm-up)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  a = tf.cast(tf.random.normal([n, n]), dtype)
+  mm = tf.function(lambda x: tf.matmul(x, x))
+  mm(a).numpy()
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    mm(a).numpy()
+    times.append(time.perf_counter() - start)
+  return 2 * n**3 / np.median(times) / 1e9
+
+
+def _data(batch):
+  from kd_research import data_sources  # pylint: disable=g-import-not-at-top
+  raw = data_sources.load(FLAGS.dataset)
+  n = (len(raw.train_x) // batch) * batch
+  return raw.train_x[:n], raw.train_y[:n], raw.num_classes
+
+
+def _rate(times, batch, window):
+  """Median examples/s over windows of ``window`` steps from per-call end times."""
+  rates = [window * batch / (t1 - t0) for t0, t1 in zip(times[:-1], times[1:])]
+  return float(np.median(rates))
+
+
+def _models(num_classes, shape, precision, teachers=1):
+  import keras  # pylint: disable=g-import-not-at-top
+  from kd_research import models  # pylint: disable=g-import-not-at-top
+  keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bf16" else "float32")
+  keras.utils.set_random_seed(0)
+  teacher_models = [models.build(FLAGS.teacher, shape, num_classes, FLAGS.teacher_width)
+                    for _ in range(teachers)]
+  student = models.build(FLAGS.student, shape, num_classes, FLAGS.student_width)
+  return teacher_models, student
+
+
+def run_fit_distiller(x, y, num_classes):
+  """(a): the seed article's Distiller(keras.Model) with train_step, trained with fit."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  (teacher,), student = _models(num_classes, x.shape[1:], "none")
+
+  class Distiller(keras.Model):
+    """As in the article: teacher in inference mode, KL on softened probabilities."""
+
+    def __init__(self, student, teacher):
+      super().__init__()
+      self.student, self.teacher = student, teacher
+
+    def call(self, inputs):
+      return self.student(inputs)
+
+    def train_step(self, batch):
+      images, labels = batch
+      teacher_logits = self.teacher(images, training=False)
+      with tf.GradientTape() as tape:
+        logits = self.student(images, training=True)
+        ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        kl = keras.losses.KLDivergence()(tf.nn.softmax(teacher_logits / 4.0),
+                                         tf.nn.softmax(logits / 4.0)) * 16.0
+        loss = 0.7 * kl + 0.3 * ce
+      grads = tape.gradient(loss, self.student.trainable_variables)
+      self.optimizer.apply_gradients(zip(grads, self.student.trainable_variables))
+      return {"loss": loss}
+
+  distiller = Distiller(student, teacher)
+  distiller.compile(optimizer=keras.optimizers.Adam())
+  times = []
+
+  class Clock(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+      if batch >= FLAGS.window and batch % FLAGS.window == 0:
+        times.append(time.perf_counter())
+
+  steps = FLAGS.window * (FLAGS.windows + 2)
+  ds = tf.data.Dataset.from_tensor_slices((x.astype(np.float32), y)).repeat().batch(
+      FLAGS.batch, drop_remainder=True).prefetch(2)
+  distiller.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[Clock()])
+  return _rate(times, FLAGS.batch, FLAGS.window), forward_flops(student), forward_flops(teacher)
+
+
+def run_our_loop(x, y, num_classes, precision="none", jit=False, cache=False, teachers=1,
+                 student_only=False):
+  """(b)-(i): our train loop under the default strategy with the chosen options."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from kd_research import data  # pylint: disable=g-import-not-at-top
+  from kd_research import schedules  # pylint: disable=g-import-not-at-top
+  from kd_research import teacher_cache  # pylint: disable=g-import-not-at-top
+  from kd_research import teachers as teachers_lib  # pylint: disable=g-import-not-at-top
+  from kd_research import train_step  # pylint: disable=g-import-not-at-top
+  teacher_models, student = _models(num_classes, x.shape[1:], precision, teachers)
+  strategy = tf.distribute.get_strategy()
+  ensemble = teachers_lib.TeacherEnsemble(teacher_models, [f"t{i}" for i in range(teachers)])
+  optimizer = keras.optimizers.Adam()
+  optimizer.build(student.trainable_variables)
+  step = tf.Variable(0, dtype=tf.int64)
+  extras = None
+  if cache and not student_only:
+    extras = {"teacher_logits": teacher_cache.compute_logits(ensemble, x)}
+  live = None if (cache or student_only) else ensemble
+  alpha = schedules.Schedule("constant", 1, 0.7)
+  temperature = schedules.Schedule("constant", 1, 4.0)
+  loop = train_step.make_train_loop(
+      strategy, student, optimizer, step, FLAGS.batch, live, alpha, temperature,
+      cached_teacher_logits=cache and not student_only, jit_compile=jit)
+  iterator = iter(strategy.distribute_datasets_from_function(
+      data.train_dataset_fn(x, y, FLAGS.batch, seed=0, extras=extras)))
+  n = tf.constant(FLAGS.window)
+  loop(iterator, n).numpy()  # Warm-up (trace + first window).
+  times = [time.perf_counter()]
+  for _ in range(FLAGS.windows):
+    loop(iterator, n).numpy()
+    times.append(time.perf_counter())
+  keras.mixed_precision.set_global_policy("float32")
+  teacher_flops = sum(forward_flops(m) for m in teacher_models)
+  return _rate(times, FLAGS.batch, FLAGS.window), forward_flops(student), teacher_flops
+
+
+def main(argv):
+  del argv
+  if FLAGS.quick:
+    FLAGS.window, FLAGS.windows = 4, 2
+  rows = [r.strip() for r in FLAGS.rows.split(",") if r.strip()]
+  unknown = [r for r in rows if r not in ROW_NAMES]
+  if unknown:
+    sys.stderr.write(f"error: unknown rows {unknown}; valid: {', '.join(ROW_NAMES)}.\n")
+    return 2
+  x, y, classes = _data(FLAGS.batch)
+  peaks = {"float32": matmul_peak("float32"), "bfloat16": matmul_peak("bfloat16")}
+  options = {"b": {}, "c": {"jit": True}, "d": {"precision": "bf16"}, "e": {"cache": True},
+             "g": {"student_only": True}, "h": {"teachers": 3}, "i": {"teachers": 3, "cache": True}}
+  measured = {}
+  for row in rows:
+    if row == "f":
+      continue
+    if row == "a":
+      rate, s_flops, t_flops = run_fit_distiller(x, y, classes)
+      opts = {}
+    else:
+      opts = options[row]
+      rate, s_flops, t_flops = run_our_loop(x, y, classes, **opts)
+    measured[row] = (rate, s_flops, t_flops, opts)
+    print(f"  measured ({row}) {ROW_NAMES[row]}: {rate:.0f} examples/s", flush=True)
+  if "f" in rows:
+    best = {"cache": True}
+    if "c" in measured and "b" in measured and measured["c"][0] > measured["b"][0]:
+      best["jit"] = True
+    if "d" in measured and "b" in measured and measured["d"][0] > measured["b"][0]:
+      best["precision"] = "bf16"
+    rate, s_flops, t_flops = run_our_loop(x, y, classes, **best)
+    measured["f"] = (rate, s_flops, t_flops, best)
+  reference = measured.get("a", (None,))[0]
+  report = {"batch": FLAGS.batch, "teacher": f"{FLAGS.teacher} w{FLAGS.teacher_width}",
+            "student": f"{FLAGS.student} w{FLAGS.student_width}",
+            "matmul_peak_gflops": peaks, "rows": []}
+  lines = ["| row | configuration | examples/s | vs (a) | GFLOP/s | share of matmul peak |",
+           "|---|---|---|---|---|---|"]
+  for row in [r for r in ROW_NAMES if r in measured]:
+    rate, s_flops, t_flops, opts = measured[row]
+    live_teacher = not opts.get("cache") and not opts.get("student_only")
+    flops = 3 * s_flops + (t_flops if live_teacher else 0)
+    gflops = rate * flops / 1e9
+    peak = peaks["bfloat16" if opts.get("precision") == "bf16" else "float32"]
+    ratio = rate / reference if reference else float("nan")
+    name = ROW_NAMES[row] + (f" {opts}" if row == "f" else "")
+    report["rows"].append({"row": row, "name": name, "examples_per_second": rate,
+                           "ratio_to_a": ratio, "gflops": gflops, "peak_share": gflops / peak})
+    lines.append(f"| ({row}) | {name} | {rate:,.0f} | {ratio:.2f}x | {gflops:.1f} | "
+                 f"{100 * gflops / peak:.1f}% |")
+  table = "\n".join(lines)
+  print(f"\nbatch {FLAGS.batch}, teacher {report['teacher']}, student {report['student']}; "
+        f"matmul peak {peaks['float32']:.0f} GFLOP/s fp32, {peaks['bfloat16']:.0f} bf16\n")
+  print(table)
+  report["table"] = table
+  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
+  from kd_research import io_utils  # pylint: disable=g-import-not-at-top
+  io_utils.atomic_write_json(FLAGS.output, report)
+  print(f"\nwritten to {FLAGS.output}")
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: sys.exit(main(argv)))

@@ -1,0 +1,73 @@
+"""Export: SavedModel and TFLite artifacts reload and agree with the Keras model."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kd_research import export
+from kd_research import loop
+from kd_research.errors import UserError
+from conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  config = tiny_config(**{"student.model": "cnn_seed", "student.width": 4, "student.epochs": 1,
+                          "train_size": 640})
+  workdir = str(tmp_path_factory.mktemp("export") / "student")
+  loop.train_and_evaluate(config, workdir, "student", tf.distribute.get_strategy())
+  splits = export.splits_for_run(config, workdir)
+  report = export.export_run(workdir, splits, calibration=100)
+  return workdir, splits, report
+
+
+def test_artifacts_written_and_reported(exported):
+  workdir, splits, report = exported
+  for name in ("saved_model/saved_model.pb", "model_float32.tflite", "model_float16.tflite",
+               "model_int8.tflite", "export_report.json"):
+    assert os.path.exists(os.path.join(workdir, "export", name)), name
+  saved = json.load(open(os.path.join(workdir, "export", "export_report.json")))
+  assert saved == json.loads(json.dumps(report))
+  assert set(report["artifacts"]) == {"saved_model", "tflite_float32", "tflite_float16",
+                                      "tflite_int8"}
+  for a in report["artifacts"].values():
+    assert a["size_kb"] > 0 and a["latency_ms_batch1"] > 0
+  assert report["artifacts"]["tflite_int8"]["size_kb"] < report["artifacts"][
+      "tflite_float32"]["size_kb"]
+  assert "| tflite_int8 |" in export.report_table(report)
+
+
+def test_outputs_match_keras(exported):
+  workdir, splits, report = exported
+  model = keras.models.load_model(os.path.join(workdir, "model.keras"), compile=False)
+  images = splits.test[0][:64]
+  want = tf.nn.softmax(model(images.astype(np.float32))).numpy()
+  loaded = tf.saved_model.load(os.path.join(workdir, "export", "saved_model"))
+  got = loaded.signatures["serving_default"](images=tf.constant(images))["probabilities"].numpy()
+  np.testing.assert_allclose(got, want, atol=1e-5)  # Same graph: float32 rounding only.
+  fp32 = export.TFLiteRunner(os.path.join(workdir, "export", "model_float32.tflite"))
+  got32 = np.concatenate([fp32(images[i:i + 1]) for i in range(64)])
+  np.testing.assert_allclose(got32, want, atol=1e-4)
+  np.testing.assert_array_equal(got32.argmax(1), want.argmax(1))  # Exact argmax agreement.
+  int8 = export.TFLiteRunner(os.path.join(workdir, "export", "model_int8.tflite"))
+  got8 = np.concatenate([int8(images[i:i + 1]) for i in range(64)])
+  assert np.abs(got8 - want).max() < 0.15  # uint8 output: steps of 1/256, int8 weights.
+  assert report["artifacts"]["tflite_float32"]["agreement_with_keras"] == 1.0
+  assert report["artifacts"]["saved_model"]["agreement_with_keras"] == 1.0
+
+
+def test_export_bad_input(tmp_path, exported):
+  _, splits, _ = exported
+  with pytest.raises(UserError, match="not a finished run"):
+    export.export_run(str(tmp_path), splits)
+  with pytest.raises(UserError, match="no config.json"):
+    export.splits_for_run(tiny_config(), str(tmp_path))
+  unfinished = tmp_path / "run"
+  unfinished.mkdir()
+  (unfinished / "results.json").write_text("{}")
+  with pytest.raises(UserError, match="no model.keras"):
+    export.export_run(str(unfinished), splits)
