@@ -30,6 +30,8 @@ flags.DEFINE_integer("batch", 128, "Batch size.")
 flags.DEFINE_integer("window", 20, "Steps per timed window.")
 flags.DEFINE_integer("windows", 5, "Timed windows per row (median taken).")
 flags.DEFINE_string("dataset", "fashion_mnist", "fashion_mnist or synthetic.")
+flags.DEFINE_integer("examples", 0, "Use only this many training examples (0 = all; --quick: "
+                     "2048). The teacher cache is computed over them.")
 flags.DEFINE_string("output", "runs/bench.json", "Where the JSON goes.")
 FLAGS = flags.FLAGS
 
@@ -71,7 +73,8 @@ def matmul_peak(dtype, n=2048, reps=10):
 def _data(batch):
   from kd_research import data_sources  # pylint: disable=g-import-not-at-top
   raw = data_sources.load(FLAGS.dataset)
-  n = (len(raw.train_x) // batch) * batch
+  n = min(len(raw.train_x), FLAGS.examples or len(raw.train_x))
+  n = (n // batch) * batch
   return raw.train_x[:n], raw.train_y[:n], raw.num_classes
 
 
@@ -179,6 +182,7 @@ def main(argv):
   del argv
   if FLAGS.quick:
     FLAGS.window, FLAGS.windows = 4, 2
+    FLAGS.examples = FLAGS.examples or 2048
   rows = [r.strip() for r in FLAGS.rows.split(",") if r.strip()]
   unknown = [r for r in rows if r not in ROW_NAMES]
   if unknown:

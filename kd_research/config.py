@@ -28,10 +28,20 @@ def schedule_fields(prefix, value, name="constant"):
           f"{prefix}_warmup_steps": 0, f"{prefix}_warmup_from": 0.0}
 
 
-def model_config(name, width=0, epochs=1, seed=0, path=""):
-  """One model entry: registry name, width (0 = model default), BN sync, epochs, seed, path."""
-  return ml_collections.ConfigDict(dict(
-      model=name, width=width, sync_bn=False, epochs=epochs, seed=seed, path=path))
+def model_config(name, width=0, epochs=1, seed=0, path="", **kwargs):
+  """One model entry: registry name, width (0 = model default), BN sync, epochs, seed, path.
+
+  keras.applications teachers also use image_size (0 = 224), weights ('' | 'imagenet' |
+  file), head_epochs (head-only warm-up before unfreezing), unfreeze_top (backbone layers
+  to unfreeze; 0 = all) and finetune_lr_factor (learning-rate factor after unfreezing).
+  """
+  entry = dict(model=name, width=width, sync_bn=False, epochs=epochs, seed=seed, path=path,
+               image_size=0, weights="", head_epochs=0, unfreeze_top=0, finetune_lr_factor=0.1)
+  unknown = set(kwargs) - set(entry)
+  if unknown:
+    raise ValueError(f"model_config got unknown fields {sorted(unknown)}")
+  entry.update(kwargs)
+  return ml_collections.ConfigDict(entry)
 
 
 def base_config():
@@ -133,13 +143,22 @@ def validate(config):
   entries = [("teacher", config.teacher), ("student", config.student)] + [
       (f"extra_teachers.{name}", entry) for name, entry in config.extra_teachers.items()]
   for role, entry in entries:
-    for field in ("model", "width", "sync_bn", "epochs", "seed", "path"):
+    for field in ("model", "width", "sync_bn", "epochs", "seed", "path", "image_size", "weights",
+                  "head_epochs", "unfreeze_top", "finetune_lr_factor"):
       need(field in entry, f"config.{role} lacks the field {field!r}; build entries with "
            "config.model_config(...).")
     need(entry.model in models.MODELS, f"config.{role}.model={entry.model!r} is unknown; "
          f"valid models: {', '.join(sorted(models.MODELS))}.")
     need(entry.epochs >= 1, f"config.{role}.epochs must be a positive integer, got {entry.epochs}.")
     need(entry.width >= 0, f"config.{role}.width must be >= 0 (0 = default), got {entry.width}.")
+    need(0 <= entry.head_epochs < entry.epochs or entry.head_epochs == 0,
+         f"config.{role}.head_epochs={entry.head_epochs} must be smaller than "
+         f"config.{role}.epochs={entry.epochs}.")
+    need(entry.head_epochs == 0 or entry.model in models.APPLICATION_MODELS,
+         f"config.{role}.head_epochs needs a pretrained backbone model "
+         f"({', '.join(models.APPLICATION_MODELS)}), not {entry.model}.")
+    need(entry.finetune_lr_factor > 0,
+         f"config.{role}.finetune_lr_factor must be > 0, got {entry.finetune_lr_factor}.")
   from kd_research import losses  # pylint: disable=g-import-not-at-top
   losses.normalise_weights(schedules.parse_floats(config.distill.teacher_weights,
                                                   "config.distill.teacher_weights") or None,

@@ -23,6 +23,7 @@ from kd_research import distribute
 from kd_research import evaluate
 from kd_research import io_utils
 from kd_research import models
+from kd_research import pretrained
 from kd_research import schedules
 from kd_research import summaries
 from kd_research import teacher_cache
@@ -36,6 +37,18 @@ ROLES = ("teacher", "student", "distill")
 
 class TrainingDiverged(UserError):
   """A loss became NaN or infinite; the run stops before checkpointing the bad state."""
+
+
+class _AfterWarmupFactor:
+  """lr(step) = base(step) * (factor once step >= warmup_steps): lower LR after unfreezing."""
+
+  def __init__(self, base, warmup_steps, factor):
+    self.base, self.warmup_steps, self.factor = base, warmup_steps, factor
+    self.name = f"{base.name} x{factor} after step {warmup_steps}"
+
+  def __call__(self, step):
+    scale = tf.where(tf.cast(step, tf.float32) >= float(self.warmup_steps), self.factor, 1.0)
+    return self.base(step) * scale
 
 
 class _ScheduledLR(keras.optimizers.schedules.LearningRateSchedule):
@@ -147,12 +160,18 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
     alpha_fn, temperature_fn = _distill_schedules(config, distill_steps)
   lr_fn = schedules.from_config(config.optimizer, "learning_rate", total_steps,
                                 "learning-rate schedule")
+  head_steps = entry.head_epochs * spe if role == "teacher" else 0
+  if head_steps:
+    lr_fn = _AfterWarmupFactor(lr_fn, head_steps, entry.finetune_lr_factor)
 
   with strategy.scope():
     model = models.build(entry.model, splits.input_shape, splits.num_classes,
-                         entry.width, entry.sync_bn)
+                         entry.width, entry.sync_bn, entry.image_size, entry.weights)
     optimizer = make_optimizer(config.optimizer, lr_fn)
-    optimizer.build(model.trainable_variables)  # Before tracing (TF_NOTES).
+    # Build for every variable that will ever train (also after unfreezing a backbone),
+    # before tracing (TF_NOTES).
+    pretrained.set_trainable(model, "finetune", entry.unfreeze_top)
+    optimizer.build(model.trainable_variables)
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     elapsed_var = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
     ensemble = (teachers_lib.load(teacher_paths, splits.input_shape, splits.num_classes)
@@ -191,6 +210,9 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
         write=chief)}
   plain_loop = train_step.make_train_loop(strategy, model, optimizer, step_var, gb,
                                           jit_compile=config.jit_compile)
+  head_loop = (train_step.make_train_loop(strategy, model, optimizer, step_var, gb,
+                                          jit_compile=config.jit_compile)
+               if head_steps else None)
   distill_loop = (train_step.make_train_loop(
       strategy, model, optimizer, step_var, gb, None if cached else ensemble, alpha_fn,
       temperature_fn, config.distill.combine, weights, cached_teacher_logits=cached,
@@ -221,12 +243,19 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
   window_start = last_save = time.perf_counter()
   while step < total_steps:
     in_distill = distilling and step < distill_steps
+    in_head = step < head_steps
     n = min(config.steps_per_loop, total_steps - step, _steps_to_next(step, config.log_every_steps),
             _steps_to_next(step, config.checkpoint_every_steps), _steps_to_next(step, spe))
     if in_distill:
       n = min(n, distill_steps - step)
+    if in_head:
+      n = min(n, head_steps - step)
+    # Head-only warm-up, then the (partly) unfrozen backbone; each loop traces with the
+    # trainable set of its phase. A no-op for models without a pretrained backbone.
+    pretrained.set_trainable(model, "head" if in_head else "finetune", entry.unfreeze_top)
+    loop_fn = distill_loop if in_distill else (head_loop if in_head else plain_loop)
     started = time.perf_counter()
-    sums = (distill_loop if in_distill else plain_loop)(iterator, tf.constant(n)).numpy()
+    sums = loop_fn(iterator, tf.constant(n)).numpy()
     elapsed_var.assign_add(time.perf_counter() - started)
     _check_finite(sums, step, n, manager)
     step += n

@@ -107,7 +107,19 @@ def mlp(input_shape, num_classes, width=None, sync_bn=False):
   return keras.Model(inputs, _logits(x, num_classes), name="mlp")
 
 
+def _application(name):
+  def builder(input_shape, num_classes, width=None, sync_bn=False, image_size=None, weights=""):
+    del width, sync_bn  # The application fixes its own widths and BatchNorm.
+    from kd_research import pretrained  # pylint: disable=g-import-not-at-top
+    return pretrained.build_application(name, input_shape, num_classes, image_size, weights)
+  builder.__doc__ = f"keras.applications {name} backbone with a new head (kd_research.pretrained)."
+  return builder
+
+
 MODELS = {
+    "resnet50": _application("resnet50"),
+    "mobilenetv2": _application("mobilenetv2"),
+    "efficientnetb0": _application("efficientnetb0"),
     "resnet_seed": resnet_seed,
     "cnn_seed": cnn_seed,
     "resnet20": resnet20,
@@ -117,10 +129,23 @@ MODELS = {
 }
 
 
-def build(name, input_shape, num_classes, width=None, sync_bn=False):
-  """Builds the registered model ``name`` for images of ``input_shape`` and ``num_classes``."""
+APPLICATION_MODELS = ("resnet50", "mobilenetv2", "efficientnetb0")
+
+
+def build(name, input_shape, num_classes, width=None, sync_bn=False, image_size=None,
+          weights=""):
+  """Builds the registered model ``name`` for images of ``input_shape`` and ``num_classes``.
+
+  ``image_size`` and ``weights`` apply to the keras.applications models only.
+  """
   if name not in MODELS:
     raise UserError(f"Unknown model {name!r}; valid models: {', '.join(sorted(MODELS))}.")
   if width is not None and width < 1:
     raise UserError(f"Model width must be a positive integer (or 0 for the default), got {width}.")
+  if name in APPLICATION_MODELS:
+    return MODELS[name](tuple(input_shape), num_classes, image_size=image_size or None,
+                        weights=weights)
+  if weights:
+    raise UserError(f"{name} has no pretrained weights; 'weights' is for "
+                    f"{', '.join(APPLICATION_MODELS)}.")
   return MODELS[name](tuple(input_shape), num_classes, width=width or None, sync_bn=sync_bn)

@@ -5,6 +5,7 @@ import os
 import keras
 import tensorflow as tf
 
+from kd_research import pretrained  # noqa: F401  (registers the custom layers for loading)
 from kd_research.errors import UserError
 
 

@@ -80,3 +80,20 @@ def test_train_then_eval_command(tmp_path):
   assert evaluated["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-9)
   missing = run_main("eval", "--experiment=fashion_mnist:tiny", f"--workdir={tmp_path}/none")
   assert missing.returncode == 1 and "model.keras" in missing.stderr
+
+
+def test_bench_quick_smoke(tmp_path):
+  """The benchmark command runs every row and writes its JSON (no timing assertions)."""
+  out = run_main_module("kd_research.bench", "--quick", "--dataset=synthetic",
+                        "--teacher=mlp", "--teacher_width=64", "--student=mlp",
+                        "--student_width=16", f"--output={tmp_path}/bench.json")
+  assert out.returncode == 0, out.stderr[-3000:]
+  report = json.load(open(tmp_path / "bench.json"))
+  assert [r["row"] for r in report["rows"]] == list("abcdefghi")
+  assert all(r["examples_per_second"] > 0 and r["gflops"] > 0 for r in report["rows"])
+  assert "| (f) | best combination" in out.stdout
+
+
+def run_main_module(module, *args):
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=ENV,
+                        capture_output=True, text=True, timeout=600)

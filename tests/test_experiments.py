@@ -8,7 +8,8 @@ from kd_research import config as config_lib
 from conftest import REPO, load_experiment
 
 PRESETS = {"fashion_mnist": ["quick", "full", "tiny"], "cifar10_seed": [None, "mini"],
-           "fashion_mnist_schedules": [None], "fashion_mnist_multi_teacher": [None]}
+           "fashion_mnist_schedules": [None], "fashion_mnist_multi_teacher": [None],
+           "fashion_mnist_pretrained_teacher": [None, "imagenet"]}
 
 
 def test_every_experiment_module_is_covered():

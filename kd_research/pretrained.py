@@ -1,0 +1,101 @@
+"""keras.applications backbones as teachers: ResNet50, MobileNetV2, EfficientNetB0.
+
+Each builder adapts small images to the backbone (grey -> 3 channels, resize to
+``image_size``), applies the application's own preprocessing, runs the backbone
+in inference mode (BatchNorm keeps its statistics while fine-tuning; see BUILD.md)
+and ends in a new Dense head with the dataset's class count. ``weights`` is ''
+(random init), 'imagenet' (Keras downloads it on a machine with internet, or finds
+it in ~/.keras/models) or the path of a weights file (the application's 'notop' file).
+"""
+
+import os
+
+import keras
+
+from kd_research.errors import UserError
+
+APPLICATIONS = {
+    "resnet50": ("ResNet50", "resnet50", 224),
+    "mobilenetv2": ("MobileNetV2", "mobilenet_v2", 224),
+    "efficientnetb0": ("EfficientNetB0", "efficientnet", 224),
+}
+BACKBONE_NAME = "backbone"
+
+
+@keras.saving.register_keras_serializable(package="kd_research")
+class GreyToRGB(keras.layers.Layer):
+  """Repeats a single channel three times (pretrained backbones expect RGB)."""
+
+  def call(self, x):
+    return keras.ops.concatenate([x, x, x], axis=-1) if x.shape[-1] == 1 else x
+
+
+@keras.saving.register_keras_serializable(package="kd_research")
+class AppPreprocess(keras.layers.Layer):
+  """The application's preprocess_input on 0..255 RGB images, as a serialisable layer."""
+
+  def __init__(self, module_name, **kwargs):
+    super().__init__(**kwargs)
+    self.module_name = module_name
+
+  def call(self, x):
+    module = getattr(keras.applications, self.module_name)
+    return module.preprocess_input(x)
+
+  def get_config(self):
+    return dict(super().get_config(), module_name=self.module_name)
+
+
+def _weights_arg(weights, app_name):
+  if weights in ("", "none", None):
+    return None
+  if weights == "imagenet":
+    return "imagenet"
+  if not os.path.isfile(weights):
+    raise UserError(f"{app_name}: weights file {weights!r} does not exist; give '' (random), "
+                    "'imagenet' or the path of the application's no-top .h5 weights file.")
+  return weights
+
+
+def build_application(name, input_shape, num_classes, image_size=None, weights=""):
+  """Builds the ``name`` application teacher (see module docstring)."""
+  app_name, module_name, default_size = APPLICATIONS[name]
+  size = image_size or default_size
+  if size < 32:
+    raise UserError(f"{name}: image_size must be >= 32 for keras.applications, got {size}.")
+  try:
+    backbone = getattr(keras.applications, app_name)(
+        include_top=False, weights=_weights_arg(weights, app_name),
+        input_shape=(size, size, 3), pooling="avg", name=BACKBONE_NAME)
+  except UserError:
+    raise
+  except Exception as e:  # Download failures surface as several exception types.
+    if weights != "imagenet":
+      raise UserError(f"{name}: cannot load weights {weights!r}: {e}")
+    raise UserError(
+        f"{name}: weights='imagenet' need a download that failed ({type(e).__name__}: "
+        f"{str(e)[:200]}). Offline, copy the application's no-top weights file (as Keras names "
+        f"it, e.g. from a machine with internet: ~/.keras/models/) to ~/.keras/models/ here, or "
+        f"pass its path: --config.teacher.weights=/path/to/{module_name}_..._notop.h5.")
+  inputs = keras.Input(shape=input_shape)
+  x = GreyToRGB()(inputs)
+  if x.shape[1] != size or x.shape[2] != size:
+    x = keras.layers.Resizing(size, size)(x)
+  x = AppPreprocess(module_name)(x)
+  x = backbone(x, training=False)  # BatchNorm stays in inference mode, also when unfrozen.
+  logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
+  return keras.Model(inputs, logits, name=name)
+
+
+def set_trainable(model, phase, unfreeze_top=0):
+  """phase 'head': only the head trains; 'finetune': backbone too (its top ``unfreeze_top``
+  layers, or all of it when 0). Returns True when the model has a backbone."""
+  try:
+    backbone = model.get_layer(BACKBONE_NAME)
+  except ValueError:
+    return False
+  backbone.trainable = phase == "finetune"
+  if phase == "finetune" and unfreeze_top:
+    for layer in backbone.layers[:-unfreeze_top]:
+      layer.trainable = False
+  return True

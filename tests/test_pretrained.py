@@ -1,0 +1,111 @@
+"""keras.applications teachers: building, head-then-backbone fine-tuning, offline weights."""
+
+import os
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kd_research import loop
+from kd_research import models
+from kd_research import pretrained
+from kd_research import train_step
+from kd_research.errors import UserError
+from conftest import tiny_config, load_experiment
+
+DEFAULT = tf.distribute.get_strategy()
+
+
+@pytest.mark.parametrize("name", ["resnet50", "mobilenetv2", "efficientnetb0"])
+def test_application_teachers_build_at_small_size(name):
+  model = models.build(name, (28, 28, 1), 10, image_size=32)
+  out = model(np.random.default_rng(0).uniform(0, 255, (2, 28, 28, 1)).astype(np.float32))
+  assert out.shape == (2, 10) and out.dtype == "float32"
+  assert model.get_layer(pretrained.BACKBONE_NAME).input_shape[1:] == (32, 32, 3)
+
+
+def _snapshot(model):
+  return {w.path: w.numpy().copy() for w in model.weights}
+
+
+def _changed(before, model):
+  return {w.path for w in model.weights if not np.array_equal(before[w.path], w.numpy())}
+
+
+def test_head_then_top_blocks_fine_tuning():
+  keras.utils.set_random_seed(0)
+  model = models.build("mobilenetv2", (28, 28, 1), 10, image_size=32)
+  opt = keras.optimizers.SGD(0.1)
+  pretrained.set_trainable(model, "finetune", unfreeze_top=12)
+  opt.build(model.trainable_variables)
+  step = tf.Variable(0, dtype=tf.int64)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.uniform(0, 255, (8, 28, 28, 1)).astype(np.float32),
+           "label": rng.integers(0, 10, 8).astype(np.int32)}
+  ds = tf.data.Dataset.from_tensors(batch).repeat()
+  backbone = model.get_layer(pretrained.BACKBONE_NAME)
+  top = {w.path for layer in backbone.layers[-12:] for w in layer.trainable_weights}
+  head = {w.path for w in model.get_layer("logits").weights}
+
+  pretrained.set_trainable(model, "head")
+  before = _snapshot(model)
+  train_step.make_train_loop(DEFAULT, model, opt, step, 8)(iter(ds), tf.constant(1))
+  assert _changed(before, model) == head
+
+  pretrained.set_trainable(model, "finetune", unfreeze_top=12)
+  before = _snapshot(model)
+  train_step.make_train_loop(DEFAULT, model, opt, step, 8)(iter(ds), tf.constant(1))
+  changed = _changed(before, model)
+  assert head <= changed and changed - head and changed <= top | head
+  # BatchNorm stays in inference mode: no moving statistics moved.
+  assert not any("moving" in path for path in changed)
+
+
+def test_pretrained_teacher_pipeline_under_mirrored(tmp_path, strategy_factory):
+  config = tiny_config(**{"train_size": 256, "teacher.model": "mobilenetv2",
+                          "teacher.image_size": 32, "teacher.epochs": 2,
+                          "teacher.head_epochs": 1, "teacher.unfreeze_top": 20,
+                          "student.epochs": 1})
+  start = time.time()
+  teacher = loop.train_and_evaluate(config, str(tmp_path / "t"), "teacher", DEFAULT)
+  print(f"mobilenetv2 at 32x32: 2 epochs of 256 examples in {time.time() - start:.1f} s")
+  assert teacher["steps"] == 8
+  kd = loop.train_and_evaluate(config, str(tmp_path / "kd"), "distill", strategy_factory(2),
+                               (str(tmp_path / "t" / "model.keras"),))
+  assert kd["replicas"] == 2 and kd["teacher_test_accuracy"] == pytest.approx(
+      teacher["test_accuracy"], abs=1e-9)
+
+
+def test_imagenet_weights_offline_fail_fast(monkeypatch):
+  def no_network(*args, **kwargs):
+    raise Exception("URL fetch failure: no network")
+
+  monkeypatch.setattr("keras.src.utils.file_utils.get_file", no_network)
+  monkeypatch.setenv("KERAS_HOME", "/nonexistent-keras-home")
+  start = time.time()
+  with pytest.raises(UserError, match="weights='imagenet' need a download"):
+    models.build("mobilenetv2", (28, 28, 1), 10, image_size=32, weights="imagenet")
+  assert time.time() - start < 30
+  with pytest.raises(UserError, match="does not exist"):
+    models.build("mobilenetv2", (28, 28, 1), 10, image_size=32, weights="/no/such.h5")
+
+
+def test_local_weights_file(tmp_path):
+  keras.utils.set_random_seed(1)
+  source = keras.applications.MobileNetV2(include_top=False, weights=None,
+                                          input_shape=(32, 32, 3), pooling="avg")
+  path = str(tmp_path / "mobilenet_notop.weights.h5")
+  source.save_weights(path)
+  model = models.build("mobilenetv2", (28, 28, 1), 10, image_size=32, weights=path)
+  backbone = model.get_layer(pretrained.BACKBONE_NAME)
+  for a, b in zip(source.weights, backbone.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_head_epochs_needs_an_application():
+  from kd_research import config as config_lib
+  with pytest.raises(UserError, match="pretrained backbone"):
+    config_lib.validate(tiny_config(**{"teacher.head_epochs": 1}))
+  config_lib.validate(load_experiment("fashion_mnist_pretrained_teacher"))
