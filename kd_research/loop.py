@@ -170,7 +170,7 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
     optimizer = make_optimizer(config.optimizer, lr_fn)
     # Build for every variable that will ever train (also after unfreezing a backbone),
     # before tracing (TF_NOTES).
-    pretrained.set_trainable(model, "finetune", entry.unfreeze_top)
+    pretrained.set_trainable(model, "finetune", entry.unfreeze_top, bool(entry.weights))
     optimizer.build(model.trainable_variables)
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     elapsed_var = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
@@ -252,7 +252,8 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
       n = min(n, head_steps - step)
     # Head-only warm-up, then the (partly) unfrozen backbone; each loop traces with the
     # trainable set of its phase. A no-op for models without a pretrained backbone.
-    pretrained.set_trainable(model, "head" if in_head else "finetune", entry.unfreeze_top)
+    pretrained.set_trainable(model, "head" if in_head else "finetune", entry.unfreeze_top,
+                             bool(entry.weights))
     loop_fn = distill_loop if in_distill else (head_loop if in_head else plain_loop)
     started = time.perf_counter()
     sums = loop_fn(iterator, tf.constant(n)).numpy()

@@ -2,7 +2,7 @@
 
 Each builder adapts small images to the backbone (grey -> 3 channels, resize to
 ``image_size``), applies the application's own preprocessing, runs the backbone
-in inference mode (BatchNorm keeps its statistics while fine-tuning; see BUILD.md)
+with frozen, inference-mode BatchNorm when the weights are pretrained (see set_trainable)
 and ends in a new Dense head with the dataset's class count. ``weights`` is ''
 (random init), 'imagenet' (Keras downloads it on a machine with internet, or finds
 it in ~/.keras/models) or the path of a weights file (the application's 'notop' file).
@@ -82,20 +82,31 @@ def build_application(name, input_shape, num_classes, image_size=None, weights="
   if x.shape[1] != size or x.shape[2] != size:
     x = keras.layers.Resizing(size, size)(x)
   x = AppPreprocess(module_name)(x)
-  x = backbone(x, training=False)  # BatchNorm stays in inference mode, also when unfrozen.
+  x = backbone(x)  # BatchNorm mode: see set_trainable.
   logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
   return keras.Model(inputs, logits, name=name)
 
 
-def set_trainable(model, phase, unfreeze_top=0):
-  """phase 'head': only the head trains; 'finetune': backbone too (its top ``unfreeze_top``
-  layers, or all of it when 0). Returns True when the model has a backbone."""
+def set_trainable(model, phase, unfreeze_top=0, freeze_batchnorm=True):
+  """Sets which variables train; returns True when the model has a backbone.
+
+  phase 'head': only the head trains; 'finetune': the backbone too (its top
+  ``unfreeze_top`` layers, or all of it when 0). With ``freeze_batchnorm`` (pretrained
+  weights) the backbone's BatchNormalization layers stay frozen, which in Keras 3 also
+  means inference mode: their ImageNet statistics are kept instead of being replaced
+  by the statistics of small, differently distributed batches. A randomly initialised
+  backbone has no statistics worth keeping, so its BatchNorm trains normally.
+  """
   try:
     backbone = model.get_layer(BACKBONE_NAME)
   except ValueError:
     return False
   backbone.trainable = phase == "finetune"
-  if phase == "finetune" and unfreeze_top:
-    for layer in backbone.layers[:-unfreeze_top]:
+  if phase == "finetune":
+    for layer in backbone.layers[:-unfreeze_top] if unfreeze_top else ():
       layer.trainable = False
+    if freeze_batchnorm:
+      for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+          layer.trainable = False
   return True

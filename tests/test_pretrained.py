@@ -34,33 +34,44 @@ def _changed(before, model):
   return {w.path for w in model.weights if not np.array_equal(before[w.path], w.numpy())}
 
 
-def test_head_then_top_blocks_fine_tuning():
+def _finetune_steps(model, phase, unfreeze_top, freeze_bn, steps=2):
+  """Runs ``steps`` SGD steps in ``phase``; returns the set of variables that changed."""
+  opt = keras.optimizers.SGD(0.1)
+  pretrained.set_trainable(model, "finetune", unfreeze_top, freeze_bn)
+  opt.build(model.trainable_variables)
+  pretrained.set_trainable(model, phase, unfreeze_top, freeze_bn)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.uniform(0, 255, (16, 28, 28, 1)).astype(np.float32),
+           "label": rng.integers(0, 10, 16).astype(np.int32)}
+  ds = tf.data.Dataset.from_tensors(batch).repeat()
+  before = _snapshot(model)
+  step = tf.Variable(0, dtype=tf.int64)
+  train_step.make_train_loop(DEFAULT, model, opt, step, 16)(iter(ds), tf.constant(steps))
+  return _changed(before, model)
+
+
+def test_head_then_top_blocks_fine_tuning(tmp_path):
   keras.utils.set_random_seed(0)
   model = models.build("mobilenetv2", (28, 28, 1), 10, image_size=32)
-  opt = keras.optimizers.SGD(0.1)
-  pretrained.set_trainable(model, "finetune", unfreeze_top=12)
-  opt.build(model.trainable_variables)
-  step = tf.Variable(0, dtype=tf.int64)
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.uniform(0, 255, (8, 28, 28, 1)).astype(np.float32),
-           "label": rng.integers(0, 10, 8).astype(np.int32)}
-  ds = tf.data.Dataset.from_tensors(batch).repeat()
   backbone = model.get_layer(pretrained.BACKBONE_NAME)
-  top = {w.path for layer in backbone.layers[-12:] for w in layer.trainable_weights}
+  top = {w.path for layer in backbone.layers[-12:] for w in layer.weights}
   head = {w.path for w in model.get_layer("logits").weights}
-
-  pretrained.set_trainable(model, "head")
-  before = _snapshot(model)
-  train_step.make_train_loop(DEFAULT, model, opt, step, 8)(iter(ds), tf.constant(1))
-  assert _changed(before, model) == head
-
-  pretrained.set_trainable(model, "finetune", unfreeze_top=12)
-  before = _snapshot(model)
-  train_step.make_train_loop(DEFAULT, model, opt, step, 8)(iter(ds), tf.constant(1))
-  changed = _changed(before, model)
-  assert head <= changed and changed - head and changed <= top | head
-  # BatchNorm stays in inference mode: no moving statistics moved.
-  assert not any("moving" in path for path in changed)
+  # Random init: BatchNorm trains with the unfrozen top layers; nothing below them moves.
+  changed = _finetune_steps(model, "finetune", 12, freeze_bn=False)
+  assert changed - head and changed <= top | head
+  assert any("moving_mean" in p for p in changed)
+  # Those backbone weights now serve as 'pretrained' weights loaded from a file.
+  path = str(tmp_path / "backbone.weights.h5")
+  backbone.save_weights(path)
+  keras.utils.set_random_seed(1)
+  tuned = models.build("mobilenetv2", (28, 28, 1), 10, image_size=32, weights=path)
+  head = {w.path for w in tuned.get_layer("logits").weights}
+  changed = _finetune_steps(tuned, "head", 12, freeze_bn=True)
+  assert changed and changed <= head  # Head-only warm-up.
+  changed = _finetune_steps(tuned, "finetune", 12, freeze_bn=True)
+  assert changed - head and changed <= top | head
+  # Pretrained weights: BatchNorm stays frozen (statistics and scale/offset unchanged).
+  assert not any("_bn" in p.lower() or "BN" in p for p in changed - head)
 
 
 def test_pretrained_teacher_pipeline_under_mirrored(tmp_path, strategy_factory):
