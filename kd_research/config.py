@@ -94,6 +94,7 @@ def base_config():
   c.extra_teachers = ml_collections.ConfigDict()
   c.distill = ml_collections.ConfigDict(dict(
       combine="prob_mean", finetune_epochs=0, cache_teacher=False,
+      finetune_lr_factor=1.0,  # learning-rate factor for the labels-only fine-tuning stage
       teacher_weights="",  # comma-separated, one per teacher; empty = uniform
       **schedule_fields("alpha", 0.7), **schedule_fields("temperature", 10.0)))
   # Named distillation variants for the pipeline: {name: {distill field: value}}. Empty means
@@ -134,6 +135,8 @@ def validate(config):
     section, _, name = field.rpartition(".")
     value = (config[section] if section else config)[name]
     need(value >= 0, f"config.{field} must be >= 0, got {value}.")
+  need(config.distill.finetune_lr_factor > 0,
+       f"config.distill.finetune_lr_factor must be > 0, got {config.distill.finetune_lr_factor}.")
   need(config.checkpoint_every_seconds >= 0,
        f"config.checkpoint_every_seconds must be >= 0, got {config.checkpoint_every_seconds}.")
   need(config.optimizer.learning_rate > 0,

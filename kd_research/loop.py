@@ -163,6 +163,8 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
   head_steps = entry.head_epochs * spe if role == "teacher" else 0
   if head_steps:
     lr_fn = _AfterWarmupFactor(lr_fn, head_steps, entry.finetune_lr_factor)
+  if distilling and config.distill.finetune_epochs and config.distill.finetune_lr_factor != 1.0:
+    lr_fn = _AfterWarmupFactor(lr_fn, distill_steps, config.distill.finetune_lr_factor)
 
   with strategy.scope():
     model = models.build(entry.model, splits.input_shape, splits.num_classes,

@@ -163,3 +163,21 @@ def test_batch_not_divisible_by_replicas():
   fn = data.train_dataset_fn(np.zeros((20, 1, 1, 1), np.uint8), np.zeros(20, np.int32), 10, 0)
   with pytest.raises(UserError, match="not divisible by the 4 replicas"):
     fn(tf.distribute.InputContext(1, 0, 4))
+
+
+def test_wrong_shapes_and_empty_splits():
+  good = data_sources.synthetic(num_train=20, num_test=10)
+  flat = data_sources.RawData(good.train_x[:, :, :, 0], good.train_y, good.test_x, good.test_y,
+                              10, "flat")
+  with pytest.raises(UserError, match=r"must be \[N, H, W, C\]"):
+    data_sources.check_arrays(flat)
+  empty = data_sources.RawData(good.train_x, good.train_y, good.test_x[:0], good.test_y[:0],
+                               10, "empty")
+  with pytest.raises(UserError, match="test split is empty"):
+    data_sources.check_arrays(empty)
+  mismatch = data_sources.RawData(good.train_x, good.train_y, good.test_x[:, :20], good.test_y,
+                                  10, "mismatch")
+  with pytest.raises(UserError, match="differ in shape"):
+    data_sources.check_arrays(mismatch)
+  with pytest.raises(UserError, match="fewer than one global batch"):
+    data.load_splits(tiny_config(train_size=10, global_batch_size=64))

@@ -40,3 +40,14 @@ def test_pipeline_on_real_fashion_mnist(tmp_path):
   kd = stages["student_kd"]
   assert os.path.exists(os.path.join(workdir, "student_kd", "export", "model_int8.tflite"))
   assert abs(summary["student_kd"]["deployed"]["int8_test_accuracy"] - kd["test_accuracy"]) < 0.03
+
+
+def test_cifar10_seed_experiment_on_generated_miniature(tmp_path):
+  from test_data import write_fake_cifar10
+  write_fake_cifar10(str(tmp_path / "data" / "cifar-10-batches-py"), per_batch=40, test=40)
+  out = run_main("pipeline", "--experiment=cifar10_seed:mini", f"--workdir={tmp_path}/run",
+                 f"--config.data_dir={tmp_path}/data")
+  assert out.returncode == 0, out.stderr[-3000:]
+  results = json.load(open(os.path.join(tmp_path, "run", "results.json")))
+  assert results["student_kd"]["test_count"] == 40
+  assert results["teacher"]["steps"] == (200 - 20) // 16

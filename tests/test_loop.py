@@ -71,6 +71,14 @@ def test_distillation_run_writes_everything(tmp_path, teacher_path):
   acc.Reload()
   assert "eval/confusion_matrix" in acc.Tags()["tensors"]
   assert "_hparams_/session_start_info" in acc.Tags()["tensors"]
+  # distill/agreement at the last evaluation equals NumPy on the saved models.
+  from kd_research import data
+  val_x, _ = data.load_splits(config).validation
+  student = keras.models.load_model(os.path.join(workdir, "model.keras"), compile=False)
+  teacher = keras.models.load_model(teacher_path, compile=False)
+  agree = np.mean(np.argmax(student(val_x.astype(np.float32)), 1) ==
+                  np.argmax(teacher(val_x.astype(np.float32)), 1))
+  assert scalars["distill/agreement"][-1][1] == pytest.approx(agree, abs=1e-6)
   confusion = np.asarray(saved["test"]["confusion"])
   assert confusion.sum() == 500 and np.trace(confusion) == round(500 * saved["test_accuracy"])
   assert all(v == pytest.approx(0.7) for _, v in scalars["train/alpha"])
@@ -124,6 +132,15 @@ def test_distillation_does_not_depend_on_replica_count(tmp_path, teacher_path, r
   multi = loop.train_and_evaluate(config, str(tmp_path / "many"), "distill",
                                   strategy_factory(replicas), (teacher_path,))
   assert multi["replicas"] == replicas
+  one = read_scalars(str(tmp_path / "one" / "tensorboard"))
+  many = read_scalars(str(tmp_path / "many" / "tensorboard"))
+  for tag in ("train/loss_total", "train/loss_ce", "train/accuracy", "train/grad_norm",
+              "eval/accuracy", "distill/agreement"):
+    np.testing.assert_allclose([v for _, v in one[tag]], [v for _, v in many[tag]],
+                               rtol=1e-5, atol=1e-6, err_msg=tag)
+  diffs = [float(np.max(np.abs(a - b))) for a, b in
+           zip(weights_of(str(tmp_path / "one")), weights_of(str(tmp_path / "many")))]
+  print(f"1 vs {replicas} replicas: max |dw| {max(diffs):.2e}")
   for a, b in zip(weights_of(str(tmp_path / "one")), weights_of(str(tmp_path / "many"))):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   assert multi["test_count"] == single["test_count"] == 500
