@@ -63,7 +63,7 @@ def base_config():
   c.cross_device_ops = "auto"    # auto | nccl | hierarchical_copy | reduce_to_one (mirrored)
   c.cluster = "tf_config"        # multi_worker cluster spec: tf_config | slurm
   c.collective_timeout_seconds = 120.0  # a dead peer becomes an error after this long
-  c.mixed_precision = "none"     # none | bf16 | fp16 (fp16 only on GPUs)
+  c.mixed_precision = "none"     # none | bf16 (fp16: refused until loss scaling exists)
   c.steps_per_loop = 50          # steps per tf.function call
   c.jit_compile = False          # XLA for forward/backward (a GPU option; slower on CPU)
   c.data_threads = 0             # tf.data private thread pool size (0 = TF default)
@@ -123,6 +123,9 @@ def validate(config):
        f"config.strategy={config.strategy!r} is unknown; valid: {', '.join(STRATEGIES)}.")
   need(config.mixed_precision in PRECISIONS,
        f"config.mixed_precision={config.mixed_precision!r}; valid: {', '.join(PRECISIONS)}.")
+  need(config.mixed_precision != "fp16",
+       "config.mixed_precision=fp16 needs dynamic loss scaling, which this version does not "
+       "implement yet; use 'none' (float32) or 'bf16'.")
   need(config.optimizer.name in OPTIMIZERS,
        f"config.optimizer.name={config.optimizer.name!r}; valid: {', '.join(OPTIMIZERS)}.")
   need(config.distill.combine in COMBINE_MODES,

@@ -140,7 +140,7 @@ def build(name, input_shape, num_classes, width=None, sync_bn=False, image_size=
   """
   if name not in MODELS:
     raise UserError(f"Unknown model {name!r}; valid models: {', '.join(sorted(MODELS))}.")
-  if width is not None and width < 1:
+  if width is not None and width < 0:
     raise UserError(f"Model width must be a positive integer (or 0 for the default), got {width}.")
   if name in APPLICATION_MODELS:
     return MODELS[name](tuple(input_shape), num_classes, image_size=image_size or None,

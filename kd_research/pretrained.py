@@ -77,6 +77,13 @@ def build_application(name, input_shape, num_classes, image_size=None, weights="
         f"{str(e)[:200]}). Offline, copy the application's no-top weights file (as Keras names "
         f"it, e.g. from a machine with internet: ~/.keras/models/) to ~/.keras/models/ here, or "
         f"pass its path: --config.teacher.weights=/path/to/{module_name}_..._notop.h5.")
+  if _weights_arg(weights, app_name) is None:
+    # Trained from scratch: the applications' BatchNorm momentum (0.999 for MobileNetV2)
+    # leaves the moving statistics near their initial values after a short CPU run, and
+    # inference-mode accuracy at chance; 0.9 lets them track the batches.
+    for layer in backbone.layers:
+      if isinstance(layer, keras.layers.BatchNormalization):
+        layer.momentum = 0.9
   inputs = keras.Input(shape=input_shape)
   x = GreyToRGB()(inputs)
   if x.shape[1] != size or x.shape[2] != size:

@@ -136,3 +136,39 @@ def test_missing_worker_fails_within_timeout(tmp_path):
   assert out.returncode != 0
   assert "could not connect to every worker" in out.stderr
   assert time.time() - start < 60
+
+
+def test_worker_death_mid_run_then_resume(tmp_path):
+  """Kill worker 1 after a checkpoint: the chief stops with a clear error within the
+  collective timeout, and rerunning both workers resumes from the chief's checkpoint."""
+  from kd_research.multiworker import tf_configs
+  configs = tf_configs(2)
+  args = [sys.executable, "-m", "kd_research.main", "train", "--experiment=fashion_mnist:tiny",
+          f"--workdir={tmp_path}/run", "--role=teacher", "--config.teacher.epochs=40",
+          "--config.strategy=multi_worker", "--config.collective_timeout_seconds=15",
+          "--config.checkpoint_every_steps=20"]
+
+  def start(index):
+    return subprocess.Popen(args, cwd=REPO, env=dict(ENV, TF_CONFIG=configs[index]),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+  chief, worker = start(0), start(1)
+  ckpt_dir = tmp_path / "run" / "checkpoints"
+  deadline = time.time() + 180
+  while time.time() < deadline and not (ckpt_dir / "ckpt-40.index").exists():
+    time.sleep(0.2)
+  assert (ckpt_dir / "ckpt-40.index").exists()
+  worker.kill()
+  killed_at = time.time()
+  _, err = chief.communicate(timeout=120)
+  waited = time.time() - killed_at
+  print(f"chief stopped {waited:.1f} s after worker 1 was killed")
+  assert chief.returncode == 1 and "a worker failed or became unreachable" in err
+  assert waited < 60
+  last = int(tf.train.latest_checkpoint(str(ckpt_dir)).rsplit("-", 1)[1])
+  chief, worker = start(0), start(1)
+  _, err = chief.communicate(timeout=300)
+  worker.wait(timeout=60)
+  assert chief.returncode == 0, err[-2000:]
+  assert f"at step {last}" in err
+  assert json.load(open(tmp_path / "run" / "results.json"))["steps"] == 40 * (1800 // 64)

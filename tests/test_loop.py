@@ -101,24 +101,32 @@ class Interrupted(Exception):
   pass
 
 
+def interrupt_then_resume(config, workdir, teacher_path, monkeypatch, stop_after,
+                          expected_checkpoint):
+  """Stops a distillation run once it passes ``stop_after`` steps, then reruns it."""
+  original = loop._check_finite
+
+  def interrupt(sums, step, n, manager):
+    original(sums, step, n, manager)
+    if step + n > stop_after:
+      raise Interrupted()
+
+  monkeypatch.setattr(loop, "_check_finite", interrupt)
+  with pytest.raises(Interrupted):
+    loop.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_path,))
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+  latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+  assert latest.endswith(f"-{expected_checkpoint}")
+  monkeypatch.setattr(loop, "_check_finite", original)
+  loop.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_path,))
+
+
 def test_resume_after_interruption_matches_uninterrupted(tmp_path, teacher_path, monkeypatch):
   config = tiny_config()
   full_dir, cut_dir = str(tmp_path / "full"), str(tmp_path / "cut")
   loop.train_and_evaluate(config, full_dir, "distill", DEFAULT, (teacher_path,))
-  original = loop._check_finite
-
-  def interrupt_at_step_35(sums, step, n, manager):
-    original(sums, step, n, manager)
-    if step + n > 35:
-      raise Interrupted()
-
-  monkeypatch.setattr(loop, "_check_finite", interrupt_at_step_35)
-  with pytest.raises(Interrupted):
-    loop.train_and_evaluate(config, cut_dir, "distill", DEFAULT, (teacher_path,))
-  assert not os.path.exists(os.path.join(cut_dir, "results.json"))
-  assert tf.train.latest_checkpoint(os.path.join(cut_dir, "checkpoints")).endswith("-20")
-  monkeypatch.setattr(loop, "_check_finite", original)
-  loop.train_and_evaluate(config, cut_dir, "distill", DEFAULT, (teacher_path,))
+  interrupt_then_resume(config, cut_dir, teacher_path, monkeypatch, stop_after=35,
+                        expected_checkpoint=20)
   for a, b in zip(weights_of(full_dir), weights_of(cut_dir)):
     np.testing.assert_array_equal(a, b)
 
@@ -234,18 +242,8 @@ def test_schedules_and_finetune_stage_resume_exactly(tmp_path, teacher_path, mon
   finetune_steps = [s for s in distill if s > distill_steps + 10]
   assert finetune_steps and all(distill[s] == 0 and total[s] == ce[s] for s in finetune_steps)
   # Interrupt inside the fine-tuning stage (last checkpoint at step 60 > 56), then resume.
-  original = loop._check_finite
-
-  def interrupt(sums, step, n, manager):
-    original(sums, step, n, manager)
-    if step + n > 65:
-      raise Interrupted()
-
-  monkeypatch.setattr(loop, "_check_finite", interrupt)
-  with pytest.raises(Interrupted):
-    loop.train_and_evaluate(config, cut_dir, "distill", DEFAULT, (teacher_path,))
-  monkeypatch.setattr(loop, "_check_finite", original)
-  loop.train_and_evaluate(config, cut_dir, "distill", DEFAULT, (teacher_path,))
+  interrupt_then_resume(config, cut_dir, teacher_path, monkeypatch, stop_after=65,
+                        expected_checkpoint=60)
   for a, b in zip(weights_of(full_dir), weights_of(cut_dir)):
     np.testing.assert_array_equal(a, b)
   assert spe == 28

@@ -35,3 +35,10 @@ def test_resnet_projects_shortcut_only_when_shape_changes():
 def test_unknown_model_lists_valid_names():
   with pytest.raises(UserError, match="cnn_seed"):
     models.build("vgg", (28, 28, 1), 10)
+
+
+def test_width_zero_means_default():
+  assert (models.build("cnn_seed", (28, 28, 1), 10, width=0).count_params() ==
+          models.build("cnn_seed", (28, 28, 1), 10, width=32).count_params())
+  with pytest.raises(UserError, match="width"):
+    models.build("cnn_seed", (28, 28, 1), 10, width=-1)
