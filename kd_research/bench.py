@@ -33,7 +33,6 @@ flags.DEFINE_string("dataset", "fashion_mnist", "fashion_mnist or synthetic.")
 flags.DEFINE_integer("examples", 0, "Use only this many training examples (0 = all; --quick: "
                      "2048). The teacher cache is computed over them.")
 flags.DEFINE_string("output", "runs/bench.json", "Where the JSON goes.")
-FLAGS = flags.FLAGS
 
 ROW_NAMES = {
     "a": "Keras fit Distiller (seed), fp32", "b": "our loop, fp32, live teacher",
@@ -70,10 +69,10 @@ def matmul_peak(dtype, n=2048, reps=10):
   return 2 * n**3 / np.median(times) / 1e9
 
 
-def _data(batch):
+def _data(opts, batch):
   from kd_research import data_sources  # pylint: disable=g-import-not-at-top
-  raw = data_sources.load(FLAGS.dataset)
-  n = min(len(raw.train_x), FLAGS.examples or len(raw.train_x))
+  raw = data_sources.load(opts.dataset)
+  n = min(len(raw.train_x), opts.examples or len(raw.train_x))
   n = (n // batch) * batch
   return raw.train_x[:n], raw.train_y[:n], raw.num_classes
 
@@ -84,22 +83,22 @@ def _rate(times, batch, window):
   return float(np.median(rates))
 
 
-def _models(num_classes, shape, precision, teachers=1):
+def _models(opts, num_classes, shape, precision, teachers=1):
   import keras  # pylint: disable=g-import-not-at-top
   from kd_research import models  # pylint: disable=g-import-not-at-top
   keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bf16" else "float32")
   keras.utils.set_random_seed(0)
-  teacher_models = [models.build(FLAGS.teacher, shape, num_classes, FLAGS.teacher_width)
+  teacher_models = [models.build(opts.teacher, shape, num_classes, opts.teacher_width)
                     for _ in range(teachers)]
-  student = models.build(FLAGS.student, shape, num_classes, FLAGS.student_width)
+  student = models.build(opts.student, shape, num_classes, opts.student_width)
   return teacher_models, student
 
 
-def run_fit_distiller(x, y, num_classes):
+def run_fit_distiller(opts, x, y, num_classes):
   """(a): the seed article's Distiller(keras.Model) with train_step, trained with fit."""
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  (teacher,), student = _models(num_classes, x.shape[1:], "none")
+  (teacher,), student = _models(opts, num_classes, x.shape[1:], "none")
 
   class Distiller(keras.Model):
     """As in the article: teacher in inference mode, KL on softened probabilities."""
@@ -130,17 +129,17 @@ def run_fit_distiller(x, y, num_classes):
 
   class Clock(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
-      if batch >= FLAGS.window and batch % FLAGS.window == 0:
+      if batch >= opts.window and batch % opts.window == 0:
         times.append(time.perf_counter())
 
-  steps = FLAGS.window * (FLAGS.windows + 2)
+  steps = opts.window * (opts.windows + 2)
   ds = tf.data.Dataset.from_tensor_slices((x.astype(np.float32), y)).repeat().batch(
-      FLAGS.batch, drop_remainder=True).prefetch(2)
+      opts.batch, drop_remainder=True).prefetch(2)
   distiller.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[Clock()])
-  return _rate(times, FLAGS.batch, FLAGS.window), forward_flops(student), forward_flops(teacher)
+  return _rate(times, opts.batch, opts.window), forward_flops(student), forward_flops(teacher)
 
 
-def run_our_loop(x, y, num_classes, precision="none", jit=False, cache=False, teachers=1,
+def run_our_loop(opts, x, y, num_classes, precision="none", jit=False, cache=False, teachers=1,
                  student_only=False):
   """(b)-(i): our train loop under the default strategy with the chosen options."""
   import keras  # pylint: disable=g-import-not-at-top
@@ -150,7 +149,7 @@ def run_our_loop(x, y, num_classes, precision="none", jit=False, cache=False, te
   from kd_research import teacher_cache  # pylint: disable=g-import-not-at-top
   from kd_research import teachers as teachers_lib  # pylint: disable=g-import-not-at-top
   from kd_research import train_step  # pylint: disable=g-import-not-at-top
-  teacher_models, student = _models(num_classes, x.shape[1:], precision, teachers)
+  teacher_models, student = _models(opts, num_classes, x.shape[1:], precision, teachers)
   strategy = tf.distribute.get_strategy()
   ensemble = teachers_lib.TeacherEnsemble(teacher_models, [f"t{i}" for i in range(teachers)])
   optimizer = keras.optimizers.Adam()
@@ -163,32 +162,33 @@ def run_our_loop(x, y, num_classes, precision="none", jit=False, cache=False, te
   alpha = schedules.Schedule("constant", 1, 0.7)
   temperature = schedules.Schedule("constant", 1, 4.0)
   loop = train_step.make_train_loop(
-      strategy, student, optimizer, step, FLAGS.batch, live, alpha, temperature,
+      strategy, student, optimizer, step, opts.batch, live, alpha, temperature,
       cached_teacher_logits=cache and not student_only, jit_compile=jit)
   iterator = iter(strategy.distribute_datasets_from_function(
-      data.train_dataset_fn(x, y, FLAGS.batch, seed=0, extras=extras)))
-  n = tf.constant(FLAGS.window)
+      data.train_dataset_fn(x, y, opts.batch, seed=0, extras=extras)))
+  n = tf.constant(opts.window)
   loop(iterator, n).numpy()  # Warm-up (trace + first window).
   times = [time.perf_counter()]
-  for _ in range(FLAGS.windows):
+  for _ in range(opts.windows):
     loop(iterator, n).numpy()
     times.append(time.perf_counter())
   keras.mixed_precision.set_global_policy("float32")
   teacher_flops = sum(forward_flops(m) for m in teacher_models)
-  return _rate(times, FLAGS.batch, FLAGS.window), forward_flops(student), teacher_flops
+  return _rate(times, opts.batch, opts.window), forward_flops(student), teacher_flops
 
 
 def main(argv):
   del argv
-  if FLAGS.quick:
-    FLAGS.window, FLAGS.windows = 4, 2
-    FLAGS.examples = FLAGS.examples or 2048
-  rows = [r.strip() for r in FLAGS.rows.split(",") if r.strip()]
+  opts = flags.FLAGS  # The one place this command reads its flags; helpers get ``opts``.
+  if opts.quick:
+    opts.window, opts.windows = 4, 2
+    opts.examples = opts.examples or 2048
+  rows = [r.strip() for r in opts.rows.split(",") if r.strip()]
   unknown = [r for r in rows if r not in ROW_NAMES]
   if unknown:
     sys.stderr.write(f"error: unknown rows {unknown}; valid: {', '.join(ROW_NAMES)}.\n")
     return 2
-  x, y, classes = _data(FLAGS.batch)
+  x, y, classes = _data(opts, opts.batch)
   peaks = {"float32": matmul_peak("float32"), "bfloat16": matmul_peak("bfloat16")}
   options = {"b": {}, "c": {"jit": True}, "d": {"precision": "bf16"}, "e": {"cache": True},
              "g": {"student_only": True}, "h": {"teachers": 3}, "i": {"teachers": 3, "cache": True}}
@@ -197,12 +197,12 @@ def main(argv):
     if row == "f":
       continue
     if row == "a":
-      rate, s_flops, t_flops = run_fit_distiller(x, y, classes)
-      opts = {}
+      rate, s_flops, t_flops = run_fit_distiller(opts, x, y, classes)
+      row_opts = {}
     else:
-      opts = options[row]
-      rate, s_flops, t_flops = run_our_loop(x, y, classes, **opts)
-    measured[row] = (rate, s_flops, t_flops, opts)
+      row_opts = options[row]
+      rate, s_flops, t_flops = run_our_loop(opts, x, y, classes, **row_opts)
+    measured[row] = (rate, s_flops, t_flops, row_opts)
     print(f"  measured ({row}) {ROW_NAMES[row]}: {rate:.0f} examples/s", flush=True)
   if "f" in rows:
     best = {"cache": True}
@@ -210,35 +210,35 @@ def main(argv):
       best["jit"] = True
     if "d" in measured and "b" in measured and measured["d"][0] > measured["b"][0]:
       best["precision"] = "bf16"
-    rate, s_flops, t_flops = run_our_loop(x, y, classes, **best)
+    rate, s_flops, t_flops = run_our_loop(opts, x, y, classes, **best)
     measured["f"] = (rate, s_flops, t_flops, best)
   reference = measured.get("a", (None,))[0]
-  report = {"batch": FLAGS.batch, "teacher": f"{FLAGS.teacher} w{FLAGS.teacher_width}",
-            "student": f"{FLAGS.student} w{FLAGS.student_width}",
+  report = {"batch": opts.batch, "teacher": f"{opts.teacher} w{opts.teacher_width}",
+            "student": f"{opts.student} w{opts.student_width}",
             "matmul_peak_gflops": peaks, "rows": []}
   lines = ["| row | configuration | examples/s | vs (a) | GFLOP/s | share of matmul peak |",
            "|---|---|---|---|---|---|"]
   for row in [r for r in ROW_NAMES if r in measured]:
-    rate, s_flops, t_flops, opts = measured[row]
-    live_teacher = not opts.get("cache") and not opts.get("student_only")
+    rate, s_flops, t_flops, row_opts = measured[row]
+    live_teacher = not row_opts.get("cache") and not row_opts.get("student_only")
     flops = 3 * s_flops + (t_flops if live_teacher else 0)
     gflops = rate * flops / 1e9
-    peak = peaks["bfloat16" if opts.get("precision") == "bf16" else "float32"]
+    peak = peaks["bfloat16" if row_opts.get("precision") == "bf16" else "float32"]
     ratio = rate / reference if reference else float("nan")
-    name = ROW_NAMES[row] + (f" {opts}" if row == "f" else "")
+    name = ROW_NAMES[row] + (f" {row_opts}" if row == "f" else "")
     report["rows"].append({"row": row, "name": name, "examples_per_second": rate,
                            "ratio_to_a": ratio, "gflops": gflops, "peak_share": gflops / peak})
     lines.append(f"| ({row}) | {name} | {rate:,.0f} | {ratio:.2f}x | {gflops:.1f} | "
                  f"{100 * gflops / peak:.1f}% |")
   table = "\n".join(lines)
-  print(f"\nbatch {FLAGS.batch}, teacher {report['teacher']}, student {report['student']}; "
+  print(f"\nbatch {opts.batch}, teacher {report['teacher']}, student {report['student']}; "
         f"matmul peak {peaks['float32']:.0f} GFLOP/s fp32, {peaks['bfloat16']:.0f} bf16\n")
   print(table)
   report["table"] = table
-  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
+  os.makedirs(os.path.dirname(os.path.abspath(opts.output)), exist_ok=True)
   from kd_research import io_utils  # pylint: disable=g-import-not-at-top
-  io_utils.atomic_write_json(FLAGS.output, report)
-  print(f"\nwritten to {FLAGS.output}")
+  io_utils.atomic_write_json(opts.output, report)
+  print(f"\nwritten to {opts.output}")
   return 0
 
 
