@@ -59,14 +59,9 @@ def matmul_peak(dtype, n=2048, reps=10):
   """GFLOP/s of an n x n matmul in ``dtype`` (median of reps after warm-up)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   a = tf.cast(tf.random.normal([n, n]), dtype)
+  from kd_research import evaluate  # pylint: disable=g-import-not-at-top
   mm = tf.function(lambda x: tf.matmul(x, x))
-  mm(a).numpy()
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    mm(a).numpy()
-    times.append(time.perf_counter() - start)
-  return 2 * n**3 / np.median(times) / 1e9
+  return 2 * n**3 / evaluate.median_seconds(lambda: mm(a).numpy(), reps, warmup=1) / 1e9
 
 
 def _data(opts, batch):

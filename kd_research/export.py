@@ -13,12 +13,12 @@ test accuracy, file size, batch-1 latency and top-1 agreement with the Keras mod
 import os
 import shutil
 import tempfile
-import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from kd_research import evaluate
 from kd_research import io_utils
 from kd_research.errors import UserError
 
@@ -108,14 +108,7 @@ def _predict(fn, images, batch):
 
 
 def _latency_ms(fn, image, repeats=50, warmup=5):
-  for _ in range(warmup):
-    fn(image)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn(image)
-    times.append(time.perf_counter() - start)
-  return 1000 * float(np.median(times))
+  return 1000 * evaluate.median_seconds(lambda: fn(image), repeats, warmup)
 
 
 def _size(path):
