@@ -63,7 +63,9 @@ def base_config():
   c.cross_device_ops = "auto"    # auto | nccl | hierarchical_copy | reduce_to_one (mirrored)
   c.cluster = "tf_config"        # multi_worker cluster spec: tf_config | slurm
   c.collective_timeout_seconds = 120.0  # a dead peer becomes an error after this long
-  c.mixed_precision = "none"     # none | bf16 (fp16: refused until loss scaling exists)
+  c.mixed_precision = "none"     # none | bf16 | fp16 (fp16 with dynamic loss scaling)
+  c.loss_scale_initial = 2.0 ** 15    # fp16 only: starting loss scale (halved on overflow)
+  c.loss_scale_growth_steps = 2000    # fp16 only: doubled after this many finite steps
   c.steps_per_loop = 50          # steps per tf.function call
   c.jit_compile = False          # XLA for forward/backward (a GPU option; slower on CPU)
   c.data_threads = 0             # tf.data private thread pool size (0 = TF default)
@@ -99,7 +101,11 @@ def base_config():
       **schedule_fields("alpha", 0.7), **schedule_fields("temperature", 10.0)))
   # Named distillation variants for the pipeline: {name: {distill field: value}}. Empty means
   # one distilled student with config.distill; otherwise one student_kd_<name> run each.
+  # A variant may also set teachers='primary' (distil from config.teacher alone) or 'all'.
   c.variants = ml_collections.ConfigDict()
+  # Student seeds for the pipeline, comma-separated ("0,1,2"): every student stage runs
+  # once per seed in STAGE/seed_K and the table reports mean +- std. Empty: one run.
+  c.seeds = ""
   # Pipeline: export every distilled student (SavedModel + TFLite) and add deployed columns.
   c.export_students = True
   return c
@@ -119,13 +125,16 @@ def validate(config):
 
   need(config.dataset in data_sources.DATASETS,
        f"config.dataset={config.dataset!r} is unknown; valid: {', '.join(data_sources.DATASETS)}.")
+  seeds = schedules.parse_floats(config.seeds, "config.seeds")
+  need(all(s >= 0 and s == int(s) for s in seeds) and len(set(seeds)) == len(seeds),
+       f"config.seeds={config.seeds!r} must be distinct non-negative integers such as '0,1,2'.")
   need(config.strategy in STRATEGIES,
        f"config.strategy={config.strategy!r} is unknown; valid: {', '.join(STRATEGIES)}.")
   need(config.mixed_precision in PRECISIONS,
        f"config.mixed_precision={config.mixed_precision!r}; valid: {', '.join(PRECISIONS)}.")
-  need(config.mixed_precision != "fp16",
-       "config.mixed_precision=fp16 needs dynamic loss scaling, which this version does not "
-       "implement yet; use 'none' (float32) or 'bf16'.")
+  need(config.loss_scale_initial > 0 and config.loss_scale_growth_steps >= 1,
+       f"config.loss_scale_initial must be > 0 and config.loss_scale_growth_steps >= 1, got "
+       f"{config.loss_scale_initial} and {config.loss_scale_growth_steps}.")
   need(config.optimizer.name in OPTIMIZERS,
        f"config.optimizer.name={config.optimizer.name!r}; valid: {', '.join(OPTIMIZERS)}.")
   need(config.distill.combine in COMBINE_MODES,
@@ -194,6 +203,10 @@ def apply_variant(config, name):
   """A copy of ``config`` with ``config.variants[name]`` applied to its distill fields."""
   variant = ml_collections.ConfigDict(config.to_dict())
   for key, value in config.variants[name].items():
+    if key == "teachers":  # Which teachers; handled by the pipeline.
+      if value not in ("all", "primary"):
+        raise UserError(f"variant {name}: teachers={value!r}; valid: all, primary.")
+      continue
     if key not in variant.distill:
       raise UserError(f"variant {name}: {key!r} is not a config.distill field; valid: "
                       f"{', '.join(sorted(variant.distill))}.")

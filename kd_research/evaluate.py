@@ -128,6 +128,11 @@ def inference_ms_per_batch(model, input_shape, batch_size=128, repeats=20, warmu
   return 1000.0 * median_seconds(lambda: forward(images).numpy(), repeats, warmup)
 
 
+def _number(value, spec, unit=""):
+  """``value`` formatted with ``spec`` and ``unit``, or '-' when unknown (None)."""
+  return "-" if value is None else f"{value:{spec}}{unit}"
+
+
 def results_table(rows, reference_accuracy=None):
   """Markdown: model | params | test accuracy | share of teacher | ms/batch | train time | deployed.
 
@@ -143,7 +148,10 @@ def results_table(rows, reference_accuracy=None):
     deployed = row.get("deployed")
     tail = (f"{deployed['int8_size_kb']:.1f} | {100 * deployed['int8_test_accuracy']:.2f}% | "
             f"{deployed['int8_latency_ms_batch1']:.3f}" if deployed else "- | - | -")
-    lines.append(f"| {row['label']} | {row['params']:,} | {100 * row['test_accuracy']:.2f}% | "
-                 f"{share} | {row['ms_per_batch_128']:.1f} | {row['train_seconds']:.0f} s | "
-                 f"{tail} |")
+    accuracy = f"{100 * row['test_accuracy']:.2f}"
+    accuracy += (f" +- {100 * row['test_accuracy_std']:.2f}%" if "test_accuracy_std" in row
+                 else "%")
+    lines.append(f"| {row['label']} | {row['params']:,} | {accuracy} | {share} | "
+                 f"{_number(row['ms_per_batch_128'], '.1f')} | "
+                 f"{_number(row['train_seconds'], '.0f', ' s')} | {tail} |")
   return "\n".join(lines) + "\n"

@@ -22,6 +22,7 @@ from kd_research import data
 from kd_research import distribute
 from kd_research import evaluate
 from kd_research import io_utils
+from kd_research import machine
 from kd_research import models
 from kd_research import pretrained
 from kd_research import schedules
@@ -64,15 +65,26 @@ class _ScheduledLR(keras.optimizers.schedules.LearningRateSchedule):
     return {"name": self.schedule.name}
 
 
-def make_optimizer(opt_cfg, lr_schedule):
-  """Adam / AdamW / SGD+momentum with decoupled weight decay and a scheduled learning rate."""
+def make_optimizer(opt_cfg, lr_schedule, loss_scale=None):
+  """Adam / AdamW / SGD+momentum with decoupled weight decay and a scheduled learning rate.
+
+  ``loss_scale=(initial, growth_steps)`` (float16 training) wraps it in Keras'
+  dynamic LossScaleOptimizer: the step scales the loss, the optimizer unscales the
+  gradients, skips the update when they overflowed (halving the scale) and doubles
+  the scale after ``growth_steps`` finite steps.
+  """
   lr = _ScheduledLR(lr_schedule)
   decay = opt_cfg.weight_decay or None
   if opt_cfg.name == "adam":
-    return keras.optimizers.Adam(lr, weight_decay=decay)
-  if opt_cfg.name == "adamw":
-    return keras.optimizers.AdamW(lr, weight_decay=opt_cfg.weight_decay)
-  return keras.optimizers.SGD(lr, momentum=opt_cfg.momentum, weight_decay=decay)
+    optimizer = keras.optimizers.Adam(lr, weight_decay=decay)
+  elif opt_cfg.name == "adamw":
+    optimizer = keras.optimizers.AdamW(lr, weight_decay=opt_cfg.weight_decay)
+  else:
+    optimizer = keras.optimizers.SGD(lr, momentum=opt_cfg.momentum, weight_decay=decay)
+  if loss_scale is None:
+    return optimizer
+  return keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=loss_scale[0],
+                                             dynamic_growth_steps=int(loss_scale[1]))
 
 
 def _set_precision(name):
@@ -169,7 +181,10 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
   with strategy.scope():
     model = models.build(entry.model, splits.input_shape, splits.num_classes,
                          entry.width, entry.sync_bn, entry.image_size, entry.weights)
-    optimizer = make_optimizer(config.optimizer, lr_fn)
+    optimizer = make_optimizer(
+        config.optimizer, lr_fn,
+        (config.loss_scale_initial, config.loss_scale_growth_steps)
+        if config.mixed_precision == "fp16" else None)
     # Build for every variable that will ever train (also after unfreezing a backbone),
     # before tracing (TF_NOTES).
     pretrained.set_trainable(model, "finetune", entry.unfreeze_top, bool(entry.weights))
@@ -265,7 +280,7 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
     window += sums
     if step % config.log_every_steps == 0 or step == total_steps:
       seconds = time.perf_counter() - window_start
-      metrics = _train_metrics(window, seconds, lr_fn(step))
+      metrics = _train_metrics(window, seconds, lr_fn(step), _loss_scale(optimizer))
       if distilling:
         metrics["train/alpha"] = float(alpha_fn(step)) if in_distill else 0.0
         metrics["train/temperature"] = float(temperature_fn(step))
@@ -311,6 +326,13 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
 _SUM = {name: i for i, name in enumerate(train_step.TRAIN_SUMS)}
 
 
+def _loss_scale(optimizer):
+  """The current dynamic loss scale (float16 training), else None."""
+  if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+    return float(optimizer.dynamic_scale.numpy())
+  return None
+
+
 def _check_finite(sums, step, n, manager):
   """Stops with a clear message when any loss term became NaN/inf in the last n steps."""
   for name, value in zip(train_step.TRAIN_SUMS, sums):
@@ -322,16 +344,19 @@ def _check_finite(sums, step, n, manager):
           "Lower the learning rate (config.optimizer.learning_rate) or check the data.")
 
 
-def _train_metrics(window, seconds, lr):
+def _train_metrics(window, seconds, lr, loss_scale=None):
   sums = dict(zip(train_step.TRAIN_SUMS, window))
   count = max(sums["count"], 1.0)
-  return {"train/grad_norm": sums["grad_norm"] / max(sums["steps"], 1e-9),
+  metrics = {"train/grad_norm": sums["grad_norm"] / max(sums["steps"] - sums["skipped"], 1e-9),
           "train/loss_total": sums["loss_total"] / count,
           "train/loss_distill": sums["loss_distill"] / count,
           "train/loss_ce": sums["loss_ce"] / count,
           "train/accuracy": sums["correct"] / count,
           "train/learning_rate": float(lr),
           "train/examples_per_second": sums["count"] / max(seconds, 1e-9)}
+  if loss_scale is not None:  # float16: updates skipped on overflow, and the current scale.
+    metrics.update({"train/skipped_steps": sums["skipped"], "train/loss_scale": loss_scale})
+  return metrics
 
 
 def _eval_metrics(result, distilling, prefix):
@@ -365,7 +390,7 @@ def _final_results(config, workdir, role, strategy, model, eval_step, splits, ev
       "ms_per_batch_128": evaluate.inference_ms_per_batch(model, splits.input_shape, 128),
       "ms_per_batch_1": evaluate.inference_ms_per_batch(model, splits.input_shape, 1),
       "replicas": strategy.num_replicas_in_sync, "dataset": config.dataset, "test": test,
-      "workdir": os.path.abspath(workdir),
+      "workdir": os.path.abspath(workdir), "machine": machine.describe(),
   }
   if ensemble is not None:
     results.update({"teacher_test_accuracy": test["teacher_accuracy"],

@@ -1,12 +1,21 @@
-"""Compares finished runs: scans a tree of run directories and writes a Markdown table.
+"""Compares finished runs: scans a tree of run directories and writes a Markdown report.
 
-    python -m kd_research.report --workdir=runs [--output=runs/report.md]
+    ./launch.sh report --workdir=runs/results [--output=RESULTS.md]
+        [--sweep=runs/results_sweep] [--claims=cifar10_seed]
 
 A run directory is one with config.json and results.json (train, distill or a
 pipeline stage). Runs whose configs differ only in the model seed are grouped
 into one row with the test accuracy as mean +- std (sample std, n-1) over seeds.
+Rows: teachers, teacher ensembles (from multi-teacher distillation runs), labels-only
+students, distilled students; then, per distilled setting, its gain over the
+labels-only student of the same model with the combined standard deviation. The
+machine(s) every number came from are listed (from each run's results.json).
+``--sweep`` adds a validation-only table of a hyper-parameter sweep (no test
+numbers: the test split is not used for selection); ``--claims`` quotes an
+experiment module's CLAIMED_TABLE, marked as a claim and not a measurement.
 """
 
+import importlib
 import json
 import os
 import sys
@@ -15,6 +24,9 @@ import numpy as np
 
 from kd_research import config as config_lib
 from kd_research import io_utils
+from kd_research import machine as machine_lib
+
+ROLE_ORDER = {"teacher": 0, "ensemble": 1, "student": 2, "distill": 3}
 
 
 def find_runs(root):
@@ -74,47 +86,241 @@ def mean_std(values):
   return f"{values.mean():.2f} +- {values.std(ddof=1):.2f}%"
 
 
-def build_table(runs, root):
-  """Markdown table of the grouped runs."""
+def _groups(runs):
+  """Runs grouped by config without the model seed, in first-seen order."""
   groups = {}
   for run in runs:
     groups.setdefault(group_key(run["config"]), []).append(run)
-  lines = ["| setting | seeds | test accuracy | params | ms/batch (128) | train time | runs | command |",
-           "|---|---|---|---|---|---|---|---|"]
-  for members in groups.values():
+  return list(groups.values())
+
+
+def _student_key(config):
+  """What makes two student runs comparable: dataset and model entry without the seed."""
+  model = dict(config["model"], seed=None)
+  return json.dumps([config["dataset"], model, config.get("augment")], sort_keys=True)
+
+
+def _ensemble_rows(runs):
+  """One row per distinct teacher set of multi-teacher distillation runs.
+
+  Accuracy comes from the distillation run's teacher report (the ensemble is
+  evaluated on the same test split); params, ms/batch and train time are the sums of
+  the teachers' own runs when they are below the report root, else unknown.
+  """
+  by_dir = {os.path.abspath(r["dir"]): r for r in runs if r["config"]["role"] == "teacher"}
+  rows = {}
+  for run in runs:
+    teachers = run["config"].get("teachers", [])
+    if run["config"]["role"] != "distill" or len(teachers) < 2 or "teachers" not in run["results"]:
+      continue
+    key = tuple(teachers)
+    if key in rows:
+      continue
+    own = [by_dir.get(os.path.dirname(os.path.abspath(p))) for p in teachers]
+    known = all(own)
+    report = run["results"]["teachers"]
+    rows[key] = {
+        "label": f"teacher ensemble ({len(teachers)}: "
+                 + ", ".join(os.path.basename(os.path.dirname(p)) for p in teachers)
+                 + f"; {run['config']['distill']['combine']})",
+        "seeds": 1, "test": [report["test"]["ensemble_accuracy"]],
+        "validation": [report["validation"]["ensemble_accuracy"]],
+        "params": sum(o["results"]["params"] for o in own) if known else None,
+        "ms": sum(o["results"]["ms_per_batch_128"] for o in own) if known else None,
+        "train": sum(o["results"]["train_seconds"] for o in own) if known else None,
+        "dirs": "-", "commands": [], "command_text": "see the teachers' rows",
+        "order": ROLE_ORDER["ensemble"]}
+  return list(rows.values())
+
+
+def _rows(runs, root):
+  """Table rows (dicts) of every group and ensemble, teachers first."""
+  rows = []
+  for members in _groups(runs):
     results = [m["results"] for m in members]
-    dirs = ", ".join(os.path.relpath(m["dir"], root) for m in members)
-    commands = sorted({m["command"] for m in members if m["command"]})
+    config = members[0]["config"]
+    rows.append({
+        "label": describe(config), "seeds": len(members), "config": config,
+        "test": [r["test_accuracy"] for r in results],
+        "validation": [r.get("validation_accuracy") for r in results],
+        "params": results[0]["params"],
+        "ms": float(np.median([r["ms_per_batch_128"] for r in results])),
+        "train": float(np.mean([r["train_seconds"] for r in results])),
+        "dirs": ", ".join(os.path.relpath(m["dir"], root) for m in members),
+        "commands": sorted({m["command"] for m in members if m["command"]}),
+        "order": ROLE_ORDER[config["role"]]})
+  rows += _ensemble_rows(runs)
+  return sorted(rows, key=lambda r: r["order"])
+
+
+def _reference(rows):
+  """The best single teacher's mean test accuracy (the 'share of teacher' base), or None."""
+  teachers = [np.mean(r["test"]) for r in rows if r["order"] == ROLE_ORDER["teacher"]]
+  return max(teachers) if teachers else None
+
+
+def _fmt(value, spec, unit=""):
+  return "-" if value is None else f"{value:{spec}}{unit}"
+
+
+def build_table(runs, root):
+  """Markdown table of the grouped runs (and teacher ensembles), teachers first."""
+  rows = _rows(runs, root)
+  reference = _reference(rows)
+  lines = ["| setting | seeds | test accuracy | validation accuracy | params | share of teacher "
+           "| ms/batch (128) | train time | runs | command |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+  for row in rows:
+    share = (f"{100 * np.mean(row['test']) / reference:.1f}%" if reference else "-")
+    validation = ("-" if None in row["validation"] else mean_std(row["validation"]))
     lines.append(
-        f"| {describe(members[0]['config'])} | {len(members)} | "
-        f"{mean_std([r['test_accuracy'] for r in results])} | {results[0]['params']:,} | "
-        f"{np.median([r['ms_per_batch_128'] for r in results]):.1f} | "
-        f"{np.mean([r['train_seconds'] for r in results]):.0f} s | {dirs} | "
-        f"{'<br>'.join(f'`{c}`' for c in commands) or '-'} |")
+        f"| {row['label']} | {row['seeds']} | {mean_std(row['test'])} | {validation} | "
+        f"{_fmt(row['params'], ',')} | {share} | {_fmt(row['ms'], '.1f')} | "
+        f"{_fmt(row['train'], '.0f', ' s')} | {row['dirs']} | "
+        f"{_commands(row)} |")
   return "\n".join(lines) + "\n"
 
 
-def main(argv):
-  workdir, output = None, None
-  for arg in argv:
-    if arg.startswith("--workdir="):
-      workdir = arg.split("=", 1)[1]
-    elif arg.startswith("--output="):
-      output = arg.split("=", 1)[1]
+def _commands(row):
+  """The row's commands as code spans (one per line), or its note, or '-'."""
+  return "<br>".join(f"`{c}`" for c in row["commands"]) or row.get("command_text", "-")
+
+
+def comparison(runs, root):
+  """Per distilled setting: gain over the labels-only student of the same model.
+
+  The gain is the difference of mean test accuracies; the combined standard
+  deviation is sqrt(std_kd^2 + std_labels^2) over seeds. The target columns are the
+  results issue's: gain >= 0.5 points and larger than the combined std; the student
+  at >= 98% of the best teacher's accuracy.
+  """
+  rows = _rows(runs, root)
+  reference = _reference(rows)
+  baselines = {_student_key(r["config"]): r for r in rows if r["order"] == ROLE_ORDER["student"]}
+  lines = ["| distilled setting | gain over labels only (points) | combined std (points) "
+           "| gain >= 0.5 and > combined std | share of teacher | >= 98% of teacher |",
+           "|---|---|---|---|---|---|"]
+  found = False
+  for row in rows:
+    base = baselines.get(_student_key(row["config"])) if "config" in row else None
+    if row["order"] != ROLE_ORDER["distill"] or base is None:
+      continue
+    found = True
+    gain = 100 * (np.mean(row["test"]) - np.mean(base["test"]))
+    spread = 100 * np.hypot(_std(row["test"]), _std(base["test"]))
+    share = 100 * np.mean(row["test"]) / reference if reference else None
+    beats = "yes" if gain >= 0.5 and gain > spread else "no"
+    lines.append(f"| {row['label']} | {gain:+.2f} | {spread:.2f} | {beats} | "
+                 f"{_fmt(share, '.1f', '%')} | "
+                 f"{'-' if share is None else ('yes' if share >= 98 else 'no')} |")
+  return "\n".join(lines) + "\n" if found else ""
+
+
+def _std(values):
+  return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def machines(runs):
+  """The distinct machines of the runs (one line each) and how many runs record none."""
+  seen, missing = {}, 0
+  for run in runs:
+    info = run["results"].get("machine")
+    if info is None:
+      missing += 1
     else:
-      sys.stderr.write(f"error: unknown flag {arg}; usage: report --workdir=DIR "
-                       "[--output=FILE]\n")
+      line = machine_lib.summary(info)
+      seen[line] = seen.get(line, 0) + 1
+  lines = [f"- {line}: {n} run(s)" for line, n in seen.items()]
+  if missing:
+    lines.append(f"- not recorded (runs from before machine recording): {missing} run(s)")
+  return "\n".join(lines) + "\n"
+
+
+def sweep_table(runs, root):
+  """Validation-only table of a hyper-parameter sweep, best validation accuracy first."""
+  lines = ["| setting | seeds | validation accuracy | runs | command |", "|---|---|---|---|---|"]
+  groups = sorted(_groups(runs), key=lambda g: -np.mean(
+      [m["results"]["validation_accuracy"] for m in g]))
+  for members in groups:
+    commands = sorted({m["command"] for m in members if m["command"]})
+    lines.append(
+        f"| {describe(members[0]['config'])}, {members[0]['config']['model']['epochs']} epochs "
+        f"| {len(members)} | {mean_std([m['results']['validation_accuracy'] for m in members])} "
+        f"| {', '.join(os.path.relpath(m['dir'], root) for m in members)} "
+        f"| {'<br>'.join(f'`{c}`' for c in commands) or '-'} |")
+  return "\n".join(lines) + "\n"
+
+
+def claims(module_name):
+  """The CLAIMED_TABLE of experiments/<module_name>.py (Markdown), or raises ValueError."""
+  try:
+    module = importlib.import_module(f"experiments.{module_name}")
+  except ImportError as e:
+    raise ValueError(f"--claims={module_name}: cannot import experiments/{module_name}.py ({e}).")
+  table = getattr(module, "CLAIMED_TABLE", None)
+  if table is None:
+    raise ValueError(f"--claims={module_name}: experiments/{module_name}.py has no CLAIMED_TABLE.")
+  return table
+
+
+def render(root, runs, command, sweep_root=None, sweep_runs=(), claims_module=None):
+  """The whole report as Markdown."""
+  parts = [f"# Results: runs below {root}\n\n",
+           f"Generated by `{command}` from the run directories (config.json, results.json, "
+           "command.txt of each run); do not edit by hand.\n\n",
+           "Test accuracy is on the full test split, evaluated once at the end of each run; "
+           "`mean +- std` is over seeds (sample std, n-1). Share of teacher = mean test "
+           "accuracy / the best single teacher's. ms/batch = median inference time of a "
+           "batch of 128 after warm-up; train time = wall-clock seconds of the run "
+           "(mean over seeds).\n\n",
+           "## Measured\n\n", build_table(runs, root)]
+  versus = comparison(runs, root)
+  if versus:
+    parts += ["\n## Distillation against the labels-only student\n\n", versus]
+  parts += ["\n## Machine\n\n", machines(list(runs) + list(sweep_runs))]
+  if sweep_root:
+    parts += [f"\n## Hyper-parameter selection on the validation split ({sweep_root})\n\n"
+              "Only validation accuracy is shown: the choice of the final settings used "
+              "nothing else.\n\n", sweep_table(sweep_runs, sweep_root)]
+  if claims_module:
+    parts += [f"\n## Claimed by the article, NOT measured here (experiments/{claims_module}.py)"
+              "\n\n", claims(claims_module)]
+  return "".join(parts)
+
+
+def main(argv):
+  flags = {"workdir": None, "output": None, "sweep": None, "claims": None}
+  for arg in argv:
+    name, _, value = arg.partition("=")
+    if not name.startswith("--") or name[2:] not in flags or not value:
+      sys.stderr.write(f"error: unknown or empty flag {arg}; usage: report --workdir=DIR "
+                       "[--output=FILE] [--sweep=DIR] [--claims=EXPERIMENT]\n")
       return 2
-  if not workdir or not os.path.isdir(workdir):
-    sys.stderr.write(f"error: --workdir={workdir!r} is not a directory of runs.\n")
+    flags[name[2:]] = value
+  workdir = flags["workdir"]
+  for name in ("workdir", "sweep"):
+    if flags[name] is not None and not os.path.isdir(flags[name]):
+      sys.stderr.write(f"error: --{name}={flags[name]!r} is not a directory of runs.\n")
+      return 2
+  if not workdir:
+    sys.stderr.write("error: --workdir=DIR is required (a directory of runs).\n")
     return 2
   runs = find_runs(workdir)
   if not runs:
     sys.stderr.write(f"error: no finished runs (config.json + results.json) below {workdir}.\n")
     return 1
-  table = f"# Runs below {workdir}\n\n" + build_table(runs, workdir)
-  io_utils.atomic_write_text(output or os.path.join(workdir, "report.md"), table)
-  print(table)
+  sweep_runs = find_runs(flags["sweep"]) if flags["sweep"] else []
+  if flags["sweep"] and not sweep_runs:
+    sys.stderr.write(f"error: no finished runs below --sweep={flags['sweep']}.\n")
+    return 1
+  command = "./launch.sh report " + " ".join(argv)
+  try:
+    text = render(workdir, runs, command, flags["sweep"], sweep_runs, flags["claims"])
+  except ValueError as e:
+    sys.stderr.write(f"error: {e}\n")
+    return 2
+  io_utils.atomic_write_text(flags["output"] or os.path.join(workdir, "report.md"), text)
+  print(text)
   return 0
 
 

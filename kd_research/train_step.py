@@ -7,13 +7,17 @@ per-example loss is reduced once with ``tf.nn.compute_average_loss`` over the
 replica count. Metric sums are SUM-reduced over replicas and returned to Python.
 """
 
+import keras
 import tensorflow as tf
 
 from kd_research import augment
 from kd_research import losses
 
 # Order of the sums a train step returns; 'steps' sums to 1 per step over replicas.
-TRAIN_SUMS = ("loss_total", "loss_distill", "loss_ce", "correct", "count", "grad_norm", "steps")
+# 'skipped' counts float16 steps whose gradients overflowed (update skipped by the loss
+# scaler; their grad_norm counts as 0).
+TRAIN_SUMS = ("loss_total", "loss_distill", "loss_ce", "correct", "count", "grad_norm", "steps",
+              "skipped")
 # Order of the scalar sums an eval step returns (teacher ones are 0 without a teacher);
 # then ECE_BINS x (count, confidence, correct) for student and teacher, then the
 # confusion matrix (true x predicted) of the student.
@@ -36,6 +40,8 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size,
   which XLA cannot place across replicas on CPU; TF_NOTES) with XLA.
   """
   distilling = teachers is not None or cached_teacher_logits
+  # float16: the loss is scaled before differentiation; the LossScaleOptimizer unscales.
+  loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
   def forward_backward(images, labels, teacher_logits, step):
     with tf.GradientTape() as tape:
@@ -50,6 +56,8 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size,
       loss = tf.nn.compute_average_loss(total, global_batch_size=global_batch_size)
       if model.losses:
         loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+      if loss_scaling:
+        loss = optimizer.scale_loss(loss)
     return total, distill, ce, logits, tape.gradient(loss, model.trainable_variables)
 
   if jit_compile:
@@ -65,13 +73,19 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size,
       teacher_logits = teachers.logits(images)
     total, distill, ce, logits, grads = forward_backward(images, labels, teacher_logits, step)
     grads, grad_norm = _global_gradient_norm(grads)
+    skipped = tf.constant(0.0)
+    if loss_scaling:  # The norm of the unscaled gradient; 0 for a step the scaler skips.
+      grad_norm = grad_norm / optimizer.dynamic_scale
+      finite = tf.math.is_finite(grad_norm)
+      grad_norm = tf.where(finite, grad_norm, 0.0)
+      skipped = 1.0 - tf.cast(finite, tf.float32)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
     hard = labels if labels.shape.rank == 1 else tf.argmax(labels, -1, output_type=tf.int32)
     correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), hard), tf.float32)
     replicas = float(tf.distribute.get_replica_context().num_replicas_in_sync)
     return tf.stack([tf.reduce_sum(total), tf.reduce_sum(distill), tf.reduce_sum(ce),
                      tf.reduce_sum(correct), tf.cast(tf.size(correct), tf.float32),
-                     grad_norm / replicas, 1.0 / replicas])
+                     grad_norm / replicas, 1.0 / replicas, skipped / replicas])
 
   @tf.function
   def train_loop(iterator, num_steps):

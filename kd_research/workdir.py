@@ -16,7 +16,7 @@ from kd_research.errors import UserError
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
 _IDENTITY_FIELDS = ("dataset", "validation_size", "validation_seed", "train_size", "test_size",
-                    "global_batch_size", "mixed_precision", "deterministic", "optimizer")
+                    "global_batch_size", "mixed_precision", "deterministic", "optimizer", "augment")
 
 
 def run_identity(config, role, teacher_paths=()):
@@ -24,6 +24,10 @@ def run_identity(config, role, teacher_paths=()):
   entry = config.teacher if role == "teacher" else config.student
   identity = {field: config[field] for field in _IDENTITY_FIELDS}
   identity["optimizer"] = config.optimizer.to_dict()
+  identity["augment"] = config.augment.to_dict()
+  if config.mixed_precision == "fp16":
+    identity["loss_scale"] = {"initial": config.loss_scale_initial,
+                              "growth_steps": config.loss_scale_growth_steps}
   identity["role"] = role
   identity["model"] = entry.to_dict()
   identity["model"].pop("path", None)

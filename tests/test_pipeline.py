@@ -4,6 +4,7 @@ import json
 import os
 
 import ml_collections
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -41,4 +42,68 @@ def test_variant_with_unknown_field():
   with config.unlocked():
     config.variants = ml_collections.ConfigDict({"bad": {"temprature": 3.0}})
   with pytest.raises(UserError, match="temprature"):
+    config_lib.validate(config)
+
+
+def test_pipeline_seeds_variants_with_teacher_choice_and_given_teacher(tmp_path):
+  """Students run once per seed (mean +- std of the seeds' own results); a variant's
+  teachers='primary' distils from the primary teacher only; a teacher given by path
+  gets its params and train time from its own run directory."""
+  base = str(tmp_path / "base")
+  teacher_results, _ = pipeline.run(tiny_config(**{"export_students": False}), base,
+                                    tf.distribute.get_strategy())
+  given = os.path.join(base, "teacher", "model.keras")
+  config = tiny_config(**{"teacher.path": given, "seeds": "3,4", "export_students": False})
+  with config.unlocked():
+    config.extra_teachers = ml_collections.ConfigDict(
+        {"b": config_lib.model_config("mlp", width=48, epochs=1, seed=1)})
+    config.variants = ml_collections.ConfigDict({
+        "single": {"teachers": "primary"}, "multi": {"alpha": 0.9, "alpha_end": 0.9}})
+  config_lib.validate(config)
+  workdir = str(tmp_path / "seeds")
+  results, table = pipeline.run(config, workdir, tf.distribute.get_strategy())
+  for stage in ("student_baseline", "student_kd_single", "student_kd_multi"):
+    runs = [json.load(open(os.path.join(workdir, stage, f"seed_{s}", "results.json")))
+            for s in (3, 4)]
+    assert [r["seed"] for r in runs] == [3, 4]
+    accuracies = np.array([r["test_accuracy"] for r in runs])
+    assert results[stage]["test_accuracy"] == pytest.approx(accuracies.mean())
+    assert results[stage]["test_accuracy_std"] == pytest.approx(accuracies.std(ddof=1))
+  single = json.load(open(os.path.join(workdir, "student_kd_single", "seed_3", "config.json")))
+  multi = json.load(open(os.path.join(workdir, "student_kd_multi", "seed_3", "config.json")))
+  assert len(single["teachers"]) == 1 and len(multi["teachers"]) == 2
+  assert multi["distill"]["alpha"] == 0.9 and single["distill"]["alpha"] != 0.9
+  assert results["teacher"]["params"] == teacher_results["teacher"]["params"] > 0
+  assert results["teacher"]["train_seconds"] == teacher_results["teacher"]["train_seconds"]
+  assert "+-" in table and "over 2 seeds" in table
+  # The report over the same runs: ensemble row, gains with combined std, sweep, claims.
+  from kd_research import machine, report  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path / "RESULTS.md")
+  assert report.main([f"--workdir={workdir}", f"--output={out}", f"--sweep={base}",
+                      "--claims=cifar10_seed"]) == 0
+  text = open(out).read()
+  assert f"--workdir={workdir} --output={out}" in text
+  ensemble = [l for l in text.splitlines() if l.startswith("| teacher ensemble (2:")]
+  assert len(ensemble) == 1
+  assert f"| {100 * results['teacher_ensemble']['test_accuracy']:.2f}% |" in ensemble[0]
+  base_acc = results["student_baseline"]
+  for stage in ("student_kd_single", "student_kd_multi"):
+    gain = 100 * (results[stage]["test_accuracy"] - base_acc["test_accuracy"])
+    spread = 100 * np.hypot(results[stage]["test_accuracy_std"], base_acc["test_accuracy_std"])
+    assert f"| {gain:+.2f} | {spread:.2f} |" in text, (stage, gain, spread)
+  assert "Claimed by the article, NOT measured here" in text and "89.7%" in text
+  assert machine.summary(machine.describe()) in text
+  assert "validation split" in text
+  assert report.main([f"--workdir={workdir}", f"--output={out}", "--claims=nope"]) == 2
+
+
+def test_bad_seeds_are_refused():
+  with pytest.raises(UserError, match="config.seeds"):
+    config_lib.validate(tiny_config(**{"seeds": "0,0"}))
+  with pytest.raises(UserError, match="config.seeds"):
+    config_lib.validate(tiny_config(**{"seeds": "0,1.5"}))
+  config = tiny_config()
+  with config.unlocked():
+    config.variants = ml_collections.ConfigDict({"v": {"teachers": "best"}})
+  with pytest.raises(UserError, match="teachers='best'"):
     config_lib.validate(config)
