@@ -96,6 +96,10 @@ def base_config():
   c.extra_teachers = ml_collections.ConfigDict()
   c.distill = ml_collections.ConfigDict(dict(
       combine="prob_mean", finetune_epochs=0, cache_teacher=False,
+      # Where the teacher-output cache lives: empty = RUN/teacher_cache; a shared directory
+      # lets a sweep compute the teachers' outputs once (files are fingerprinted by teacher
+      # files, images, precision and combine, so a mismatch is recomputed, never reused).
+      cache_dir="",
       finetune_lr_factor=1.0,  # learning-rate factor for the labels-only fine-tuning stage
       teacher_weights="",  # comma-separated, one per teacher; empty = uniform
       **schedule_fields("alpha", 0.7), **schedule_fields("temperature", 10.0)))

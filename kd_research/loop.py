@@ -223,7 +223,8 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
     digest = teacher_cache.fingerprint(teacher_paths, splits.train[0], config.mixed_precision,
                                        config.distill.combine)
     extras = {"teacher_logits": teacher_cache.load_or_compute(
-        os.path.join(workdir, "teacher_cache"), "train", ensemble, splits.train[0], digest,
+        config.distill.cache_dir or os.path.join(workdir, "teacher_cache"), "train", ensemble,
+        splits.train[0], digest,
         write=chief)}
   plain_loop = train_step.make_train_loop(strategy, model, optimizer, step_var, gb,
                                           jit_compile=config.jit_compile)
@@ -258,6 +259,7 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
 
   window = np.zeros(len(train_step.TRAIN_SUMS))
   window_start = last_save = time.perf_counter()
+  window_eval_seconds = 0.0
   while step < total_steps:
     in_distill = distilling and step < distill_steps
     in_head = step < head_steps
@@ -279,7 +281,8 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
     step += n
     window += sums
     if step % config.log_every_steps == 0 or step == total_steps:
-      seconds = time.perf_counter() - window_start
+      # Training time only: validation passes inside the window are not training.
+      seconds = time.perf_counter() - window_start - window_eval_seconds
       metrics = _train_metrics(window, seconds, lr_fn(step), _loss_scale(optimizer))
       if distilling:
         metrics["train/alpha"] = float(alpha_fn(step)) if in_distill else 0.0
@@ -290,11 +293,13 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
                    total_steps, metrics["train/loss_total"], metrics["train/accuracy"],
                    metrics["train/examples_per_second"], eta)
       window[:] = 0
-      window_start = time.perf_counter()
+      window_start, window_eval_seconds = time.perf_counter(), 0.0
     if step % spe == 0 and ((step // spe) % config.eval_every_epochs == 0 or
                             step == total_steps):
+      eval_started = time.perf_counter()
       result = evaluate.run_eval(strategy, eval_step, *splits.validation, eval_gb,
                                  splits.num_classes)
+      window_eval_seconds += time.perf_counter() - eval_started
       writer.scalars(step, _eval_metrics(result, distilling, "eval"))
       writer.images(step, "eval/confusion_matrix",
                     summaries.confusion_image(np.asarray(result["confusion"]))[None])

@@ -107,7 +107,7 @@ def _ensemble_rows(runs):
   evaluated on the same test split); params, ms/batch and train time are the sums of
   the teachers' own runs when they are below the report root, else unknown.
   """
-  by_dir = {os.path.abspath(r["dir"]): r for r in runs if r["config"]["role"] == "teacher"}
+  by_dir = {os.path.realpath(r["dir"]): r for r in runs if r["config"]["role"] == "teacher"}
   rows = {}
   for run in runs:
     teachers = run["config"].get("teachers", [])
@@ -116,7 +116,7 @@ def _ensemble_rows(runs):
     key = tuple(teachers)
     if key in rows:
       continue
-    own = [by_dir.get(os.path.dirname(os.path.abspath(p))) for p in teachers]
+    own = [by_dir.get(os.path.dirname(os.path.realpath(p))) for p in teachers]
     known = all(own)
     report = run["results"]["teachers"]
     rows[key] = {

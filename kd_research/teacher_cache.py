@@ -66,9 +66,19 @@ def _load(path, digest, expected_shape):
   return logits
 
 
+def cache_path(cache_dir, split, digest):
+  """RUN/teacher_cache/<split>-<fingerprint[:16]>.npz (or the same in a shared cache_dir)."""
+  return os.path.join(cache_dir, f"{split}-{digest[:16]}.npz")
+
+
 def load_or_compute(cache_dir, split, ensemble, images, digest, write=True):
-  """Returns cached logits for ``split`` when the fingerprint matches, else computes them."""
-  path = os.path.join(cache_dir, f"{split}.npz")
+  """Returns cached logits for ``split`` when the fingerprint matches, else computes them.
+
+  The file is named after the split and the fingerprint's first 16 hex digits, so one
+  shared ``cache_dir`` holds the outputs of several teacher sets side by side; the full
+  fingerprint inside the file is still checked.
+  """
+  path = cache_path(cache_dir, split, digest)
   expected = None
   if os.path.exists(path):
     probe = ensemble.models[0].output_shape[-1]
@@ -83,6 +93,6 @@ def load_or_compute(cache_dir, split, ensemble, images, digest, write=True):
     tmp = path + ".tmp.npz"
     np.savez(tmp, logits=logits, fingerprint=np.array(digest))
     os.replace(tmp, path)
-    io_utils.atomic_write_json(os.path.join(cache_dir, f"{split}.json"),
+    io_utils.atomic_write_json(path[:-len(".npz")] + ".json",
                                {"fingerprint": digest, "shape": list(logits.shape)})
   return logits

@@ -33,7 +33,7 @@ def run_identity(config, role, teacher_paths=()):
   identity["model"].pop("path", None)
   if role == "distill":
     identity["distill"] = config.distill.to_dict()
-    identity["teachers"] = [os.path.abspath(p) for p in teacher_paths]
+    identity["teachers"] = [os.path.realpath(p) for p in teacher_paths]
   return identity
 
 

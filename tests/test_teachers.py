@@ -1,6 +1,7 @@
 """Multi-teacher distillation, teacher monitoring and the teacher-output cache."""
 
 import json
+import glob
 import os
 
 import keras
@@ -99,7 +100,7 @@ def test_cached_and_live_teacher_distil_identically(multi_run, tmp_path, replica
                                      "distill.combine": "kl_sum"})
     runs[cache] = loop.train_and_evaluate(config, str(tmp_path / f"c{cache}"), "distill",
                                           strategy, paths)
-  assert os.path.exists(tmp_path / "cTrue" / "teacher_cache" / "train.npz")
+  assert len(glob.glob(str(tmp_path / "cTrue" / "teacher_cache" / "train-*.npz"))) == 1
   weights = {c: keras.models.load_model(str(tmp_path / f"c{c}" / "model.keras"),
                                         compile=False).weights for c in (False, True)}
   diff = max(float(np.max(np.abs(a.numpy() - b.numpy())))
@@ -129,17 +130,24 @@ def test_stale_or_corrupt_cache_is_rebuilt(multi_run, tmp_path):
   # A cache written for other data has another fingerprint and is recomputed.
   other = teacher_cache.fingerprint([path], images[::-1].copy(), "none", "prob_mean")
   assert other != digest
-  np.savez(os.path.join(cache_dir, "train.npz"), logits=np.zeros_like(fresh),
-           fingerprint=np.array(other))
+  cached = teacher_cache.cache_path(cache_dir, "train", digest)
+  np.savez(cached, logits=np.zeros_like(fresh), fingerprint=np.array(other))
   np.testing.assert_allclose(
       teacher_cache.load_or_compute(cache_dir, "train", ensemble, images, digest), fresh)
   # A truncated file is detected and rebuilt.
-  with open(os.path.join(cache_dir, "train.npz"), "r+b") as f:
+  with open(cached, "r+b") as f:
     f.truncate(100)
   np.testing.assert_allclose(
       teacher_cache.load_or_compute(cache_dir, "train", ensemble, images, digest), fresh)
-  with np.load(os.path.join(cache_dir, "train.npz")) as f:
+  with np.load(cached) as f:
     assert str(f["fingerprint"]) == digest
+  # A shared cache dir keeps the outputs of different teacher sets side by side.
+  two = teacher_cache.fingerprint([path, path], images, "none", "prob_mean")
+  teacher_cache.load_or_compute(cache_dir, "train", teachers_lib.load([path, path], (28, 28, 1),
+                                                                      10), images, two)
+  assert len(glob.glob(os.path.join(cache_dir, "train-*.npz"))) == 2
+  np.testing.assert_allclose(
+      teacher_cache.load_or_compute(cache_dir, "train", ensemble, images, digest), fresh)
 
 
 @pytest.mark.parametrize("weights,match", [("1,-1,1", "non-negative"), ("0,0,0", "positive sum"),
