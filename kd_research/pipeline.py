@@ -57,6 +57,17 @@ def kd_stages(config, teacher_paths):
            f"({config.distill.combine})", config, teacher_paths)]
 
 
+def _with_shared_cache(config, workdir):
+  """All students of a pipeline share WORKDIR/teacher_cache (unless distill.cache_dir is set):
+  the teachers' outputs are computed once per teacher set, not once per student run."""
+  if config.distill.cache_dir:
+    return config
+  copy = ml_collections.ConfigDict(config.to_dict())
+  copy.distill.cache_dir = os.path.join(workdir, "teacher_cache")
+  copy.lock()
+  return copy
+
+
 def student_seeds(config):
   """The student seeds to run: config.seeds (comma-separated), else the student's own seed."""
   seeds = [int(s) for s in schedules.parse_floats(config.seeds, "config.seeds")]
@@ -106,6 +117,7 @@ def run(config, workdir, strategy, overwrite=False):
   accuracy over seeds and its sample standard deviation.
   """
   paths, results, labels = train_teachers(config, workdir, strategy, overwrite)
+  config = _with_shared_cache(config, workdir)
   student = f"student ({config.student.model})"
   stages = ([("student_baseline", f"{student}, labels only", config, [])]
             + kd_stages(config, paths))

@@ -33,6 +33,7 @@ def run_identity(config, role, teacher_paths=()):
   identity["model"].pop("path", None)
   if role == "distill":
     identity["distill"] = config.distill.to_dict()
+    identity["distill"].pop("cache_dir", None)  # Where the cache lives never changes a result.
     identity["teachers"] = [os.path.realpath(p) for p in teacher_paths]
   return identity
 

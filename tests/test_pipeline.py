@@ -1,5 +1,6 @@
 """The pipeline: stages, variants, skipping finished stages, and the results table."""
 
+import glob
 import json
 import os
 
@@ -53,7 +54,8 @@ def test_pipeline_seeds_variants_with_teacher_choice_and_given_teacher(tmp_path)
   teacher_results, _ = pipeline.run(tiny_config(**{"export_students": False}), base,
                                     tf.distribute.get_strategy())
   given = os.path.join(base, "teacher", "model.keras")
-  config = tiny_config(**{"teacher.path": given, "seeds": "3,4", "export_students": False})
+  config = tiny_config(**{"teacher.path": given, "seeds": "3,4", "export_students": False,
+                          "distill.cache_teacher": True})
   with config.unlocked():
     config.extra_teachers = ml_collections.ConfigDict(
         {"b": config_lib.model_config("mlp", width=48, epochs=1, seed=1)})
@@ -76,6 +78,9 @@ def test_pipeline_seeds_variants_with_teacher_choice_and_given_teacher(tmp_path)
   assert results["teacher"]["params"] == teacher_results["teacher"]["params"] > 0
   assert results["teacher"]["train_seconds"] == teacher_results["teacher"]["train_seconds"]
   assert "+-" in table and "over 2 seeds" in table
+  # One shared teacher-output cache per teacher set (primary alone; both), none per run.
+  assert len(glob.glob(os.path.join(workdir, "teacher_cache", "train-*.npz"))) == 2
+  assert not glob.glob(os.path.join(workdir, "student_*", "seed_*", "teacher_cache"))
   # The report over the same runs: ensemble row, gains with combined std, sweep, claims.
   from kd_research import machine, report  # pylint: disable=g-import-not-at-top
   out = str(tmp_path / "RESULTS.md")
