@@ -33,6 +33,8 @@ flags.DEFINE_string("dataset", "fashion_mnist", "fashion_mnist or synthetic.")
 flags.DEFINE_integer("examples", 0, "Use only this many training examples (0 = all; --quick: "
                      "2048). The teacher cache is computed over them.")
 flags.DEFINE_string("output", "runs/bench.json", "Where the JSON goes.")
+flags.DEFINE_string("profile", "", "Also trace one window of this row (b-i) with the TF profiler "
+                    "and print where the time goes per op type (trace kept next to --output).")
 
 ROW_NAMES = {
     "a": "Keras fit Distiller (seed), fp32", "b": "our loop, fp32, live teacher",
@@ -135,8 +137,12 @@ def run_fit_distiller(opts, x, y, num_classes):
 
 
 def run_our_loop(opts, x, y, num_classes, precision="none", jit=False, cache=False, teachers=1,
-                 student_only=False):
-  """(b)-(i): our train loop under the default strategy with the chosen options."""
+                 student_only=False, profile_dir=None):
+  """(b)-(i): our train loop under the default strategy with the chosen options.
+
+  Returns (examples/s, student FLOPs, teacher FLOPs, op-time table or None); with
+  ``profile_dir`` one more window runs under the TF profiler for the table.
+  """
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from kd_research import data  # pylint: disable=g-import-not-at-top
@@ -167,9 +173,14 @@ def run_our_loop(opts, x, y, num_classes, precision="none", jit=False, cache=Fal
   for _ in range(opts.windows):
     loop(iterator, n).numpy()
     times.append(time.perf_counter())
+  table = None
+  if profile_dir:
+    from kd_research import profiling  # pylint: disable=g-import-not-at-top
+    table = profiling.op_time_table(profiling.trace(lambda: loop(iterator, n).numpy(),
+                                                    profile_dir))
   keras.mixed_precision.set_global_policy("float32")
   teacher_flops = sum(forward_flops(m) for m in teacher_models)
-  return _rate(times, opts.batch, opts.window), forward_flops(student), teacher_flops
+  return _rate(times, opts.batch, opts.window), forward_flops(student), teacher_flops, table
 
 
 def main(argv):
@@ -183,6 +194,12 @@ def main(argv):
   if unknown:
     sys.stderr.write(f"error: unknown rows {unknown}; valid: {', '.join(ROW_NAMES)}.\n")
     return 2
+  if opts.profile and (opts.profile not in rows or opts.profile in "af"):
+    sys.stderr.write(f"error: --profile={opts.profile!r} must be one of the measured rows of our "
+                     f"loop ({', '.join(r for r in rows if r not in 'af')}).\n")
+    return 2
+  profile_dir = os.path.join(os.path.dirname(os.path.abspath(opts.output)), "bench_profile")
+  profiles = {}
   x, y, classes = _data(opts, opts.batch)
   peaks = {"float32": matmul_peak("float32"), "bfloat16": matmul_peak("bfloat16")}
   options = {"b": {}, "c": {"jit": True}, "d": {"precision": "bf16"}, "e": {"cache": True},
@@ -196,7 +213,11 @@ def main(argv):
       row_opts = {}
     else:
       row_opts = options[row]
-      rate, s_flops, t_flops = run_our_loop(opts, x, y, classes, **row_opts)
+      rate, s_flops, t_flops, table = run_our_loop(
+          opts, x, y, classes, profile_dir=profile_dir if row == opts.profile else None,
+          **row_opts)
+      if table:
+        profiles[row] = table
     measured[row] = (rate, s_flops, t_flops, row_opts)
     print(f"  measured ({row}) {ROW_NAMES[row]}: {rate:.0f} examples/s", flush=True)
   if "f" in rows:
@@ -205,7 +226,7 @@ def main(argv):
       best["jit"] = True
     if "d" in measured and "b" in measured and measured["d"][0] > measured["b"][0]:
       best["precision"] = "bf16"
-    rate, s_flops, t_flops = run_our_loop(opts, x, y, classes, **best)
+    rate, s_flops, t_flops, _ = run_our_loop(opts, x, y, classes, **best)
     measured["f"] = (rate, s_flops, t_flops, best)
   reference = measured.get("a", (None,))[0]
   report = {"batch": opts.batch, "teacher": f"{opts.teacher} w{opts.teacher_width}",
@@ -230,6 +251,10 @@ def main(argv):
         f"matmul peak {peaks['float32']:.0f} GFLOP/s fp32, {peaks['bfloat16']:.0f} bf16\n")
   print(table)
   report["table"] = table
+  for row, op_table in profiles.items():
+    print(f"\nwhere the time goes in row ({row}), one profiled window of {opts.window} steps "
+          f"(trace in {profile_dir}):\n\n{op_table}")
+  report["profiles"] = profiles
   os.makedirs(os.path.dirname(os.path.abspath(opts.output)), exist_ok=True)
   from kd_research import io_utils  # pylint: disable=g-import-not-at-top
   io_utils.atomic_write_json(opts.output, report)

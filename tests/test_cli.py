@@ -86,12 +86,18 @@ def test_bench_quick_smoke(tmp_path):
   """The benchmark command runs every row and writes its JSON (no timing assertions)."""
   out = run_main_module("kd_research.bench", "--quick", "--dataset=synthetic",
                         "--teacher=mlp", "--teacher_width=64", "--student=mlp",
-                        "--student_width=16", f"--output={tmp_path}/bench.json")
+                        "--student_width=16", f"--output={tmp_path}/bench.json",
+                        "--profile=b")
   assert out.returncode == 0, out.stderr[-3000:]
   report = json.load(open(tmp_path / "bench.json"))
   assert [r["row"] for r in report["rows"]] == list("abcdefghi")
   assert all(r["examples_per_second"] > 0 and r["gflops"] > 0 for r in report["rows"])
   assert "| (f) | best combination" in out.stdout
+  # The profiled row: MLPs spend their op time in MatMul (forward and backward).
+  assert "where the time goes in row (b)" in out.stdout
+  assert "| MatMul |" in report["profiles"]["b"]
+  bad = run_main_module("kd_research.bench", "--quick", "--rows=a,b", "--profile=g")
+  assert bad.returncode == 2 and "--profile='g'" in bad.stderr
 
 
 def run_main_module(module, *args):
