@@ -56,9 +56,12 @@ def _command(directory, root):
 
 
 def group_key(config):
-  """The config without the model seed: runs with equal keys are seeds of one setting."""
+  """The config without the student's seed: student runs with equal keys are seeds of one
+  setting. Teachers keep their seed: each teacher is its own row (students learn from a
+  particular teacher, not from a seed average)."""
   flat = config_lib.flatten(config)
-  flat.pop("model.seed", None)
+  if config["role"] != "teacher":
+    flat.pop("model.seed", None)
   return json.dumps(flat, sort_keys=True, default=str)
 
 
@@ -66,6 +69,8 @@ def describe(config):
   """A short label: role, model and the distillation settings that matter."""
   model = config["model"]
   label = f"{config['role']}: {model['model']}" + (f" w{model['width']}" if model["width"] else "")
+  if config["role"] == "teacher":
+    label += f" (seed {model['seed']})"
   if config["role"] == "distill":
     d = config["distill"]
     label += (f", {len(config['teachers'])} teacher(s), alpha {d['alpha']}"
@@ -281,7 +286,9 @@ def render(root, runs, command, sweep_root=None, sweep_runs=(), claims_module=No
   if sweep_root:
     parts += [f"\n## Hyper-parameter selection on the validation split ({sweep_root})\n\n"
               "Only validation accuracy is shown: the choice of the final settings used "
-              "nothing else.\n\n", sweep_table(sweep_runs, sweep_root)]
+              "nothing else. The setting column is each run's recorded config (config.json); "
+              "a command resolves its --experiment against the experiment file as it was when "
+              "the run was made.\n\n", sweep_table(sweep_runs, sweep_root)]
   if claims_module:
     parts += [f"\n## Claimed by the article, NOT measured here (experiments/{claims_module}.py)"
               "\n\n", claims(claims_module)]
