@@ -40,7 +40,8 @@ def op_times(xplane_path):
         continue
       for event in line.events:
         name = plane.event_metadata[event.metadata_id].name
-        if ":" in name:  # Op events are "op_name:OpType"; executor bookkeeping has no colon.
+        # Op events are "op_name:OpType"; executor bookkeeping is "Class::Method" or bare.
+        if ":" in name and "::" not in name:
           totals[name.rsplit(":", 1)[1]] += event.duration_ps * 1e-12
   return dict(totals)
 
