@@ -24,6 +24,7 @@ from kd_research import evaluate
 from kd_research import io_utils
 from kd_research import machine
 from kd_research import models
+from kd_research import optimizers
 from kd_research import pretrained
 from kd_research import schedules
 from kd_research import summaries
@@ -38,53 +39,6 @@ ROLES = ("teacher", "student", "distill")
 
 class TrainingDiverged(UserError):
   """A loss became NaN or infinite; the run stops before checkpointing the bad state."""
-
-
-class _AfterWarmupFactor:
-  """lr(step) = base(step) * (factor once step >= warmup_steps): lower LR after unfreezing."""
-
-  def __init__(self, base, warmup_steps, factor):
-    self.base, self.warmup_steps, self.factor = base, warmup_steps, factor
-    self.name = f"{base.name} x{factor} after step {warmup_steps}"
-
-  def __call__(self, step):
-    scale = tf.where(tf.cast(step, tf.float32) >= float(self.warmup_steps), self.factor, 1.0)
-    return self.base(step) * scale
-
-
-class _ScheduledLR(keras.optimizers.schedules.LearningRateSchedule):
-  """Adapts a ``schedules.Schedule`` to the optimizer (step = optimizer iterations)."""
-
-  def __init__(self, schedule):
-    self.schedule = schedule
-
-  def __call__(self, step):
-    return self.schedule(step)
-
-  def get_config(self):
-    return {"name": self.schedule.name}
-
-
-def make_optimizer(opt_cfg, lr_schedule, loss_scale=None):
-  """Adam / AdamW / SGD+momentum with decoupled weight decay and a scheduled learning rate.
-
-  ``loss_scale=(initial, growth_steps)`` (float16 training) wraps it in Keras'
-  dynamic LossScaleOptimizer: the step scales the loss, the optimizer unscales the
-  gradients, skips the update when they overflowed (halving the scale) and doubles
-  the scale after ``growth_steps`` finite steps.
-  """
-  lr = _ScheduledLR(lr_schedule)
-  decay = opt_cfg.weight_decay or None
-  if opt_cfg.name == "adam":
-    optimizer = keras.optimizers.Adam(lr, weight_decay=decay)
-  elif opt_cfg.name == "adamw":
-    optimizer = keras.optimizers.AdamW(lr, weight_decay=opt_cfg.weight_decay)
-  else:
-    optimizer = keras.optimizers.SGD(lr, momentum=opt_cfg.momentum, weight_decay=decay)
-  if loss_scale is None:
-    return optimizer
-  return keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=loss_scale[0],
-                                             dynamic_growth_steps=int(loss_scale[1]))
 
 
 def _set_precision(name):
@@ -174,14 +128,14 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
                                 "learning-rate schedule")
   head_steps = entry.head_epochs * spe if role == "teacher" else 0
   if head_steps:
-    lr_fn = _AfterWarmupFactor(lr_fn, head_steps, entry.finetune_lr_factor)
+    lr_fn = optimizers.LRFactorAfter(lr_fn, head_steps, entry.finetune_lr_factor)
   if distilling and config.distill.finetune_epochs and config.distill.finetune_lr_factor != 1.0:
-    lr_fn = _AfterWarmupFactor(lr_fn, distill_steps, config.distill.finetune_lr_factor)
+    lr_fn = optimizers.LRFactorAfter(lr_fn, distill_steps, config.distill.finetune_lr_factor)
 
   with strategy.scope():
     model = models.build(entry.model, splits.input_shape, splits.num_classes,
                          entry.width, entry.sync_bn, entry.image_size, entry.weights)
-    optimizer = make_optimizer(
+    optimizer = optimizers.make_optimizer(
         config.optimizer, lr_fn,
         (config.loss_scale_initial, config.loss_scale_growth_steps)
         if config.mixed_precision == "fp16" else None)
@@ -283,7 +237,7 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
     if step % config.log_every_steps == 0 or step == total_steps:
       # Training time only: validation passes inside the window are not training.
       seconds = time.perf_counter() - window_start - window_eval_seconds
-      metrics = _train_metrics(window, seconds, lr_fn(step), _loss_scale(optimizer))
+      metrics = _train_metrics(window, seconds, lr_fn(step), optimizers.current_loss_scale(optimizer))
       if distilling:
         metrics["train/alpha"] = float(alpha_fn(step)) if in_distill else 0.0
         metrics["train/temperature"] = float(temperature_fn(step))
@@ -329,13 +283,6 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
 
 
 _SUM = {name: i for i, name in enumerate(train_step.TRAIN_SUMS)}
-
-
-def _loss_scale(optimizer):
-  """The current dynamic loss scale (float16 training), else None."""
-  if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-    return float(optimizer.dynamic_scale.numpy())
-  return None
 
 
 def _check_finite(sums, step, n, manager):

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from kd_research import loop
 from kd_research import models
+from kd_research import optimizers
 from kd_research import schedules
 from kd_research import train_step
 from conftest import tiny_config
@@ -34,7 +35,7 @@ def test_overflow_step_is_skipped_and_scale_halved(strategy_factory, float16_pol
   with strategy.scope():
     keras.utils.set_random_seed(0)
     model = models.build("mlp", (4, 4, 1), 3, width=8)
-    opt = loop.make_optimizer(tiny_config().optimizer, schedules.Schedule("constant", 1, 1e-2),
+    opt = optimizers.make_optimizer(tiny_config().optimizer, schedules.Schedule("constant", 1, 1e-2),
                               loss_scale=(2.0 ** 100, 1000))
     opt.build(model.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64)

@@ -1,0 +1,59 @@
+"""Optimizers of the training loop: Adam/AdamW/SGD on a scheduled learning rate, the
+learning-rate factor after a warm-up phase, and float16 dynamic loss scaling."""
+
+import keras
+import tensorflow as tf
+
+
+class LRFactorAfter:
+  """lr(step) = base(step) * (factor once step >= warmup_steps): lower LR after unfreezing."""
+
+  def __init__(self, base, warmup_steps, factor):
+    self.base, self.warmup_steps, self.factor = base, warmup_steps, factor
+    self.name = f"{base.name} x{factor} after step {warmup_steps}"
+
+  def __call__(self, step):
+    scale = tf.where(tf.cast(step, tf.float32) >= float(self.warmup_steps), self.factor, 1.0)
+    return self.base(step) * scale
+
+
+class _ScheduledLR(keras.optimizers.schedules.LearningRateSchedule):
+  """Adapts a ``schedules.Schedule`` to the optimizer (step = optimizer iterations)."""
+
+  def __init__(self, schedule):
+    self.schedule = schedule
+
+  def __call__(self, step):
+    return self.schedule(step)
+
+  def get_config(self):
+    return {"name": self.schedule.name}
+
+
+def make_optimizer(opt_cfg, lr_schedule, loss_scale=None):
+  """Adam / AdamW / SGD+momentum with decoupled weight decay and a scheduled learning rate.
+
+  ``loss_scale=(initial, growth_steps)`` (float16 training) wraps it in Keras'
+  dynamic LossScaleOptimizer: the step scales the loss, the optimizer unscales the
+  gradients, skips the update when they overflowed (halving the scale) and doubles
+  the scale after ``growth_steps`` finite steps.
+  """
+  lr = _ScheduledLR(lr_schedule)
+  decay = opt_cfg.weight_decay or None
+  if opt_cfg.name == "adam":
+    optimizer = keras.optimizers.Adam(lr, weight_decay=decay)
+  elif opt_cfg.name == "adamw":
+    optimizer = keras.optimizers.AdamW(lr, weight_decay=opt_cfg.weight_decay)
+  else:
+    optimizer = keras.optimizers.SGD(lr, momentum=opt_cfg.momentum, weight_decay=decay)
+  if loss_scale is None:
+    return optimizer
+  return keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=loss_scale[0],
+                                             dynamic_growth_steps=int(loss_scale[1]))
+
+
+def current_loss_scale(optimizer):
+  """The current dynamic loss scale (float16 training), else None."""
+  if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+    return float(optimizer.dynamic_scale.numpy())
+  return None
