@@ -23,6 +23,8 @@ data is in data_dir (the tests use a generated miniature in the real format).
 
 from kd_research import config as config_lib
 
+PRESETS = ("mini",)
+
 # The seed article's CIFAR-10 numbers, verbatim. A claim, never a measurement of ours.
 CLAIMED_TABLE = """\
 | model (CIFAR-10, the article's setup) | params | test accuracy | inference ms/batch |
@@ -31,7 +33,9 @@ CLAIMED_TABLE = """\
 | CNN student, labels only | ~120K | 86.3% | 12 |
 | CNN student, distilled (T=10, alpha=0.7) | ~120K | 89.7% | 12 |
 
-Source: the seed article behind this project (SEED_NOTES.md). Not reproduced here: no
+Source: the tutorial article this project grew from ("knowledge distillation in
+TensorFlow 2: a small model reproduces a large model's results"), whose setup the
+docstring of experiments/cifar10_seed.py restates. Not reproduced here: no
 CIFAR-10 download and no GPU on the machine that produced the measured tables. Run it with
 `./launch.sh pipeline --experiment=cifar10_seed --workdir=runs/cifar10_seed
 --config.data_dir=DIR_WITH_cifar-10-batches-py` on a GPU.
@@ -40,6 +44,7 @@ CIFAR-10 download and no GPU on the machine that produced the measured tables. R
 
 def get_config(arg=None):
   """The seed's CIFAR-10 configuration; ``mini`` shrinks it to a smoke test."""
+  config_lib.check_preset("cifar10_seed", arg, PRESETS)
   c = config_lib.base_config()
   c.dataset = "cifar10"
   c.validation_size = 5000
@@ -55,6 +60,7 @@ def get_config(arg=None):
     c.teacher = config_lib.model_config("resnet_seed", width=4, epochs=1, seed=0)
     c.student = config_lib.model_config("cnn_seed", width=4, epochs=1, seed=0)
     c.steps_per_loop = 5
-  elif arg:
-    raise ValueError(f"Unknown preset {arg!r} for cifar10_seed; valid: (none), mini.")
+    # A smoke test of the pipeline: one epoch of a width-4 teacher is not expected to
+    # beat chance, so the teacher check is waived on purpose.
+    c.distill.allow_weak_teacher = True
   return config_lib.finalize(c)

@@ -14,12 +14,15 @@ Presets (the argument after the colon):
 
 from kd_research import config as config_lib
 
+PRESETS = ("quick", "full", "tiny")
+
 
 def get_config(arg="quick"):
   """The Fashion-MNIST experiment; ``arg`` selects the preset."""
+  arg = arg or "quick"
+  config_lib.check_preset("fashion_mnist", arg, PRESETS)
   c = config_lib.base_config()
   c.dataset = "fashion_mnist"
-  arg = arg or "quick"
   if arg == "quick":
     c.teacher = config_lib.model_config("resnet_seed", width=16, epochs=2, seed=0)
     c.student = config_lib.model_config("cnn_seed", width=16, epochs=2, seed=0)
@@ -43,6 +46,4 @@ def get_config(arg="quick"):
     c.steps_per_loop = 10
     c.log_every_steps = 10
     c.checkpoint_every_steps = 20
-  else:
-    raise ValueError(f"Unknown preset {arg!r} for fashion_mnist; valid: quick, full, tiny.")
   return config_lib.finalize(c)

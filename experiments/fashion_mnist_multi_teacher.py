@@ -14,10 +14,12 @@ About 20 minutes on 2 CPU cores. Try --config.distill.combine=logit_mean or kl_s
 
 from kd_research import config as config_lib
 
+PRESETS = ()
+
 
 def get_config(arg=None):
   """Three teachers, one student."""
-  del arg
+  config_lib.check_preset("fashion_mnist_multi_teacher", arg, PRESETS)
   c = config_lib.base_config()
   c.teacher = config_lib.model_config("resnet_seed", width=16, epochs=2, seed=0)
   c.extra_teachers.resnet20 = config_lib.model_config("resnet20", width=8, epochs=2, seed=1)

@@ -18,9 +18,12 @@ Offline, put the Keras no-top weights file in ~/.keras/models/ or pass
 
 from kd_research import config as config_lib
 
+PRESETS = ("imagenet",)
+
 
 def get_config(arg=None):
   """'' (CPU, random init) or 'imagenet' (pretrained, bigger input; for GPUs)."""
+  config_lib.check_preset("fashion_mnist_pretrained_teacher", arg, PRESETS)
   c = config_lib.base_config()
   c.student = config_lib.model_config("cnn_seed", width=16, epochs=2, seed=0)
   c.distill.temperature = c.distill.temperature_end = 2.0
@@ -29,10 +32,8 @@ def get_config(arg=None):
     c.teacher = config_lib.model_config(
         "mobilenetv2", epochs=5, seed=0, image_size=96, weights="imagenet", head_epochs=2,
         unfreeze_top=50, finetune_lr_factor=0.1)
-  elif not arg:
+  else:
     c.teacher = config_lib.model_config(
         "mobilenetv2", epochs=3, seed=0, image_size=32, weights="", head_epochs=1,
         unfreeze_top=0, finetune_lr_factor=1.0)
-  else:
-    raise ValueError(f"Unknown preset {arg!r}; valid: (none), imagenet.")
   return config_lib.finalize(c)

@@ -27,10 +27,12 @@ more than the student's training here.
 
 from kd_research import config as config_lib
 
+PRESETS = ()
+
 
 def get_config(arg=None):
   """Two resnet_seed teachers; an MLP student distilled four ways; seeds 0, 1, 2."""
-  del arg
+  config_lib.check_preset("fashion_mnist_results", arg, PRESETS)
   c = config_lib.base_config()
   c.teacher = config_lib.model_config("resnet_seed", width=16, epochs=8, seed=0)
   c.extra_teachers.seed1 = config_lib.model_config("resnet_seed", width=16, epochs=8, seed=1)

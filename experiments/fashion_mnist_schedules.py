@@ -14,10 +14,12 @@ point --config.teacher.path at runs/quickstart/teacher/model.keras to reuse that
 
 from kd_research import config as config_lib
 
+PRESETS = ()
+
 
 def get_config(arg=None):
   """Four distillation variants with the quick preset's models and budget."""
-  del arg
+  config_lib.check_preset("fashion_mnist_schedules", arg, PRESETS)
   c = config_lib.base_config()
   c.teacher = config_lib.model_config("resnet_seed", width=16, epochs=2, seed=0)
   c.student = config_lib.model_config("cnn_seed", width=16, epochs=2, seed=0)

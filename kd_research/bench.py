@@ -20,6 +20,8 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from kd_research import machine
+
 flags.DEFINE_bool("quick", False, "Fewer and shorter windows: about a minute in total.")
 flags.DEFINE_string("rows", "a,b,c,d,e,f,g,h,i", "Which rows to run.")
 flags.DEFINE_string("teacher", "resnet_seed", "Teacher model.")
@@ -83,7 +85,8 @@ def _rate(times, batch, window):
 def _models(opts, num_classes, shape, precision, teachers=1):
   import keras  # pylint: disable=g-import-not-at-top
   from kd_research import models  # pylint: disable=g-import-not-at-top
-  keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bf16" else "float32")
+  from kd_research import precision as precision_lib  # pylint: disable=g-import-not-at-top
+  precision_lib.set_policy(precision)
   keras.utils.set_random_seed(0)
   teacher_models = [models.build(opts.teacher, shape, num_classes, opts.teacher_width)
                     for _ in range(teachers)]
@@ -178,7 +181,8 @@ def run_our_loop(opts, x, y, num_classes, precision="none", jit=False, cache=Fal
     from kd_research import profiling  # pylint: disable=g-import-not-at-top
     table = profiling.op_time_table(profiling.trace(lambda: loop(iterator, n).numpy(),
                                                     profile_dir))
-  keras.mixed_precision.set_global_policy("float32")
+  from kd_research import precision as precision_lib  # pylint: disable=g-import-not-at-top
+  precision_lib.set_policy("none")
   teacher_flops = sum(forward_flops(m) for m in teacher_models)
   return _rate(times, opts.batch, opts.window), forward_flops(student), teacher_flops, table
 
@@ -202,6 +206,9 @@ def main(argv):
   profiles = {}
   x, y, classes = _data(opts, opts.batch)
   peaks = {"float32": matmul_peak("float32"), "bfloat16": matmul_peak("bfloat16")}
+  from kd_research import precision  # pylint: disable=g-import-not-at-top
+  auto = precision.choose("auto")
+  print(f"mixed_precision=auto would use {auto.used} on this machine: {auto.reason}.", flush=True)
   options = {"b": {}, "c": {"jit": True}, "d": {"precision": "bf16"}, "e": {"cache": True},
              "g": {"student_only": True}, "h": {"teachers": 3}, "i": {"teachers": 3, "cache": True}}
   measured = {}
@@ -231,7 +238,8 @@ def main(argv):
   reference = measured.get("a", (None,))[0]
   report = {"batch": opts.batch, "teacher": f"{opts.teacher} w{opts.teacher_width}",
             "student": f"{opts.student} w{opts.student_width}",
-            "matmul_peak_gflops": peaks, "rows": []}
+            "matmul_peak_gflops": peaks, "auto_precision": auto.as_dict(),
+            "machine": machine.describe(), "rows": []}
   lines = ["| row | configuration | examples/s | vs (a) | GFLOP/s | share of matmul peak |",
            "|---|---|---|---|---|---|"]
   for row in [r for r in ROW_NAMES if r in measured]:
@@ -247,7 +255,8 @@ def main(argv):
     lines.append(f"| ({row}) | {name} | {rate:,.0f} | {ratio:.2f}x | {gflops:.1f} | "
                  f"{100 * gflops / peak:.1f}% |")
   table = "\n".join(lines)
-  print(f"\nbatch {opts.batch}, teacher {report['teacher']}, student {report['student']}; "
+  print(f"\n{machine.summary(report['machine'])}; mixed_precision=auto -> {auto.used}")
+  print(f"batch {opts.batch}, teacher {report['teacher']}, student {report['student']}; "
         f"matmul peak {peaks['float32']:.0f} GFLOP/s fp32, {peaks['bfloat16']:.0f} bf16\n")
   print(table)
   report["table"] = table

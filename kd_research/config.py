@@ -12,13 +12,13 @@ import ml_collections
 from kd_research import augment
 from kd_research import data_sources
 from kd_research import models
+from kd_research import precision
 from kd_research import schedules
 from kd_research.errors import UserError
 from kd_research.losses import COMBINE_MODES
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "auto")
 OPTIMIZERS = ("adam", "adamw", "sgd")
-PRECISIONS = ("none", "bf16", "fp16")
 
 
 def schedule_fields(prefix, value, name="constant"):
@@ -63,7 +63,9 @@ def base_config():
   c.cross_device_ops = "auto"    # auto | nccl | hierarchical_copy | reduce_to_one (mirrored)
   c.cluster = "tf_config"        # multi_worker cluster spec: tf_config | slurm
   c.collective_timeout_seconds = 120.0  # a dead peer becomes an error after this long
-  c.mixed_precision = "none"     # none | bf16 | fp16 (fp16 with dynamic loss scaling)
+  # none (float32, the same numbers on every machine) | bf16 | fp16 (dynamic loss scaling) |
+  # auto (bf16 where the CPU/GPU has native bf16 units, float32 elsewhere; see precision.py).
+  c.mixed_precision = "none"
   c.loss_scale_initial = 2.0 ** 15    # fp16 only: starting loss scale (halved on overflow)
   c.loss_scale_growth_steps = 2000    # fp16 only: doubled after this many finite steps
   c.steps_per_loop = 50          # steps per tf.function call
@@ -101,6 +103,9 @@ def base_config():
       # files, images, precision and combine, so a mismatch is recomputed, never reused).
       cache_dir="",
       finetune_lr_factor=1.0,  # learning-rate factor for the labels-only fine-tuning stage
+      # A teacher whose validation accuracy is not clearly above chance is refused before
+      # any student step; true distils from it anyway (e.g. to study bad teachers).
+      allow_weak_teacher=False,
       teacher_weights="",  # comma-separated, one per teacher; empty = uniform
       **schedule_fields("alpha", 0.7), **schedule_fields("temperature", 10.0)))
   # Named distillation variants for the pipeline: {name: {distill field: value}}. Empty means
@@ -113,6 +118,14 @@ def base_config():
   # Pipeline: export every distilled student (SavedModel + TFLite) and add deployed columns.
   c.export_students = True
   return c
+
+
+def check_preset(experiment, arg, presets):
+  """Raises UserError unless ``arg`` is empty or one of the experiment's ``presets``."""
+  if arg and arg not in presets:
+    valid = ", ".join(presets) if presets else "none (this experiment takes no preset)"
+    raise UserError(f"Unknown preset {arg!r} for experiment {experiment}; valid presets: "
+                    f"{valid}.")
 
 
 def finalize(config):
@@ -134,8 +147,10 @@ def validate(config):
        f"config.seeds={config.seeds!r} must be distinct non-negative integers such as '0,1,2'.")
   need(config.strategy in STRATEGIES,
        f"config.strategy={config.strategy!r} is unknown; valid: {', '.join(STRATEGIES)}.")
-  need(config.mixed_precision in PRECISIONS,
-       f"config.mixed_precision={config.mixed_precision!r}; valid: {', '.join(PRECISIONS)}.")
+  need(config.mixed_precision in precision.PRECISIONS,
+       f"config.mixed_precision={config.mixed_precision!r}; valid: "
+       f"{', '.join(precision.PRECISIONS)} (auto: bf16 where the hardware has native bf16, "
+       "else float32).")
   need(config.loss_scale_initial > 0 and config.loss_scale_growth_steps >= 1,
        f"config.loss_scale_initial must be > 0 and config.loss_scale_growth_steps >= 1, got "
        f"{config.loss_scale_initial} and {config.loss_scale_growth_steps}.")
@@ -246,6 +261,17 @@ def teacher_weights(config):
   """The per-teacher weights as a list, or None for uniform."""
   return list(schedules.parse_floats(config.distill.teacher_weights,
                                      "config.distill.teacher_weights")) or None
+
+
+def replaced(config, **fields):
+  """A locked copy of ``config`` with top-level ``fields`` set to new values."""
+  copy = ml_collections.ConfigDict(config.to_dict())
+  for key, value in fields.items():
+    if key not in copy:
+      raise KeyError(f"config has no field {key!r}")
+    copy[key] = value
+  copy.lock()
+  return copy
 
 
 def with_teacher(config, entry):

@@ -136,8 +136,8 @@ def eval_dataset_fn(images, labels, global_batch_size, extras=None):
   """Returns ``fn(input_context)`` for one pass over every example exactly once.
 
   The last batch is padded to a full global batch and carries ``weight`` 0 on the
-  padding, so every replica gets a non-empty, equal batch (TF_NOTES: an empty
-  replica batch crashes oneDNN convolutions) and counts stay exact.
+  padding, so every replica gets a non-empty, equal batch (an empty
+  replica batch crashes oneDNN convolutions in TF 2.21: "Matrix size-incompatible") and counts stay exact.
   """
   n = len(images)
   num_batches = -(-n // global_batch_size)

@@ -112,12 +112,40 @@ def _load_idx_dir(directory):
                  arrays["test_x"][..., None], arrays["test_y"].astype(np.int32), 10, directory)
 
 
+class CifarUnpickler(pickle.Unpickler):
+  """Unpickles only what CIFAR "python version" batches hold; refuses everything else.
+
+  A plain ``pickle.load`` calls any importable callable a file names (``__reduce__``),
+  so a crafted file in a data directory could run code. CIFAR batches are dicts of
+  bytes/str keys to lists of ints, bytes/str and NumPy uint8 arrays; rebuilding those
+  arrays needs only the NumPy reconstructors below. Any other global is refused.
+  """
+
+  _ALLOWED = {
+      ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+      ("numpy", "ndarray"), ("numpy", "dtype"),
+      ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+      ("builtins", "bytearray"), ("_codecs", "encode"),
+  }
+
+  def find_class(self, module, name):
+    if (module, name) in self._ALLOWED:
+      return super().find_class(module, name)
+    raise pickle.UnpicklingError(
+        f"refused to load global {module}.{name}: a CIFAR batch holds only dicts, lists, "
+        "bytes/str, ints and NumPy arrays")
+
+
 def _unpickle(path):
   try:
     with open(path, "rb") as f:
-      return pickle.load(f, encoding="bytes")
+      return CifarUnpickler(f, encoding="bytes").load()
   except PermissionError:
     raise UserError(f"Cannot read {path}: permission denied.")
+  except pickle.UnpicklingError as e:
+    raise UserError(f"{path} is not a plain CIFAR python-version batch and was not loaded "
+                    f"({e}). The file may have been tampered with; re-extract the dataset "
+                    "archive.")
   except Exception as e:  # pickle raises many types on corrupt input.
     raise UserError(f"{path} is not a valid CIFAR python-version batch ({type(e).__name__}: {e}). "
                     "Re-extract the dataset archive.")

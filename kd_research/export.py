@@ -1,19 +1,22 @@
 """Exports a finished run's model for serving and edge devices, and verifies every artifact.
 
-    python -m kd_research.export --workdir=RUN [--experiment=...] [--calibration=300]
+    ./launch.sh export --workdir=RUN [--experiment=...]
 
 Writes RUN/export/: saved_model/ (signature ``serving_default``: raw uint8 images ->
 class probabilities), model_float32.tflite, model_int8.tflite (full-integer
 post-training quantisation calibrated on training images; uint8 in, uint8 out) and
 model_float16.tflite. Each artifact is run over the whole test split through its own
-runtime (tf.saved_model.load, the TFLite interpreter); export_report.json records
-test accuracy, file size, batch-1 latency and top-1 agreement with the Keras model.
+runtime (tf.saved_model.load; the LiteRT interpreter from the ai-edge-litert package,
+or TensorFlow's deprecated tf.lite.Interpreter where LiteRT is not installed);
+export_report.json records test accuracy, file size, batch-1 latency and top-1
+agreement with the Keras model, and which TFLite runtime verified them.
 """
 
 import os
 import shutil
 import tempfile
 
+from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
@@ -73,11 +76,27 @@ def _configure_and_convert(converter, mode, calibration_images):
   return converter.convert()
 
 
+def tflite_interpreter():
+  """(Interpreter class, runtime name): LiteRT's, or tf.lite's with a one-line notice.
+
+  tf.lite.Interpreter is deprecated in favour of LiteRT (pip: ai-edge-litert), which
+  setup installs where PyPI has a wheel for the platform.
+  """
+  try:
+    from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+    return Interpreter, "ai_edge_litert"
+  except ImportError as e:
+    logging.warning("LiteRT is not installed (%s); verifying TFLite files with the deprecated "
+                    "tf.lite.Interpreter instead (pip install ai-edge-litert to switch).", e)
+    return tf.lite.Interpreter, "tf.lite"
+
+
 class TFLiteRunner:
   """Runs a TFLite model on uint8 images (quantising float inputs when needed)."""
 
-  def __init__(self, path):
-    self.interpreter = tf.lite.Interpreter(model_path=path, num_threads=2)
+  def __init__(self, path, interpreter_class=None):
+    interpreter_class = interpreter_class or tflite_interpreter()[0]
+    self.interpreter = interpreter_class(model_path=path, num_threads=2)
     self._batch = None
 
   def __call__(self, images):
@@ -141,7 +160,7 @@ def export_run(workdir, splits, calibration=300):
     raise UserError(f"{workdir} has no model.keras to export.")
   export_dir = os.path.join(workdir, "export")
   io_utils.check_writable(export_dir)
-  model = keras.models.load_model(model_path, compile=False)
+  model = keras.models.load_model(model_path, compile=False, safe_mode=True)
   shape = tuple(splits.input_shape)
   images, labels = splits.test
   reference = _predict(lambda x: model(x.astype(np.float32), training=False).numpy(), images,
@@ -151,10 +170,13 @@ def export_run(workdir, splits, calibration=300):
   io_utils.atomic_save_dir(saved_dir, lambda d: tf.saved_model.save(
       _serving_module(model, shape), d,
       signatures={"serving_default": _serving_module(model, shape).serve}))
-  loaded = tf.saved_model.load(saved_dir)  # Keep a reference (TF_NOTES).
+  # Keep a reference to the loaded object: calling .serve on a temporary raises
+  # "referencing variables which have been deleted".
+  loaded = tf.saved_model.load(saved_dir)
   serve = loaded.signatures["serving_default"]
   artifacts["saved_model"] = (saved_dir,
                               lambda x: serve(images=tf.constant(x))["probabilities"].numpy())
+  interpreter_class, runtime = tflite_interpreter()
   calib = splits.train[0][np.random.default_rng(0).permutation(len(splits.train[0]))[:calibration]]
   for mode in ("float32", "float16", "int8"):
     path = os.path.join(export_dir, f"model_{mode}.tflite")
@@ -162,8 +184,9 @@ def export_run(workdir, splits, calibration=300):
     with open(tmp, "wb") as f:
       f.write(convert_tflite(model, shape, mode, calib))
     os.replace(tmp, path)
-    artifacts[f"tflite_{mode}"] = (path, TFLiteRunner(path))
+    artifacts[f"tflite_{mode}"] = (path, TFLiteRunner(path, interpreter_class))
   report = {"workdir": os.path.abspath(workdir), "test_examples": int(len(labels)),
+            "tflite_runtime": runtime,
             "keras_test_accuracy": float((reference == labels).mean()), "artifacts": {}}
   for name, (path, fn) in artifacts.items():
     # TFLite models are converted for batch 1 (edge serving): run them one image at a time.

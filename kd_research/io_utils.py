@@ -57,3 +57,16 @@ def check_writable(directory):
   except OSError as e:
     raise UserError(f"Workdir {directory} cannot be written ({e.strerror}); choose another "
                     "--workdir.")
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def portable_command(command, root=REPO_ROOT):
+  """``command`` with every absolute path below ``root`` made relative to ``root``.
+
+  Commands recorded in a run (command.txt) and quoted in generated reports must work in
+  any clone: ``--workdir=/home/me/kd/runs/x`` becomes ``--workdir=runs/x``.
+  """
+  prefix = os.path.abspath(root).rstrip(os.sep) + os.sep
+  return command.replace(prefix, "")

@@ -25,6 +25,7 @@ from kd_research import io_utils
 from kd_research import machine
 from kd_research import models
 from kd_research import optimizers
+from kd_research import precision
 from kd_research import pretrained
 from kd_research import schedules
 from kd_research import summaries
@@ -39,11 +40,6 @@ ROLES = ("teacher", "student", "distill")
 
 class TrainingDiverged(UserError):
   """A loss became NaN or infinite; the run stops before checkpointing the bad state."""
-
-
-def _set_precision(name):
-  keras.mixed_precision.set_global_policy(
-      {"none": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[name])
 
 
 def eval_batch_size(config, strategy):
@@ -93,6 +89,13 @@ def train_and_evaluate(config, workdir, role, strategy, teacher_paths=(), overwr
     raise UserError(f"Unknown role {role!r}; valid: {', '.join(ROLES)}.")
   entry = config.teacher if role == "teacher" else config.student
   chief = distribute.is_chief(strategy)
+  # 'auto' becomes the concrete precision before anything depends on it (identity,
+  # loss scaling, cache fingerprint): a run resumed on another kind of CPU is refused
+  # rather than silently continued in another precision.
+  choice = precision.choose(config.mixed_precision)
+  logging.info("Precision: %s (%s: %s).", choice.used, choice.requested, choice.reason)
+  if choice.requested != choice.used:
+    config = config_lib.replaced(config, mixed_precision=choice.used)
   identity = workdir_lib.run_identity(config, role, teacher_paths)
   finished = workdir_lib.prepare(workdir, identity, overwrite, write=chief)
   if finished is not None:
@@ -108,15 +111,17 @@ def train_and_evaluate(config, workdir, role, strategy, teacher_paths=(), overwr
   splits = data.load_splits(config)
   if config.deterministic:
     tf.config.experimental.enable_op_determinism()
-  _set_precision(config.mixed_precision)
+  precision.set_policy(choice.used)
   keras.utils.set_random_seed(entry.seed)
   try:
-    return _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief)
+    results = _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief,
+                   choice)
   finally:
-    _set_precision("none")
+    precision.set_policy("none")
+  return results
 
 
-def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
+def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief, choice):
   gb = config.global_batch_size
   spe = data.steps_per_epoch(len(splits.train[0]), gb)
   total_steps = entry.epochs * spe
@@ -140,7 +145,8 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
         (config.loss_scale_initial, config.loss_scale_growth_steps)
         if config.mixed_precision == "fp16" else None)
     # Build for every variable that will ever train (also after unfreezing a backbone),
-    # before tracing (TF_NOTES).
+    # before tracing: an optimizer built lazily inside the first distributed step fails
+    # with "You must feed a value for placeholder tensor" (TF 2.21, Keras 3).
     pretrained.set_trainable(model, "finetune", entry.unfreeze_top, bool(entry.weights))
     optimizer.build(model.trainable_variables)
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
@@ -169,6 +175,12 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
                strategy.num_replicas_in_sync, splits.source)
 
   weights = config_lib.teacher_weights(config) if distilling else None
+  teacher_summary = None
+  if distilling:  # Teachers are checked before any student step or cache write.
+    teacher_summary = evaluate.teacher_report(ensemble, splits, weights)
+    if not config.distill.allow_weak_teacher:
+      teachers_lib.check_above_chance(teacher_summary["validation"]["accuracy"], ensemble.paths,
+                                      splits.validation[1], splits.num_classes)
   transform = _augmentation(config, splits, gb // strategy.num_replicas_in_sync, entry.seed)
   cached = distilling and config.distill.cache_teacher
   extras = None
@@ -197,12 +209,11 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
   eval_step = train_step.make_eval_step(strategy, model, splits.num_classes, ensemble, final_t,
                                         config.distill.combine, weights, stability)
   eval_gb = eval_batch_size(config, strategy)
-  writer = summaries.Summaries(os.path.join(workdir, "tensorboard"), enabled=chief)
-  writer.hparams(config_lib.flatten(workdir_lib.run_identity(config, role, teacher_paths)),
-                 trial_id=os.path.abspath(workdir))
-  teacher_summary = None
-  if distilling:
-    teacher_summary = evaluate.teacher_report(ensemble, splits, weights)
+  writer = summaries.Summaries(workdir, enabled=chief)
+  writer.hparams(summaries.run_hparams(config_lib.flatten(
+      workdir_lib.run_identity(config, role, teacher_paths))),
+                 trial_id=_trial_id(workdir))
+  if teacher_summary is not None:
     writer.scalars(0, evaluate.teacher_scalars(teacher_summary))
   train_fn = functools.partial(data.train_dataset_fn, *splits.train, gb, seed=entry.seed,
                                transform=transform, extras=extras, threads=config.data_threads)
@@ -267,6 +278,7 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
 
   results = _final_results(config, workdir, role, strategy, model, eval_step, splits, eval_gb,
                            ensemble, step, float(elapsed_var.numpy()))
+  results["precision"] = choice.as_dict()
   if teacher_summary is not None:
     results["teachers"] = teacher_summary
   writer.scalars(step, _eval_metrics(results["test"], distilling, "test"))
@@ -280,6 +292,17 @@ def _run(config, workdir, role, strategy, entry, splits, teacher_paths, chief):
     for path in (ckpt_dir, scratch):
       shutil.rmtree(path, ignore_errors=True)
   return results
+
+
+def _trial_id(workdir):
+  """'student_kd/seed_0 (runs/quickstart)': the stage first, so the truncated HParams
+  column still tells runs apart; the parent keeps it unique across pipelines."""
+  path = io_utils.portable_command(os.path.abspath(workdir))
+  parent, name = os.path.split(path)
+  if name.startswith("seed_"):
+    parent, stage = os.path.split(parent)
+    name = f"{stage}/{name}"
+  return f"{name} ({parent})" if parent else name
 
 
 _SUM = {name: i for i, name in enumerate(train_step.TRAIN_SUMS)}

@@ -8,7 +8,9 @@ results table), eval (a finished run's model on the test split), export (SavedMo
 and TFLite float32/float16/int8, verified). This is the only module that reads FLAGS.
 """
 
+import ast
 import os
+import re
 import sys
 
 from absl import app
@@ -34,6 +36,23 @@ def experiment_names():
                 if f.endswith(".py") and not f.startswith("_"))
 
 
+def experiment_presets(name):
+  """The PRESETS tuple an experiment module declares (read from its source, not imported)."""
+  with open(os.path.join(_EXPERIMENTS, name + ".py")) as f:
+    tree = ast.parse(f.read())
+  for node in tree.body:
+    if (isinstance(node, ast.Assign) and len(node.targets) == 1
+        and getattr(node.targets[0], "id", None) == "PRESETS"):
+      return tuple(ast.literal_eval(node.value))
+  return ()
+
+
+def _usage_error(message):
+  """Prints one paragraph and exits with status 2, like every other usage error."""
+  sys.stderr.write(f"error: {' '.join(message.split())}\n")
+  sys.exit(2)
+
+
 def _experiment_to_config_flag(argv):
   """Rewrites --experiment=NAME[:ARG] into ml_collections' --config=experiments/NAME.py[:ARG]."""
   out, spec = [], None
@@ -47,9 +66,11 @@ def _experiment_to_config_flag(argv):
   if spec is not None:
     name, _, preset = spec.partition(":")
     if name not in experiment_names():
-      sys.stderr.write(f"error: unknown experiment {name!r}; valid: "
-                       f"{', '.join(experiment_names())}.\n")
-      sys.exit(2)
+      _usage_error(f"unknown experiment {name!r}; valid: {', '.join(experiment_names())}.")
+    presets = experiment_presets(name)
+    if preset and preset not in presets:
+      _usage_error(f"unknown preset {preset!r} for experiment {name} (--experiment={spec}); "
+                   f"valid presets: {', '.join(presets) or 'none, this experiment takes no preset'}.")
     out.insert(1, f"--config={os.path.join(_EXPERIMENTS, name + '.py')}"
                + (f":{preset}" if preset else ""))
     out.insert(1, f"--experiment={spec}")
@@ -67,7 +88,8 @@ def _run(command, config, workdir):
   config_lib.validate(config)
   if command == "export":
     config.strategy = "default"  # Export runs on one device.
-  strategy = distribute.make_strategy(config)  # Before any other TF op (TF_NOTES).
+  # Before any other TF op: collective ops (multi-worker) must be configured at startup.
+  strategy = distribute.make_strategy(config)
   overwrite = flags.FLAGS.overwrite
   if command == "train":
     results = loop.train_and_evaluate(config, workdir, flags.FLAGS.role, strategy,
@@ -94,8 +116,8 @@ def _record_command(workdir):
   """Writes the command line that produced the run into WORKDIR/command.txt (for reports)."""
   from kd_research import io_utils
   args = [a for a in sys.argv[1:] if not a.startswith("--config=")]
-  io_utils.atomic_write_text(os.path.join(workdir, "command.txt"),
-                             "./launch.sh " + " ".join(args) + "\n")
+  io_utils.atomic_write_text(os.path.join(workdir, "command.txt"), io_utils.portable_command(
+      "./launch.sh " + " ".join(args)) + "\n")
 
 
 def main(argv):
@@ -133,6 +155,38 @@ def main(argv):
     sys.exit(1)
 
 
+def _override_message(error, overrides):
+  """'--config.distil.alpha=0.5: no config field 'distil' (did you mean 'distill'?) ...'."""
+  hint = re.search(r'Did you mean \W*"(\w+)\W*" instead of \W*"(\w+)', error)
+  names = re.findall(r"'(\w+)'", error.replace("\\'", "'"))
+  field = hint.group(2) if hint else (names[0] if names else "")
+  culprit = next((o for o in overrides if field and
+                  field in o.split("=", 1)[0].split(".")), ", ".join(overrides))
+  suggestion = f" (did you mean {hint.group(1)!r}?)" if hint else ""
+  return (f"{culprit or 'a --config override'}: the config has no field {field!r}{suggestion}. "
+          "Every field is declared in kd_research/config.py (base_config); "
+          "`./launch.sh train --helpfull` lists them as --config.* flags.")
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with config errors (bad override key or value, bad preset)
+  reported as one paragraph and exit status 2 instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    # ml_collections wraps errors raised while loading the config file with their
+    # traceback; the last line holds the message.
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    detail = lines[-1] if lines else str(e)
+    for prefix in ("UserError: ", "ValueError: ", "KeyError: ", "AttributeError: "):
+      detail = detail.split(prefix, 1)[-1]
+    _usage_error(f"{lines[0] if len(lines) > 1 and not lines[0].startswith('flag --config=') else ''} "
+                 f"{detail}".strip() + " (`./launch.sh train --helpfull` lists every flag)")
+  except (KeyError, AttributeError, TypeError, ValueError) as e:
+    # ml_collections raises these for --config.<path> overrides naming no field.
+    _usage_error(_override_message(str(e), [a for a in argv if a.startswith("--config.")]))
+
+
 def run():
   """Console entry point (also used by ``python -m kd_research.main``)."""
   from ml_collections import config_flags
@@ -140,7 +194,7 @@ def run():
                                   "e.g. experiments/fashion_mnist.py:quick.", lock_config=True)
   argv = _experiment_to_config_flag(sys.argv)
   try:
-    app.run(main, argv=argv)
+    app.run(main, argv=argv, flags_parser=_parse_flags)
   except SystemExit as e:
     # absl exits 1 after printing --help/--helpfull; asking for help is not an error.
     if e.code == 1 and any(a in ("--help", "--helpfull", "--helpshort", "-h") for a in argv):

@@ -2,9 +2,10 @@
 
 Every builder takes ``input_shape`` and ``num_classes`` from the dataset plus a
 ``width`` (base channel count or hidden units; ``None`` selects the model's
-default) and ``sync_bn`` (synchronised BatchNorm across replicas, see
-TF_NOTES.md). Models take raw pixel values in [0, 255] and rescale inside, like the
-seed article's models, and end in a float32 Dense layer so that softmax, KL and
+default) and ``sync_bn`` (synchronised BatchNorm across replicas; plain
+BatchNormalization keeps per-replica moving statistics under MirroredStrategy).
+Models take raw pixel values in [0, 255] and rescale inside, like the seed
+article's models, and end in a float32 Dense layer so that softmax, KL and
 cross-entropy stay in float32 under mixed precision.
 """
 

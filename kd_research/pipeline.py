@@ -203,7 +203,7 @@ def given_teacher_results(path, test_accuracy):
     found = io_utils.read_json(run_results)
     return dict(found, test_accuracy=test_accuracy)
   import keras  # pylint: disable=g-import-not-at-top
-  params = keras.models.load_model(path, compile=False).count_params()
+  params = keras.models.load_model(path, compile=False, safe_mode=True).count_params()
   return {"params": params, "ms_per_batch_128": None, "train_seconds": None,
           "test_accuracy": test_accuracy}
 

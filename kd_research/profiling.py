@@ -5,7 +5,13 @@
 The trace (logdir/plugins/profile/<run>/*.xplane.pb) also opens in TensorBoard's
 profile plugin when it is installed; this module needs nothing beyond TensorFlow: it
 reads the XSpace protobuf and sums the durations of op events ("name:OpType") on the
-executor threads by op type.
+executor threads by op family.
+
+The kernel that runs an op depends on the CPU: oneDNN rewrites MatMul into
+``_MklNativeFusedMatMul`` on AVX-512 machines and into ``_FusedMatMul`` elsewhere, and
+Softmax into ``_MklSoftmax``. Tables group kernels by the op they implement (their
+family), so the same model gives comparable tables on every machine, and list the
+kernels that ran.
 """
 
 import collections
@@ -46,15 +52,44 @@ def op_times(xplane_path):
   return dict(totals)
 
 
+def op_family(op_type):
+  """The op a kernel implements: '_MklNativeFusedMatMul' -> 'MatMul', '_MklSoftmax' -> 'Softmax'.
+
+  Only TF-internal rewrites (names starting with '_') are renamed; public op types
+  such as FusedBatchNormV3 stay as they are.
+  """
+  if not op_type.startswith("_"):
+    return op_type
+  name = op_type.lstrip("_")
+  for prefix in ("Mkl", "Native"):
+    if name.startswith(prefix):
+      name = name[len(prefix):]
+  if name.startswith("Fused") and not name.startswith("FusedBatchNorm"):
+    name = name[len("Fused"):]
+  return name or op_type
+
+
+def family_times(times):
+  """{family: (seconds, sorted kernel names)} from {op type: seconds}."""
+  seconds, kernels = collections.Counter(), collections.defaultdict(set)
+  for op_type, value in times.items():
+    family = op_family(op_type)
+    seconds[family] += value
+    kernels[family].add(op_type)
+  return {f: (seconds[f], sorted(kernels[f])) for f in seconds}
+
+
 def op_time_table(xplane_path, top=12):
-  """Markdown: op type | seconds | share of op time, the ``top`` largest first."""
-  times = op_times(xplane_path)
-  total = sum(times.values()) or 1.0
-  lines = ["| op type | seconds | share of op time |", "|---|---|---|"]
-  ranked = sorted(times.items(), key=lambda kv: -kv[1])
-  for name, seconds in ranked[:top]:
-    lines.append(f"| {name} | {seconds:.3f} | {100 * seconds / total:.1f}% |")
-  rest = sum(s for _, s in ranked[top:])
+  """Markdown: op family | seconds | share of op time | kernels, the ``top`` largest first."""
+  families = family_times(op_times(xplane_path))
+  total = sum(s for s, _ in families.values()) or 1.0
+  lines = ["| op family | seconds | share of op time | kernels |", "|---|---|---|---|"]
+  ranked = sorted(families.items(), key=lambda kv: -kv[1][0])
+  for name, (seconds, kernels) in ranked[:top]:
+    lines.append(f"| {name} | {seconds:.3f} | {100 * seconds / total:.1f}% | "
+                 f"{', '.join(kernels)} |")
+  rest = sum(s for _, (s, _) in ranked[top:])
   if rest:
-    lines.append(f"| (other {len(ranked) - top} op types) | {rest:.3f} | {100 * rest / total:.1f}% |")
+    lines.append(f"| (other {len(ranked) - top} op families) | {rest:.3f} | "
+                 f"{100 * rest / total:.1f}% | |")
   return "\n".join(lines) + "\n"

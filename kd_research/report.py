@@ -49,7 +49,8 @@ def _command(directory, root):
   while True:
     path = os.path.join(directory, "command.txt")
     if os.path.exists(path):
-      return open(path).read().strip()
+      with open(path) as f:  # Runs recorded before paths were made portable, too.
+        return io_utils.portable_command(f.read().strip())
     if directory == root or os.path.dirname(directory) == directory:
       return ""
     directory = os.path.dirname(directory)

@@ -20,7 +20,7 @@ def evaluate_run(config, workdir, strategy):
                     "a pipeline stage directory such as WORKDIR/student_kd).")
   splits = data.load_splits(config)
   with strategy.scope():
-    model = keras.models.load_model(path, compile=False)
+    model = keras.models.load_model(path, compile=False, safe_mode=True)
   eval_step = train_step.make_eval_step(strategy, model, splits.num_classes)
   result = evaluate.run_eval(strategy, eval_step, *splits.test,
                              loop.eval_batch_size(config, strategy), splits.num_classes)

@@ -1,4 +1,9 @@
-"""TensorBoard summaries, written from the outer (Python) loop by the chief only."""
+"""TensorBoard summaries, written from the outer (Python) loop by the chief only.
+
+Event files go straight into the run directory, so TensorBoard names each run after
+its stage: ``--logdir=runs/quickstart`` lists teacher, student_baseline, student_kd
+(and student_kd_<variant>/seed_K in pipelines with variants and seeds).
+"""
 
 import math
 
@@ -34,19 +39,66 @@ class Summaries:
     self._writer.flush()
 
   def hparams(self, params, trial_id):
-    """Records the run's hyper-parameters for TensorBoard's HParams dashboard."""
+    """Records the run's hyper-parameters for TensorBoard's HParams dashboard.
+
+    ``params`` comes from ``run_hparams``. Every run declares the same columns
+    (HPARAM_COLUMNS, then the METRICS): TensorBoard takes the column list from one
+    run's declaration, so a teacher's run must declare the distillation columns too.
+    """
     if self._writer is None:
       return
     from tensorboard.plugins.hparams import api as hp  # pylint: disable=g-import-not-at-top
     clean = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
              for k, v in params.items()}
     with self._writer.as_default():
+      hp.hparams_config(hparams=[hp.HParam(name) for name, _ in HPARAM_COLUMNS],
+                        metrics=[hp.Metric(tag, display_name=name) for tag, name in METRICS])
       hp.hparams(clean, trial_id=trial_id)
     self._writer.flush()
 
   def close(self):
     if self._writer is not None:
       self._writer.close()
+
+
+# The metrics the HParams table shows as columns: (scalar tag, column name).
+METRICS = (("eval/accuracy", "validation accuracy"), ("test/accuracy", "test accuracy"),
+           ("distill/test_agreement", "test agreement with teacher"),
+           ("distill/agreement", "validation agreement with teacher"),
+           ("train/loss_total", "train loss"), ("train/examples_per_second", "examples/s"))
+# The HParams columns, in order: (column, flattened run-identity key). They are the fields
+# that tell the runs of a pipeline or sweep apart; the whole config stays in config.json.
+# TensorBoard (2.21) sorts hparam columns by name and checks the first five, so the
+# names carry their rank ("01 method", ...): the distinguishing ones lead on every version.
+_COLUMNS = (
+    ("method", None), ("model", "model.model"), ("width", "model.width"), ("seed", "model.seed"),
+    ("alpha", "distill.alpha"), ("T", "distill.temperature"), ("epochs", "model.epochs"),
+    ("role", "role"),
+    ("alpha_end", "distill.alpha_end"), ("alpha_schedule", "distill.alpha_schedule"),
+    ("T_end", "distill.temperature_end"),
+    ("T_schedule", "distill.temperature_schedule"), ("teachers", "teachers"),
+    ("combine", "distill.combine"), ("finetune_epochs", "distill.finetune_epochs"),
+    ("dataset", "dataset"), ("train_size", "train_size"), ("optimizer", "optimizer.name"),
+    ("learning_rate", "optimizer.learning_rate"), ("batch", "global_batch_size"),
+    ("precision", "mixed_precision"), ("augment", "augment.ops"))
+HPARAM_COLUMNS = tuple((f"{rank:02d} {name}", key) for rank, (name, key) in
+                       enumerate(_COLUMNS, start=1))
+
+
+def run_hparams(flat_identity):
+  """{column: value} of HPARAM_COLUMNS for one run (distillation columns only when distilling).
+
+  ``method`` is 'kd' for distillation runs and 'labels' otherwise; ``teachers`` is the
+  number of teachers.
+  """
+  params = {}
+  for column, key in HPARAM_COLUMNS:
+    if key is None:  # method
+      params[column] = "kd" if flat_identity.get("role") == "distill" else "labels"
+    elif key in flat_identity:
+      value = flat_identity[key]
+      params[column] = len(value) if key == "teachers" else value
+  return params
 
 
 def image_grid(images, columns=None):

@@ -51,7 +51,7 @@ def compute_logits(ensemble, images, batch_size=1000):
 
 def _load(path, digest, expected_shape):
   try:
-    with np.load(path) as f:
+    with np.load(path, allow_pickle=False) as f:  # An .npz never runs code when loaded.
       if str(f["fingerprint"]) != digest:
         logging.info("Teacher cache %s is stale (fingerprint changed); recomputing.", path)
         return None

@@ -1,6 +1,6 @@
 """Per-replica train/eval step functions and the ``tf.function`` loops that run them.
 
-Shape of a training call (DESIGN.md rule 4): ``train_loop(iterator, n)`` runs n
+Shape of a training call: ``train_loop(iterator, n)`` runs n
 steps with ``tf.range``; each step is ``strategy.run(replica_step, batch)``; the
 per-example loss is reduced once with ``tf.nn.compute_average_loss`` over the
 *global* batch, so the gradient and the logged losses do not depend on the
@@ -37,7 +37,8 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size,
   alpha/temperature taken from the schedules at the current global step; otherwise
   it trains on labels only and no teacher runs (baseline, teacher, fine-tuning).
   ``jit_compile`` compiles the forward and backward pass (not the optimizer update,
-  which XLA cannot place across replicas on CPU; TF_NOTES) with XLA.
+  which XLA cannot place across replicas on CPU in TF 2.21: "Trying to access resource
+  ... located in device CPU:1 from device CPU:0") with XLA.
   """
   distilling = teachers is not None or cached_teacher_logits
   # float16: the loss is scaled before differentiation; the LossScaleOptimizer unscales.

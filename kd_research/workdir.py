@@ -33,7 +33,9 @@ def run_identity(config, role, teacher_paths=()):
   identity["model"].pop("path", None)
   if role == "distill":
     identity["distill"] = config.distill.to_dict()
-    identity["distill"].pop("cache_dir", None)  # Where the cache lives never changes a result.
+    # Where the cache lives and whether a weak teacher is allowed never change a result.
+    identity["distill"].pop("cache_dir", None)
+    identity["distill"].pop("allow_weak_teacher", None)
     identity["teachers"] = [os.path.realpath(p) for p in teacher_paths]
   return identity
 

@@ -93,9 +93,13 @@ def test_bench_quick_smoke(tmp_path):
   assert [r["row"] for r in report["rows"]] == list("abcdefghi")
   assert all(r["examples_per_second"] > 0 and r["gflops"] > 0 for r in report["rows"])
   assert "| (f) | best combination" in out.stdout
-  # The profiled row: MLPs spend their op time in MatMul (forward and backward).
+  # The profiled row: MLPs spend op time in MatMul (forward and backward). The table groups
+  # kernels by op family, so oneDNN's CPU-specific _MklNativeFusedMatMul/_FusedMatMul count
+  # as MatMul on every machine.
   assert "where the time goes in row (b)" in out.stdout
   assert "| MatMul |" in report["profiles"]["b"]
+  assert "mixed_precision=auto would use" in out.stdout and report["auto_precision"]["used"] in (
+      "none", "bf16")
   bad = run_main_module("kd_research.bench", "--quick", "--rows=a,b", "--profile=g")
   assert bad.returncode == 2 and "--profile='g'" in bad.stderr
 

@@ -26,7 +26,7 @@ def test_pipeline_on_real_fashion_mnist(tmp_path):
     stages[stage] = json.load(open(os.path.join(run, "results.json")))
     assert stages[stage]["test_count"] == 10000  # The whole real test split.
     assert stages[stage]["steps"] == 3 * (8000 // 128)
-    acc = event_accumulator.EventAccumulator(os.path.join(run, "tensorboard"))
+    acc = event_accumulator.EventAccumulator(run)
     acc.Reload()
     assert "eval/accuracy" in acc.Tags()["tensors"]
   assert stages["teacher"]["test_accuracy"] > 0.75

@@ -54,7 +54,7 @@ def test_distillation_run_writes_everything(tmp_path, teacher_path):
   assert saved["test_count"] == 500 and saved["steps"] == 2 * (1800 // 64)
   assert saved["test_accuracy"] == results["test_accuracy"] > 0.5
   assert saved["ms_per_batch_128"] > 0 and saved["params"] > 0
-  scalars = read_scalars(os.path.join(workdir, "tensorboard"))
+  scalars = read_scalars(workdir)
   for tag in ("train/loss_total", "train/loss_distill", "train/loss_ce", "train/accuracy",
               "train/alpha", "train/temperature", "train/learning_rate",
               "train/examples_per_second", "eval/loss", "eval/accuracy", "distill/agreement",
@@ -67,7 +67,7 @@ def test_distillation_run_writes_everything(tmp_path, teacher_path):
   # The last validation agreement/accuracy equal the final results (same model, same data).
   assert scalars["eval/accuracy"][-1][1] == pytest.approx(saved["validation_accuracy"], abs=1e-6)
   from tensorboard.backend.event_processing import event_accumulator
-  acc = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"))
+  acc = event_accumulator.EventAccumulator(workdir)
   acc.Reload()
   assert "eval/confusion_matrix" in acc.Tags()["tensors"]
   assert "_hparams_/session_start_info" in acc.Tags()["tensors"]
@@ -140,8 +140,8 @@ def test_distillation_does_not_depend_on_replica_count(tmp_path, teacher_path, r
   multi = loop.train_and_evaluate(config, str(tmp_path / "many"), "distill",
                                   strategy_factory(replicas), (teacher_path,))
   assert multi["replicas"] == replicas
-  one = read_scalars(str(tmp_path / "one" / "tensorboard"))
-  many = read_scalars(str(tmp_path / "many" / "tensorboard"))
+  one = read_scalars(str(tmp_path / "one"))
+  many = read_scalars(str(tmp_path / "many"))
   for tag in ("train/loss_total", "train/loss_ce", "train/accuracy", "train/grad_norm",
               "eval/accuracy", "distill/agreement"):
     np.testing.assert_allclose([v for _, v in one[tag]], [v for _, v in many[tag]],
@@ -229,7 +229,7 @@ def test_schedules_and_finetune_stage_resume_exactly(tmp_path, teacher_path, mon
   full_dir, cut_dir = str(tmp_path / "full"), str(tmp_path / "cut")
   loop.train_and_evaluate(config, full_dir, "distill", DEFAULT, (teacher_path,))
   spe, distill_steps = 1800 // 64, 2 * (1800 // 64)
-  scalars = read_scalars(os.path.join(full_dir, "tensorboard"))
+  scalars = read_scalars(full_dir)
   for step, alpha in scalars["train/alpha"]:
     want = 0.0 if step > distill_steps else 0.9 - 0.6 * step / distill_steps
     assert alpha == pytest.approx(want, abs=1e-6), step

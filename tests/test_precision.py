@@ -74,6 +74,6 @@ def test_float16_run_tracks_float32(tmp_path):
         f"{runs['none']['test_accuracy']}")
   assert max(diffs) < 0.05
   assert all(w.dtype == np.float32 for w in weights_of(str(tmp_path / "fp16")))
-  scalars = read_scalars(str(tmp_path / "fp16" / "tensorboard"))
+  scalars = read_scalars(str(tmp_path / "fp16"))
   assert [v for _, v in scalars["train/loss_scale"]][0] == 2.0 ** 15
-  assert "train/loss_scale" not in read_scalars(str(tmp_path / "none" / "tensorboard"))
+  assert "train/loss_scale" not in read_scalars(str(tmp_path / "none"))

@@ -78,7 +78,9 @@ def test_pretrained_teacher_pipeline_under_mirrored(tmp_path, strategy_factory):
   config = tiny_config(**{"train_size": 256, "teacher.model": "mobilenetv2",
                           "teacher.image_size": 32, "teacher.epochs": 2,
                           "teacher.head_epochs": 1, "teacher.unfreeze_top": 20,
-                          "student.epochs": 1})
+                          "student.epochs": 1,
+                          # 8 steps from random init: plumbing only, not a useful teacher.
+                          "distill.allow_weak_teacher": True})
   start = time.time()
   teacher = loop.train_and_evaluate(config, str(tmp_path / "t"), "teacher", DEFAULT)
   print(f"mobilenetv2 at 32x32: 2 epochs of 256 examples in {time.time() - start:.1f} s")
@@ -90,15 +92,17 @@ def test_pretrained_teacher_pipeline_under_mirrored(tmp_path, strategy_factory):
 
 
 def test_imagenet_weights_offline_fail_fast(monkeypatch):
+  attempts = []
+
   def no_network(*args, **kwargs):
+    attempts.append(args)
     raise Exception("URL fetch failure: no network")
 
   monkeypatch.setattr("keras.src.utils.file_utils.get_file", no_network)
   monkeypatch.setenv("KERAS_HOME", "/nonexistent-keras-home")
-  start = time.time()
   with pytest.raises(UserError, match="weights='imagenet' need a download"):
     models.build("mobilenetv2", (28, 28, 1), 10, image_size=32, weights="imagenet")
-  assert time.time() - start < 30
+  assert len(attempts) == 1  # Fails on the first refused download: no retry loop.
   with pytest.raises(UserError, match="does not exist"):
     models.build("mobilenetv2", (28, 28, 1), 10, image_size=32, weights="/no/such.h5")
 
