@@ -1,7 +1,7 @@
 """The seed article's exact CIFAR-10 setup (needs the real CIFAR-10 data and, in practice, a GPU).
 
     ./launch.sh pipeline --experiment=cifar10_seed --workdir=runs/cifar10_seed \
-        --config.data_dir=/path/containing/cifar-10-batches-py
+        --config.run.data_dir=/path/containing/cifar-10-batches-py
 
 Teacher: resnet_seed (64 base filters, ~1.2M params here with the projection
 shortcuts), Adam, 50 epochs. Student: cnn_seed (32 base filters), T=10,
@@ -38,7 +38,7 @@ TensorFlow 2: a small model reproduces a large model's results"), whose setup th
 docstring of experiments/cifar10_seed.py restates. Not reproduced here: no
 CIFAR-10 download and no GPU on the machine that produced the measured tables. Run it with
 `./launch.sh pipeline --experiment=cifar10_seed --workdir=runs/cifar10_seed
---config.data_dir=DIR_WITH_cifar-10-batches-py` on a GPU.
+--config.run.data_dir=DIR_WITH_cifar-10-batches-py` on a GPU.
 """
 
 
@@ -48,19 +48,19 @@ def get_config(arg=None):
   c = config_lib.base_config()
   c.dataset = "cifar10"
   c.validation_size = 5000
-  c.optimizer.learning_rate_schedule = "constant"  # The article uses plain Adam(1e-3).
+  c.optimizer.learning_rate = config_lib.schedule(1e-3)  # The article uses plain Adam(1e-3).
   c.teacher = config_lib.model_config("resnet_seed", width=64, epochs=50, seed=0)
   c.student = config_lib.model_config("cnn_seed", width=32, epochs=30, seed=0)
-  c.distill.alpha = c.distill.alpha_end = 0.7
-  c.distill.temperature = c.distill.temperature_end = 10.0
+  c.distill.alpha = config_lib.schedule(0.7)
+  c.distill.temperature = config_lib.schedule(10.0)
   if arg == "mini":
     c.validation_size = 20
     c.global_batch_size = 16
-    c.eval_batch_size = 32
+    c.run.eval_batch_size = 32
     c.teacher = config_lib.model_config("resnet_seed", width=4, epochs=1, seed=0)
     c.student = config_lib.model_config("cnn_seed", width=4, epochs=1, seed=0)
-    c.steps_per_loop = 5
+    c.run.steps_per_loop = 5
     # A smoke test of the pipeline: one epoch of a width-4 teacher is not expected to
     # beat chance, so the teacher check is waived on purpose.
-    c.distill.allow_weak_teacher = True
+    c.run.allow_weak_teacher = True
   return config_lib.finalize(c)

@@ -28,22 +28,22 @@ def get_config(arg="quick"):
     c.student = config_lib.model_config("cnn_seed", width=16, epochs=2, seed=0)
     # T=2, alpha=0.5: the least harmful of (alpha, T) = (0.5, 2), (0.7, 4), (0.9, 8) on the
     # validation split in a 4-epoch sweep of this student (none beat labels only).
-    c.distill.temperature = c.distill.temperature_end = 2.0
-    c.distill.alpha = c.distill.alpha_end = 0.5
+    c.distill.temperature = config_lib.schedule(2.0)
+    c.distill.alpha = config_lib.schedule(0.5)
     c.distill.cache_teacher = True  # No augmentation: the teacher runs once per example.
   elif arg == "full":
     c.teacher = config_lib.model_config("resnet_seed", width=32, epochs=15, seed=0)
     c.student = config_lib.model_config("cnn_seed", width=32, epochs=15, seed=0)
-    c.distill.temperature = c.distill.temperature_end = 4.0
-    c.checkpoint_every_steps = 1000
+    c.distill.temperature = config_lib.schedule(4.0)
+    c.run.checkpoint_every_steps = 1000
   elif arg == "tiny":
     c.dataset = "synthetic"
     c.validation_size = 200
     c.global_batch_size = 64
-    c.eval_batch_size = 128
+    c.run.eval_batch_size = 128
     c.teacher = config_lib.model_config("mlp", width=64, epochs=2, seed=0)
     c.student = config_lib.model_config("mlp", width=32, epochs=2, seed=0)
-    c.steps_per_loop = 10
-    c.log_every_steps = 10
-    c.checkpoint_every_steps = 20
+    c.run.steps_per_loop = 10
+    c.run.log_every_steps = 10
+    c.run.checkpoint_every_steps = 20
   return config_lib.finalize(c)

@@ -9,7 +9,7 @@ teacher-output cache is on (no random augmentation), so a distillation step cost
 student-only step costs. The table has one row per teacher, the ensemble, the labels-only
 student, the student distilled from the first teacher and from all three.
 About 20 minutes on 2 CPU cores. Try --config.distill.combine=logit_mean or kl_sum, and
---config.distill.teacher_weights=2,1,1.
+--config.distill.teacher_weights="(2,1,1)".
 """
 
 from kd_research import config as config_lib
@@ -25,6 +25,6 @@ def get_config(arg=None):
   c.extra_teachers.resnet20 = config_lib.model_config("resnet20", width=8, epochs=2, seed=1)
   c.extra_teachers.wide_cnn = config_lib.model_config("cnn_seed", width=64, epochs=2, seed=2)
   c.student = config_lib.model_config("cnn_seed", width=16, epochs=4, seed=0)
-  c.distill.temperature = c.distill.temperature_end = 4.0
+  c.distill.temperature = config_lib.schedule(4.0)
   c.distill.cache_teacher = True
   return config_lib.finalize(c)

@@ -10,7 +10,7 @@ cores: a head-only epoch ~40 s, a fine-tune epoch ~85 s (1420 and 660 examples/s
 
 With network and a GPU, the recipe the seed article means (ImageNet weights, larger input):
     ./launch.sh pipeline --experiment=fashion_mnist_pretrained_teacher:imagenet \
-        --workdir=runs/pretrained_imagenet --config.strategy=auto
+        --workdir=runs/pretrained_imagenet --config.distribution.strategy=auto
 (weights='imagenet' at 96x96, full training set, 2 head epochs + 3 fine-tune epochs).
 Offline, put the Keras no-top weights file in ~/.keras/models/ or pass
 --config.teacher.weights=/path/to/file.h5.
@@ -26,8 +26,8 @@ def get_config(arg=None):
   config_lib.check_preset("fashion_mnist_pretrained_teacher", arg, PRESETS)
   c = config_lib.base_config()
   c.student = config_lib.model_config("cnn_seed", width=16, epochs=2, seed=0)
-  c.distill.temperature = c.distill.temperature_end = 2.0
-  c.distill.alpha = c.distill.alpha_end = 0.5
+  c.distill.temperature = config_lib.schedule(2.0)
+  c.distill.alpha = config_lib.schedule(0.5)
   if arg == "imagenet":
     c.teacher = config_lib.model_config(
         "mobilenetv2", epochs=5, seed=0, image_size=96, weights="imagenet", head_epochs=2,

@@ -37,17 +37,17 @@ def get_config(arg=None):
   c.teacher = config_lib.model_config("resnet_seed", width=16, epochs=8, seed=0)
   c.extra_teachers.seed1 = config_lib.model_config("resnet_seed", width=16, epochs=8, seed=1)
   c.student = config_lib.model_config("mlp", width=128, epochs=40, seed=0)
-  c.seeds = "0,1,2"
+  c.pipeline.seeds = (0, 1, 2)
   c.distill.cache_teacher = True
-  c.distill.alpha = c.distill.alpha_end = 0.5
-  c.distill.temperature = c.distill.temperature_end = 2.0
-  c.variants.kd = dict(teachers="primary")
-  c.variants.kd_multi = dict(teachers="all")
-  c.variants.kd_cosine = dict(teachers="primary", temperature=4.0, temperature_end=1.0,
-                              temperature_schedule="cosine")
-  c.variants.kd_finetune = dict(teachers="primary", finetune_epochs=10)
-  c.stability_ops = ""
-  c.eval_every_epochs = 5
-  c.checkpoint_every_steps = 2000
-  c.export_students = False
+  c.distill.alpha = config_lib.schedule(0.5)
+  c.distill.temperature = config_lib.schedule(2.0)
+  c.pipeline.variants.kd = dict(teachers="primary")
+  c.pipeline.variants.kd_multi = dict(teachers="all")
+  c.pipeline.variants.kd_cosine = dict(
+      teachers="primary", temperature=dict(kind="cosine", start=4.0, end=1.0))
+  c.pipeline.variants.kd_finetune = dict(teachers="primary", finetune_epochs=10)
+  c.run.stability_ops = ()
+  c.run.eval_every_epochs = 5
+  c.run.checkpoint_every_steps = 2000
+  c.pipeline.export_students = False
   return config_lib.finalize(c)

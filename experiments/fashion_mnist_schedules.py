@@ -23,10 +23,10 @@ def get_config(arg=None):
   c = config_lib.base_config()
   c.teacher = config_lib.model_config("resnet_seed", width=16, epochs=2, seed=0)
   c.student = config_lib.model_config("cnn_seed", width=16, epochs=2, seed=0)
-  c.distill.temperature = c.distill.temperature_end = 4.0
-  c.variants.constant = dict(alpha=0.7, alpha_end=0.7, alpha_schedule="constant")
-  c.variants.linear = dict(alpha=0.9, alpha_end=0.3, alpha_schedule="linear")
-  c.variants.cosine = dict(alpha=0.9, alpha_end=0.3, alpha_schedule="cosine",
-                           temperature=8.0, temperature_end=2.0, temperature_schedule="cosine")
-  c.variants.finetune = dict(alpha=0.7, alpha_end=0.7, finetune_epochs=1)
+  c.distill.temperature = config_lib.schedule(4.0)
+  c.pipeline.variants.constant = dict(alpha=0.7)
+  c.pipeline.variants.linear = dict(alpha=dict(kind="linear", start=0.9, end=0.3))
+  c.pipeline.variants.cosine = dict(alpha=dict(kind="cosine", start=0.9, end=0.3),
+                                    temperature=dict(kind="cosine", start=8.0, end=2.0))
+  c.pipeline.variants.finetune = dict(alpha=0.7, finetune_epochs=1)
   return config_lib.finalize(c)

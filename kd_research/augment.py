@@ -28,8 +28,10 @@ MIXING = ("mixup", "cutmix")
 
 
 def parse_ops(text):
-  """'flip,crop' -> ('flip', 'crop'); unknown names raise UserError listing valid ones."""
-  ops = tuple(o.strip() for o in str(text).split(",") if o.strip())
+  """('flip', 'crop') or 'flip,crop' -> ('flip', 'crop'); unknown names raise UserError."""
+  if not isinstance(text, str):  # A tuple of op names (the config's form).
+    text = ",".join(text)
+  ops = tuple(o.strip() for o in text.split(",") if o.strip())
   for op in ops:
     if op not in OPS:
       raise UserError(f"Unknown augmentation {op!r} in config.augment.ops; valid: "
@@ -59,11 +61,6 @@ def validate(cfg, input_shape, per_replica_batch):
     raise UserError(f"{'/'.join(set(ops) & set(MIXING))} pairs neighbouring examples and needs "
                     f"an even per-replica batch, got {per_replica_batch}.")
   return ops
-
-
-def is_random(ops):
-  """True when the augmentation changes the student's inputs from step to step."""
-  return bool(ops)
 
 
 def _uniform(seed, step, salt, shape):

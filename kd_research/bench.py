@@ -35,6 +35,9 @@ flags.DEFINE_string("dataset", "fashion_mnist", "fashion_mnist or synthetic.")
 flags.DEFINE_integer("examples", 0, "Use only this many training examples (0 = all; --quick: "
                      "2048). The teacher cache is computed over them.")
 flags.DEFINE_string("output", "runs/bench.json", "Where the JSON goes.")
+flags.DEFINE_integer("replicas", 1, "Replicas for our loop's rows: > 1 runs them under "
+                     "MirroredStrategy over that many logical CPU devices (GPUs when present); "
+                     "the batch stays global.")
 flags.DEFINE_string("profile", "", "Also trace one window of this row (b-i) with the TF profiler "
                     "and print where the time goes per op type (trace kept next to --output).")
 
@@ -63,9 +66,9 @@ def matmul_peak(dtype, n=2048, reps=10):
   """GFLOP/s of an n x n matmul in ``dtype`` (median of reps after warm-up)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   a = tf.cast(tf.random.normal([n, n]), dtype)
-  from kd_research import evaluate  # pylint: disable=g-import-not-at-top
+  from kd_research import timing  # pylint: disable=g-import-not-at-top
   mm = tf.function(lambda x: tf.matmul(x, x))
-  return 2 * n**3 / evaluate.median_seconds(lambda: mm(a).numpy(), reps, warmup=1) / 1e9
+  return 2 * n**3 / timing.median_seconds(lambda: mm(a).numpy(), reps, warmup=1) / 1e9
 
 
 def _data(opts, batch):
@@ -139,35 +142,47 @@ def run_fit_distiller(opts, x, y, num_classes):
   return _rate(times, opts.batch, opts.window), forward_flops(student), forward_flops(teacher)
 
 
+def _state(strategy, student):
+  """The training state of a run (state.py) around ``student``, Adam at a constant 1e-3."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from kd_research import optimizers  # pylint: disable=g-import-not-at-top
+  from kd_research import schedules  # pylint: disable=g-import-not-at-top
+  from kd_research import state as state_lib  # pylint: disable=g-import-not-at-top
+  adam = ml_collections.ConfigDict(dict(name="adam", momentum=0.9, weight_decay=0.0))
+  return state_lib.build(
+      strategy, lambda: student,
+      lambda: optimizers.make_optimizer(adam, schedules.Schedule("constant", 1, 1e-3)),
+      lambda: [], tempfile.mkdtemp(prefix="kd_bench_"), 1, True)
+
+
 def run_our_loop(opts, x, y, num_classes, precision="none", jit=False, cache=False, teachers=1,
-                 student_only=False, profile_dir=None):
+                 student_only=False, profile_dir=None, strategy=None):
   """(b)-(i): our train loop under the default strategy with the chosen options.
 
   Returns (examples/s, student FLOPs, teacher FLOPs, op-time table or None); with
   ``profile_dir`` one more window runs under the TF profiler for the table.
   """
-  import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from kd_research import data  # pylint: disable=g-import-not-at-top
+  from kd_research import objectives  # pylint: disable=g-import-not-at-top
   from kd_research import schedules  # pylint: disable=g-import-not-at-top
+  from kd_research import steps  # pylint: disable=g-import-not-at-top
   from kd_research import teacher_cache  # pylint: disable=g-import-not-at-top
   from kd_research import teachers as teachers_lib  # pylint: disable=g-import-not-at-top
-  from kd_research import train_step  # pylint: disable=g-import-not-at-top
-  teacher_models, student = _models(opts, num_classes, x.shape[1:], precision, teachers)
-  strategy = tf.distribute.get_strategy()
+  strategy = strategy or tf.distribute.get_strategy()
+  with strategy.scope():
+    teacher_models, student = _models(opts, num_classes, x.shape[1:], precision, teachers)
+  state = _state(strategy, student)
   ensemble = teachers_lib.TeacherEnsemble(teacher_models, [f"t{i}" for i in range(teachers)])
-  optimizer = keras.optimizers.Adam()
-  optimizer.build(student.trainable_variables)
-  step = tf.Variable(0, dtype=tf.int64)
   extras = None
   if cache and not student_only:
     extras = {"teacher_logits": teacher_cache.compute_logits(ensemble, x)}
-  live = None if (cache or student_only) else ensemble
-  alpha = schedules.Schedule("constant", 1, 0.7)
-  temperature = schedules.Schedule("constant", 1, 4.0)
-  loop = train_step.make_train_loop(
-      strategy, student, optimizer, step, opts.batch, live, alpha, temperature,
-      cached_teacher_logits=cache and not student_only, jit_compile=jit)
+  objective = objectives.Objective() if student_only else objectives.HintonKD(
+      schedules.Schedule("constant", 1, 0.7), schedules.Schedule("constant", 1, 4.0))
+  source = objectives.cached_teachers if cache else objectives.live_teachers(ensemble)
+  loop = steps.make_train_loop(strategy, state.model, state.optimizer, state.step, opts.batch,
+                               objective, source, jit_compile=jit)
   iterator = iter(strategy.distribute_datasets_from_function(
       data.train_dataset_fn(x, y, opts.batch, seed=0, extras=extras)))
   n = tf.constant(opts.window)
@@ -187,45 +202,39 @@ def run_our_loop(opts, x, y, num_classes, precision="none", jit=False, cache=Fal
   return _rate(times, opts.batch, opts.window), forward_flops(student), teacher_flops, table
 
 
-def main(argv):
-  del argv
-  opts = flags.FLAGS  # The one place this command reads its flags; helpers get ``opts``.
-  if opts.quick:
-    opts.window, opts.windows = 4, 2
-    opts.examples = opts.examples or 2048
+OPTIONS = {"b": {}, "c": {"jit": True}, "d": {"precision": "bf16"}, "e": {"cache": True},
+           "g": {"student_only": True}, "h": {"teachers": 3},
+           "i": {"teachers": 3, "cache": True}}
+
+
+def _check_rows(opts):
+  """The rows to run, or None after printing a usage error."""
   rows = [r.strip() for r in opts.rows.split(",") if r.strip()]
   unknown = [r for r in rows if r not in ROW_NAMES]
   if unknown:
     sys.stderr.write(f"error: unknown rows {unknown}; valid: {', '.join(ROW_NAMES)}.\n")
-    return 2
+    return None
   if opts.profile and (opts.profile not in rows or opts.profile in "af"):
     sys.stderr.write(f"error: --profile={opts.profile!r} must be one of the measured rows of our "
                      f"loop ({', '.join(r for r in rows if r not in 'af')}).\n")
-    return 2
-  profile_dir = os.path.join(os.path.dirname(os.path.abspath(opts.output)), "bench_profile")
-  profiles = {}
+    return None
+  return rows
+
+
+def _measure(opts, rows, strategy, profile_dir):
+  """{row: (examples/s, student FLOPs, teacher FLOPs, options)} and {row: op-time table}."""
   x, y, classes = _data(opts, opts.batch)
-  peaks = {"float32": matmul_peak("float32"), "bfloat16": matmul_peak("bfloat16")}
-  from kd_research import precision  # pylint: disable=g-import-not-at-top
-  auto = precision.choose("auto")
-  print(f"mixed_precision=auto would use {auto.used} on this machine: {auto.reason}.", flush=True)
-  options = {"b": {}, "c": {"jit": True}, "d": {"precision": "bf16"}, "e": {"cache": True},
-             "g": {"student_only": True}, "h": {"teachers": 3}, "i": {"teachers": 3, "cache": True}}
-  measured = {}
-  for row in rows:
-    if row == "f":
-      continue
+  measured, profiles = {}, {}
+  for row in [r for r in rows if r != "f"]:
     if row == "a":
       rate, s_flops, t_flops = run_fit_distiller(opts, x, y, classes)
-      row_opts = {}
     else:
-      row_opts = options[row]
       rate, s_flops, t_flops, table = run_our_loop(
           opts, x, y, classes, profile_dir=profile_dir if row == opts.profile else None,
-          **row_opts)
+          strategy=strategy, **OPTIONS[row])
       if table:
         profiles[row] = table
-    measured[row] = (rate, s_flops, t_flops, row_opts)
+    measured[row] = (rate, s_flops, t_flops, OPTIONS.get(row, {}))
     print(f"  measured ({row}) {ROW_NAMES[row]}: {rate:.0f} examples/s", flush=True)
   if "f" in rows:
     best = {"cache": True}
@@ -233,20 +242,20 @@ def main(argv):
       best["jit"] = True
     if "d" in measured and "b" in measured and measured["d"][0] > measured["b"][0]:
       best["precision"] = "bf16"
-    rate, s_flops, t_flops, _ = run_our_loop(opts, x, y, classes, **best)
+    rate, s_flops, t_flops, _ = run_our_loop(opts, x, y, classes, strategy=strategy, **best)
     measured["f"] = (rate, s_flops, t_flops, best)
+  return measured, profiles
+
+
+def _table(measured, peaks, report):
+  """The Markdown table of the measured rows; appends each row to report['rows']."""
   reference = measured.get("a", (None,))[0]
-  report = {"batch": opts.batch, "teacher": f"{opts.teacher} w{opts.teacher_width}",
-            "student": f"{opts.student} w{opts.student_width}",
-            "matmul_peak_gflops": peaks, "auto_precision": auto.as_dict(),
-            "machine": machine.describe(), "rows": []}
   lines = ["| row | configuration | examples/s | vs (a) | GFLOP/s | share of matmul peak |",
            "|---|---|---|---|---|---|"]
   for row in [r for r in ROW_NAMES if r in measured]:
     rate, s_flops, t_flops, row_opts = measured[row]
     live_teacher = not row_opts.get("cache") and not row_opts.get("student_only")
-    flops = 3 * s_flops + (t_flops if live_teacher else 0)
-    gflops = rate * flops / 1e9
+    gflops = rate * (3 * s_flops + (t_flops if live_teacher else 0)) / 1e9
     peak = peaks["bfloat16" if row_opts.get("precision") == "bf16" else "float32"]
     ratio = rate / reference if reference else float("nan")
     name = ROW_NAMES[row] + (f" {row_opts}" if row == "f" else "")
@@ -254,18 +263,45 @@ def main(argv):
                            "ratio_to_a": ratio, "gflops": gflops, "peak_share": gflops / peak})
     lines.append(f"| ({row}) | {name} | {rate:,.0f} | {ratio:.2f}x | {gflops:.1f} | "
                  f"{100 * gflops / peak:.1f}% |")
-  table = "\n".join(lines)
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  opts = flags.FLAGS  # The one place this command reads its flags; helpers get ``opts``.
+  if opts.quick:
+    opts.window, opts.windows = 4, 2
+    opts.examples = opts.examples or 2048
+  rows = _check_rows(opts)
+  if rows is None:
+    return 2
+  strategy = None
+  if opts.replicas > 1:  # Before any other TF op: logical devices are fixed at start-up.
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    from kd_research import distribute  # pylint: disable=g-import-not-at-top
+    strategy = distribute.make_strategy(ml_collections.ConfigDict(dict(
+        strategy="mirrored", num_cpu_devices=opts.replicas, cross_device_ops="auto")))
+  from kd_research import io_utils  # pylint: disable=g-import-not-at-top
+  from kd_research import precision  # pylint: disable=g-import-not-at-top
+  auto = precision.choose("auto")
+  print(f"mixed_precision=auto would use {auto.used} on this machine: {auto.reason}.", flush=True)
+  peaks = {"float32": matmul_peak("float32"), "bfloat16": matmul_peak("bfloat16")}
+  profile_dir = os.path.join(os.path.dirname(os.path.abspath(opts.output)), "bench_profile")
+  measured, profiles = _measure(opts, rows, strategy, profile_dir)
+  report = {"batch": opts.batch, "teacher": f"{opts.teacher} w{opts.teacher_width}",
+            "student": f"{opts.student} w{opts.student_width}", "replicas": opts.replicas,
+            "matmul_peak_gflops": peaks, "auto_precision": auto.as_dict(),
+            "machine": machine.describe(), "rows": [], "profiles": profiles}
+  report["table"] = _table(measured, peaks, report)
   print(f"\n{machine.summary(report['machine'])}; mixed_precision=auto -> {auto.used}")
-  print(f"batch {opts.batch}, teacher {report['teacher']}, student {report['student']}; "
-        f"matmul peak {peaks['float32']:.0f} GFLOP/s fp32, {peaks['bfloat16']:.0f} bf16\n")
-  print(table)
-  report["table"] = table
+  print(f"batch {opts.batch}, {opts.replicas} replica(s), teacher {report['teacher']}, student "
+        f"{report['student']}; matmul peak {peaks['float32']:.0f} GFLOP/s fp32, "
+        f"{peaks['bfloat16']:.0f} bf16\n")
+  print(report["table"])
   for row, op_table in profiles.items():
     print(f"\nwhere the time goes in row ({row}), one profiled window of {opts.window} steps "
           f"(trace in {profile_dir}):\n\n{op_table}")
-  report["profiles"] = profiles
   os.makedirs(os.path.dirname(os.path.abspath(opts.output)), exist_ok=True)
-  from kd_research import io_utils  # pylint: disable=g-import-not-at-top
   io_utils.atomic_write_json(opts.output, report)
   print(f"\nwritten to {opts.output}")
   return 0

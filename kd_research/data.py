@@ -28,7 +28,7 @@ class Splits:
 
 def load_splits(config):
   """Loads ``config.dataset`` and carves the validation split from the training set."""
-  raw = data_sources.load(config.dataset, config.data_dir)
+  raw = data_sources.load(config.dataset, config.run.data_dir)
   n = len(raw.train_x)
   if config.validation_size >= n:
     raise UserError(f"config.validation_size={config.validation_size} leaves no training data: "

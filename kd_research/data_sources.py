@@ -31,11 +31,11 @@ _INSTALL_HINTS = {
     "fashion_mnist": ("install Debian's package: sudo apt-get install dataset-fashion-mnist; or, on "
                       "a machine with internet: python -c 'import keras; "
                       "keras.datasets.fashion_mnist.load_data()' (caches the IDX .gz files)"),
-    "mnist": "put the four MNIST IDX files (train-images-idx3-ubyte[.gz], ...) in --config.data_dir",
+    "mnist": "put the four MNIST IDX files (train-images-idx3-ubyte[.gz], ...) in --config.run.data_dir",
     "cifar10": ("download and unpack cifar-10-python.tar.gz (the 'python version') so that "
-                "cifar-10-batches-py/ is inside --config.data_dir"),
+                "cifar-10-batches-py/ is inside --config.run.data_dir"),
     "cifar100": ("download and unpack cifar-100-python.tar.gz so that cifar-100-python/ is inside "
-                 "--config.data_dir"),
+                 "--config.run.data_dir"),
 }
 
 
@@ -81,7 +81,7 @@ def read_idx(path, expected_ndim):
       raw = f.read()
   except PermissionError:
     raise UserError(f"Cannot read {path}: permission denied. Make the file readable or point "
-                    "--config.data_dir elsewhere.")
+                    "--config.run.data_dir elsewhere.")
   except (OSError, EOFError) as e:
     raise UserError(f"Cannot read IDX file {path}: {e}. The file is corrupt or truncated; "
                     "reinstall the dataset.")
@@ -200,7 +200,7 @@ def load(name, data_dir=""):
   if name == "synthetic":
     return synthetic()
   if data_dir and not os.path.isdir(data_dir):
-    raise UserError(f"--config.data_dir={data_dir!r} is not a directory.")
+    raise UserError(f"--config.run.data_dir={data_dir!r} is not a directory.")
   looked = candidate_dirs(name, data_dir)
   for directory in looked:
     if not os.path.isdir(directory):
@@ -213,7 +213,7 @@ def load(name, data_dir=""):
       check_arrays(found)
       return found
   raise UserError(f"Dataset {name!r} not found. Looked in: {', '.join(looked)}. To get it: "
-                  f"{_INSTALL_HINTS[name]}; or set --config.data_dir / $KD_DATA_DIR.")
+                  f"{_INSTALL_HINTS[name]}; or set --config.run.data_dir / $KD_DATA_DIR.")
 
 
 def check_arrays(raw):

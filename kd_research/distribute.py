@@ -26,13 +26,13 @@ def _cross_device_ops(name):
     return tf.distribute.HierarchicalCopyAllReduce()
   if name == "reduce_to_one":
     return tf.distribute.ReductionToOneDevice()
-  raise UserError(f"config.cross_device_ops={name!r}; valid: {', '.join(CROSS_DEVICE_OPS)}.")
+  raise UserError(f"config.distribution.cross_device_ops={name!r}; valid: {', '.join(CROSS_DEVICE_OPS)}.")
 
 
 def _logical_cpus(n):
   """Splits the physical CPU into ``n`` logical devices (must run before TF initialises)."""
   if n < 1:
-    raise UserError(f"config.num_cpu_devices must be >= 1, got {n}.")
+    raise UserError(f"config.distribution.num_cpu_devices must be >= 1, got {n}.")
   cpu = tf.config.list_physical_devices("CPU")[0]
   configured = tf.config.get_logical_device_configuration(cpu) or []
   if len(configured) < n:
@@ -43,7 +43,7 @@ def _logical_cpus(n):
       pass  # Already initialised (e.g. a second run in one process); check what we have.
   have = len(tf.config.list_logical_devices("CPU"))
   if have < n:
-    raise UserError(f"config.num_cpu_devices={n}, but TensorFlow was already initialised with "
+    raise UserError(f"config.distribution.num_cpu_devices={n}, but TensorFlow was already initialised with "
                     f"{have} CPU device(s) in this process; start a new process.")
   # With more logical devices than asked for (e.g. a test process), use the first n.
   return [f"/cpu:{i}" for i in range(n)]
@@ -53,8 +53,8 @@ def parse_tf_config():
   """Reads and checks $TF_CONFIG; returns the parsed dict (UserError when malformed)."""
   raw = os.environ.get("TF_CONFIG", "")
   if not raw:
-    raise UserError("config.strategy=multi_worker needs a cluster: set TF_CONFIG (see BUILD.md), "
-                    "use --config.cluster=slurm inside a Slurm job, or "
+    raise UserError("config.distribution.strategy=multi_worker needs a cluster: set TF_CONFIG (see BUILD.md), "
+                    "use --config.distribution.cluster=slurm inside a Slurm job, or "
                     "./launch.sh multiworker --num_workers=N for a local test.")
   try:
     tf_config = json.loads(raw)
@@ -100,7 +100,7 @@ class _Watchdog:
   def __init__(self, seconds, cluster):
     self._message = (
         f"error: could not connect to every worker of the cluster {cluster} within "
-        f"{seconds:.0f} s (config.collective_timeout_seconds). Start all workers with the "
+        f"{seconds:.0f} s (config.distribution.collective_timeout_seconds). Start all workers with the "
         "same TF_CONFIG cluster, check hosts and ports, or raise the timeout.\n")
     self._seconds = seconds
     self._proc = None
@@ -116,9 +116,9 @@ class _Watchdog:
     self._proc.wait()
 
 
-def make_strategy(config):
-  """Builds the tf.distribute strategy named by ``config.strategy``."""
-  name = config.strategy
+def make_strategy(dist):
+  """Builds the tf.distribute strategy of ``config.distribution`` (``dist``)."""
+  name = dist.strategy
   if name == "auto":
     name = "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "default"
   if name == "default":
@@ -126,25 +126,25 @@ def make_strategy(config):
   if name == "mirrored":
     gpus = tf.config.list_physical_devices("GPU")
     devices = ([f"/gpu:{i}" for i in range(len(gpus))] if gpus
-               else _logical_cpus(config.num_cpu_devices))
+               else _logical_cpus(dist.num_cpu_devices))
     return tf.distribute.MirroredStrategy(
-        devices=devices, cross_device_ops=_cross_device_ops(config.cross_device_ops))
+        devices=devices, cross_device_ops=_cross_device_ops(dist.cross_device_ops))
   if name == "multi_worker":
-    if config.cluster == "slurm":
+    if dist.cluster == "slurm":
       resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
-    elif config.cluster == "tf_config":
+    elif dist.cluster == "tf_config":
       parse_tf_config()
       resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     else:
-      raise UserError(f"config.cluster={config.cluster!r}; valid: tf_config, slurm.")
+      raise UserError(f"config.distribution.cluster={dist.cluster!r}; valid: tf_config, slurm.")
     options = tf.distribute.experimental.CommunicationOptions(
-        timeout_seconds=config.collective_timeout_seconds)
+        timeout_seconds=dist.collective_timeout_seconds)
     # The constructor blocks until every worker is up; a peer that never comes would hang
     # it forever, and the blocking C++ call cannot be interrupted: a watchdog exits instead.
-    with _Watchdog(config.collective_timeout_seconds, resolver.cluster_spec().as_dict()):
+    with _Watchdog(dist.collective_timeout_seconds, resolver.cluster_spec().as_dict()):
       return tf.distribute.MultiWorkerMirroredStrategy(
           cluster_resolver=resolver, communication_options=options)
-  raise UserError(f"config.strategy={config.strategy!r}; valid: default, mirrored, "
+  raise UserError(f"config.distribution.strategy={dist.strategy!r}; valid: default, mirrored, "
                   "multi_worker, auto.")
 
 

@@ -1,5 +1,9 @@
 """User-facing errors: raised for bad input and printed without a traceback by main.py."""
 
+# Exit status of a run stopped by SIGTERM after saving a checkpoint (EX_TEMPFAIL): the
+# job was asked to stop; rerunning the same command resumes exactly where it stopped.
+PREEMPTED_EXIT_STATUS = 75
+
 
 class UserError(ValueError):
   """Bad input (flag, config field, file, data) that the user can fix.
@@ -9,7 +13,10 @@ class UserError(ValueError):
   """
 
 
-def check(condition, message):
-  """Raises UserError(message) unless ``condition`` holds."""
-  if not condition:
-    raise UserError(message)
+class Preempted(Exception):
+  """SIGTERM arrived; the run saved a checkpoint at ``step`` and stopped (resumable)."""
+
+  def __init__(self, step, checkpoint):
+    super().__init__(f"stopped by SIGTERM at step {step}; checkpoint {checkpoint} saved. Rerun "
+                     "the same command to resume from it.")
+    self.step, self.checkpoint = step, checkpoint

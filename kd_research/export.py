@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kd_research import evaluate
+from kd_research import timing
 from kd_research import io_utils
 from kd_research.errors import UserError
 
@@ -127,7 +127,7 @@ def _predict(fn, images, batch):
 
 
 def _latency_ms(fn, image, repeats=50, warmup=5):
-  return 1000 * evaluate.median_seconds(lambda: fn(image), repeats, warmup)
+  return 1000 * timing.median_seconds(lambda: fn(image), repeats, warmup)
 
 
 def _size(path):

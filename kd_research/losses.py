@@ -3,10 +3,12 @@
 Everything here is a pure function of tensors, returns one value per example and
 knows nothing about distribution strategies: the training step reduces over the
 global batch exactly once. All math runs in float32 whatever the logits' dtype.
+Arguments come in one order everywhere: student, teacher, labels.
 """
 
 import tensorflow as tf
 
+from kd_research import metrics
 from kd_research.errors import UserError
 
 COMBINE_MODES = ("prob_mean", "logit_mean", "kl_sum")
@@ -21,7 +23,7 @@ def soften(logits, temperature):
   return tf.nn.softmax(_f32(logits) / _f32(temperature), axis=-1)
 
 
-def cross_entropy(labels, logits):
+def cross_entropy(logits, labels):
   """Per-example CE of logits at T = 1 against integer labels or a label distribution.
 
   Integer labels of shape [B] use the sparse form; float labels of shape [B, C]
@@ -34,7 +36,7 @@ def cross_entropy(labels, logits):
   return tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32), logits)
 
 
-def kl_to_probs(teacher_probs, student_logits, temperature):
+def kl_to_probs(student_logits, teacher_probs, temperature):
   """Per-example KL(p_teacher || softmax(student / T)) for an already softened teacher."""
   teacher_probs = _f32(teacher_probs)
   student_log_probs = tf.nn.log_softmax(_f32(student_logits) / _f32(temperature), axis=-1)
@@ -43,9 +45,9 @@ def kl_to_probs(teacher_probs, student_logits, temperature):
       tf.math.xlogy(teacher_probs, teacher_probs) - teacher_probs * student_log_probs, axis=-1)
 
 
-def kl_divergence(teacher_logits, student_logits, temperature):
+def kl_divergence(student_logits, teacher_logits, temperature):
   """Per-example KL(softmax(teacher / T) || softmax(student / T))."""
-  return kl_to_probs(soften(teacher_logits, temperature), student_logits, temperature)
+  return kl_to_probs(student_logits, soften(teacher_logits, temperature), temperature)
 
 
 def normalise_weights(weights, num_teachers):
@@ -61,13 +63,13 @@ def normalise_weights(weights, num_teachers):
   return [float(w) / total for w in weights]
 
 
-def combined_distill_term(teacher_logits, student_logits, temperature, mode="prob_mean",
+def combined_distill_term(student_logits, teacher_logits, temperature, mode="prob_mean",
                           weights=None):
   """Per-example distillation KL against K teachers, combined by ``mode``.
 
   Args:
-    teacher_logits: [K, B, C] logits of K teachers (K = 1 for a single teacher).
     student_logits: [B, C].
+    teacher_logits: [K, B, C] logits of K teachers (K = 1 for a single teacher).
     temperature: scalar T (tensor or float).
     mode: ``prob_mean``: KL to the weighted mean of softmax(z_k / T) (the seed's
       recipe); ``logit_mean``: KL to softmax(mean_k z_k / T); ``kl_sum``: weighted
@@ -81,15 +83,16 @@ def combined_distill_term(teacher_logits, student_logits, temperature, mode="pro
     raise UserError(f"Unknown teacher combine mode {mode!r}; valid: {', '.join(COMBINE_MODES)}.")
   teacher_logits = _f32(teacher_logits)
   num_teachers = teacher_logits.shape[0]
-  w = tf.constant(normalise_weights(weights, num_teachers), tf.float32)
+  w = normalise_weights(weights, num_teachers)
   if mode == "prob_mean":
-    probs = tf.einsum("k,kbc->bc", w, soften(teacher_logits, temperature))
-    return kl_to_probs(probs, student_logits, temperature)
+    probs = metrics.ensemble_probs(teacher_logits, w, temperature)
+    return kl_to_probs(student_logits, probs, temperature)
   if mode == "logit_mean":
-    return kl_divergence(tf.einsum("k,kbc->bc", w, teacher_logits), student_logits, temperature)
-  per_teacher = tf.stack([kl_divergence(teacher_logits[k], student_logits, temperature)
+    mean_logits = tf.einsum("k,kbc->bc", tf.constant(w, tf.float32), teacher_logits)
+    return kl_divergence(student_logits, mean_logits, temperature)
+  per_teacher = tf.stack([kl_divergence(student_logits, teacher_logits[k], temperature)
                           for k in range(num_teachers)])
-  return tf.einsum("k,kb->b", w, per_teacher)
+  return tf.einsum("k,kb->b", tf.constant(w, tf.float32), per_teacher)
 
 
 def distillation_loss(student_logits, teacher_logits, labels, alpha, temperature):
@@ -122,6 +125,6 @@ def distillation_terms(student_logits, teacher_logits, labels, alpha, temperatur
   temperature = _f32(temperature)
   alpha = _f32(alpha)
   distill = tf.square(temperature) * combined_distill_term(
-      teacher_logits, student_logits, temperature, mode, weights)
-  ce = cross_entropy(labels, student_logits)
+      student_logits, teacher_logits, temperature, mode, weights)
+  ce = cross_entropy(student_logits, labels)
   return alpha * distill + (1.0 - alpha) * ce, distill, ce

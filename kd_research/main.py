@@ -81,21 +81,21 @@ def _run(command, config, workdir):
   # Imported here so that --help works fast and TF starts only after flag parsing.
   from kd_research import config as config_lib
   from kd_research import distribute
-  from kd_research import loop
+  from kd_research import evaluation
   from kd_research import pipeline
-  from kd_research import run_eval
+  from kd_research import runs
 
   config_lib.validate(config)
   if command == "export":
-    config.strategy = "default"  # Export runs on one device.
+    config.distribution.strategy = "default"  # Export runs on one device.
   # Before any other TF op: collective ops (multi-worker) must be configured at startup.
-  strategy = distribute.make_strategy(config)
+  strategy = distribute.make_strategy(config.distribution)
   overwrite = flags.FLAGS.overwrite
   if command == "train":
-    results = loop.train_and_evaluate(config, workdir, flags.FLAGS.role, strategy,
+    results = runs.train_and_evaluate(config, workdir, flags.FLAGS.role, strategy,
                                       overwrite=overwrite)
   elif command == "distill":
-    results = loop.train_and_evaluate(config, workdir, "distill", strategy,
+    results = runs.train_and_evaluate(config, workdir, "distill", strategy,
                                       teacher_paths=(config.teacher.path,), overwrite=overwrite)
   elif command == "export":
     from kd_research import export  # pylint: disable=g-import-not-at-top
@@ -107,9 +107,14 @@ def _run(command, config, workdir):
     print(table)
     return
   else:
-    results = run_eval.evaluate_run(config, workdir, strategy)
+    results = evaluation.evaluate_saved_run(config, workdir, strategy)
   print(f"{command}: test accuracy {100 * results['test_accuracy']:.2f}% over "
         f"{results['test_count']} examples; results in {workdir}")
+
+
+def config_lib_validate(config):
+  from kd_research import config as config_lib  # pylint: disable=g-import-not-at-top
+  config_lib.validate(config)
 
 
 def _record_command(workdir):
@@ -122,6 +127,8 @@ def _record_command(workdir):
 
 def main(argv):
   from ml_collections import config_flags  # pylint: disable=unused-import
+  from kd_research.errors import PREEMPTED_EXIT_STATUS
+  from kd_research.errors import Preempted
   from kd_research.errors import UserError
 
   if len(argv) != 2 or argv[1] not in COMMANDS:
@@ -132,18 +139,22 @@ def main(argv):
     sys.stderr.write("error: --workdir is required (the run directory).\n")
     sys.exit(2)
   config = flags.FLAGS.config
-  config.experiment = flags.FLAGS.experiment or flags.FLAGS["config"].config_filename
+  config.run.experiment = flags.FLAGS.experiment or flags.FLAGS["config"].config_filename
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   peer_errors = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)
   try:
-    _run(argv[1], config, flags.FLAGS.workdir)
     if argv[1] in ("train", "distill", "pipeline"):
+      config_lib_validate(config)  # Nothing is written for a config that cannot run.
       _record_command(flags.FLAGS.workdir)
+    _run(argv[1], config, flags.FLAGS.workdir)
   except UserError as e:
     if logging.get_verbosity() >= logging.DEBUG:
       raise
     sys.stderr.write(f"error: {e}\n")
     sys.exit(1)
+  except Preempted as e:
+    sys.stderr.write(f"preempted: {e}\n")
+    sys.exit(PREEMPTED_EXIT_STATUS)
   except peer_errors as e:
     if logging.get_verbosity() >= logging.DEBUG:
       raise
@@ -177,6 +188,12 @@ def _parse_flags(argv):
     # ml_collections wraps errors raised while loading the config file with their
     # traceback; the last line holds the message.
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    section = re.search(r"flag (--config\.[\w.]+)=\S*: Failed to parse .* as a ConfigDict", str(e))
+    if section:  # A scalar given for a section such as a schedule.
+      _usage_error(f"{section.group(1)} is a group of fields, not a value: set one of its "
+                   f"fields, e.g. {section.group(1)}.start=... for a schedule (kind, start, end, "
+                   "warmup_steps, warmup_from, boundaries, values); `./launch.sh train "
+                   "--helpfull` lists every field.")
     detail = lines[-1] if lines else str(e)
     for prefix in ("UserError: ", "ValueError: ", "KeyError: ", "AttributeError: "):
       detail = detail.split(prefix, 1)[-1]

@@ -3,7 +3,7 @@
     python -m kd_research.multiworker --num_workers=2 distill --experiment=... --workdir=...
 
 For testing and demos of MultiWorkerMirroredStrategy on one machine. Each worker
-runs ``python -m kd_research.main COMMAND FLAGS --config.strategy=multi_worker``;
+runs ``python -m kd_research.main COMMAND FLAGS --config.distribution.strategy=multi_worker``;
 worker 0 is the chief and writes the results, the others' logs go to temporary
 files that are printed if they fail. If any worker fails, the rest are stopped
 and the exit code is non-zero. On a real cluster, start one ``./launch.sh
@@ -17,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from absl import flags
 
 
 def free_ports(n):
@@ -44,7 +46,7 @@ def launch(num_workers, args, timeout=None):
   procs, logs = [], []
   for index, tf_config in enumerate(tf_configs(num_workers)):
     env = dict(os.environ, TF_CONFIG=tf_config)
-    cmd = [sys.executable, "-m", "kd_research.main", *args, "--config.strategy=multi_worker"]
+    cmd = [sys.executable, "-m", "kd_research.main", *args, "--config.distribution.strategy=multi_worker"]
     if index == 0:
       procs.append(subprocess.Popen(cmd, env=env))
       logs.append(None)
@@ -83,20 +85,24 @@ def launch(num_workers, args, timeout=None):
   return next((c for c in codes if c != 0), 0) if any(c != 0 for c in codes) else 0
 
 
+flags.DEFINE_integer("num_workers", None, "How many local worker processes to start.")
+
+
 def main(argv):
+  """Parses --num_workers (absl); every other argument is the workers' command and flags."""
   usage = ("usage: python -m kd_research.multiworker --num_workers=N COMMAND [flags]\n"
            "       (./launch.sh multiworker --num_workers=N COMMAND [flags])\n")
-  num_workers, rest = None, []
-  for arg in argv:
-    if arg.startswith("--num_workers="):
-      num_workers = arg.split("=", 1)[1]
-    else:
-      rest.append(arg)
-  if num_workers is None or not num_workers.isdigit() or int(num_workers) < 1 or not rest:
+  try:
+    rest = flags.FLAGS(["multiworker"] + list(argv), known_only=True)[1:]
+  except flags.Error as e:
+    sys.stderr.write(f"error: {e}\n{usage}")
+    return 2
+  num_workers = flags.FLAGS.num_workers
+  if num_workers is None or num_workers < 1 or not rest:
     sys.stderr.write("error: --num_workers must be a positive integer and a command must "
                      f"follow.\n{usage}")
     return 2
-  return launch(int(num_workers), rest)
+  return launch(num_workers, rest)
 
 
 if __name__ == "__main__":

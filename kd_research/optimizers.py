@@ -1,5 +1,12 @@
 """Optimizers of the training loop: Adam/AdamW/SGD on a scheduled learning rate, the
-learning-rate factor after a warm-up phase, and float16 dynamic loss scaling."""
+learning-rate factor after a warm-up phase, and float16 dynamic loss scaling.
+
+The training step all-reduces the gradients itself (it needs the global gradient for
+the logged norm, steps.py), so these optimizers apply gradients as given: Keras'
+optimizer would otherwise all-reduce them a second time in every replica context
+(keras/src/backend/tensorflow/optimizer.py, ``_all_reduce_sum_gradients``), doubling
+the dominant communication cost of a multi-GPU step.
+"""
 
 import keras
 import tensorflow as tf
@@ -46,10 +53,26 @@ def make_optimizer(opt_cfg, lr_schedule, loss_scale=None):
     optimizer = keras.optimizers.AdamW(lr, weight_decay=opt_cfg.weight_decay)
   else:
     optimizer = keras.optimizers.SGD(lr, momentum=opt_cfg.momentum, weight_decay=decay)
+  apply_gradients_as_given(optimizer)
   if loss_scale is None:
     return optimizer
+  # Every replica holds the same all-reduced gradients, so every replica's finiteness
+  # check agrees (an overflow on one replica skips the step on all of them).
   return keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=loss_scale[0],
                                              dynamic_growth_steps=int(loss_scale[1]))
+
+
+def apply_gradients_as_given(optimizer):
+  """Turns off the optimizer's own cross-replica SUM of the gradients (see module doc).
+
+  Idempotent; for a LossScaleOptimizer it is the inner optimizer that applies them.
+  """
+  inner = getattr(optimizer, "inner_optimizer", optimizer)
+  if not hasattr(inner, "_all_reduce_sum_gradients"):
+    raise RuntimeError(
+        f"keras {keras.__version__}: the TensorFlow optimizer has no _all_reduce_sum_gradients "
+        "to turn off; the training step's gradient all-reduce needs updating for this version.")
+  inner._all_reduce_sum_gradients = list  # pylint: disable=protected-access
 
 
 def current_loss_scale(optimizer):

@@ -13,6 +13,9 @@ machine(s) every number came from are listed (from each run's results.json).
 ``--sweep`` adds a validation-only table of a hyper-parameter sweep (no test
 numbers: the test split is not used for selection); ``--claims`` quotes an
 experiment module's CLAIMED_TABLE, marked as a claim and not a measurement.
+
+Every table of the project is built here, from run directories: the pipeline's
+results.md is ``render_pipeline`` over the pipeline's workdir.
 """
 
 import importlib
@@ -20,25 +23,33 @@ import json
 import os
 import sys
 
+from absl import flags as absl_flags
 import numpy as np
 
 from kd_research import config as config_lib
 from kd_research import io_utils
 from kd_research import machine as machine_lib
+from kd_research import schedules
+from kd_research import workdir as workdir_lib
 
 ROLE_ORDER = {"teacher": 0, "ensemble": 1, "student": 2, "distill": 3}
 
 
-def find_runs(root):
-  """Every run directory below ``root`` (sorted), with its config and results."""
+def find_runs(root, extra_dirs=()):
+  """Every run directory below ``root`` (sorted), and ``extra_dirs`` that are runs."""
   runs = []
-  for directory, _, files in os.walk(root):
+  walked = [(d, files) for d, _, files in os.walk(root)]
+  walked += [(d, os.listdir(d)) for d in extra_dirs if os.path.isdir(d)
+             and os.path.realpath(d) not in {os.path.realpath(w) for w, _ in walked}]
+  for directory, files in walked:
     if "config.json" in files and "results.json" in files:
-      config = io_utils.read_json(os.path.join(directory, "config.json"))
+      config = workdir_lib.read_identity(directory)
       results = io_utils.read_json(os.path.join(directory, "results.json"))
       if "role" in config and "test_accuracy" in results:
+        export = os.path.join(directory, "export", "export_report.json")
         runs.append({"dir": directory, "config": config, "results": results,
-                     "command": _command(directory, root)})
+                     "command": _command(directory, root),
+                     "export": io_utils.read_json(export) if os.path.exists(export) else None})
   return sorted(runs, key=lambda r: r["dir"])
 
 
@@ -74,12 +85,8 @@ def describe(config):
     label += f" (seed {model['seed']})"
   if config["role"] == "distill":
     d = config["distill"]
-    label += (f", {len(config['teachers'])} teacher(s), alpha {d['alpha']}"
-              + (f"->{d['alpha_end']} {d['alpha_schedule']}" if d["alpha_schedule"] != "constant"
-                 else "")
-              + f", T {d['temperature']}"
-              + (f"->{d['temperature_end']} {d['temperature_schedule']}"
-                 if d["temperature_schedule"] != "constant" else "")
+    label += (f", {len(config['teachers'])} teacher(s), alpha {schedules.describe(d['alpha'])}"
+              f", T {schedules.describe(d['temperature'])}"
               + (f", fine-tune {d['finetune_epochs']} ep" if d["finetune_epochs"] else ""))
   return label
 
@@ -154,9 +161,19 @@ def _rows(runs, root):
         "train": float(np.mean([r["train_seconds"] for r in results])),
         "dirs": ", ".join(os.path.relpath(m["dir"], root) for m in members),
         "commands": sorted({m["command"] for m in members if m["command"]}),
+        "deployed": _deployed([m.get("export") for m in members]),
         "order": ROLE_ORDER[config["role"]]})
   rows += _ensemble_rows(runs)
   return sorted(rows, key=lambda r: r["order"])
+
+
+def _deployed(exports):
+  """Mean int8 TFLite size (KB), test accuracy and batch-1 latency (ms), or None."""
+  if not exports or any(e is None for e in exports):
+    return None
+  int8 = [e["artifacts"]["tflite_int8"] for e in exports]
+  return [float(np.mean([a[k] for a in int8]))
+          for k in ("size_kb", "test_accuracy", "latency_ms_batch1")]
 
 
 def _reference(rows):
@@ -173,16 +190,22 @@ def build_table(runs, root):
   """Markdown table of the grouped runs (and teacher ensembles), teachers first."""
   rows = _rows(runs, root)
   reference = _reference(rows)
+  deployed = any(row.get("deployed") for row in rows)
   lines = ["| setting | seeds | test accuracy | validation accuracy | params | share of teacher "
-           "| ms/batch (128) | train time | runs | command |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "| ms/batch (128) | train time | " + ("int8 TFLite KB | int8 accuracy | "
+                                                 "int8 ms (batch 1) | " if deployed else "")
+           + "runs | command |",
+           "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if deployed else "") + "---|---|"]
   for row in rows:
     share = (f"{100 * np.mean(row['test']) / reference:.1f}%" if reference else "-")
     validation = ("-" if None in row["validation"] else mean_std(row["validation"]))
+    int8 = row.get("deployed")
+    tail = ((f"{int8[0]:.1f} | {100 * int8[1]:.2f}% | {int8[2]:.3f} | " if int8 else
+             "- | - | - | ") if deployed else "")
     lines.append(
         f"| {row['label']} | {row['seeds']} | {mean_std(row['test'])} | {validation} | "
         f"{_fmt(row['params'], ',')} | {share} | {_fmt(row['ms'], '.1f')} | "
-        f"{_fmt(row['train'], '.0f', ' s')} | {row['dirs']} | "
+        f"{_fmt(row['train'], '.0f', ' s')} | {tail}{row['dirs']} | "
         f"{_commands(row)} |")
   return "\n".join(lines) + "\n"
 
@@ -269,6 +292,63 @@ def claims(module_name):
   return table
 
 
+def aggregate(results):
+  """One setting's results over seeds: the single run's, or means with the accuracy's std.
+
+  test_accuracy is the mean, test_accuracy_std the sample standard deviation (n-1),
+  ms_per_batch_128 the median, train_seconds the mean; 'seeds' lists every run.
+  """
+  if len(results) == 1:
+    return results[0]
+  out = dict(results[0])
+  acc = np.array([r["test_accuracy"] for r in results], np.float64)
+  out.update(test_accuracy=float(acc.mean()), test_accuracy_std=float(acc.std(ddof=1)),
+             validation_accuracy=float(np.mean([r["validation_accuracy"] for r in results])),
+             ms_per_batch_128=float(np.median([r["ms_per_batch_128"] for r in results])),
+             train_seconds=float(np.mean([r["train_seconds"] for r in results])),
+             seeds=[{k: r[k] for k in ("seed", "test_accuracy", "validation_accuracy",
+                                       "workdir")} for r in results])
+  return out
+
+
+def teacher_results(path):
+  """A teacher's results: its run directory's results.json, or its parameter count alone
+  for a .keras file that kd_research did not train."""
+  run_results = os.path.join(os.path.dirname(os.path.abspath(path)), "results.json")
+  if os.path.exists(run_results):
+    return io_utils.read_json(run_results)
+  import keras  # pylint: disable=g-import-not-at-top
+  params = keras.models.load_model(path, compile=False, safe_mode=True).count_params()
+  return {"params": params, "ms_per_batch_128": None, "train_seconds": None}
+
+
+def ensemble_results(teacher_report, teachers):
+  """The teacher ensemble's row: accuracy from a distillation run's teacher report, size
+  and time summed over the teachers (unknown when any teacher's is)."""
+  def total(key):
+    values = [t.get(key) for t in teachers]
+    return None if any(v is None for v in values) else sum(values)
+  return {"params": total("params"), "ms_per_batch_128": total("ms_per_batch_128"),
+          "train_seconds": total("train_seconds"),
+          "test_accuracy": teacher_report["test"]["ensemble_accuracy"],
+          "test_ece": teacher_report["test"]["ensemble_ece"],
+          "pairwise_agreement": teacher_report["test"]["pairwise_agreement"]}
+
+
+def render_pipeline(workdir, title, dataset, teacher_paths=()):
+  """A pipeline's results.md: its runs (and teachers given by path) with the gains."""
+  runs = find_runs(workdir, [os.path.dirname(os.path.abspath(p)) for p in teacher_paths])
+  seeds = max(len(g) for g in _groups(runs))
+  parts = [f"# {title} on {dataset}\n\n", build_table(runs, workdir)]
+  versus = comparison(runs, workdir)
+  if versus:
+    parts += ["\nDistillation against the labels-only student (test accuracy, points):\n\n",
+              versus]
+  parts.append(f"\nTest accuracy over {runs[0]['results']['test_count']} test examples"
+               + (f"; mean +- std over {seeds} seeds" if seeds > 1 else "") + ".\n")
+  return "".join(parts)
+
+
 def render(root, runs, command, sweep_root=None, sweep_runs=(), claims_module=None):
   """The whole report as Markdown."""
   parts = [f"# Results: runs below {root}\n\n",
@@ -296,15 +376,38 @@ def render(root, runs, command, sweep_root=None, sweep_runs=(), claims_module=No
   return "".join(parts)
 
 
+# The report's own absl flags (a separate FlagValues: main.py's --workdir lives in the
+# global one, and tests call main() several times in one process).
+_FLAGS = absl_flags.FlagValues()
+absl_flags.DEFINE_string("workdir", None, "Directory of runs to report.", flag_values=_FLAGS)
+absl_flags.DEFINE_string("output", None, "Where the Markdown goes (default WORKDIR/report.md).",
+                         flag_values=_FLAGS)
+absl_flags.DEFINE_string("sweep", None, "Directory of a validation sweep to list.",
+                         flag_values=_FLAGS)
+absl_flags.DEFINE_string("claims", None, "Experiment whose CLAIMED_TABLE to quote.",
+                         flag_values=_FLAGS)
+
+
+def _parse(argv):
+  """{flag: value} of ``argv`` or None after a usage error."""
+  _FLAGS.unparse_flags()
+  try:
+    rest = _FLAGS(["report"] + list(argv))
+  except absl_flags.Error as e:
+    rest, error = None, str(e)
+  if rest is None or len(rest) > 1:
+    sys.stderr.write(f"error: {error if rest is None else 'unexpected ' + ' '.join(rest[1:])}; "
+                     "usage: report --workdir=DIR [--output=FILE] [--sweep=DIR] "
+                     "[--claims=EXPERIMENT]\n")
+    return None
+  return {name: _FLAGS[name].value for name in ("workdir", "output", "sweep", "claims")}
+
+
 def main(argv):
-  flags = {"workdir": None, "output": None, "sweep": None, "claims": None}
-  for arg in argv:
-    name, _, value = arg.partition("=")
-    if not name.startswith("--") or name[2:] not in flags or not value:
-      sys.stderr.write(f"error: unknown or empty flag {arg}; usage: report --workdir=DIR "
-                       "[--output=FILE] [--sweep=DIR] [--claims=EXPERIMENT]\n")
-      return 2
-    flags[name[2:]] = value
+  """./launch.sh report: the report of the runs below --workdir (exit 2 on usage errors)."""
+  flags = _parse(argv)
+  if flags is None:
+    return 2
   workdir = flags["workdir"]
   for name in ("workdir", "sweep"):
     if flags[name] is not None and not os.path.isdir(flags[name]):

@@ -112,14 +112,20 @@ class Schedule:
                       f"{rng} during the run: min {v.min():.4g}, max {v.max():.4g}.")
 
 
-def from_config(cfg, prefix, total_steps, what):
-  """Builds ``Schedule`` from fields ``<prefix>_schedule``, ``<prefix>``/``_start``, ``_end`` ...
+def from_config(entry, total_steps, what):
+  """Builds ``Schedule`` from a schedule entry (config.schedule): kind, start, end, ...
 
-  For example ``distill.alpha_schedule='cosine', distill.alpha=0.9, distill.alpha_end=0.3``.
+  For example ``distill.alpha = {kind: 'cosine', start: 0.9, end: 0.3, ...}``.
   """
+  # Item access: ``values`` is also the name of a ConfigDict method.
   return Schedule(
-      name=cfg[f"{prefix}_schedule"], total_steps=total_steps, start=cfg[prefix],
-      end=cfg[f"{prefix}_end"],
-      boundaries=cfg[f"{prefix}_boundaries"], values=cfg[f"{prefix}_values"],
-      warmup_steps=cfg[f"{prefix}_warmup_steps"], warmup_from=cfg[f"{prefix}_warmup_from"],
-      what=what)
+      name=entry["kind"], total_steps=total_steps, start=entry["start"], end=entry["end"],
+      boundaries=entry["boundaries"], values=entry["values"],
+      warmup_steps=entry["warmup_steps"], warmup_from=entry["warmup_from"], what=what)
+
+
+def describe(entry):
+  """'0.7' for a constant schedule, '0.9->0.3 linear' otherwise (for labels and reports)."""
+  if entry["kind"] == "constant":
+    return f"{entry['start']:g}"
+  return f"{entry['start']:g}->{entry['end']:g} {entry['kind']}"

@@ -1,13 +1,22 @@
-"""Run directories: what identifies a run, refusing to mix runs, and finished-run detection.
+"""Run directories: what identifies a run, refusing to mix runs, locking, finished runs.
 
-A run's identity is the part of the config that changes its result (data, model,
-optimisation, distillation, teachers). Fields that do not (strategy, replica
-count, logging and checkpoint frequency) may change between a run and its resume,
-which is how a run started on one device can finish on several.
+A run's identity is the part of the config that changes its result: the config minus
+its ``run``, ``distribution`` and ``pipeline`` sections, with the model entries reduced
+to the one this run trains (and, for distillation, the teachers' files). Everything
+else (strategy, replica count, logging and checkpoint frequency) may change between a
+run and its resume, which is how a run started on one device can finish on several.
+
+config.json format 2 (nested schedules, tuples) replaced format 1 (flat
+``alpha``/``alpha_end``/``alpha_schedule`` keys and comma-separated lists); a format-1
+config.json is migrated when read, so finished runs stay finished and interrupted runs
+resume.
 """
 
+import fcntl
+import json
 import os
 import shutil
+import socket
 
 from kd_research import config as config_lib
 from kd_research import io_utils
@@ -15,29 +24,57 @@ from kd_research.errors import UserError
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
-_IDENTITY_FIELDS = ("dataset", "validation_size", "validation_seed", "train_size", "test_size",
-                    "global_batch_size", "mixed_precision", "deterministic", "optimizer", "augment")
+LOCK_FILE = ".lock"
+FORMAT = 2
+_MODEL_ENTRIES = ("teacher", "student", "extra_teachers")
 
 
 def run_identity(config, role, teacher_paths=()):
-  """The dict stored as config.json and compared on resume."""
+  """The dict stored as config.json and compared on resume (JSON types: lists, not tuples)."""
+  identity = {k: v for k, v in config.to_dict().items()
+              if k not in config_lib.NOT_IDENTITY + _MODEL_ENTRIES}
   entry = config.teacher if role == "teacher" else config.student
-  identity = {field: config[field] for field in _IDENTITY_FIELDS}
-  identity["optimizer"] = config.optimizer.to_dict()
-  identity["augment"] = config.augment.to_dict()
-  if config.mixed_precision == "fp16":
-    identity["loss_scale"] = {"initial": config.loss_scale_initial,
-                              "growth_steps": config.loss_scale_growth_steps}
+  identity["model"] = {k: v for k, v in entry.to_dict().items() if k != "path"}
   identity["role"] = role
-  identity["model"] = entry.to_dict()
-  identity["model"].pop("path", None)
+  if config.mixed_precision != "fp16":
+    identity.pop("loss_scale")
   if role == "distill":
-    identity["distill"] = config.distill.to_dict()
-    # Where the cache lives and whether a weak teacher is allowed never change a result.
-    identity["distill"].pop("cache_dir", None)
-    identity["distill"].pop("allow_weak_teacher", None)
     identity["teachers"] = [os.path.realpath(p) for p in teacher_paths]
-  return identity
+  else:
+    identity.pop("distill")
+  identity["format"] = FORMAT
+  return json.loads(json.dumps(identity))
+
+
+def _schedule_v1(d, prefix):
+  """The nested schedule entry of format-1 flat keys <prefix>, <prefix>_end, ..."""
+  def floats(text):
+    return [float(v) for v in str(text).split(",") if v.strip()]
+  return {"kind": d.pop(f"{prefix}_schedule"), "start": d.pop(prefix),
+          "end": d.pop(f"{prefix}_end"), "warmup_steps": d.pop(f"{prefix}_warmup_steps"),
+          "warmup_from": d.pop(f"{prefix}_warmup_from"),
+          "boundaries": floats(d.pop(f"{prefix}_boundaries")),
+          "values": floats(d.pop(f"{prefix}_values"))}
+
+
+def migrate(identity):
+  """A config.json dict in the current format (format 1 is converted; 2 returned as is)."""
+  if identity.get("format") == FORMAT:
+    return identity
+  old = json.loads(json.dumps(identity))
+  old["optimizer"]["learning_rate"] = _schedule_v1(old["optimizer"], "learning_rate")
+  old["augment"]["ops"] = [o for o in str(old["augment"]["ops"]).split(",") if o]
+  if "distill" in old:
+    d = old["distill"]
+    d["alpha"], d["temperature"] = _schedule_v1(d, "alpha"), _schedule_v1(d, "temperature")
+    d["teacher_weights"] = [float(w) for w in str(d["teacher_weights"]).split(",") if w]
+  old["format"] = FORMAT
+  return old
+
+
+def read_identity(workdir):
+  """The run's config.json in the current format."""
+  return migrate(io_utils.read_json(os.path.join(workdir, CONFIG_FILE)))
 
 
 def diff(old, new):
@@ -56,7 +93,7 @@ def prepare(workdir, identity, overwrite=False, write=True):
     io_utils.check_writable(workdir)
   config_path = os.path.join(workdir, CONFIG_FILE)
   if os.path.exists(config_path):
-    differences = diff(io_utils.read_json(config_path), identity)
+    differences = diff(read_identity(workdir), identity)
     if differences and not overwrite:
       lines = "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in differences.items())
       raise UserError(f"Workdir {workdir} holds a run with a different config ({lines}). "
@@ -74,10 +111,46 @@ def prepare(workdir, identity, overwrite=False, write=True):
 
 
 def clear(workdir):
-  """Removes everything a run wrote into ``workdir`` (used only with --overwrite)."""
+  """Removes everything a run wrote into ``workdir`` (its lock file stays, held by us)."""
   for name in os.listdir(workdir):
     path = os.path.join(workdir, name)
+    if name == LOCK_FILE:
+      continue
     if os.path.isdir(path):
       shutil.rmtree(path)
     else:
       os.remove(path)
+
+
+class RunLock:
+  """An exclusive lock on a run directory for the life of a run (flock on RUN/.lock).
+
+  A second process on the same workdir would race the first on checkpoint temp files;
+  it is refused with a message naming the holder (host and pid). The kernel releases
+  the lock when the holder exits, however it exits.
+  """
+
+  def __init__(self, workdir):
+    self.path = os.path.join(workdir, LOCK_FILE)
+    self._file = None
+
+  def __enter__(self):
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    self._file = open(self.path, "a+")
+    try:
+      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      self._file.seek(0)
+      holder = self._file.read().strip() or "another process"
+      self._file.close()
+      raise UserError(f"Workdir {os.path.dirname(self.path)} is in use by {holder}: two runs "
+                      "in one directory would overwrite each other's checkpoints. Wait for it "
+                      "to finish (or stop it), or use another --workdir.")
+    self._file.seek(0)
+    self._file.truncate()
+    self._file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    self._file.flush()
+    return self
+
+  def __exit__(self, *exc):
+    self._file.close()

@@ -11,7 +11,8 @@ import tensorflow as tf
 from kd_research import augment
 from kd_research import data
 from kd_research import teachers as teachers_lib
-from kd_research import train_step
+from kd_research import objectives
+from kd_research import steps
 from kd_research.errors import UserError
 from test_data import _global_batches
 
@@ -121,8 +122,9 @@ def test_teacher_and_student_receive_the_same_augmented_batch():
   opt.build(student.trainable_variables)
   step = tf.Variable(0, dtype=tf.int64)
   ensemble = teachers_lib.TeacherEnsemble([teacher], ["t"])
-  loop = train_step.make_train_loop(strategy, student, opt, step, 16, ensemble,
-                                    lambda s: 0.5, lambda s: 2.0)
+  loop = steps.make_train_loop(strategy, student, opt, step, 16,
+                               objectives.HintonKD(lambda s: 0.5, lambda s: 2.0),
+                               objectives.live_teachers(ensemble))
   ds = strategy.distribute_datasets_from_function(train_fn(ALL))
   loop(iter(ds), tf.constant(2))
   second = _global_batches(train_fn(ALL), 1, 2)[1]["image"]

@@ -39,8 +39,8 @@ def test_unknown_experiment_lists_valid_names(tmp_path):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("--config.distill.alpha=1.5", "alpha schedule"),
-    ("--config.distill.temperature=0", "T > 0"),
+    ("--config.distill.alpha.start=1.5", "config.distill.alpha"),
+    ("--config.distill.temperature.start=0", "T > 0"),
     ("--config.global_batch_size=0", "config.global_batch_size"),
     ("--config.student.epochs=0", "config.student.epochs"),
     ("--config.student.model=vgg", "cnn_seed"),

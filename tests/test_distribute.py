@@ -12,18 +12,23 @@ import pytest
 import tensorflow as tf
 
 from kd_research import distribute
-from kd_research import loop
+from kd_research import runs
 from kd_research.errors import UserError
 from conftest import REPO, tiny_config
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
+def distribution(**fields):
+  """config.distribution of the tiny preset with ``fields`` changed."""
+  return tiny_config(**{f"distribution.{k}": v for k, v in fields.items()}).distribution
+
+
 def test_factory_default_mirrored_auto():
-  assert distribute.make_strategy(tiny_config(strategy="default")).num_replicas_in_sync == 1
-  mirrored = distribute.make_strategy(tiny_config(strategy="mirrored", num_cpu_devices=2))
+  assert distribute.make_strategy(distribution(strategy="default")).num_replicas_in_sync == 1
+  mirrored = distribute.make_strategy(distribution(strategy="mirrored", num_cpu_devices=2))
   assert mirrored.num_replicas_in_sync == 2
-  assert distribute.make_strategy(tiny_config(strategy="auto")).num_replicas_in_sync == 1
+  assert distribute.make_strategy(distribution(strategy="auto")).num_replicas_in_sync == 1
   assert distribute.is_chief(mirrored)
 
 
@@ -37,7 +42,7 @@ def test_factory_default_mirrored_auto():
 def test_factory_bad_input(overrides, match, monkeypatch):
   monkeypatch.delenv("TF_CONFIG", raising=False)
   with pytest.raises(UserError, match=match):
-    distribute.make_strategy(tiny_config(**overrides))
+    distribute.make_strategy(distribution(**overrides))
 
 
 @pytest.mark.parametrize("tf_config,match", [
@@ -55,7 +60,7 @@ def test_malformed_tf_config(tf_config, match, monkeypatch):
 
 def test_global_batch_must_divide_by_replicas(strategy_factory, tmp_path):
   with pytest.raises(UserError, match="global_batch_size=66 is not divisible by the 4 replicas"):
-    loop.train_and_evaluate(tiny_config(global_batch_size=66), str(tmp_path), "student",
+    runs.train_and_evaluate(tiny_config(global_batch_size=66), str(tmp_path), "student",
                             strategy_factory(4))
 
 
@@ -71,7 +76,7 @@ def _bn_teacher_run(tmp_path, name, strategy, sync):
                           "teacher.sync_bn": sync, "teacher.epochs": 1, "train_size": 640,
                           "optimizer.name": "sgd"})
   workdir = str(tmp_path / name)
-  loop.train_and_evaluate(config, workdir, "teacher", strategy)
+  runs.train_and_evaluate(config, workdir, "teacher", strategy)
   return _weights(os.path.join(workdir, "model.keras"))
 
 
@@ -89,13 +94,6 @@ def test_synchronized_batchnorm_matches_single_device(tmp_path, strategy_factory
   assert plain_diff > 10 * sync_diff
 
 
-@pytest.fixture(scope="module")
-def teacher_file(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("mw_teacher"))
-  loop.train_and_evaluate(tiny_config(), workdir, "teacher", tf.distribute.get_strategy())
-  return os.path.join(workdir, "model.keras")
-
-
 def _cli(*args, timeout=300):
   return subprocess.run([sys.executable, *args], cwd=REPO, env=ENV, capture_output=True,
                         text=True, timeout=timeout)
@@ -110,7 +108,7 @@ def test_two_workers_match_two_local_replicas(tmp_path, teacher_file):
   elapsed = time.time() - start
   assert workers.returncode == 0, workers.stderr[-3000:]
   local = _cli("-m", "kd_research.main", *common, f"--workdir={tmp_path}/local",
-               "--config.strategy=mirrored", "--config.num_cpu_devices=2")
+               "--config.distribution.strategy=mirrored", "--config.distribution.num_cpu_devices=2")
   assert local.returncode == 0, local.stderr[-3000:]
   diff = max(np.max(np.abs(a - b)) for a, b in zip(_weights(f"{tmp_path}/mw/model.keras"),
                                                    _weights(f"{tmp_path}/local/model.keras")))
@@ -131,8 +129,8 @@ def test_missing_worker_fails_within_timeout(tmp_path):
                "task": {"type": "worker", "index": 0}}
   out = subprocess.run(
       [sys.executable, "-m", "kd_research.main", "train", "--experiment=fashion_mnist:tiny",
-       f"--workdir={tmp_path}/w", "--config.strategy=multi_worker",
-       "--config.collective_timeout_seconds=5"],
+       f"--workdir={tmp_path}/w", "--config.distribution.strategy=multi_worker",
+       "--config.distribution.collective_timeout_seconds=5"],
       cwd=REPO, env=dict(ENV, TF_CONFIG=json.dumps(tf_config)), capture_output=True, text=True,
       timeout=120)  # A hang (no timeout honoured) fails here.
   assert out.returncode != 0
@@ -146,8 +144,8 @@ def test_worker_death_mid_run_then_resume(tmp_path):
   configs = tf_configs(2)
   args = [sys.executable, "-m", "kd_research.main", "train", "--experiment=fashion_mnist:tiny",
           f"--workdir={tmp_path}/run", "--role=teacher", "--config.teacher.epochs=40",
-          "--config.strategy=multi_worker", "--config.collective_timeout_seconds=15",
-          "--config.checkpoint_every_steps=20"]
+          "--config.distribution.strategy=multi_worker", "--config.distribution.collective_timeout_seconds=15",
+          "--config.run.checkpoint_every_steps=20"]
 
   def start(index):
     return subprocess.Popen(args, cwd=REPO, env=dict(ENV, TF_CONFIG=configs[index]),

@@ -15,9 +15,9 @@ def test_pipeline_on_real_fashion_mnist(tmp_path):
                  "--config.teacher.model=mlp", "--config.teacher.width=256",
                  "--config.student.model=mlp", "--config.student.width=32",
                  "--config.teacher.epochs=3", "--config.student.epochs=3",
-                 "--config.log_every_steps=50")
+                 "--config.run.log_every_steps=50")
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "| student (mlp), distilled |" in out.stdout
+  assert "| distill: mlp w32, 1 teacher(s), alpha 0.5, T 2 |" in out.stdout
   stages = {}
   for stage in ("teacher", "student_baseline", "student_kd"):
     run = os.path.join(workdir, stage)
@@ -35,18 +35,21 @@ def test_pipeline_on_real_fashion_mnist(tmp_path):
   summary = json.load(open(os.path.join(workdir, "results.json")))
   assert set(summary) == {"teacher", "student_baseline", "student_kd"}
   table = open(os.path.join(workdir, "results.md")).read()
-  assert table.count("\n| ") == 4  # header + 3 model rows
-  assert "| student (mlp), distilled |" in table and " KB " in table
+  runs_table = table.split("\n\n")[1]
+  assert sum(l.startswith("| ") for l in runs_table.splitlines()) == 4  # header + 3 rows
+  assert "| distill: mlp w32, 1 teacher(s), alpha 0.5, T 2 |" in table and " KB " in table
   kd = stages["student_kd"]
-  assert os.path.exists(os.path.join(workdir, "student_kd", "export", "model_int8.tflite"))
-  assert abs(summary["student_kd"]["deployed"]["int8_test_accuracy"] - kd["test_accuracy"]) < 0.03
+  export = json.load(open(os.path.join(workdir, "student_kd", "export", "export_report.json")))
+  int8 = export["artifacts"]["tflite_int8"]["test_accuracy"]
+  assert f"| {100 * int8:.2f}% |" in table  # The deployed columns come from the export.
+  assert abs(int8 - kd["test_accuracy"]) < 0.03
 
 
 def test_cifar10_seed_experiment_on_generated_miniature(tmp_path):
   from test_data import write_fake_cifar10
   write_fake_cifar10(str(tmp_path / "data" / "cifar-10-batches-py"), per_batch=40, test=40)
   out = run_main("pipeline", "--experiment=cifar10_seed:mini", f"--workdir={tmp_path}/run",
-                 f"--config.data_dir={tmp_path}/data")
+                 f"--config.run.data_dir={tmp_path}/data")
   assert out.returncode == 0, out.stderr[-3000:]
   results = json.load(open(os.path.join(tmp_path, "run", "results.json")))
   assert results["student_kd"]["test_count"] == 40

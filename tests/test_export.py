@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from kd_research import export
-from kd_research import loop
+from kd_research import runs
 from kd_research.errors import UserError
 from conftest import tiny_config
 
@@ -19,7 +19,7 @@ def exported(tmp_path_factory):
   config = tiny_config(**{"student.model": "cnn_seed", "student.width": 4, "student.epochs": 1,
                           "train_size": 640})
   workdir = str(tmp_path_factory.mktemp("export") / "student")
-  loop.train_and_evaluate(config, workdir, "student", tf.distribute.get_strategy())
+  runs.train_and_evaluate(config, workdir, "student", tf.distribute.get_strategy())
   splits = export.splits_for_run(config, workdir)
   report = export.export_run(workdir, splits, calibration=100)
   return workdir, splits, report

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from kd_research import data_sources
 from kd_research import io_utils
-from kd_research import loop
+from kd_research import runs
 from kd_research import precision
 from kd_research import profiling
 from kd_research import summaries
@@ -61,7 +61,7 @@ def test_auto_run_records_the_resolved_precision(tmp_path, monkeypatch):
   """A run with mixed_precision=auto records what it used and why; fake an AVX2-only CPU."""
   monkeypatch.setattr(precision, "cpu_flags", lambda *a: {"avx2", "fma"})
   config = tiny_config(**{"mixed_precision": "auto", "student.epochs": 1})
-  results = loop.train_and_evaluate(config, str(tmp_path / "s"), "student", DEFAULT)
+  results = runs.train_and_evaluate(config, str(tmp_path / "s"), "student", DEFAULT)
   assert results["precision"]["requested"] == "auto"
   assert results["precision"]["used"] == "none"
   assert "no native bf16" in results["precision"]["reason"]
@@ -99,7 +99,9 @@ def run_main(*args):
      "--config.distil.alpha=0.5: the config has no field 'distil' (did you mean 'distill'?)"),
     (["--experiment=fashion_mnist:tiny", "--config.distill.temprature=4"],
      "no field 'temprature' (did you mean 'temperature'?)"),
-    (["--experiment=fashion_mnist:tiny", "--config.distill.alpha=abc"], "could not convert"),
+    (["--experiment=fashion_mnist:tiny", "--config.distill.alpha.start=abc"], "could not convert"),
+    (["--experiment=fashion_mnist:tiny", "--config.distill.alpha=0.5"],
+     "--config.distill.alpha is a group of fields"),
 ])
 def test_usage_errors_exit_2_without_traceback(tmp_path, args, message):
   out = run_main("distill", f"--workdir={tmp_path}/w", *args)
@@ -126,14 +128,14 @@ def test_every_experiment_refuses_unknown_presets():
 @pytest.fixture(scope="module")
 def trained_teacher(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("teacher") / "teacher")
-  loop.train_and_evaluate(tiny_config(), workdir, "teacher", DEFAULT)
+  runs.train_and_evaluate(tiny_config(), workdir, "teacher", DEFAULT)
   return os.path.join(workdir, "model.keras")
 
 
 def _distill(tmp_path, teacher_path, **overrides):
   config = tiny_config(**{"teacher.path": teacher_path, "student.epochs": 1, **overrides})
   workdir = tmp_path / "kd"
-  return workdir, lambda: loop.train_and_evaluate(config, str(workdir), "distill", DEFAULT,
+  return workdir, lambda: runs.train_and_evaluate(config, str(workdir), "distill", DEFAULT,
                                                   teacher_paths=(teacher_path,))
 
 
@@ -159,7 +161,7 @@ def test_teacher_at_chance_is_refused_unless_allowed(tmp_path, trained_teacher):
   with pytest.raises(UserError, match="not clearly above chance.*allow_weak_teacher"):
     run()
   assert not (workdir / "results.json").exists() and not (workdir / "checkpoints").exists()
-  _, run_anyway = _distill(tmp_path, useless, **{"distill.allow_weak_teacher": True})
+  _, run_anyway = _distill(tmp_path, useless, **{"run.allow_weak_teacher": True})
   assert run_anyway()["test_count"] > 0
 
 
@@ -272,7 +274,7 @@ def test_hparams_are_the_distinguishing_fields_in_order():
 def test_events_are_in_the_run_directory_with_declared_metrics(tmp_path):
   from tensorboard.backend.event_processing import event_accumulator
   workdir = str(tmp_path / "student_baseline")
-  loop.train_and_evaluate(tiny_config(**{"student.epochs": 1}), workdir, "student", DEFAULT)
+  runs.train_and_evaluate(tiny_config(**{"student.epochs": 1}), workdir, "student", DEFAULT)
   acc = event_accumulator.EventAccumulator(workdir, size_guidance={
       event_accumulator.TENSORS: 0})
   acc.Reload()

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_research import loop
+from kd_research import driver
 from kd_research import models
+from kd_research import objectives
+from kd_research import runs
+from kd_research import steps
 from kd_research import teachers as teachers_lib
-from kd_research import train_step
 from kd_research.errors import UserError
 from conftest import tiny_config
 
@@ -21,7 +23,7 @@ DEFAULT = tf.distribute.get_strategy()
 @pytest.fixture(scope="module")
 def teacher_path(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("teacher"))
-  results = loop.train_and_evaluate(tiny_config(), workdir, "teacher", DEFAULT)
+  results = runs.train_and_evaluate(tiny_config(), workdir, "teacher", DEFAULT)
   assert results["test_accuracy"] > 0.9  # Synthetic data is easy for the teacher.
   return os.path.join(workdir, "model.keras")
 
@@ -46,7 +48,7 @@ def read_scalars(logdir):
 def test_distillation_run_writes_everything(tmp_path, teacher_path):
   workdir = str(tmp_path / "kd")
   config = tiny_config()
-  results = loop.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_path,))
+  results = runs.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_path,))
   for name in ("config.json", "results.json", "model.keras", "saved_model/saved_model.pb"):
     assert os.path.exists(os.path.join(workdir, name)), name
   with open(os.path.join(workdir, "results.json")) as f:
@@ -89,12 +91,12 @@ def test_distillation_run_writes_everything(tmp_path, teacher_path):
     assert t == pytest.approx(0.7 * d + 0.3 * c, rel=1e-4)
   # Finished runs are reported, not retrained; a different config is refused.
   mtime = os.path.getmtime(os.path.join(workdir, "model.keras"))
-  again = loop.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_path,))
+  again = runs.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_path,))
   assert again["test_accuracy"] == results["test_accuracy"]
   assert os.path.getmtime(os.path.join(workdir, "model.keras")) == mtime
-  with pytest.raises(UserError, match=r"distill.temperature: 10.0 -> 3.0"):
-    loop.train_and_evaluate(tiny_config(**{"distill.temperature": 3.0}), workdir, "distill",
-                            DEFAULT, (teacher_path,))
+  with pytest.raises(UserError, match=r"distill.temperature.start: 10.0 -> 3.0"):
+    runs.train_and_evaluate(tiny_config(**{"distill.temperature.start": 3.0}), workdir,
+                            "distill", DEFAULT, (teacher_path,))
 
 
 class Interrupted(Exception):
@@ -104,27 +106,27 @@ class Interrupted(Exception):
 def interrupt_then_resume(config, workdir, teacher_path, monkeypatch, stop_after,
                           expected_checkpoint):
   """Stops a distillation run once it passes ``stop_after`` steps, then reruns it."""
-  original = loop._check_finite
+  original = driver.Driver._check_finite
 
-  def interrupt(sums, step, n, manager):
-    original(sums, step, n, manager)
+  def interrupt(self, sums, step, n):
+    original(self, sums, step, n)
     if step + n > stop_after:
       raise Interrupted()
 
-  monkeypatch.setattr(loop, "_check_finite", interrupt)
+  monkeypatch.setattr(driver.Driver, "_check_finite", interrupt)
   with pytest.raises(Interrupted):
-    loop.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_path,))
+    runs.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_path,))
   assert not os.path.exists(os.path.join(workdir, "results.json"))
   latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
   assert latest.endswith(f"-{expected_checkpoint}")
-  monkeypatch.setattr(loop, "_check_finite", original)
-  loop.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_path,))
+  monkeypatch.setattr(driver.Driver, "_check_finite", original)
+  runs.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_path,))
 
 
 def test_resume_after_interruption_matches_uninterrupted(tmp_path, teacher_path, monkeypatch):
   config = tiny_config()
   full_dir, cut_dir = str(tmp_path / "full"), str(tmp_path / "cut")
-  loop.train_and_evaluate(config, full_dir, "distill", DEFAULT, (teacher_path,))
+  runs.train_and_evaluate(config, full_dir, "distill", DEFAULT, (teacher_path,))
   interrupt_then_resume(config, cut_dir, teacher_path, monkeypatch, stop_after=35,
                         expected_checkpoint=20)
   for a, b in zip(weights_of(full_dir), weights_of(cut_dir)):
@@ -135,9 +137,9 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, teacher_path,
 def test_distillation_does_not_depend_on_replica_count(tmp_path, teacher_path, replicas,
                                                        strategy_factory):
   config = tiny_config(**{"student.epochs": 1})
-  single = loop.train_and_evaluate(config, str(tmp_path / "one"), "distill", DEFAULT,
+  single = runs.train_and_evaluate(config, str(tmp_path / "one"), "distill", DEFAULT,
                                    (teacher_path,))
-  multi = loop.train_and_evaluate(config, str(tmp_path / "many"), "distill",
+  multi = runs.train_and_evaluate(config, str(tmp_path / "many"), "distill",
                                   strategy_factory(replicas), (teacher_path,))
   assert multi["replicas"] == replicas
   one = read_scalars(str(tmp_path / "one"))
@@ -172,8 +174,9 @@ def test_train_loop_loss_is_global_mean_on_two_replicas(strategy_factory):
       step = tf.Variable(0, dtype=tf.int64)
     ds = strategy.experimental_distribute_dataset(
         tf.data.Dataset.from_tensors({"image": images, "label": labels}).repeat())
-    run = train_step.make_train_loop(strategy, model, opt, step, 16)
-    sums = dict(zip(train_step.TRAIN_SUMS, run(iter(ds), tf.constant(1)).numpy()))
+    objective = objectives.Objective()
+    run = steps.make_train_loop(strategy, model, opt, step, 16, objective)
+    sums = steps.train_layout(objective.terms_names).unpack(run(iter(ds), tf.constant(1)))
     if want is None:
       with tf.GradientTape() as tape:
         logits = model(images)
@@ -201,8 +204,9 @@ def test_teacher_weights_and_bn_statistics_never_move(strategy_factory):
   ds = strategy.experimental_distribute_dataset(
       tf.data.Dataset.from_tensors({"image": images, "label": labels}).repeat())
   student_before = [w.numpy().copy() for w in student.weights]
-  run = train_step.make_train_loop(strategy, student, opt, step, 8, ensemble,
-                                   lambda s: 0.7, lambda s: 4.0)
+  run = steps.make_train_loop(strategy, student, opt, step, 8,
+                              objectives.HintonKD(lambda s: 0.7, lambda s: 4.0),
+                              objectives.live_teachers(ensemble))
   run(iter(ds), tf.constant(3))
   assert any(np.any(a != b.numpy()) for a, b in zip(student_before, student.weights))
   assert any("moving" in w.path for w in teacher.weights)
@@ -211,23 +215,24 @@ def test_teacher_weights_and_bn_statistics_never_move(strategy_factory):
 
 
 def test_divergence_stops_without_results(tmp_path):
-  config = tiny_config(**{"optimizer.learning_rate": 1e30, "optimizer.learning_rate_end": 1e30,
+  config = tiny_config(**{"optimizer.learning_rate.start": 1e30,
+                          "optimizer.learning_rate.end": 1e30,
                           "optimizer.name": "sgd"})
   workdir = str(tmp_path / "nan")
-  with pytest.raises(loop.TrainingDiverged, match="train/loss"):
-    loop.train_and_evaluate(config, workdir, "student", DEFAULT)
+  with pytest.raises(driver.TrainingDiverged, match="train/loss"):
+    runs.train_and_evaluate(config, workdir, "student", DEFAULT)
   assert not os.path.exists(os.path.join(workdir, "results.json"))
 
 
 def test_schedules_and_finetune_stage_resume_exactly(tmp_path, teacher_path, monkeypatch):
   """Linear alpha 0.9 -> 0.3 over two distillation epochs, then one labels-only epoch."""
   config = tiny_config(**{"student.epochs": 3, "distill.finetune_epochs": 1,
-                          "distill.alpha": 0.9, "distill.alpha_end": 0.3,
-                          "distill.alpha_schedule": "linear",
-                          "distill.temperature": 8.0, "distill.temperature_end": 2.0,
-                          "distill.temperature_schedule": "cosine"})
+                          "distill.alpha.start": 0.9, "distill.alpha.end": 0.3,
+                          "distill.alpha.kind": "linear",
+                          "distill.temperature.start": 8.0, "distill.temperature.end": 2.0,
+                          "distill.temperature.kind": "cosine"})
   full_dir, cut_dir = str(tmp_path / "full"), str(tmp_path / "cut")
-  loop.train_and_evaluate(config, full_dir, "distill", DEFAULT, (teacher_path,))
+  runs.train_and_evaluate(config, full_dir, "distill", DEFAULT, (teacher_path,))
   spe, distill_steps = 1800 // 64, 2 * (1800 // 64)
   scalars = read_scalars(full_dir)
   for step, alpha in scalars["train/alpha"]:
@@ -253,10 +258,10 @@ def test_report_groups_seeds(tmp_path):
   from kd_research import report
   accuracies = []
   for seed in (0, 1, 2):
-    results = loop.train_and_evaluate(tiny_config(**{"student.epochs": 1, "student.seed": seed}),
+    results = runs.train_and_evaluate(tiny_config(**{"student.epochs": 1, "student.seed": seed}),
                                       str(tmp_path / f"s{seed}"), "student", DEFAULT)
     accuracies.append(results["test_accuracy"])
-  loop.train_and_evaluate(tiny_config(**{"student.epochs": 1, "student.width": 16}),
+  runs.train_and_evaluate(tiny_config(**{"student.epochs": 1, "student.width": 16}),
                           str(tmp_path / "narrow"), "student", DEFAULT)
   table = report.build_table(report.find_runs(str(tmp_path)), str(tmp_path))
   rows = [l for l in table.splitlines() if l.startswith("| student")]

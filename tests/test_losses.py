@@ -57,17 +57,17 @@ def test_float32_inside_for_bfloat16_logits():
 def test_kl_is_zero_for_identical_logits_and_positive_otherwise():
   s, t, _ = random_case(4)
   np.testing.assert_allclose(losses.kl_divergence(s, s, 3.0).numpy(), 0.0, atol=1e-6)
-  assert np.all(losses.kl_divergence(t[0], s, 3.0).numpy() > 0)
+  assert np.all(losses.kl_divergence(s, t[0], 3.0).numpy() > 0)
 
 
 def test_dense_labels_cross_entropy_matches_sparse_for_one_hot():
   s, _, y = random_case(5)
   one_hot = np.eye(10, dtype=np.float32)[y]
-  np.testing.assert_allclose(losses.cross_entropy(one_hot, s).numpy(),
-                             losses.cross_entropy(y, s).numpy(), rtol=1e-6)
+  np.testing.assert_allclose(losses.cross_entropy(s, one_hot).numpy(),
+                             losses.cross_entropy(s, y).numpy(), rtol=1e-6)
   mixed = 0.3 * one_hot + 0.7 * np.eye(10, dtype=np.float32)[(y + 1) % 10]
   want = -(mixed * np.log(np_softmax(s))).sum(-1)
-  np.testing.assert_allclose(losses.cross_entropy(mixed, s).numpy(), want, rtol=1e-5)
+  np.testing.assert_allclose(losses.cross_entropy(s, mixed).numpy(), want, rtol=1e-5)
 
 
 @pytest.mark.parametrize("weights", [None, [0.2, 0.5, 0.3], [3.0, 1.0, 0.0]])
@@ -84,15 +84,15 @@ def test_combine_modes_match_numpy(weights):
       "kl_sum": sum(w[k] * np_kl(np_softmax(t[k], temperature), student) for k in range(3)),
   }
   for mode, expected in want.items():
-    got = losses.combined_distill_term(t, s, temperature, mode, weights).numpy()
+    got = losses.combined_distill_term(s, t, temperature, mode, weights).numpy()
     np.testing.assert_allclose(got, expected, rtol=3e-5, atol=3e-5, err_msg=mode)
 
 
 def test_all_modes_reduce_to_single_teacher_loss():
   s, t, _ = random_case(7, k=1)
-  single = losses.kl_divergence(t[0], s, 3.0).numpy()
+  single = losses.kl_divergence(s, t[0], 3.0).numpy()
   for mode in losses.COMBINE_MODES:
-    np.testing.assert_allclose(losses.combined_distill_term(t, s, 3.0, mode).numpy(), single,
+    np.testing.assert_allclose(losses.combined_distill_term(s, t, 3.0, mode).numpy(), single,
                                rtol=1e-5, atol=1e-6, err_msg=mode)
 
 
@@ -100,10 +100,10 @@ def test_all_modes_reduce_to_single_teacher_loss():
 def test_bad_teacher_weights_raise(weights):
   _, t, _ = random_case(8, k=2)
   with pytest.raises(UserError, match="weight"):
-    losses.combined_distill_term(t, t[0], 2.0, "prob_mean", weights)
+    losses.combined_distill_term(t[0], t, 2.0, "prob_mean", weights)
 
 
 def test_unknown_combine_mode_lists_valid():
   _, t, _ = random_case(9, k=2)
   with pytest.raises(UserError, match="prob_mean, logit_mean, kl_sum"):
-    losses.combined_distill_term(t, t[0], 2.0, "median")
+    losses.combined_distill_term(t[0], t, 2.0, "median")

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_research import loop
+from kd_research import runs
 from kd_research import models
 from kd_research import optimizers
 from kd_research import schedules
-from kd_research import train_step
+from kd_research import objectives
+from kd_research import steps
 from conftest import tiny_config
 from test_loop import read_scalars, weights_of
 
@@ -43,16 +44,18 @@ def test_overflow_step_is_skipped_and_scale_halved(strategy_factory, float16_pol
   ds = strategy.experimental_distribute_dataset(
       tf.data.Dataset.from_tensors({"image": images, "label": labels}).repeat())
   iterator = iter(ds)
-  run = train_step.make_train_loop(strategy, model, opt, step, 16)
+  objective = objectives.Objective()
+  layout = steps.train_layout(objective.terms_names)
+  run = steps.make_train_loop(strategy, model, opt, step, 16, objective)
   before = [w.numpy().copy() for w in model.trainable_weights]
-  sums = dict(zip(train_step.TRAIN_SUMS, run(iterator, tf.constant(1)).numpy()))
+  sums = layout.unpack(run(iterator, tf.constant(1)))
   assert sums["skipped"] == pytest.approx(1.0) and sums["grad_norm"] == 0.0
   assert float(opt.dynamic_scale.numpy()) == 2.0 ** 99
   for a, b in zip(before, model.trainable_weights):
     np.testing.assert_array_equal(a, b.numpy())
   # Halving continues until the scaled float16 gradients fit; then updates resume and
   # (growth every 1000 steps) the scale stays: scale = 2^100 / 2^(skipped steps).
-  sums = dict(zip(train_step.TRAIN_SUMS, run(iterator, tf.constant(100)).numpy()))
+  sums = layout.unpack(run(iterator, tf.constant(100)))
   assert 10 < sums["skipped"] < 100
   assert float(opt.dynamic_scale.numpy()) == 2.0 ** (100 - 1 - round(sums["skipped"]))
   assert any(np.abs(a - b.numpy()).max() > 0 for a, b in zip(before, model.trainable_weights))
@@ -62,16 +65,16 @@ def test_overflow_step_is_skipped_and_scale_halved(strategy_factory, float16_pol
 def test_float16_run_tracks_float32(tmp_path):
   """A whole float16 run (loss scaling on) ends near the float32 run: same accuracy within
   2 points, weights within 0.05, float32 master weights, loss scale logged."""
-  runs = {}
+  results = {}
   for precision in ("none", "fp16"):
     config = tiny_config(**{"student.epochs": 2, "mixed_precision": precision})
-    runs[precision] = loop.train_and_evaluate(config, str(tmp_path / precision), "student",
+    results[precision] = runs.train_and_evaluate(config, str(tmp_path / precision), "student",
                                               DEFAULT)
-  assert runs["fp16"]["test_accuracy"] == pytest.approx(runs["none"]["test_accuracy"], abs=0.02)
+  assert results["fp16"]["test_accuracy"] == pytest.approx(results["none"]["test_accuracy"], abs=0.02)
   diffs = [float(np.abs(a - b).max()) for a, b in
            zip(weights_of(str(tmp_path / "none")), weights_of(str(tmp_path / "fp16")))]
-  print(f"fp16 vs fp32: max |dw| {max(diffs):.2e}, accuracy {runs['fp16']['test_accuracy']} vs "
-        f"{runs['none']['test_accuracy']}")
+  print(f"fp16 vs fp32: max |dw| {max(diffs):.2e}, accuracy {results['fp16']['test_accuracy']} vs "
+        f"{results['none']['test_accuracy']}")
   assert max(diffs) < 0.05
   assert all(w.dtype == np.float32 for w in weights_of(str(tmp_path / "fp16")))
   scalars = read_scalars(str(tmp_path / "fp16"))

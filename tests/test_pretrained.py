@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_research import loop
+from kd_research import runs
 from kd_research import models
 from kd_research import pretrained
-from kd_research import train_step
+from kd_research import objectives
+from kd_research import steps as steps_lib
 from kd_research.errors import UserError
 from conftest import tiny_config, load_experiment
 
@@ -46,7 +47,8 @@ def _finetune_steps(model, phase, unfreeze_top, freeze_bn, steps=2):
   ds = tf.data.Dataset.from_tensors(batch).repeat()
   before = _snapshot(model)
   step = tf.Variable(0, dtype=tf.int64)
-  train_step.make_train_loop(DEFAULT, model, opt, step, 16)(iter(ds), tf.constant(steps))
+  steps_lib.make_train_loop(DEFAULT, model, opt, step, 16, objectives.Objective())(
+      iter(ds), tf.constant(steps))
   return _changed(before, model)
 
 
@@ -80,12 +82,12 @@ def test_pretrained_teacher_pipeline_under_mirrored(tmp_path, strategy_factory):
                           "teacher.head_epochs": 1, "teacher.unfreeze_top": 20,
                           "student.epochs": 1,
                           # 8 steps from random init: plumbing only, not a useful teacher.
-                          "distill.allow_weak_teacher": True})
+                          "run.allow_weak_teacher": True})
   start = time.time()
-  teacher = loop.train_and_evaluate(config, str(tmp_path / "t"), "teacher", DEFAULT)
+  teacher = runs.train_and_evaluate(config, str(tmp_path / "t"), "teacher", DEFAULT)
   print(f"mobilenetv2 at 32x32: 2 epochs of 256 examples in {time.time() - start:.1f} s")
   assert teacher["steps"] == 8
-  kd = loop.train_and_evaluate(config, str(tmp_path / "kd"), "distill", strategy_factory(2),
+  kd = runs.train_and_evaluate(config, str(tmp_path / "kd"), "distill", strategy_factory(2),
                                (str(tmp_path / "t" / "model.keras"),))
   assert kd["replicas"] == 2 and kd["teacher_test_accuracy"] == pytest.approx(
       teacher["test_accuracy"], abs=1e-9)

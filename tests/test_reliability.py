@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from kd_research import data_sources
 from kd_research import io_utils
-from kd_research import loop
+from kd_research import runs
 from kd_research import teachers as teachers_lib
 from kd_research.errors import UserError
 from conftest import REPO, tiny_config
@@ -24,20 +24,13 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 DEFAULT = tf.distribute.get_strategy()
 
 
-@pytest.fixture(scope="module")
-def teacher_file(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("rel_teacher"))
-  loop.train_and_evaluate(tiny_config(), workdir, "teacher", DEFAULT)
-  return os.path.join(workdir, "model.keras")
-
-
 def _distill_cmd(workdir, teacher_file):
   return [sys.executable, "-m", "kd_research.main", "distill", "--experiment=fashion_mnist:tiny",
           f"--workdir={workdir}", f"--config.teacher.path={teacher_file}",
           "--config.deterministic=true", "--config.student.epochs=4",
-          "--config.checkpoint_every_steps=10", "--config.steps_per_loop=2",
-          "--config.log_every_steps=2", "--config.augment.ops=flip,crop,cutout",
-          "--config.distill.alpha_schedule=linear", "--config.distill.alpha_end=0.2"]
+          "--config.run.checkpoint_every_steps=10", "--config.run.steps_per_loop=2",
+          "--config.run.log_every_steps=2", "--config.augment.ops=('flip','crop','cutout')",
+          "--config.distill.alpha.kind=linear", "--config.distill.alpha.end=0.2"]
 
 
 def _weights(workdir):
@@ -83,7 +76,7 @@ def _sha(path):
 
 def test_teacher_file_untouched_by_distillation(tmp_path, teacher_file):
   before = _sha(teacher_file)
-  loop.train_and_evaluate(tiny_config(**{"student.epochs": 1}), str(tmp_path / "kd"), "distill",
+  runs.train_and_evaluate(tiny_config(**{"student.epochs": 1}), str(tmp_path / "kd"), "distill",
                           DEFAULT, (teacher_file,))
   assert _sha(teacher_file) == before
   ckpt = tf.train.latest_checkpoint(str(tmp_path / "kd" / "checkpoints"))
@@ -112,7 +105,7 @@ def test_bad_teacher_files(tmp_path, teacher_file):
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
   workdir = str(tmp_path / "w")
-  loop.train_and_evaluate(tiny_config(**{"student.epochs": 1}), workdir, "student", DEFAULT)
+  runs.train_and_evaluate(tiny_config(**{"student.epochs": 1}), workdir, "student", DEFAULT)
   os.remove(os.path.join(workdir, "results.json"))
   with open(os.path.join(workdir, "config.json")) as f:
     identity = json.load(f)
@@ -120,7 +113,7 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
   io_utils.atomic_write_json(os.path.join(workdir, "config.json"), identity)
   config = tiny_config(**{"student.epochs": 1, "student.width": 64})
   with pytest.raises(UserError, match="does not fit the configured mlp model"):
-    loop.train_and_evaluate(config, workdir, "student", DEFAULT)
+    runs.train_and_evaluate(config, workdir, "student", DEFAULT)
 
 
 def test_unreadable_data_and_unwritable_workdir(tmp_path, monkeypatch):
@@ -141,7 +134,7 @@ def test_unreadable_data_and_unwritable_workdir(tmp_path, monkeypatch):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
   with pytest.raises(UserError, match="cannot be written"):
-    loop.train_and_evaluate(tiny_config(), str(blocker / "run"), "student", DEFAULT)
+    runs.train_and_evaluate(tiny_config(), str(blocker / "run"), "student", DEFAULT)
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
@@ -160,10 +153,10 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
 
 def test_overwrite_discards_a_different_run(tmp_path):
   workdir = str(tmp_path / "w")
-  loop.train_and_evaluate(tiny_config(**{"student.epochs": 1}), workdir, "student", DEFAULT)
+  runs.train_and_evaluate(tiny_config(**{"student.epochs": 1}), workdir, "student", DEFAULT)
   config = tiny_config(**{"student.epochs": 1, "student.width": 16})
   with pytest.raises(UserError, match="model.width: 32 -> 16"):
-    loop.train_and_evaluate(config, workdir, "student", DEFAULT)
-  results = loop.train_and_evaluate(config, workdir, "student", DEFAULT, overwrite=True)
+    runs.train_and_evaluate(config, workdir, "student", DEFAULT)
+  results = runs.train_and_evaluate(config, workdir, "student", DEFAULT, overwrite=True)
   assert json.load(open(os.path.join(workdir, "config.json")))["model"]["width"] == 16
   assert results["params"] == json.load(open(os.path.join(workdir, "results.json")))["params"]

@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 
 from kd_research import config as config_lib
-from kd_research import evaluate
-from kd_research import loop
+from kd_research import metrics
+from kd_research import runs
 from kd_research import pipeline
 from kd_research import teacher_cache
 from kd_research.errors import UserError
@@ -33,7 +33,7 @@ def three_teacher_config(**overrides):
 @pytest.fixture(scope="module")
 def multi_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("multi"))
-  config = three_teacher_config(**{"distill.teacher_weights": "2,1,1"})
+  config = three_teacher_config(**{"distill.teacher_weights": (2.0, 1.0, 1.0)})
   config_lib.validate(config)
   results, table = pipeline.run(config, workdir, DEFAULT)
   return workdir, results, table
@@ -44,13 +44,15 @@ def test_multi_teacher_pipeline_table(multi_run):
   for stage in ("teacher", "teacher_b", "teacher_c", "teacher_ensemble", "student_baseline",
                 "student_kd", "student_kd_multi"):
     assert stage in results, stage
-  for label in ("teacher b (mlp)", "teacher c (mlp)", "teacher ensemble (3",
-                "KD single teacher", "KD 3 teachers"):
-    assert label in table
+  rows = {line.split(" | ")[-2]: line for line in table.splitlines() if line.startswith("| ")}
+  assert "teacher: mlp w48 (seed 1)" in rows["teacher_b"]
+  assert "teacher: mlp w96 (seed 2)" in rows["teacher_c"]
+  assert "| teacher ensemble (3: teacher, teacher_b, teacher_c; prob_mean) |" in table
+  assert "1 teacher(s)" in rows["student_kd"] and "3 teacher(s)" in rows["student_kd_multi"]
   single = json.load(open(os.path.join(workdir, "student_kd", "config.json")))
   multi = json.load(open(os.path.join(workdir, "student_kd_multi", "config.json")))
   assert len(single["teachers"]) == 1 and len(multi["teachers"]) == 3
-  assert multi["distill"]["teacher_weights"] == "2,1,1"
+  assert multi["distill"]["teacher_weights"] == [2.0, 1.0, 1.0]
 
 
 def test_teacher_report_matches_numpy(multi_run):
@@ -84,7 +86,7 @@ def test_expected_calibration_error_small_case():
   labels = np.array([0, 1, 1, 0])
   # Bins (15): 0.9 -> bin 13, 0.8 -> bin 11, 0.7 -> bin 10, 0.6 -> bin 8; one example each.
   want = 0.25 * (abs(1 - 0.9) + abs(0 - 0.8) + abs(1 - 0.7) + abs(1 - 0.6))
-  assert evaluate.expected_calibration_error(probs, labels) == pytest.approx(want)
+  assert metrics.expected_calibration_error(probs, labels) == pytest.approx(want)
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
@@ -94,11 +96,11 @@ def test_cached_and_live_teacher_distil_identically(multi_run, tmp_path, replica
   paths = tuple(os.path.join(workdir, s, "model.keras")
                 for s in ("teacher", "teacher_b", "teacher_c"))
   strategy = strategy_factory(replicas)
-  runs = {}
+  results = {}
   for cache in (False, True):
     config = three_teacher_config(**{"student.epochs": 1, "distill.cache_teacher": cache,
                                      "distill.combine": "kl_sum"})
-    runs[cache] = loop.train_and_evaluate(config, str(tmp_path / f"c{cache}"), "distill",
+    results[cache] = runs.train_and_evaluate(config, str(tmp_path / f"c{cache}"), "distill",
                                           strategy, paths)
   assert len(glob.glob(str(tmp_path / "cTrue" / "teacher_cache" / "train-*.npz"))) == 1
   weights = {c: keras.models.load_model(str(tmp_path / f"c{c}" / "model.keras"),
@@ -107,14 +109,14 @@ def test_cached_and_live_teacher_distil_identically(multi_run, tmp_path, replica
              for a, b in zip(weights[False], weights[True]))
   print(f"{replicas} replica(s): cached vs live max |dw| = {diff:.2e}")
   assert diff < 1e-5
-  assert runs[True]["test_loss"] == pytest.approx(runs[False]["test_loss"], rel=1e-5)
+  assert results[True]["test_loss"] == pytest.approx(results[False]["test_loss"], rel=1e-5)
 
 
 def test_cache_refuses_random_augmentation(multi_run, tmp_path):
   path = os.path.join(multi_run[0], "teacher", "model.keras")
-  config = tiny_config(**{"distill.cache_teacher": True, "augment.ops": "flip"})
+  config = tiny_config(**{"distill.cache_teacher": True, "augment.ops": ("flip",)})
   with pytest.raises(UserError, match="teacher must see the same augmented image"):
-    loop.train_and_evaluate(config, str(tmp_path / "w"), "distill", DEFAULT, (path,))
+    runs.train_and_evaluate(config, str(tmp_path / "w"), "distill", DEFAULT, (path,))
 
 
 def test_stale_or_corrupt_cache_is_rebuilt(multi_run, tmp_path):
@@ -150,8 +152,9 @@ def test_stale_or_corrupt_cache_is_rebuilt(multi_run, tmp_path):
       teacher_cache.load_or_compute(cache_dir, "train", ensemble, images, digest), fresh)
 
 
-@pytest.mark.parametrize("weights,match", [("1,-1,1", "non-negative"), ("0,0,0", "positive sum"),
-                                           ("1,1", "2 teacher weights for 3 teachers")])
+@pytest.mark.parametrize("weights,match", [((1.0, -1.0, 1.0), "non-negative"),
+                                           ((0.0, 0.0, 0.0), "positive sum"),
+                                           ((1.0, 1.0), "2 teacher weights for 3 teachers")])
 def test_bad_teacher_weights_in_config(weights, match):
   with pytest.raises(UserError, match=match):
     config_lib.validate(three_teacher_config(**{"distill.teacher_weights": weights}))

@@ -1,0 +1,160 @@
+"""The traced step functions: ``train_loop(iterator, n)`` and ``eval_step(batch)``.
+
+Shape of a training call: ``train_loop(iterator, n)`` runs n steps with ``tf.range``;
+each step is ``strategy.run(replica_step, batch)``; the per-example loss of the
+objective is reduced once with ``tf.nn.compute_average_loss`` over the *global*
+batch, so the gradient and the logged losses do not depend on the replica count.
+Every metric is a named sum, packed by ``metrics.SumLayout`` so that one SUM
+all-reduce per step moves them all.
+
+Gradients cross replicas once per step: the step all-reduces them itself (it needs
+the global gradient for the logged norm), and the optimizer, built by
+``optimizers.make_optimizer``, applies them without reducing again.
+"""
+
+import keras
+import tensorflow as tf
+
+from kd_research import losses
+from kd_research import metrics
+from kd_research import optimizers
+
+
+def train_layout(term_names):
+  """The named sums of a train step: loss_<term> for each term, then the counters.
+
+  ``grad_norm``, ``steps`` and ``skipped`` sum to their value per step over replicas;
+  ``skipped`` counts float16 steps whose gradients overflowed (update skipped by the
+  loss scaler; their grad_norm counts as 0).
+  """
+  names = [f"loss_{t}" for t in term_names] + ["correct", "count", "grad_norm", "steps",
+                                                "skipped"]
+  return metrics.SumLayout({name: () for name in names})
+
+
+def make_train_loop(strategy, model, optimizer, step_var, global_batch_size, objective,
+                    teacher_source=None, layout=None, jit_compile=False):
+  """Returns ``train_loop(iterator, num_steps) -> packed sums`` (see ``train_layout``).
+
+  ``objective`` (objectives.py) gives the per-example terms; ``teacher_source(batch)``
+  gives the teachers' [K, B, C] logits for objectives that need them (live or cached).
+  ``layout`` may cover terms of other phases of the run (they sum to 0 here).
+  ``jit_compile`` compiles the forward and backward pass (not the optimizer update,
+  which XLA cannot place across replicas on CPU in TF 2.21: "Trying to access resource
+  ... located in device CPU:1 from device CPU:0") with XLA.
+  """
+  layout = layout or train_layout(objective.terms_names)
+  optimizers.apply_gradients_as_given(optimizer)  # The step reduces the gradients itself.
+  loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+  variables = list(model.trainable_variables) + list(objective.trainable_variables)
+
+  def forward_backward(batch, teacher_logits, step):
+    with tf.GradientTape() as tape:
+      logits = model(batch["image"], training=True)
+      terms = objective.terms(batch, {"logits": logits}, teacher_logits, step)
+      loss = tf.nn.compute_average_loss(terms["total"], global_batch_size=global_batch_size)
+      if model.losses:
+        loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+      if loss_scaling:  # float16: scaled before differentiation; the optimizer unscales.
+        loss = optimizer.scale_loss(loss)
+    return terms, logits, tape.gradient(loss, variables)
+
+  if jit_compile:
+    forward_backward = tf.function(forward_backward, jit_compile=True)
+
+  def replica_step(batch):
+    teacher_logits = teacher_source(batch) if objective.needs_teacher else None
+    terms, logits, grads = forward_backward(batch, teacher_logits, step_var.read_value())
+    grads, grad_norm = _all_reduce_gradients(grads)
+    skipped = tf.constant(0.0)
+    if loss_scaling:  # The norm of the unscaled gradient; 0 for a step the scaler skips.
+      grad_norm = grad_norm / optimizer.dynamic_scale
+      finite = tf.math.is_finite(grad_norm)
+      grad_norm = tf.where(finite, grad_norm, 0.0)
+      skipped = 1.0 - tf.cast(finite, tf.float32)
+    optimizer.apply_gradients(zip(grads, variables))
+    labels = batch["label"]
+    hard = labels if labels.shape.rank == 1 else tf.argmax(labels, -1, output_type=tf.int32)
+    correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), hard), tf.float32)
+    replicas = float(tf.distribute.get_replica_context().num_replicas_in_sync)
+    sums = {f"loss_{name}": 0.0 for name in _term_names(layout)}
+    sums.update({f"loss_{name}": tf.reduce_sum(value) for name, value in terms.items()})
+    sums.update(correct=tf.reduce_sum(correct), count=tf.cast(tf.size(correct), tf.float32),
+                grad_norm=grad_norm / replicas, steps=1.0 / replicas, skipped=skipped / replicas)
+    return layout.pack(sums)
+
+  @tf.function
+  def train_loop(iterator, num_steps):
+    sums = layout.zeros()
+    for _ in tf.range(num_steps):
+      per_replica = strategy.run(replica_step, args=(next(iterator),))
+      sums += metrics.all_reduce_sums(strategy, layout, per_replica)
+      step_var.assign_add(1)
+    return sums
+
+  return train_loop
+
+
+def _term_names(layout):
+  return [name[len("loss_"):] for name in layout.shapes if name.startswith("loss_")]
+
+
+def _all_reduce_gradients(grads):
+  """The global (all-replica) gradient and its norm, with one all-reduce.
+
+  Replicas average their losses over the global batch, so the global gradient is the
+  SUM of the replicas' gradients. Every replica then holds the same global gradient
+  and hands it to an optimizer that does not reduce again (optimizers.py).
+  """
+  ctx = tf.distribute.get_replica_context()
+  if ctx.num_replicas_in_sync > 1:
+    grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+  return grads, tf.linalg.global_norm(grads)
+
+
+def eval_layout(num_classes, with_teacher):
+  """The named sums of an eval step (agreement and kl only when teacher outputs are given)."""
+  shapes = {"loss": (), "correct": (), "count": ()}
+  if with_teacher:
+    shapes.update(agreement=(), kl=())
+  shapes.update(calibration=(3, metrics.ECE_BINS), confusion=(num_classes, num_classes))
+  return metrics.SumLayout(shapes)
+
+
+def make_eval_step(strategy, model, layout, teacher=None):
+  """Returns ``eval_step(batch) -> packed sums`` over one global batch (see eval_layout).
+
+  Padded examples carry weight 0 and count nowhere. With ``teacher=(temperature,
+  combine, weights)`` the batches carry the teachers' precomputed logits
+  ('teacher_logits' [b, K, C]), and the step adds teacher-student top-1 agreement and
+  KL(teacher_T || student_T) of the combined soft labels: the frozen teachers never
+  run during validation.
+  """
+  num_classes = layout.shapes["confusion"][0]
+
+  def replica_step(batch):
+    images, labels, weight = batch["image"], batch["label"], batch["weight"]
+    logits = tf.cast(model(images, training=False), tf.float32)
+    predicted = tf.argmax(logits, -1, output_type=tf.int32)
+    sums = {"loss": tf.reduce_sum(losses.cross_entropy(logits, labels) * weight),
+            "correct": tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32) * weight),
+            "count": tf.reduce_sum(weight),
+            "calibration": metrics.calibration_sums(tf.nn.softmax(logits), labels, weight),
+            "confusion": tf.math.confusion_matrix(labels, predicted, num_classes,
+                                                  weights=weight, dtype=tf.float32)}
+    if teacher is not None:
+      temperature, combine, weights = teacher
+      teacher_logits = tf.transpose(batch["teacher_logits"], [1, 0, 2])
+      teacher_predicted = tf.argmax(
+          metrics.ensemble_probs(teacher_logits, weights), -1, output_type=tf.int32)
+      sums["agreement"] = tf.reduce_sum(
+          tf.cast(tf.equal(teacher_predicted, predicted), tf.float32) * weight)
+      sums["kl"] = tf.reduce_sum(losses.combined_distill_term(
+          logits, teacher_logits, temperature, combine, weights) * weight)
+    return layout.pack(sums)
+
+  @tf.function
+  def eval_step(batch):
+    return metrics.all_reduce_sums(strategy, layout, strategy.run(replica_step, args=(batch,)))
+
+  return eval_step

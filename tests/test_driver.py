@@ -1,0 +1,168 @@
+"""The training driver and its state: preemption, damaged checkpoints, the run lock, one
+gradient all-reduce per step, named metric sums and config.json migration."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kd_research import metrics
+from kd_research import models
+from kd_research import objectives
+from kd_research import runs
+from kd_research import steps
+from kd_research import workdir as workdir_lib
+from kd_research.errors import PREEMPTED_EXIT_STATUS
+from kd_research.errors import UserError
+from conftest import REPO, tiny_config
+from test_reliability import ENV, _distill_cmd, _weights
+
+DEFAULT = tf.distribute.get_strategy()
+
+
+def test_sigterm_checkpoints_then_rerun_matches_uninterrupted_run(tmp_path, teacher_file):
+  """SIGTERM mid-run (long checkpoint interval): the run saves at the next loop boundary,
+  exits with the preemption status, and the rerun ends bit-identical to an uninterrupted run."""
+  def command(workdir):
+    return _distill_cmd(workdir, teacher_file) + ["--config.run.checkpoint_every_steps=1000"]
+  full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+  done = subprocess.run(command(full), cwd=REPO, env=ENV, capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  proc = subprocess.Popen(command(cut), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  events = lambda: [n for n in os.listdir(cut) if n.startswith("events")] if os.path.isdir(
+      cut) else []
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None and not events():
+    time.sleep(0.05)
+  time.sleep(1.0)  # Training is under way (the events file exists from the first step on).
+  assert proc.poll() is None, "the run finished before it could be stopped"
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == PREEMPTED_EXIT_STATUS, err[-2000:]
+  assert "preempted: stopped by SIGTERM at step" in err
+  saved = int(tf.train.latest_checkpoint(os.path.join(cut, "checkpoints")).rsplit("-", 1)[1])
+  assert 0 < saved < 4 * 28 and saved % 1000 != 0  # Saved because of the signal.
+  assert not os.path.exists(os.path.join(cut, "results.json"))
+  resumed = subprocess.run(command(cut), cwd=REPO, env=ENV, capture_output=True, text=True,
+                           timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  diffs = [float(np.max(np.abs(a - b))) for a, b in zip(_weights(full), _weights(cut))]
+  print(f"SIGTERM: checkpoint at step {saved}; max |dw| vs uninterrupted: {max(diffs)}")
+  assert max(diffs) == 0.0
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+  config = tiny_config(**{"student.epochs": 2, "run.keep_checkpoints": 3})
+  workdir = str(tmp_path / "run")
+  runs.train_and_evaluate(config, workdir, "student", DEFAULT)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  latest = tf.train.latest_checkpoint(ckpt_dir)
+  data_file = latest + ".data-00000-of-00001"
+  with open(data_file, "r+b") as f:
+    f.truncate(os.path.getsize(data_file) // 2)
+  os.remove(os.path.join(workdir, "results.json"))  # As if the run died after saving.
+  with caplog.at_level("WARNING"):
+    results = runs.train_and_evaluate(config, workdir, "student", DEFAULT)
+  assert f"Skipped damaged checkpoint {latest}" in caplog.text
+  assert results["steps"] == 2 * (1800 // 64)
+  for path in tf.train.get_checkpoint_state(ckpt_dir).all_model_checkpoint_paths:
+    with open(path + ".data-00000-of-00001", "rb"):
+      pass
+  # Every checkpoint damaged: a clear error, not a traceback.
+  for name in os.listdir(ckpt_dir):
+    if ".data-" in name:
+      open(os.path.join(ckpt_dir, name), "r+b").truncate(10)
+  os.remove(os.path.join(workdir, "results.json"))
+  with pytest.raises(UserError, match="No checkpoint in .* can be read"):
+    runs.train_and_evaluate(config, workdir, "student", DEFAULT)
+
+
+def test_second_process_on_a_workdir_is_refused(tmp_path):
+  workdir = str(tmp_path / "busy")
+  with workdir_lib.RunLock(workdir):
+    with pytest.raises(UserError, match=r"is in use by pid \d+ on "):
+      runs.train_and_evaluate(tiny_config(), workdir, "student", DEFAULT)
+  runs.train_and_evaluate(tiny_config(**{"student.epochs": 1}), workdir, "student", DEFAULT)
+
+
+def _count_all_reduces(monkeypatch):
+  calls = []
+  original = tf.distribute.ReplicaContext.all_reduce
+
+  def counting(self, reduce_op, value, options=None):
+    calls.append(len(tf.nest.flatten(value)))
+    return original(self, reduce_op, value, options)
+
+  monkeypatch.setattr(tf.distribute.ReplicaContext, "all_reduce", counting)
+  return calls
+
+
+def test_one_gradient_all_reduce_per_step(monkeypatch, strategy_factory):
+  """On 2 replicas a traced step all-reduces the gradients once (Keras' optimizer would add a
+  second one); the logged global norm and the update stay those of a single device."""
+  strategy = strategy_factory(2)
+  rng = np.random.default_rng(0)
+  images = rng.uniform(0, 255, (16, 4, 4, 1)).astype(np.float32)
+  labels = rng.integers(0, 3, 16).astype(np.int32)
+  results = {}
+  for name, strat in (("one", DEFAULT), ("two", strategy)):
+    with strat.scope():
+      keras.utils.set_random_seed(0)
+      model = models.build("mlp", (4, 4, 1), 3, width=8)
+      opt = keras.optimizers.SGD(0.1)
+      opt.build(model.trainable_variables)
+      step = tf.Variable(0, dtype=tf.int64)
+    calls = _count_all_reduces(monkeypatch)
+    ds = strat.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensors({"image": images, "label": labels}).repeat())
+    objective = objectives.Objective()
+    loop = steps.make_train_loop(strat, model, opt, step, 16, objective)
+    sums = steps.train_layout(objective.terms_names).unpack(loop(iter(ds), tf.constant(3)))
+    results[name] = (calls, sums["grad_norm"], [w.numpy() for w in model.weights])
+    monkeypatch.undo()
+  gradients = len(results["two"][2])
+  # Each of the 2 replicas traces the step once and all-reduces all its gradients once (with
+  # Keras' optimizer reducing again, every replica would show a second call).
+  assert results["two"][0] == [gradients, gradients]
+  assert results["one"][0] == []
+  assert results["two"][1] == pytest.approx(results["one"][1], rel=1e-5)
+  for a, b in zip(results["one"][2], results["two"][2]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_sum_layout_packs_and_unpacks_by_name():
+  layout = metrics.SumLayout({"loss": (), "calibration": (3, 2), "count": ()})
+  packed = layout.pack({"count": 4.0, "loss": 2.5, "calibration": tf.ones([3, 2]) * 7})
+  assert packed.shape == (8,)
+  out = layout.unpack(packed.numpy() * 2)
+  assert out["loss"] == 5.0 and out["count"] == 8.0
+  np.testing.assert_array_equal(out["calibration"], np.full((3, 2), 14.0))
+  with pytest.raises(KeyError, match="count"):
+    layout.pack({"loss": 1.0, "calibration": tf.zeros([3, 2])})
+
+
+def test_format1_config_json_is_migrated(tmp_path):
+  """A run directory written before nested schedules is still recognised as the same run."""
+  config = tiny_config(**{"student.epochs": 1})
+  workdir = str(tmp_path / "old")
+  first = runs.train_and_evaluate(config, workdir, "student", DEFAULT)
+  identity = json.load(open(os.path.join(workdir, "config.json")))
+  lr = identity["optimizer"].pop("learning_rate")
+  identity["optimizer"].update(
+      learning_rate=lr["start"], learning_rate_end=lr["end"], learning_rate_schedule=lr["kind"],
+      learning_rate_boundaries="", learning_rate_values="", learning_rate_warmup_steps=0,
+      learning_rate_warmup_from=0.0)
+  identity["augment"]["ops"] = ""
+  del identity["format"]
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(identity, f)
+  again = runs.train_and_evaluate(config, workdir, "student", DEFAULT)
+  assert again["test_accuracy"] == first["test_accuracy"]  # Found finished, not refused.
