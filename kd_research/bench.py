@@ -194,8 +194,9 @@ def run_our_loop(opts, x, y, num_classes, precision="none", jit=False, cache=Fal
   table = None
   if profile_dir:
     from kd_research import profiling  # pylint: disable=g-import-not-at-top
-    table = profiling.op_time_table(profiling.trace(lambda: loop(iterator, n).numpy(),
-                                                    profile_dir))
+    from kd_research import report as report_lib  # pylint: disable=g-import-not-at-top
+    table = report_lib.op_time_table(profiling.family_times(profiling.op_times(
+        profiling.trace(lambda: loop(iterator, n).numpy(), profile_dir))))
   from kd_research import precision as precision_lib  # pylint: disable=g-import-not-at-top
   precision_lib.set_policy("none")
   teacher_flops = sum(forward_flops(m) for m in teacher_models)
@@ -247,23 +248,20 @@ def _measure(opts, rows, strategy, profile_dir):
   return measured, profiles
 
 
-def _table(measured, peaks, report):
-  """The Markdown table of the measured rows; appends each row to report['rows']."""
+def _rows(measured, peaks):
+  """One dict per measured row: examples/s, ratio to (a), GFLOP/s and share of the peak."""
   reference = measured.get("a", (None,))[0]
-  lines = ["| row | configuration | examples/s | vs (a) | GFLOP/s | share of matmul peak |",
-           "|---|---|---|---|---|---|"]
+  rows = []
   for row in [r for r in ROW_NAMES if r in measured]:
     rate, s_flops, t_flops, row_opts = measured[row]
     live_teacher = not row_opts.get("cache") and not row_opts.get("student_only")
     gflops = rate * (3 * s_flops + (t_flops if live_teacher else 0)) / 1e9
     peak = peaks["bfloat16" if row_opts.get("precision") == "bf16" else "float32"]
-    ratio = rate / reference if reference else float("nan")
-    name = ROW_NAMES[row] + (f" {row_opts}" if row == "f" else "")
-    report["rows"].append({"row": row, "name": name, "examples_per_second": rate,
-                           "ratio_to_a": ratio, "gflops": gflops, "peak_share": gflops / peak})
-    lines.append(f"| ({row}) | {name} | {rate:,.0f} | {ratio:.2f}x | {gflops:.1f} | "
-                 f"{100 * gflops / peak:.1f}% |")
-  return "\n".join(lines)
+    rows.append({"row": row, "name": ROW_NAMES[row] + (f" {row_opts}" if row == "f" else ""),
+                 "examples_per_second": rate,
+                 "ratio_to_a": rate / reference if reference else float("nan"),
+                 "gflops": gflops, "peak_share": gflops / peak})
+  return rows
 
 
 def main(argv):
@@ -283,6 +281,7 @@ def main(argv):
         strategy="mirrored", num_cpu_devices=opts.replicas, cross_device_ops="auto")))
   from kd_research import io_utils  # pylint: disable=g-import-not-at-top
   from kd_research import precision  # pylint: disable=g-import-not-at-top
+  from kd_research import report as report_lib  # pylint: disable=g-import-not-at-top
   auto = precision.choose("auto")
   print(f"mixed_precision=auto would use {auto.used} on this machine: {auto.reason}.", flush=True)
   peaks = {"float32": matmul_peak("float32"), "bfloat16": matmul_peak("bfloat16")}
@@ -291,8 +290,9 @@ def main(argv):
   report = {"batch": opts.batch, "teacher": f"{opts.teacher} w{opts.teacher_width}",
             "student": f"{opts.student} w{opts.student_width}", "replicas": opts.replicas,
             "matmul_peak_gflops": peaks, "auto_precision": auto.as_dict(),
-            "machine": machine.describe(), "rows": [], "profiles": profiles}
-  report["table"] = _table(measured, peaks, report)
+            "machine": machine.describe(), "profiles": profiles}
+  report["rows"] = _rows(measured, peaks)
+  report["table"] = report_lib.bench_table(report["rows"])
   print(f"\n{machine.summary(report['machine'])}; mixed_precision=auto -> {auto.used}")
   print(f"batch {opts.batch}, {opts.replicas} replica(s), teacher {report['teacher']}, student "
         f"{report['student']}; matmul peak {peaks['float32']:.0f} GFLOP/s fp32, "

@@ -198,15 +198,3 @@ def export_run(workdir, splits, calibration=300):
         "latency_ms_batch1": _latency_ms(fn, images[:1])}
   io_utils.atomic_write_json(os.path.join(export_dir, "export_report.json"), report)
   return report
-
-
-def report_table(report):
-  """Markdown table of an export report."""
-  lines = [f"Keras model: {100 * report['keras_test_accuracy']:.2f}% on "
-           f"{report['test_examples']} test images", "",
-           "| artifact | size (KB) | test accuracy | agreement with Keras | batch-1 latency (ms) |",
-           "|---|---|---|---|---|"]
-  for name, a in report["artifacts"].items():
-    lines.append(f"| {name} | {a['size_kb']:.1f} | {100 * a['test_accuracy']:.2f}% | "
-                 f"{100 * a['agreement_with_keras']:.2f}% | {a['latency_ms_batch1']:.3f} |")
-  return "\n".join(lines) + "\n"

@@ -100,7 +100,8 @@ def _run(command, config, workdir):
   elif command == "export":
     from kd_research import export  # pylint: disable=g-import-not-at-top
     report = export.export_run(workdir, export.splits_for_run(config, workdir))
-    print(export.report_table(report))
+    from kd_research import report as report_lib  # pylint: disable=g-import-not-at-top
+    print(report_lib.export_table(report))
     return
   elif command == "pipeline":
     _, table = pipeline.run(config, workdir, strategy, overwrite=overwrite)

@@ -1,6 +1,7 @@
 """Where the time goes: TF profiler trace of a callable, summarised per op type.
 
-    table = profiling.op_time_table(profiling.trace(fn, logdir))
+    families = profiling.family_times(profiling.op_times(profiling.trace(fn, logdir)))
+    table = report.op_time_table(families)   # every table is rendered by report.py
 
 The trace (logdir/plugins/profile/<run>/*.xplane.pb) also opens in TensorBoard's
 profile plugin when it is installed; this module needs nothing beyond TensorFlow: it
@@ -77,19 +78,3 @@ def family_times(times):
     seconds[family] += value
     kernels[family].add(op_type)
   return {f: (seconds[f], sorted(kernels[f])) for f in seconds}
-
-
-def op_time_table(xplane_path, top=12):
-  """Markdown: op family | seconds | share of op time | kernels, the ``top`` largest first."""
-  families = family_times(op_times(xplane_path))
-  total = sum(s for s, _ in families.values()) or 1.0
-  lines = ["| op family | seconds | share of op time | kernels |", "|---|---|---|---|"]
-  ranked = sorted(families.items(), key=lambda kv: -kv[1][0])
-  for name, (seconds, kernels) in ranked[:top]:
-    lines.append(f"| {name} | {seconds:.3f} | {100 * seconds / total:.1f}% | "
-                 f"{', '.join(kernels)} |")
-  rest = sum(s for _, (s, _) in ranked[top:])
-  if rest:
-    lines.append(f"| (other {len(ranked) - top} op families) | {rest:.3f} | "
-                 f"{100 * rest / total:.1f}% | |")
-  return "\n".join(lines) + "\n"

@@ -73,15 +73,7 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size, obj
       grad_norm = tf.where(finite, grad_norm, 0.0)
       skipped = 1.0 - tf.cast(finite, tf.float32)
     optimizer.apply_gradients(zip(grads, variables))
-    labels = batch["label"]
-    hard = labels if labels.shape.rank == 1 else tf.argmax(labels, -1, output_type=tf.int32)
-    correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), hard), tf.float32)
-    replicas = float(tf.distribute.get_replica_context().num_replicas_in_sync)
-    sums = {f"loss_{name}": 0.0 for name in _term_names(layout)}
-    sums.update({f"loss_{name}": tf.reduce_sum(value) for name, value in terms.items()})
-    sums.update(correct=tf.reduce_sum(correct), count=tf.cast(tf.size(correct), tf.float32),
-                grad_norm=grad_norm / replicas, steps=1.0 / replicas, skipped=skipped / replicas)
-    return layout.pack(sums)
+    return layout.pack(_train_sums(layout, terms, batch["label"], logits, grad_norm, skipped))
 
   @tf.function
   def train_loop(iterator, num_steps):
@@ -95,8 +87,16 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size, obj
   return train_loop
 
 
-def _term_names(layout):
-  return [name[len("loss_"):] for name in layout.shapes if name.startswith("loss_")]
+def _train_sums(layout, terms, labels, logits, grad_norm, skipped):
+  """One replica's named sums of a step (terms of other phases of the run sum to 0)."""
+  hard = labels if labels.shape.rank == 1 else tf.argmax(labels, -1, output_type=tf.int32)
+  correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), hard), tf.float32)
+  replicas = float(tf.distribute.get_replica_context().num_replicas_in_sync)
+  sums = {name: 0.0 for name in layout.shapes if name.startswith("loss_")}
+  sums.update({f"loss_{name}": tf.reduce_sum(value) for name, value in terms.items()})
+  sums.update(correct=tf.reduce_sum(correct), count=tf.cast(tf.size(correct), tf.float32),
+              grad_norm=grad_norm / replicas, steps=1.0 / replicas, skipped=skipped / replicas)
+  return sums
 
 
 def _all_reduce_gradients(grads):
