@@ -153,7 +153,7 @@ def _state(strategy, student):
   return state_lib.build(
       strategy, lambda: student,
       lambda: optimizers.make_optimizer(adam, schedules.Schedule("constant", 1, 1e-3)),
-      lambda: [], tempfile.mkdtemp(prefix="kd_bench_"), 1, True)
+      lambda model: [], tempfile.mkdtemp(prefix="kd_bench_"), 1, True)
 
 
 def run_our_loop(opts, x, y, num_classes, precision="none", jit=False, cache=False, teachers=1,

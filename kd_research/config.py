@@ -16,6 +16,7 @@ import ml_collections
 
 from kd_research import augment
 from kd_research import data_sources
+from kd_research import methods as methods_lib
 from kd_research import models
 from kd_research import precision
 from kd_research import schedules
@@ -86,11 +87,16 @@ def base_config():
       ops=(), crop_padding=2, rotation_degrees=10.0, cutout_size=8, mixup_alpha=0.2,
       cutmix_alpha=1.0))
   c.distill = ml_collections.ConfigDict(dict(
+      # kd | dkd | dist | fitnets | at | rkd | pkt | sp, or several: 'kd,at' (methods.py).
+      method="kd",
+      ce_weight=1.0,             # CE weight of the methods beyond kd (kd weighs it 1 - alpha)
+      logit_standardization=False,  # Sun et al. 2024: standardised logits in kd / dkd
       alpha=schedule(0.7), temperature=schedule(10.0), combine="prob_mean",
       teacher_weights=(),        # one per teacher; empty = uniform
       finetune_epochs=0,         # final labels-only epochs (distill, then fine-tune)
       finetune_lr_factor=1.0,    # learning-rate factor for the fine-tuning stage
       cache_teacher=False))      # teacher-output cache (no random augmentation)
+  c.distill.update(methods_lib.defaults())  # per-method sections: distill.dkd, .at, ...
   c.run = _run_section()
   c.distribution = ml_collections.ConfigDict(dict(
       strategy="default",
@@ -231,6 +237,18 @@ def _validate_model(role, entry):
 
 def _validate_distill(d, num_teachers, student_epochs, where):
   from kd_research import losses  # pylint: disable=g-import-not-at-top
+  names = methods_lib.parse(d.method)
+  _need(not (d.cache_teacher and methods_lib.needs_features(d.method)),
+        f"{where}.cache_teacher=true cannot serve method {d.method!r}: it reads the teachers' "
+        "intermediate features, and the cache holds their logits only. Turn the cache off "
+        "(the teacher then runs live) or use a logit method (kd, dkd, dist).")
+  _need(not d.logit_standardization or {"kd", "dkd"} & set(names),
+        f"{where}.logit_standardization modifies kd or dkd; method is {d.method!r}.")
+  _need(d.fitnets.hint_epochs == 0 or "fitnets" in names,
+        f"{where}.fitnets.hint_epochs needs method fitnets.")
+  _need(d.finetune_epochs + d.fitnets.hint_epochs < student_epochs,
+        f"{where}: fitnets.hint_epochs + finetune_epochs must leave distillation epochs of "
+        f"config.student.epochs={student_epochs}.")
   _need(d.combine in COMBINE_MODES,
         f"{where}.combine={d.combine!r}; valid: {', '.join(COMBINE_MODES)}.")
   losses.normalise_weights(tuple(d.teacher_weights) or None, num_teachers)

@@ -7,6 +7,11 @@ BatchNormalization keeps per-replica moving statistics under MirroredStrategy).
 Models take raw pixel values in [0, 255] and rescale inside, like the seed
 article's models, and end in a float32 Dense layer so that softmax, KL and
 cross-entropy stay in float32 under mixed precision.
+
+Feature taps: the registry's models name their stage outputs ``stage1``, ``stage2``,
+... and the pooled feature before the classifier ``pooled`` (weightless Identity
+layers, so weights and numerics are those of the untapped model); ``taps.py`` reads
+them from the same forward pass as the logits.
 """
 
 import keras
@@ -20,6 +25,11 @@ def _batch_norm(sync_bn, name=None):
 
 def _logits(x, num_classes):
   return keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
+
+
+def _tap(x, name):
+  """Names a tensor for feature taps (an Identity layer: no weights, no computation)."""
+  return keras.layers.Identity(name=name)(x)
 
 
 def _residual_block(x, filters, stride, sync_bn):
@@ -43,10 +53,12 @@ def resnet_seed(input_shape, num_classes, width=None, sync_bn=False):
   width = width or 64
   inputs = keras.Input(shape=input_shape)
   x = keras.layers.Rescaling(1.0 / 255)(inputs)
-  for filters, stride in ((width, 1), (width, 1), (2 * width, 2), (2 * width, 1),
-                          (4 * width, 2), (4 * width, 1)):
+  for index, (filters, stride) in enumerate(((width, 1), (width, 1), (2 * width, 2),
+                                             (2 * width, 1), (4 * width, 2), (4 * width, 1))):
     x = _residual_block(x, filters, stride, sync_bn)
-  x = keras.layers.GlobalAveragePooling2D()(x)
+    if index % 2:
+      x = _tap(x, f"stage{index // 2 + 1}")
+  x = _tap(keras.layers.GlobalAveragePooling2D()(x), "pooled")
   return keras.Model(inputs, _logits(x, num_classes), name="resnet_seed")
 
 
@@ -58,10 +70,10 @@ def cnn_seed(input_shape, num_classes, width=None, sync_bn=False):
   x = keras.layers.Rescaling(1.0 / 255)(inputs)
   x = keras.layers.Conv2D(width, 3, activation="relu")(x)
   x = keras.layers.Conv2D(2 * width, 3, activation="relu")(x)
-  x = keras.layers.MaxPooling2D()(x)
+  x = _tap(keras.layers.MaxPooling2D()(x), "stage1")
   x = keras.layers.Conv2D(2 * width, 3, activation="relu")(x)
-  x = keras.layers.Conv2D(2 * width, 3, activation="relu")(x)
-  x = keras.layers.GlobalAveragePooling2D()(x)
+  x = _tap(keras.layers.Conv2D(2 * width, 3, activation="relu")(x), "stage2")
+  x = _tap(keras.layers.GlobalAveragePooling2D()(x), "pooled")
   return keras.Model(inputs, _logits(x, num_classes), name="cnn_seed")
 
 
@@ -77,7 +89,8 @@ def _cifar_resnet(depth, input_shape, num_classes, width, sync_bn):
     for block in range(blocks):
       stride = 2 if stage > 0 and block == 0 else 1
       x = _residual_block(x, filters, stride, sync_bn)
-  x = keras.layers.GlobalAveragePooling2D()(x)
+    x = _tap(x, f"stage{stage + 1}")
+  x = _tap(keras.layers.GlobalAveragePooling2D()(x), "pooled")
   return keras.Model(inputs, _logits(x, num_classes), name=f"resnet{depth}")
 
 
@@ -103,8 +116,8 @@ def mlp(input_shape, num_classes, width=None, sync_bn=False):
   inputs = keras.Input(shape=input_shape)
   x = keras.layers.Rescaling(1.0 / 255)(inputs)
   x = keras.layers.Flatten()(x)
-  x = keras.layers.Dense(width, activation="relu")(x)
-  x = keras.layers.Dense(width, activation="relu")(x)
+  x = _tap(keras.layers.Dense(width, activation="relu")(x), "stage1")
+  x = _tap(keras.layers.Dense(width, activation="relu")(x), "pooled")
   return keras.Model(inputs, _logits(x, num_classes), name="mlp")
 
 

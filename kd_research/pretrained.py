@@ -89,7 +89,7 @@ def build_application(name, input_shape, num_classes, image_size=None, weights="
   if x.shape[1] != size or x.shape[2] != size:
     x = keras.layers.Resizing(size, size)(x)
   x = AppPreprocess(module_name)(x)
-  x = backbone(x)  # BatchNorm mode: see set_trainable.
+  x = keras.layers.Identity(name="pooled")(backbone(x))  # BatchNorm mode: see set_trainable.
   logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
   return keras.Model(inputs, logits, name=name)
 

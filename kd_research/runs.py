@@ -30,6 +30,7 @@ from kd_research import driver as driver_lib
 from kd_research import evaluation
 from kd_research import io_utils
 from kd_research import machine
+from kd_research import methods
 from kd_research import models
 from kd_research import objectives
 from kd_research import optimizers
@@ -139,22 +140,33 @@ def _resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
   distill_steps = (entry.epochs - config.distill.finetune_epochs) * spe
   head_steps = entry.head_epochs * spe if role == "teacher" else 0
   lr_fn = _learning_rate(config, entry, role, total, head_steps, distill_steps)
-  # The student first: its initial weights come from the seeded RNG, which loading the
-  # teachers would otherwise advance.
+  method = {}  # The distillation objective, built with the state (it may own variables).
+
+  def method_variables(model):
+    """Teachers and the method's variables, after the student: its initial weights come
+    first from the seeded RNG, which the teachers and connectors would otherwise advance."""
+    if role != "distill":
+      return []
+    method["ensemble"] = teachers_lib.load(teacher_paths, splits.input_shape,
+                                           splits.num_classes)
+    method["objective"] = methods.build(
+        config.distill, methods.parse(config.distill.method), model,
+        method["ensemble"].models[0], _normalised_weights(config, len(teacher_paths)), spe,
+        distill_steps)
+    return methods.build_variables(method["objective"], model, method["ensemble"])
+
   state = state_lib.build(
       strategy, functools.partial(_build_model, entry, splits), functools.partial(
           optimizers.make_optimizer, config.optimizer, lr_fn,
           (config.loss_scale.initial, config.loss_scale.growth_steps)
           if config.mixed_precision == "fp16" else None),
-      lambda: [], workdir, config.run.keep_checkpoints, chief, entry.model)
+      method_variables, workdir, config.run.keep_checkpoints, chief, entry.model)
   teachers = None
   if role == "distill":  # Checked and evaluated once, before any student step.
-    with strategy.scope():
-      ensemble = teachers_lib.load(teacher_paths, splits.input_shape, splits.num_classes)
-    teachers = _teachers_once(config, workdir, ensemble, teacher_paths, splits, chief,
-                              distill_steps)
-  phases = _phases(config, role, entry, state.model, teachers, total, head_steps,
-                   distill_steps)
+    teachers = _teachers_once(config, workdir, method["ensemble"], teacher_paths, splits,
+                              chief, distill_steps)
+  phases = _phases(config, role, entry, state.model, teachers, method.get("objective"),
+                   total, head_steps, distill_steps)
   logging.info("%s: %s %s, %d params, %d steps (%d/epoch), %d replica(s), %s.", workdir, role,
                entry.model, state.model.count_params(), total, spe,
                strategy.num_replicas_in_sync, splits.source)
@@ -182,8 +194,14 @@ def _learning_rate(config, entry, role, total, head_steps, distill_steps):
   return lr_fn
 
 
-def _phases(config, role, entry, model, teachers, total, head_steps, distill_steps):
-  """The run as phases: [head warm-up,] training | distillation [, labels-only fine-tuning]."""
+def _normalised_weights(config, num_teachers):
+  from kd_research import losses  # pylint: disable=g-import-not-at-top
+  return losses.normalise_weights(config_lib.teacher_weights(config), num_teachers)
+
+
+def _phases(config, role, entry, model, teachers, objective, total, head_steps,
+            distill_steps):
+  """The run as phases: [head warm-up,] training, or [hint,] distillation [, fine-tuning]."""
   def trainable(mode):
     return functools.partial(pretrained.set_trainable, model, mode, entry.unfreeze_top,
                              bool(entry.weights))
@@ -194,10 +212,17 @@ def _phases(config, role, entry, model, teachers, total, head_steps, distill_ste
     head = ([driver_lib.Phase(f"{name} (head only)", head_steps, labels, None,
                               trainable("head"))] if head_steps else [])
     return head + [driver_lib.Phase(name, total, labels, None, trainable("finetune"))]
-  kd = objectives.hinton_from_config(config.distill, distill_steps, teachers.weights)
   source = (objectives.cached_teachers if teachers.train_logits is not None
-            else objectives.live_teachers(teachers.ensemble))
-  phases = [driver_lib.Phase("distill", distill_steps, kd, source, trainable("finetune"))]
+            else objectives.live_teachers(teachers.ensemble.tap(objective.teacher_taps)
+                                          if objective.teacher_taps else teachers.ensemble,
+                                          objective.teacher_taps))
+  phases = []
+  hint_steps = config.distill.fitnets.hint_epochs * (total // entry.epochs)
+  if hint_steps:
+    phases.append(driver_lib.Phase("hint", hint_steps, methods.hint_objective(objective),
+                                   source, trainable("finetune")))
+  phases.append(driver_lib.Phase("distill", distill_steps, objective, source,
+                                 trainable("finetune")))
   if distill_steps < total:
     phases.append(driver_lib.Phase("finetune", total, labels, None, trainable("finetune")))
   return phases
@@ -322,9 +347,12 @@ def _final_results(run, evaluator, last_validation):
       "ms_per_batch_128": timing.inference_ms_per_batch(model, shape, 128),
       "ms_per_batch_1": timing.inference_ms_per_batch(model, shape, 1),
       "replicas": run.strategy.num_replicas_in_sync, "dataset": run.config.dataset,
-      "test": test, "workdir": os.path.abspath(run.workdir), "machine": machine.describe()}
+      "test": test, "workdir": os.path.abspath(run.workdir), "machine": machine.describe(),
+      # Connectors and other objective variables: trained, never exported.
+      "extra_params": int(sum(np.prod(v.shape) for v in run.state.extra.variables_list))}
   if run.teachers:
-    results.update(teachers=run.teachers.report, test_agreement=test["agreement"],
+    results.update(method=run.config.distill.method, teachers=run.teachers.report,
+                   test_agreement=test["agreement"],
                    teacher_test_accuracy=run.teachers.report["test"]["ensemble_accuracy"])
   logging.info("%s finished: test accuracy %.4f over %d examples.", run.role, test["accuracy"],
                test["count"])

@@ -47,7 +47,8 @@ def build(strategy, model_fn, optimizer_fn, extra_variables_fn, workdir, keep, c
   Args:
     model_fn: () -> Keras model, with every variable that will ever train trainable.
     optimizer_fn: () -> optimizer (built here for the model's and the extras' variables).
-    extra_variables_fn: () -> list of the objectives' trainable variables.
+    extra_variables_fn: (model) -> list of the objectives' variables (created in
+      the scope, after the model: the model's initial weights come first from the RNG).
     workdir: run directory; the chief's checkpoints live in workdir/checkpoints. Other
       workers save into a temporary directory (saving is a collective) and restore the
       chief's.
@@ -58,9 +59,10 @@ def build(strategy, model_fn, optimizer_fn, extra_variables_fn, workdir, keep, c
   with strategy.scope():
     model = model_fn()
     extra = tf.Module()
-    extra.variables_list = list(extra_variables_fn())
+    extra.variables_list = list(extra_variables_fn(model))
     optimizer = optimizer_fn()
-    optimizer.build(list(model.trainable_variables) + extra.variables_list)
+    optimizer.build(list(model.trainable_variables)
+                    + [v for v in extra.variables_list if v.trainable])
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step,

@@ -18,6 +18,7 @@ import tensorflow as tf
 from kd_research import losses
 from kd_research import metrics
 from kd_research import optimizers
+from kd_research import taps
 
 
 def train_layout(term_names):
@@ -36,8 +37,9 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size, obj
                     teacher_source=None, layout=None, jit_compile=False):
   """Returns ``train_loop(iterator, num_steps) -> packed sums`` (see ``train_layout``).
 
-  ``objective`` (objectives.py) gives the per-example terms; ``teacher_source(batch)``
-  gives the teachers' [K, B, C] logits for objectives that need them (live or cached).
+  ``objective`` (objectives.py) gives the per-example terms from the student's logits and
+  tapped features (one forward pass); ``teacher_source(batch)`` gives the teachers'
+  outputs ({'logits': [K, B, C], 'features': ...}) for objectives that need them.
   ``layout`` may cover terms of other phases of the run (they sum to 0 here).
   ``jit_compile`` compiles the forward and backward pass (not the optimizer update,
   which XLA cannot place across replicas on CPU in TF 2.21: "Trying to access resource
@@ -47,11 +49,14 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size, obj
   optimizers.apply_gradients_as_given(optimizer)  # The step reduces the gradients itself.
   loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
   variables = list(model.trainable_variables) + list(objective.trainable_variables)
+  tapped = taps.feature_model(model, objective.student_taps)  # One forward for all outputs.
 
-  def forward_backward(batch, teacher_logits, step):
+  def forward_backward(batch, teacher, step):
     with tf.GradientTape() as tape:
-      logits = model(batch["image"], training=True)
-      terms = objective.terms(batch, {"logits": logits}, teacher_logits, step)
+      outputs = tapped(batch["image"], training=True)
+      logits = outputs[0] if objective.student_taps else outputs
+      features = dict(zip(objective.student_taps, outputs[1:])) if objective.student_taps else {}
+      terms = objective.terms(batch, {"logits": logits, "features": features}, teacher, step)
       loss = tf.nn.compute_average_loss(terms["total"], global_batch_size=global_batch_size)
       if model.losses:
         loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
@@ -63,8 +68,8 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size, obj
     forward_backward = tf.function(forward_backward, jit_compile=True)
 
   def replica_step(batch):
-    teacher_logits = teacher_source(batch) if objective.needs_teacher else None
-    terms, logits, grads = forward_backward(batch, teacher_logits, step_var.read_value())
+    teacher = teacher_source(batch) if objective.needs_teacher else None
+    terms, logits, grads = forward_backward(batch, teacher, step_var.read_value())
     grads, grad_norm = _all_reduce_gradients(grads)
     skipped = tf.constant(0.0)
     if loss_scaling:  # The norm of the unscaled gradient; 0 for a step the scaler skips.

@@ -34,6 +34,29 @@ class TeacherEnsemble:
     return tf.stop_gradient(tf.stack(
         [tf.cast(m(images, training=False), tf.float32) for m in self.models]))
 
+  def tap(self, taps):
+    """Builds (once, before tracing) each teacher's model with the feature ``taps``."""
+    from kd_research import taps as taps_lib  # pylint: disable=g-import-not-at-top
+    for model, path in zip(self.models, self.paths):
+      for name in taps:
+        taps_lib.resolve(model, name, f"teacher {path}")
+    self._tapped = tuple(taps_lib.feature_model(m, taps) for m in self.models)
+    self._taps = tuple(taps)
+    return self
+
+  def outputs(self, images, taps):
+    """{'logits': [K, B, C], 'features': [{tap: tensor} per teacher]}, inference mode, one
+    forward pass per teacher; ``tap(taps)`` must have been called first."""
+    if tuple(taps) != getattr(self, "_taps", None):
+      raise ValueError(f"teacher taps {taps} were not prepared with tap()")
+    logits, features = [], []
+    for model in self._tapped:
+      out = model(images, training=False)
+      logits.append(tf.cast(out[0], tf.float32))
+      features.append({name: tf.stop_gradient(tf.cast(f, tf.float32))
+                       for name, f in zip(taps, out[1:])})
+    return {"logits": tf.stop_gradient(tf.stack(logits)), "features": features}
+
 
 def load_teacher(path, input_shape, num_classes, name="teacher"):
   """Loads a teacher saved as ``.keras`` and checks its input shape and class count."""
@@ -105,7 +128,7 @@ def check_above_chance(accuracies, names, labels, num_classes, split="validation
         f"= the majority class, {100 * chance:.2f}%; required >= {100 * required:.2f}% over "
         f"{len(labels)} images). Distilling from it would teach the student noise: check that "
         "the teacher file belongs to this dataset and finished training. To distil from it on "
-        "purpose, set --config.distill.allow_weak_teacher=true.")
+        "purpose, set --config.run.allow_weak_teacher=true.")
 
 
 def load(paths, input_shape, num_classes):

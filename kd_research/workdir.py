@@ -6,10 +6,11 @@ to the one this run trains (and, for distillation, the teachers' files). Everyth
 else (strategy, replica count, logging and checkpoint frequency) may change between a
 run and its resume, which is how a run started on one device can finish on several.
 
-config.json format 2 (nested schedules, tuples) replaced format 1 (flat
-``alpha``/``alpha_end``/``alpha_schedule`` keys and comma-separated lists); a format-1
-config.json is migrated when read, so finished runs stay finished and interrupted runs
-resume.
+config.json format 3 (distill.method and the active method's section) follows format 2
+(nested schedules, tuples), which replaced format 1 (flat ``alpha``/``alpha_end``/
+``alpha_schedule`` keys and comma-separated lists). Older config.json files are migrated
+when read (their runs were Hinton KD), so finished runs stay finished and interrupted
+runs resume.
 """
 
 import fcntl
@@ -20,12 +21,13 @@ import socket
 
 from kd_research import config as config_lib
 from kd_research import io_utils
+from kd_research import methods as methods_lib
 from kd_research.errors import UserError
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
 LOCK_FILE = ".lock"
-FORMAT = 2
+FORMAT = 3
 _MODEL_ENTRIES = ("teacher", "student", "extra_teachers")
 
 
@@ -40,6 +42,10 @@ def run_identity(config, role, teacher_paths=()):
     identity.pop("loss_scale")
   if role == "distill":
     identity["teachers"] = [os.path.realpath(p) for p in teacher_paths]
+    active = set(methods_lib.parse(config.distill.method))
+    for name in methods_lib.NAMES:  # Only the sections of the methods the run uses.
+      if name not in active:
+        identity["distill"].pop(name, None)
   else:
     identity.pop("distill")
   identity["format"] = FORMAT
@@ -58,9 +64,15 @@ def _schedule_v1(d, prefix):
 
 
 def migrate(identity):
-  """A config.json dict in the current format (format 1 is converted; 2 returned as is)."""
+  """A config.json dict in the current format (formats 1 and 2 are converted)."""
   if identity.get("format") == FORMAT:
     return identity
+  if identity.get("format") == 2:  # Before the method choice: every run was Hinton KD.
+    new = json.loads(json.dumps(identity))
+    if "distill" in new:
+      new["distill"].update(method="kd", ce_weight=1.0, logit_standardization=False)
+    new["format"] = FORMAT
+    return new
   old = json.loads(json.dumps(identity))
   old["optimizer"]["learning_rate"] = _schedule_v1(old["optimizer"], "learning_rate")
   old["augment"]["ops"] = [o for o in str(old["augment"]["ops"]).split(",") if o]
@@ -68,8 +80,8 @@ def migrate(identity):
     d = old["distill"]
     d["alpha"], d["temperature"] = _schedule_v1(d, "alpha"), _schedule_v1(d, "temperature")
     d["teacher_weights"] = [float(w) for w in str(d["teacher_weights"]).split(",") if w]
-  old["format"] = FORMAT
-  return old
+  old["format"] = 2
+  return migrate(old)
 
 
 def read_identity(workdir):
