@@ -21,6 +21,7 @@ from absl import flags
 import numpy as np
 
 from kd_research import machine
+from kd_research import profiling
 
 flags.DEFINE_bool("quick", False, "Fewer and shorter windows: about a minute in total.")
 flags.DEFINE_string("rows", "a,b,c,d,e,f,g,h,i", "Which rows to run.")
@@ -38,6 +39,9 @@ flags.DEFINE_string("output", "runs/bench.json", "Where the JSON goes.")
 flags.DEFINE_integer("replicas", 1, "Replicas for our loop's rows: > 1 runs them under "
                      "MirroredStrategy over that many logical CPU devices (GPUs when present); "
                      "the batch stays global.")
+flags.DEFINE_string("methods", "", "Also one row per distillation method (comma-separated, e.g. "
+                    "kd,dkd,dist,fitnets,at,rkd,pkt,sp): examples/s with a live teacher, "
+                    "relative to kd, same models; --profile=NAME traces that method's window.")
 flags.DEFINE_string("profile", "", "Also trace one window of this row (b-i) with the TF profiler "
                     "and print where the time goes per op type (trace kept next to --output).")
 
@@ -142,7 +146,53 @@ def run_fit_distiller(opts, x, y, num_classes):
   return _rate(times, opts.batch, opts.window), forward_flops(student), forward_flops(teacher)
 
 
-def _state(strategy, student):
+def run_method(opts, x, y, num_classes, method, strategy=None, profile_dir=None):
+  """examples/s of distillation method ``method`` with a live teacher (and an op table)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from kd_research import config as config_lib  # pylint: disable=g-import-not-at-top
+  from kd_research import data  # pylint: disable=g-import-not-at-top
+  from kd_research import methods  # pylint: disable=g-import-not-at-top
+  from kd_research import objectives  # pylint: disable=g-import-not-at-top
+  from kd_research import steps  # pylint: disable=g-import-not-at-top
+  from kd_research import teachers as teachers_lib  # pylint: disable=g-import-not-at-top
+  strategy = strategy or tf.distribute.get_strategy()
+  with strategy.scope():
+    (teacher,), student = _models(opts, num_classes, x.shape[1:], "none")
+  ensemble = teachers_lib.TeacherEnsemble([teacher], ["t"])
+  distill = ml_collections.ConfigDict(config_lib.base_config().distill.to_dict())
+  distill.temperature.start = distill.temperature.end = 4.0
+  objective = methods.build(distill, methods.parse(method), student, teacher, [1.0], 100, 1000)
+  state = _state(strategy, student,
+                 lambda model: methods.build_variables(objective, model, ensemble))
+  if objective.teacher_taps:
+    ensemble.tap(objective.teacher_taps)
+  loop = steps.make_train_loop(strategy, state.model, state.optimizer, state.step, opts.batch,
+                               objective, objectives.live_teachers(ensemble,
+                                                                   objective.teacher_taps))
+  iterator = iter(strategy.distribute_datasets_from_function(
+      data.train_dataset_fn(x, y, opts.batch, seed=0)))
+  return _time_loop(opts, loop, iterator, profile_dir)
+
+
+def _time_loop(opts, loop, iterator, profile_dir=None):
+  """(median examples/s over the timed windows after a warm-up window, op table or None)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  n = tf.constant(opts.window)
+  loop(iterator, n).numpy()  # Warm-up (trace + first window).
+  times = [time.perf_counter()]
+  for _ in range(opts.windows):
+    loop(iterator, n).numpy()
+    times.append(time.perf_counter())
+  table = None
+  if profile_dir:
+    from kd_research import report as report_lib  # pylint: disable=g-import-not-at-top
+    table = report_lib.op_time_table(profiling.family_times(profiling.op_times(
+        profiling.trace(lambda: loop(iterator, n).numpy(), profile_dir))))
+  return _rate(times, opts.batch, opts.window), table
+
+
+def _state(strategy, student, extra_variables_fn=lambda model: []):
   """The training state of a run (state.py) around ``student``, Adam at a constant 1e-3."""
   import tempfile  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
@@ -153,7 +203,7 @@ def _state(strategy, student):
   return state_lib.build(
       strategy, lambda: student,
       lambda: optimizers.make_optimizer(adam, schedules.Schedule("constant", 1, 1e-3)),
-      lambda model: [], tempfile.mkdtemp(prefix="kd_bench_"), 1, True)
+      extra_variables_fn, tempfile.mkdtemp(prefix="kd_bench_"), 1, True)
 
 
 def run_our_loop(opts, x, y, num_classes, precision="none", jit=False, cache=False, teachers=1,
@@ -185,22 +235,29 @@ def run_our_loop(opts, x, y, num_classes, precision="none", jit=False, cache=Fal
                                objective, source, jit_compile=jit)
   iterator = iter(strategy.distribute_datasets_from_function(
       data.train_dataset_fn(x, y, opts.batch, seed=0, extras=extras)))
-  n = tf.constant(opts.window)
-  loop(iterator, n).numpy()  # Warm-up (trace + first window).
-  times = [time.perf_counter()]
-  for _ in range(opts.windows):
-    loop(iterator, n).numpy()
-    times.append(time.perf_counter())
-  table = None
-  if profile_dir:
-    from kd_research import profiling  # pylint: disable=g-import-not-at-top
-    from kd_research import report as report_lib  # pylint: disable=g-import-not-at-top
-    table = report_lib.op_time_table(profiling.family_times(profiling.op_times(
-        profiling.trace(lambda: loop(iterator, n).numpy(), profile_dir))))
+  rate, table = _time_loop(opts, loop, iterator, profile_dir)
   from kd_research import precision as precision_lib  # pylint: disable=g-import-not-at-top
   precision_lib.set_policy("none")
   teacher_flops = sum(forward_flops(m) for m in teacher_models)
-  return _rate(times, opts.batch, opts.window), forward_flops(student), teacher_flops, table
+  return rate, forward_flops(student), teacher_flops, table
+
+
+def _measure_methods(opts, strategy, profile_dir, profiles):
+  """[{'method', 'examples_per_second', 'ratio_to_kd'}] for --methods (kd measured too)."""
+  from kd_research import methods  # pylint: disable=g-import-not-at-top
+  names = [m.strip() for m in opts.methods.split(",") if m.strip()]
+  for name in names:
+    methods.parse(name)  # Unknown names fail before any measurement.
+  x, y, classes = _data(opts, opts.batch)
+  rates = {}
+  for name in (["kd"] if "kd" not in names else []) + names:
+    rates[name], table = run_method(opts, x, y, classes, name, strategy,
+                                    profile_dir if name == opts.profile else None)
+    if table:
+      profiles[name] = table
+    print(f"  measured method {name}: {rates[name]:.0f} examples/s", flush=True)
+  return [{"method": n, "examples_per_second": rates[n], "ratio_to_kd": rates[n] / rates["kd"]}
+          for n in rates]
 
 
 OPTIONS = {"b": {}, "c": {"jit": True}, "d": {"precision": "bf16"}, "e": {"cache": True},
@@ -215,9 +272,11 @@ def _check_rows(opts):
   if unknown:
     sys.stderr.write(f"error: unknown rows {unknown}; valid: {', '.join(ROW_NAMES)}.\n")
     return None
-  if opts.profile and (opts.profile not in rows or opts.profile in "af"):
+  method_rows = [m.strip() for m in opts.methods.split(",") if m.strip()]
+  if opts.profile and opts.profile not in method_rows and (
+      opts.profile not in rows or opts.profile in "af"):
     sys.stderr.write(f"error: --profile={opts.profile!r} must be one of the measured rows of our "
-                     f"loop ({', '.join(r for r in rows if r not in 'af')}).\n")
+                     f"loop ({', '.join(r for r in rows if r not in 'af')}) or of --methods.\n")
     return None
   return rows
 
@@ -293,11 +352,16 @@ def main(argv):
             "machine": machine.describe(), "profiles": profiles}
   report["rows"] = _rows(measured, peaks)
   report["table"] = report_lib.bench_table(report["rows"])
+  if opts.methods:
+    report["methods"] = _measure_methods(opts, strategy, profile_dir, profiles)
+    report["methods_table"] = report_lib.method_bench_table(report["methods"])
   print(f"\n{machine.summary(report['machine'])}; mixed_precision=auto -> {auto.used}")
   print(f"batch {opts.batch}, {opts.replicas} replica(s), teacher {report['teacher']}, student "
         f"{report['student']}; matmul peak {peaks['float32']:.0f} GFLOP/s fp32, "
         f"{peaks['bfloat16']:.0f} bf16\n")
   print(report["table"])
+  if opts.methods:
+    print(f"\ndistillation methods, live teacher, relative to kd:\n\n{report['methods_table']}")
   for row, op_table in profiles.items():
     print(f"\nwhere the time goes in row ({row}), one profiled window of {opts.window} steps "
           f"(trace in {profile_dir}):\n\n{op_table}")

@@ -85,9 +85,15 @@ def describe(config):
     label += f" (seed {model['seed']})"
   if config["role"] == "distill":
     d = config["distill"]
-    label += (f", {len(config['teachers'])} teacher(s), alpha {schedules.describe(d['alpha'])}"
-              f", T {schedules.describe(d['temperature'])}"
-              + (f", fine-tune {d['finetune_epochs']} ep" if d["finetune_epochs"] else ""))
+    method = d.get("method", "kd")
+    label += f", {len(config['teachers'])} teacher(s)"
+    if method != "kd":
+      label += f", {method}" + (" + ls" if d.get("logit_standardization") else "")
+    if "kd" in method.split(","):
+      label += (f", alpha {schedules.describe(d['alpha'])}"
+                f", T {schedules.describe(d['temperature'])}"
+                + (" + ls" if d.get("logit_standardization") and method == "kd" else ""))
+    label += f", fine-tune {d['finetune_epochs']} ep" if d["finetune_epochs"] else ""
   return label
 
 
@@ -156,7 +162,7 @@ def _rows(runs, root):
         "label": describe(config), "seeds": len(members), "config": config,
         "test": [r["test_accuracy"] for r in results],
         "validation": [r.get("validation_accuracy") for r in results],
-        "params": results[0]["params"],
+        "params": results[0]["params"], "extra": results[0].get("extra_params", 0),
         "ms": float(np.median([r["ms_per_batch_128"] for r in results])),
         "train": float(np.mean([r["train_seconds"] for r in results])),
         "dirs": ", ".join(os.path.relpath(m["dir"], root) for m in members),
@@ -174,6 +180,11 @@ def _deployed(exports):
   int8 = [e["artifacts"]["tflite_int8"] for e in exports]
   return [float(np.mean([a[k] for a in int8]))
           for k in ("size_kb", "test_accuracy", "latency_ms_batch1")]
+
+
+def _extra(row):
+  """' (+192 extra)': parameters of connectors, trained but not exported."""
+  return f" (+{row['extra']:,} extra)" if row.get("extra") else ""
 
 
 def _reference(rows):
@@ -204,7 +215,7 @@ def build_table(runs, root):
              "- | - | - | ") if deployed else "")
     lines.append(
         f"| {row['label']} | {row['seeds']} | {mean_std(row['test'])} | {validation} | "
-        f"{_fmt(row['params'], ',')} | {share} | {_fmt(row['ms'], '.1f')} | "
+        f"{_fmt(row['params'], ',')}{_extra(row)} | {share} | {_fmt(row['ms'], '.1f')} | "
         f"{_fmt(row['train'], '.0f', ' s')} | {tail}{row['dirs']} | "
         f"{_commands(row)} |")
   return "\n".join(lines) + "\n"
@@ -386,6 +397,14 @@ def bench_table(rows):
   for r in rows:
     lines.append(f"| ({r['row']}) | {r['name']} | {r['examples_per_second']:,.0f} | "
                  f"{r['ratio_to_a']:.2f}x | {r['gflops']:.1f} | {100 * r['peak_share']:.1f}% |")
+  return "\n".join(lines)
+
+
+def method_bench_table(rows):
+  """Markdown table of the benchmark's per-method rows (examples/s relative to kd)."""
+  lines = ["| method | examples/s | vs kd |", "|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['method']} | {r['examples_per_second']:,.0f} | {r['ratio_to_kd']:.2f}x |")
   return "\n".join(lines)
 
 
