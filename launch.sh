@@ -13,7 +13,7 @@ usage: ./launch.sh COMMAND [flags]
 
   setup        create .venv, install kd_research and its dependencies, get Fashion-MNIST
                (idempotent; KD_TF=gpu installs tensorflow[and-cuda] instead of tensorflow-cpu)
-  quickstart   setup, then the default experiment end to end (fashion_mnist:quick pipeline
+  quickstart   setup, then the few-labels experiment end to end (fashion_mnist:fewlabels pipeline
                in runs/quickstart) and print the results table
   test         setup, then the test suite (extra args go to pytest)
   train        train one model on labels:      --experiment=NAME[:ARG] --workdir=DIR --role=teacher|student
@@ -91,7 +91,7 @@ case "$cmd" in
   quickstart)
     setup
     start=$(date +%s)
-    "$PY" -m kd_research.main pipeline --experiment=fashion_mnist:quick \
+    "$PY" -m kd_research.main pipeline --experiment=fashion_mnist:fewlabels \
       --workdir="${KD_QUICKSTART_DIR:-runs/quickstart}" "$@"
     echo "quickstart wall time: $(( $(date +%s) - start )) s" ;;
   test)

@@ -67,6 +67,11 @@ def base_config():
   c.train_size = 0               # >0: use only this many training examples (quick runs)
   c.test_size = 0                # >0: evaluate the final test on only this many (tests only)
   c.global_batch_size = 128
+  # Transfer set (student runs): labels for ``count`` examples (or a ``fraction``) of the
+  # training split, chosen by ``seed``; a distilled student sees every image (soft labels
+  # from the teacher, CE only where a label exists), a labels-only student trains on the
+  # labelled ones for the same number of steps. 0 and 0.0: every example is labelled.
+  c.labels = ml_collections.ConfigDict(dict(count=0, fraction=0.0, seed=0))
   # none (float32, the same numbers on every machine) | bf16 | fp16 (dynamic loss scaling) |
   # auto (bf16 where the CPU/GPU has native bf16 units, float32 elsewhere; see precision.py).
   c.mixed_precision = "none"

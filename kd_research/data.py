@@ -55,6 +55,22 @@ def load_splits(config):
                 input_shape=tuple(raw.train_x.shape[1:]), source=raw.source)
 
 
+def labelled_mask(num_examples, count=0, fraction=0.0, seed=0):
+  """The transfer set's labels: 1.0 for the ``count`` (or ``fraction``) labelled examples, a
+  fixed random choice by ``seed``, 0.0 for the rest; all 1.0 when both are 0."""
+  if count and fraction:
+    raise UserError("Give config.labels.count or config.labels.fraction, not both.")
+  if fraction and not 0 < fraction <= 1:
+    raise UserError(f"config.labels.fraction must be in (0, 1], got {fraction}.")
+  n = count or int(round(fraction * num_examples)) or num_examples
+  if not 0 < n <= num_examples:
+    raise UserError(f"config.labels.count={count} must be in [1, {num_examples}] (the training "
+                    "examples).")
+  mask = np.zeros(num_examples, np.float32)
+  mask[np.random.default_rng(seed).permutation(num_examples)[:n]] = 1.0
+  return mask
+
+
 def steps_per_epoch(num_examples, global_batch_size):
   """Full global batches per epoch (the remainder is dropped, reshuffled next epoch)."""
   return num_examples // global_batch_size

@@ -48,13 +48,19 @@ class Objective:
   def terms(self, batch, student, teacher, step):
     """{term: [B] float32} for the local batch (see the module docstring for the inputs)."""
     del teacher, step
-    ce = losses.cross_entropy(student["logits"], batch["label"])
+    ce = labelled_cross_entropy(batch, student["logits"])
     return {"total": ce, "ce": ce}
 
   def scalars(self, step):
     """Scalar hyper-parameters at ``step`` to log as train/<name> (none here)."""
     del step
     return {}
+
+
+def labelled_cross_entropy(batch, logits):
+  """Per-example CE, 0 for the transfer set's unlabelled images (batch['labelled'] = 0)."""
+  ce = losses.cross_entropy(logits, batch["label"])
+  return ce * batch["labelled"] if "labelled" in batch else ce
 
 
 def _maybe_standardize(logits, on):
@@ -85,7 +91,7 @@ class HintonKD(Objective):
     alpha, t = self.alpha(step), self.temperature(step)
     distill = tf.square(t) * losses.combined_distill_term(logits, teacher_logits, t,
                                                            self.combine, self.weights)
-    ce = losses.cross_entropy(student["logits"], batch["label"])
+    ce = labelled_cross_entropy(batch, student["logits"])
     return {"total": alpha * distill + (1.0 - alpha) * ce, "distill": distill, "ce": ce}
 
   def scalars(self, step):
@@ -105,7 +111,7 @@ class _TeacherWeighted(Objective):
     raise NotImplementedError
 
   def terms(self, batch, student, teacher, step):
-    ce = losses.cross_entropy(student["logits"], batch["label"])
+    ce = labelled_cross_entropy(batch, student["logits"])
     method = tf.add_n([w * self.method_loss(batch, student, teacher, k, step)
                        for k, w in enumerate(self.teacher_weights)])
     return {"total": self.ce_weight * ce + self.weight * method, self.name: method, "ce": ce}

@@ -83,6 +83,10 @@ def describe(config):
   label = f"{config['role']}: {model['model']}" + (f" w{model['width']}" if model["width"] else "")
   if config["role"] == "teacher":
     label += f" (seed {model['seed']})"
+  if config.get("labels"):
+    labels = config["labels"]
+    share = labels["count"] or f"{100 * labels['fraction']:g}%"
+    label += f", {share} labels"
   if config["role"] == "distill":
     d = config["distill"]
     method = d.get("method", "kd")

@@ -118,6 +118,8 @@ class _Run:
   lr_fn: object
   state: object
   teachers: Optional["_Teachers"]
+  train: tuple            # the training arrays (images, labels) this run iterates over
+  labelled: Optional[np.ndarray]  # distillation on a transfer set: 1 where a label exists
 
 
 @dataclasses.dataclass
@@ -170,8 +172,30 @@ def _resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
   logging.info("%s: %s %s, %d params, %d steps (%d/epoch), %d replica(s), %s.", workdir, role,
                entry.model, state.model.count_params(), total, spe,
                strategy.num_replicas_in_sync, splits.source)
+  train, labelled = _transfer_set(config, role, splits)
   return _Run(config, workdir, role, strategy, splits, chief, entry, spe, phases, lr_fn, state,
-              teachers)
+              teachers, train, labelled)
+
+
+def _transfer_set(config, role, splits):
+  """(training arrays, labelled mask or None): every example for teachers and fully
+  labelled runs; the labelled examples alone for a labels-only student (same number of
+  steps, so it cycles over them); every image with a mask for a distilled student."""
+  images, labels = splits.train
+  if role == "teacher" or not (config.labels.count or config.labels.fraction):
+    return splits.train, None
+  mask = data.labelled_mask(len(images), config.labels.count, config.labels.fraction,
+                            config.labels.seed)
+  logging.info("Transfer set: labels for %d of %d training images.", int(mask.sum()),
+               len(images))
+  if role == "distill":
+    return splits.train, mask
+  keep = mask > 0
+  if keep.sum() < config.global_batch_size:
+    raise UserError(f"config.labels: {int(keep.sum())} labelled examples are fewer than one "
+                    f"global batch ({config.global_batch_size}); label more examples or use a "
+                    "smaller config.global_batch_size.")
+  return (images[keep], labels[keep]), None
 
 
 def _build_model(entry, splits):
@@ -300,10 +324,13 @@ def _train_iterator(run, writer):
   transform = (functools.partial(augment.augment_batch, ops=ops, cfg=config.augment,
                                  seed=run.entry.seed, num_classes=splits.num_classes,
                                  global_batch_size=config.global_batch_size) if ops else None)
-  extras = ({"teacher_logits": run.teachers.train_logits}
-            if run.teachers and run.teachers.train_logits is not None else None)
-  train_fn = functools.partial(data.train_dataset_fn, *splits.train, config.global_batch_size,
-                               seed=run.entry.seed, transform=transform, extras=extras,
+  extras = {}
+  if run.teachers and run.teachers.train_logits is not None:
+    extras["teacher_logits"] = run.teachers.train_logits
+  if run.labelled is not None:
+    extras["labelled"] = run.labelled
+  train_fn = functools.partial(data.train_dataset_fn, *run.train, config.global_batch_size,
+                               seed=run.entry.seed, transform=transform, extras=extras or None,
                                threads=config.run.data_threads)
   step = run.state.current_step
   if step == 0 and transform is not None:

@@ -38,6 +38,9 @@ def run_identity(config, role, teacher_paths=()):
   entry = config.teacher if role == "teacher" else config.student
   identity["model"] = {k: v for k, v in entry.to_dict().items() if k != "path"}
   identity["role"] = role
+  labels = identity.pop("labels")
+  if role != "teacher" and (labels["count"] or labels["fraction"]):
+    identity["labels"] = labels  # Teachers always train on every label.
   if config.mixed_precision != "fp16":
     identity.pop("loss_scale")
   if role == "distill":
