@@ -5,7 +5,8 @@
 Rows (same models, data and batch): (a) keras.Model Distiller with overridden train_step,
 trained by fit (the reference); (b) our loop, float32, live teacher; (c) (b) + XLA;
 (d) (b) + mixed bfloat16; (e) (b) + teacher-output cache; (f) the best combination;
-(g) student-only training; (h) 3 teachers live; (i) 3 teachers cached.
+(g) student-only training; (h) 3 teachers live; (i) 3 teachers cached; (j) Keras' own
+keras.distillation.Distiller with LogitsDistillation (Keras >= 3.12), trained by fit.
 Each figure is the median examples/second over several timed windows after warm-up.
 GFLOP/s counts convolution and dense FLOPs per example (student forward + backward = 3x
 forward, plus the teachers' forward when live) against a measured 2048^2 matmul peak.
@@ -24,7 +25,7 @@ from kd_research import machine
 from kd_research import profiling
 
 flags.DEFINE_bool("quick", False, "Fewer and shorter windows: about a minute in total.")
-flags.DEFINE_string("rows", "a,b,c,d,e,f,g,h,i", "Which rows to run.")
+flags.DEFINE_string("rows", "a,b,c,d,e,f,g,h,i,j", "Which rows to run.")
 flags.DEFINE_string("teacher", "resnet_seed", "Teacher model.")
 flags.DEFINE_integer("teacher_width", 32, "Teacher width.")
 flags.DEFINE_string("student", "cnn_seed", "Student model.")
@@ -49,7 +50,7 @@ ROW_NAMES = {
     "a": "Keras fit Distiller (seed), fp32", "b": "our loop, fp32, live teacher",
     "c": "our loop + XLA jit", "d": "our loop + mixed bf16", "e": "our loop + teacher cache",
     "f": "best combination", "g": "student only (floor)", "h": "our loop, 3 teachers live",
-    "i": "our loop, 3 teachers cached",
+    "i": "our loop, 3 teachers cached", "j": "keras.distillation Distiller (fit), fp32",
 }
 
 
@@ -132,6 +133,13 @@ def run_fit_distiller(opts, x, y, num_classes):
 
   distiller = Distiller(student, teacher)
   distiller.compile(optimizer=keras.optimizers.Adam())
+  return _time_fit(opts, distiller, x, y), forward_flops(student), forward_flops(teacher)
+
+
+def _time_fit(opts, model, x, y):
+  """Median examples/s of ``model.fit`` over timed windows after warm-up windows."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   times = []
 
   class Clock(keras.callbacks.Callback):
@@ -142,8 +150,22 @@ def run_fit_distiller(opts, x, y, num_classes):
   steps = opts.window * (opts.windows + 2)
   ds = tf.data.Dataset.from_tensor_slices((x.astype(np.float32), y)).repeat().batch(
       opts.batch, drop_remainder=True).prefetch(2)
-  distiller.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[Clock()])
-  return _rate(times, opts.batch, opts.window), forward_flops(student), forward_flops(teacher)
+  model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[Clock()])
+  return _rate(times, opts.batch, opts.window)
+
+
+def run_keras_distiller(opts, x, y, num_classes):
+  """(j): keras.distillation.Distiller + LogitsDistillation (T 4, KL x T^2; student loss
+  weight 0.3, i.e. alpha 0.7 as rows (a) and (b)), trained by fit: the official peer."""
+  import keras  # pylint: disable=g-import-not-at-top
+  (teacher,), student = _models(opts, num_classes, x.shape[1:], "none")
+  distiller = keras.distillation.Distiller(
+      teacher=teacher, student=student,
+      distillation_losses=keras.distillation.LogitsDistillation(temperature=4.0),
+      student_loss_weight=0.3)
+  distiller.compile(optimizer=keras.optimizers.Adam(),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  return _time_fit(opts, distiller, x, y), forward_flops(student), forward_flops(teacher)
 
 
 def run_method(opts, x, y, num_classes, method, strategy=None, profile_dir=None):
@@ -274,9 +296,9 @@ def _check_rows(opts):
     return None
   method_rows = [m.strip() for m in opts.methods.split(",") if m.strip()]
   if opts.profile and opts.profile not in method_rows and (
-      opts.profile not in rows or opts.profile in "af"):
+      opts.profile not in rows or opts.profile in "afj"):
     sys.stderr.write(f"error: --profile={opts.profile!r} must be one of the measured rows of our "
-                     f"loop ({', '.join(r for r in rows if r not in 'af')}) or of --methods.\n")
+                     f"loop ({', '.join(r for r in rows if r not in 'afj')}) or of --methods.\n")
     return None
   return rows
 
@@ -286,8 +308,9 @@ def _measure(opts, rows, strategy, profile_dir):
   x, y, classes = _data(opts, opts.batch)
   measured, profiles = {}, {}
   for row in [r for r in rows if r != "f"]:
-    if row == "a":
-      rate, s_flops, t_flops = run_fit_distiller(opts, x, y, classes)
+    if row in "aj":
+      rate, s_flops, t_flops = (run_fit_distiller if row == "a" else run_keras_distiller)(
+          opts, x, y, classes)
     else:
       rate, s_flops, t_flops, table = run_our_loop(
           opts, x, y, classes, profile_dir=profile_dir if row == opts.profile else None,

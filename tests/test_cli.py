@@ -90,7 +90,7 @@ def test_bench_quick_smoke(tmp_path):
                         "--profile=b")
   assert out.returncode == 0, out.stderr[-3000:]
   report = json.load(open(tmp_path / "bench.json"))
-  assert [r["row"] for r in report["rows"]] == list("abcdefghi")
+  assert [r["row"] for r in report["rows"]] == list("abcdefghij")
   assert all(r["examples_per_second"] > 0 and r["gflops"] > 0 for r in report["rows"])
   assert "| (f) | best combination" in out.stdout
   # The profiled row: MLPs spend op time in MatMul (forward and backward). The table groups
