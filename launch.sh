@@ -105,10 +105,10 @@ case "$cmd" in
     exec "$PY" -m kd_research.bench "$@" ;;
   report)
     [ -x "$PY" ] || setup
-    exec "$PY" -m kd_research.report "$@" ;;
+    exec "$PY" -m kd_research.main report "$@" ;;
   multiworker)
     [ -x "$PY" ] || setup
-    exec "$PY" -m kd_research.multiworker "$@" ;;
+    exec "$PY" -m kd_research.main multiworker "$@" ;;
   tensorboard)
     [ -x "$PY" ] || setup
     logdir="runs"; port=6006

@@ -12,7 +12,6 @@ GFLOP/s counts convolution and dense FLOPs per example (student forward + backwa
 forward, plus the teachers' forward when live) against a measured 2048^2 matmul peak.
 """
 
-import json
 import os
 import sys
 import time
@@ -208,8 +207,8 @@ def _time_loop(opts, loop, iterator, profile_dir=None):
     times.append(time.perf_counter())
   table = None
   if profile_dir:
-    from kd_research import report as report_lib  # pylint: disable=g-import-not-at-top
-    table = report_lib.op_time_table(profiling.family_times(profiling.op_times(
+    from kd_research import report_tables  # pylint: disable=g-import-not-at-top
+    table = report_tables.op_time_table(profiling.family_times(profiling.op_times(
         profiling.trace(lambda: loop(iterator, n).numpy(), profile_dir))))
   return _rate(times, opts.batch, opts.window), table
 
@@ -363,7 +362,7 @@ def main(argv):
         strategy="mirrored", num_cpu_devices=opts.replicas, cross_device_ops="auto")))
   from kd_research import io_utils  # pylint: disable=g-import-not-at-top
   from kd_research import precision  # pylint: disable=g-import-not-at-top
-  from kd_research import report as report_lib  # pylint: disable=g-import-not-at-top
+  from kd_research import report_tables  # pylint: disable=g-import-not-at-top
   auto = precision.choose("auto")
   print(f"mixed_precision=auto would use {auto.used} on this machine: {auto.reason}.", flush=True)
   peaks = {"float32": matmul_peak("float32"), "bfloat16": matmul_peak("bfloat16")}
@@ -374,10 +373,10 @@ def main(argv):
             "matmul_peak_gflops": peaks, "auto_precision": auto.as_dict(),
             "machine": machine.describe(), "profiles": profiles}
   report["rows"] = _rows(measured, peaks)
-  report["table"] = report_lib.bench_table(report["rows"])
+  report["table"] = report_tables.bench_table(report["rows"])
   if opts.methods:
     report["methods"] = _measure_methods(opts, strategy, profile_dir, profiles)
-    report["methods_table"] = report_lib.method_bench_table(report["methods"])
+    report["methods_table"] = report_tables.method_bench_table(report["methods"])
   print(f"\n{machine.summary(report['machine'])}; mixed_precision=auto -> {auto.used}")
   print(f"batch {opts.batch}, {opts.replicas} replica(s), teacher {report['teacher']}, student "
         f"{report['student']}; matmul peak {peaks['float32']:.0f} GFLOP/s fp32, "

@@ -40,8 +40,3 @@ def connector(student_shape, teacher_shape, name):
                      f"{teacher_shape} must both be maps [H, W, C] or both vectors [D]; tap "
                      "layers of the same kind.")
   return keras.Model(inputs, x, name=name)
-
-
-def parameter_count(models):
-  """Trainable + non-trainable parameters of the connectors (the run's 'extra params')."""
-  return int(sum(m.count_params() for m in models))

@@ -8,6 +8,7 @@ slice of each global batch. So the examples a global step sees are the same for
 
 import dataclasses
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -69,6 +70,29 @@ def labelled_mask(num_examples, count=0, fraction=0.0, seed=0):
   mask = np.zeros(num_examples, np.float32)
   mask[np.random.default_rng(seed).permutation(num_examples)[:n]] = 1.0
   return mask
+
+
+def transfer_set(labels, role, train, global_batch_size):
+  """(training arrays, labelled mask or None) of a run under ``config.labels``.
+
+  Teachers and fully labelled runs: every example, no mask. A distilled student: every
+  image with the mask (soft labels everywhere, CE where labelled). A labels-only student:
+  the labelled examples alone (the run's step budget is unchanged, so it cycles over them).
+  """
+  images, targets = train
+  if role == "teacher" or not (labels.count or labels.fraction):
+    return train, None
+  mask = labelled_mask(len(images), labels.count, labels.fraction, labels.seed)
+  logging.info("Transfer set: labels for %d of %d training images.", int(mask.sum()),
+               len(images))
+  if role == "distill":
+    return train, mask
+  keep = mask > 0
+  if keep.sum() < global_batch_size:
+    raise UserError(f"config.labels: {int(keep.sum())} labelled examples are fewer than one "
+                    f"global batch ({global_batch_size}); label more examples or use a "
+                    "smaller config.global_batch_size.")
+  return (images[keep], targets[keep]), None
 
 
 def steps_per_epoch(num_examples, global_batch_size):

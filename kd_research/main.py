@@ -100,8 +100,8 @@ def _run(command, config, workdir):
   elif command == "export":
     from kd_research import export  # pylint: disable=g-import-not-at-top
     report = export.export_run(workdir, export.splits_for_run(config, workdir))
-    from kd_research import report as report_lib  # pylint: disable=g-import-not-at-top
-    print(report_lib.export_table(report))
+    from kd_research import report_tables  # pylint: disable=g-import-not-at-top
+    print(report_tables.export_table(report))
     return
   elif command == "pipeline":
     _, table = pipeline.run(config, workdir, strategy, overwrite=overwrite)
@@ -111,11 +111,6 @@ def _run(command, config, workdir):
     results = evaluation.evaluate_saved_run(config, workdir, strategy)
   print(f"{command}: test accuracy {100 * results['test_accuracy']:.2f}% over "
         f"{results['test_count']} examples; results in {workdir}")
-
-
-def config_lib_validate(config):
-  from kd_research import config as config_lib  # pylint: disable=g-import-not-at-top
-  config_lib.validate(config)
 
 
 def _record_command(workdir):
@@ -145,7 +140,8 @@ def main(argv):
   peer_errors = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)
   try:
     if argv[1] in ("train", "distill", "pipeline"):
-      config_lib_validate(config)  # Nothing is written for a config that cannot run.
+      from kd_research import config as config_lib  # pylint: disable=g-import-not-at-top
+      config_lib.validate(config)  # Nothing is written for a config that cannot run.
       _record_command(flags.FLAGS.workdir)
     _run(argv[1], config, flags.FLAGS.workdir)
   except UserError as e:
@@ -205,11 +201,72 @@ def _parse_flags(argv):
     _usage_error(_override_message(str(e), [a for a in argv if a.startswith("--config.")]))
 
 
+def report_command(argv):
+  """``report --workdir=DIR [--output=F] [--sweep=DIR] [--claims=EXP]``: exit status."""
+  from kd_research import report  # pylint: disable=g-import-not-at-top
+  from kd_research.errors import UserError  # pylint: disable=g-import-not-at-top
+  usage = ("usage: report --workdir=DIR [--output=FILE] [--sweep=DIR] "
+           "[--claims=EXPERIMENT]\n")
+  values = _parse_tool_flags(argv, dict(workdir=None, output=None, sweep=None, claims=None),
+                             usage)
+  if values is None:
+    return 2
+  if not values["workdir"]:
+    sys.stderr.write("error: --workdir=DIR is required (a directory of runs).\n" + usage)
+    return 2
+  try:
+    text = report.generate(values["workdir"], values["output"], values["sweep"],
+                           values["claims"], "./launch.sh report " + " ".join(argv))
+  except UserError as e:
+    sys.stderr.write(f"error: {e}\n")
+    return 1 if "no finished runs" in str(e) else 2
+  print(text)
+  return 0
+
+
+def multiworker_command(argv):
+  """``multiworker --num_workers=N COMMAND [flags]``: N local workers; exit status."""
+  from kd_research import multiworker  # pylint: disable=g-import-not-at-top
+  usage = "usage: ./launch.sh multiworker --num_workers=N COMMAND [flags]\n"
+  own = [a for a in argv if a.startswith("--num_workers=")]
+  rest = [a for a in argv if not a.startswith("--num_workers=")]
+  values = _parse_tool_flags(own, dict(num_workers=""), usage)
+  if values is None:
+    return 2
+  if not values["num_workers"].isdigit() or int(values["num_workers"]) < 1 or not rest:
+    sys.stderr.write("error: --num_workers must be a positive integer and a command must "
+                     f"follow.\n{usage}")
+    return 2
+  return multiworker.launch(int(values["num_workers"]), rest)
+
+
+def _parse_tool_flags(argv, defaults, usage):
+  """absl parsing of a tool's own string flags (a FlagValues of its own): {name: value}, or
+  None after printing a usage error."""
+  values = flags.FlagValues()
+  for name, default in defaults.items():
+    flags.DEFINE_string(name, default, name, flag_values=values)
+  try:
+    rest = values(["tool"] + list(argv))
+  except flags.Error as e:
+    sys.stderr.write(f"error: {e}\n{usage}")
+    return None
+  if len(rest) > 1:
+    sys.stderr.write(f"error: unexpected {' '.join(rest[1:])}\n{usage}")
+    return None
+  return {name: values[name].value for name in defaults}
+
+
+TOOLS = {"report": report_command, "multiworker": multiworker_command}
+
+
 def run():
   """Console entry point (also used by ``python -m kd_research.main``)."""
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "Experiment config file and preset, "
                                   "e.g. experiments/fashion_mnist.py:quick.", lock_config=True)
+  if len(sys.argv) > 1 and sys.argv[1] in TOOLS:  # Tools with their own flags.
+    sys.exit(TOOLS[sys.argv[1]](sys.argv[2:]))
   argv = _experiment_to_config_flag(sys.argv)
   try:
     app.run(main, argv=argv, flags_parser=_parse_flags)

@@ -45,7 +45,7 @@ class SumLayout:
     return out
 
 
-def all_reduce_sums(strategy, layout, per_replica_sums):
+def all_reduce_sums(strategy, per_replica_sums):
   """SUM over replicas of a per-replica packed vector: one collective for every metric."""
   return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica_sums, axis=None)
 

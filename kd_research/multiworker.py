@@ -1,6 +1,8 @@
 """Local multi-worker runs: N worker processes on 127.0.0.1, each with its TF_CONFIG.
 
-    python -m kd_research.multiworker --num_workers=2 distill --experiment=... --workdir=...
+    ./launch.sh multiworker --num_workers=2 distill --experiment=... --workdir=...
+
+(main.py parses the flags and calls ``launch``.)
 
 For testing and demos of MultiWorkerMirroredStrategy on one machine. Each worker
 runs ``python -m kd_research.main COMMAND FLAGS --config.distribution.strategy=multi_worker``;
@@ -17,8 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-
-from absl import flags
 
 
 def free_ports(n):
@@ -83,27 +83,3 @@ def launch(num_workers, args, timeout=None):
   if deadline and time.time() > deadline and any(c != 0 for c in codes):
     sys.stderr.write(f"error: multi-worker run exceeded {timeout} s; workers stopped.\n")
   return next((c for c in codes if c != 0), 0) if any(c != 0 for c in codes) else 0
-
-
-flags.DEFINE_integer("num_workers", None, "How many local worker processes to start.")
-
-
-def main(argv):
-  """Parses --num_workers (absl); every other argument is the workers' command and flags."""
-  usage = ("usage: python -m kd_research.multiworker --num_workers=N COMMAND [flags]\n"
-           "       (./launch.sh multiworker --num_workers=N COMMAND [flags])\n")
-  try:
-    rest = flags.FLAGS(["multiworker"] + list(argv), known_only=True)[1:]
-  except flags.Error as e:
-    sys.stderr.write(f"error: {e}\n{usage}")
-    return 2
-  num_workers = flags.FLAGS.num_workers
-  if num_workers is None or num_workers < 1 or not rest:
-    sys.stderr.write("error: --num_workers must be a positive integer and a command must "
-                     f"follow.\n{usage}")
-    return 2
-  return launch(num_workers, rest)
-
-
-if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))

@@ -10,6 +10,7 @@ import os
 
 from absl import logging
 import ml_collections
+import numpy as np
 
 from kd_research import config as config_lib
 from kd_research import io_utils
@@ -95,12 +96,12 @@ def run(config, workdir, strategy, overwrite=False):
                                               tuple(stage_paths), overwrite))
       if stage_paths and config.pipeline.export_students:
         _export_once(run_dir, run_config)
-    results[stage] = report.aggregate(per_seed)
+    results[stage] = aggregate(per_seed)
   for name, path in zip(_teacher_stages(config), paths):
-    results[name] = report.teacher_results(path)
+    results[name] = teacher_results(path)
   if len(paths) > 1:
     widest = max(stages, key=lambda s: len(s[2]))[0]
-    results["teacher_ensemble"] = report.ensemble_results(
+    results["teacher_ensemble"] = ensemble_results(
         results[widest]["teachers"], [results[n] for n in _teacher_stages(config)])
   table = report.render_pipeline(workdir, config.run.experiment or "pipeline", config.dataset,
                                  paths)
@@ -119,3 +120,46 @@ def _export_once(run_dir, run_config):
   from kd_research import export  # pylint: disable=g-import-not-at-top
   if not os.path.exists(os.path.join(run_dir, "export", "export_report.json")):
     export.export_run(run_dir, export.splits_for_run(run_config, run_dir))
+
+
+def aggregate(results):
+  """One setting's results over seeds: the single run's, or means with the accuracy's std.
+
+  test_accuracy is the mean, test_accuracy_std the sample standard deviation (n-1),
+  ms_per_batch_128 the median, train_seconds the mean; 'seeds' lists every run.
+  """
+  if len(results) == 1:
+    return results[0]
+  out = dict(results[0])
+  acc = np.array([r["test_accuracy"] for r in results], np.float64)
+  out.update(test_accuracy=float(acc.mean()), test_accuracy_std=float(acc.std(ddof=1)),
+             validation_accuracy=float(np.mean([r["validation_accuracy"] for r in results])),
+             ms_per_batch_128=float(np.median([r["ms_per_batch_128"] for r in results])),
+             train_seconds=float(np.mean([r["train_seconds"] for r in results])),
+             seeds=[{k: r[k] for k in ("seed", "test_accuracy", "validation_accuracy",
+                                       "workdir")} for r in results])
+  return out
+
+
+def teacher_results(path):
+  """A teacher's results: its run directory's results.json, or its parameter count alone
+  for a .keras file that kd_research did not train."""
+  run_results = os.path.join(os.path.dirname(os.path.abspath(path)), "results.json")
+  if os.path.exists(run_results):
+    return io_utils.read_json(run_results)
+  import keras  # pylint: disable=g-import-not-at-top
+  params = keras.models.load_model(path, compile=False, safe_mode=True).count_params()
+  return {"params": params, "ms_per_batch_128": None, "train_seconds": None}
+
+
+def ensemble_results(teacher_report, teachers):
+  """The teacher ensemble's row: accuracy from a distillation run's teacher report, size
+  and time summed over the teachers (unknown when any teacher's is)."""
+  def total(key):
+    values = [t.get(key) for t in teachers]
+    return None if any(v is None for v in values) else sum(values)
+  return {"params": total("params"), "ms_per_batch_128": total("ms_per_batch_128"),
+          "train_seconds": total("train_seconds"),
+          "test_accuracy": teacher_report["test"]["ensemble_accuracy"],
+          "test_ece": teacher_report["test"]["ensemble_ece"],
+          "pairwise_agreement": teacher_report["test"]["pairwise_agreement"]}

@@ -21,9 +21,7 @@ results.md is ``render_pipeline`` over the pipeline's workdir.
 import importlib
 import json
 import os
-import sys
 
-from absl import flags as absl_flags
 import numpy as np
 
 from kd_research import config as config_lib
@@ -307,47 +305,7 @@ def claims(module_name):
   return table
 
 
-def aggregate(results):
-  """One setting's results over seeds: the single run's, or means with the accuracy's std.
 
-  test_accuracy is the mean, test_accuracy_std the sample standard deviation (n-1),
-  ms_per_batch_128 the median, train_seconds the mean; 'seeds' lists every run.
-  """
-  if len(results) == 1:
-    return results[0]
-  out = dict(results[0])
-  acc = np.array([r["test_accuracy"] for r in results], np.float64)
-  out.update(test_accuracy=float(acc.mean()), test_accuracy_std=float(acc.std(ddof=1)),
-             validation_accuracy=float(np.mean([r["validation_accuracy"] for r in results])),
-             ms_per_batch_128=float(np.median([r["ms_per_batch_128"] for r in results])),
-             train_seconds=float(np.mean([r["train_seconds"] for r in results])),
-             seeds=[{k: r[k] for k in ("seed", "test_accuracy", "validation_accuracy",
-                                       "workdir")} for r in results])
-  return out
-
-
-def teacher_results(path):
-  """A teacher's results: its run directory's results.json, or its parameter count alone
-  for a .keras file that kd_research did not train."""
-  run_results = os.path.join(os.path.dirname(os.path.abspath(path)), "results.json")
-  if os.path.exists(run_results):
-    return io_utils.read_json(run_results)
-  import keras  # pylint: disable=g-import-not-at-top
-  params = keras.models.load_model(path, compile=False, safe_mode=True).count_params()
-  return {"params": params, "ms_per_batch_128": None, "train_seconds": None}
-
-
-def ensemble_results(teacher_report, teachers):
-  """The teacher ensemble's row: accuracy from a distillation run's teacher report, size
-  and time summed over the teachers (unknown when any teacher's is)."""
-  def total(key):
-    values = [t.get(key) for t in teachers]
-    return None if any(v is None for v in values) else sum(values)
-  return {"params": total("params"), "ms_per_batch_128": total("ms_per_batch_128"),
-          "train_seconds": total("train_seconds"),
-          "test_accuracy": teacher_report["test"]["ensemble_accuracy"],
-          "test_ece": teacher_report["test"]["ensemble_ece"],
-          "pairwise_agreement": teacher_report["test"]["pairwise_agreement"]}
 
 
 def render_pipeline(workdir, title, dataset, teacher_paths=()):
@@ -364,52 +322,8 @@ def render_pipeline(workdir, title, dataset, teacher_paths=()):
   return "".join(parts)
 
 
-def export_table(report):
-  """Markdown table of an export report (export_report.json)."""
-  lines = [f"Keras model: {100 * report['keras_test_accuracy']:.2f}% on "
-           f"{report['test_examples']} test images", "",
-           "| artifact | size (KB) | test accuracy | agreement with Keras | batch-1 latency (ms) |",
-           "|---|---|---|---|---|"]
-  for name, a in report["artifacts"].items():
-    lines.append(f"| {name} | {a['size_kb']:.1f} | {100 * a['test_accuracy']:.2f}% | "
-                 f"{100 * a['agreement_with_keras']:.2f}% | {a['latency_ms_batch1']:.3f} |")
-  return "\n".join(lines) + "\n"
 
 
-def op_time_table(families, top=12):
-  """Markdown: op family | seconds | share of op time | kernels, the ``top`` largest first.
-
-  ``families`` is profiling.family_times(...): {family: (seconds, kernel names)}.
-  """
-  total = sum(s for s, _ in families.values()) or 1.0
-  lines = ["| op family | seconds | share of op time | kernels |", "|---|---|---|---|"]
-  ranked = sorted(families.items(), key=lambda kv: -kv[1][0])
-  for name, (seconds, kernels) in ranked[:top]:
-    lines.append(f"| {name} | {seconds:.3f} | {100 * seconds / total:.1f}% | "
-                 f"{', '.join(kernels)} |")
-  rest = sum(s for _, (s, _) in ranked[top:])
-  if rest:
-    lines.append(f"| (other {len(ranked) - top} op families) | {rest:.3f} | "
-                 f"{100 * rest / total:.1f}% | |")
-  return "\n".join(lines) + "\n"
-
-
-def bench_table(rows):
-  """Markdown table of the benchmark's rows (bench.py)."""
-  lines = ["| row | configuration | examples/s | vs (a) | GFLOP/s | share of matmul peak |",
-           "|---|---|---|---|---|---|"]
-  for r in rows:
-    lines.append(f"| ({r['row']}) | {r['name']} | {r['examples_per_second']:,.0f} | "
-                 f"{r['ratio_to_a']:.2f}x | {r['gflops']:.1f} | {100 * r['peak_share']:.1f}% |")
-  return "\n".join(lines)
-
-
-def method_bench_table(rows):
-  """Markdown table of the benchmark's per-method rows (examples/s relative to kd)."""
-  lines = ["| method | examples/s | vs kd |", "|---|---|---|"]
-  for r in rows:
-    lines.append(f"| {r['method']} | {r['examples_per_second']:,.0f} | {r['ratio_to_kd']:.2f}x |")
-  return "\n".join(lines)
 
 
 def render(root, runs, command, sweep_root=None, sweep_runs=(), claims_module=None):
@@ -439,64 +353,24 @@ def render(root, runs, command, sweep_root=None, sweep_runs=(), claims_module=No
   return "".join(parts)
 
 
-# The report's own absl flags (a separate FlagValues: main.py's --workdir lives in the
-# global one, and tests call main() several times in one process).
-_FLAGS = absl_flags.FlagValues()
-absl_flags.DEFINE_string("workdir", None, "Directory of runs to report.", flag_values=_FLAGS)
-absl_flags.DEFINE_string("output", None, "Where the Markdown goes (default WORKDIR/report.md).",
-                         flag_values=_FLAGS)
-absl_flags.DEFINE_string("sweep", None, "Directory of a validation sweep to list.",
-                         flag_values=_FLAGS)
-absl_flags.DEFINE_string("claims", None, "Experiment whose CLAIMED_TABLE to quote.",
-                         flag_values=_FLAGS)
+def generate(workdir, output=None, sweep=None, claims_module=None, command=""):
+  """Writes the report of the runs below ``workdir`` (default WORKDIR/report.md); returns it.
 
-
-def _parse(argv):
-  """{flag: value} of ``argv`` or None after a usage error."""
-  _FLAGS.unparse_flags()
-  try:
-    rest = _FLAGS(["report"] + list(argv))
-  except absl_flags.Error as e:
-    rest, error = None, str(e)
-  if rest is None or len(rest) > 1:
-    sys.stderr.write(f"error: {error if rest is None else 'unexpected ' + ' '.join(rest[1:])}; "
-                     "usage: report --workdir=DIR [--output=FILE] [--sweep=DIR] "
-                     "[--claims=EXPERIMENT]\n")
-    return None
-  return {name: _FLAGS[name].value for name in ("workdir", "output", "sweep", "claims")}
-
-
-def main(argv):
-  """./launch.sh report: the report of the runs below --workdir (exit 2 on usage errors)."""
-  flags = _parse(argv)
-  if flags is None:
-    return 2
-  workdir = flags["workdir"]
-  for name in ("workdir", "sweep"):
-    if flags[name] is not None and not os.path.isdir(flags[name]):
-      sys.stderr.write(f"error: --{name}={flags[name]!r} is not a directory of runs.\n")
-      return 2
-  if not workdir:
-    sys.stderr.write("error: --workdir=DIR is required (a directory of runs).\n")
-    return 2
+  Raises UserError for a missing directory, no finished runs, or unknown claims.
+  """
+  from kd_research.errors import UserError  # pylint: disable=g-import-not-at-top
+  for name, value in (("workdir", workdir), ("sweep", sweep)):
+    if value is not None and not os.path.isdir(value):
+      raise UserError(f"--{name}={value!r} is not a directory of runs.")
   runs = find_runs(workdir)
   if not runs:
-    sys.stderr.write(f"error: no finished runs (config.json + results.json) below {workdir}.\n")
-    return 1
-  sweep_runs = find_runs(flags["sweep"]) if flags["sweep"] else []
-  if flags["sweep"] and not sweep_runs:
-    sys.stderr.write(f"error: no finished runs below --sweep={flags['sweep']}.\n")
-    return 1
-  command = "./launch.sh report " + " ".join(argv)
+    raise UserError(f"no finished runs (config.json + results.json) below {workdir}.")
+  sweep_runs = find_runs(sweep) if sweep else []
+  if sweep and not sweep_runs:
+    raise UserError(f"no finished runs below --sweep={sweep}.")
   try:
-    text = render(workdir, runs, command, flags["sweep"], sweep_runs, flags["claims"])
+    text = render(workdir, runs, command, sweep, sweep_runs, claims_module)
   except ValueError as e:
-    sys.stderr.write(f"error: {e}\n")
-    return 2
-  io_utils.atomic_write_text(flags["output"] or os.path.join(workdir, "report.md"), text)
-  print(text)
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+    raise UserError(str(e))
+  io_utils.atomic_write_text(output or os.path.join(workdir, "report.md"), text)
+  return text

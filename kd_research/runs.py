@@ -172,30 +172,11 @@ def _resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
   logging.info("%s: %s %s, %d params, %d steps (%d/epoch), %d replica(s), %s.", workdir, role,
                entry.model, state.model.count_params(), total, spe,
                strategy.num_replicas_in_sync, splits.source)
-  train, labelled = _transfer_set(config, role, splits)
+  train, labelled = data.transfer_set(config.labels, role, splits.train,
+                                      config.global_batch_size)
   return _Run(config, workdir, role, strategy, splits, chief, entry, spe, phases, lr_fn, state,
               teachers, train, labelled)
 
-
-def _transfer_set(config, role, splits):
-  """(training arrays, labelled mask or None): every example for teachers and fully
-  labelled runs; the labelled examples alone for a labels-only student (same number of
-  steps, so it cycles over them); every image with a mask for a distilled student."""
-  images, labels = splits.train
-  if role == "teacher" or not (config.labels.count or config.labels.fraction):
-    return splits.train, None
-  mask = data.labelled_mask(len(images), config.labels.count, config.labels.fraction,
-                            config.labels.seed)
-  logging.info("Transfer set: labels for %d of %d training images.", int(mask.sum()),
-               len(images))
-  if role == "distill":
-    return splits.train, mask
-  keep = mask > 0
-  if keep.sum() < config.global_batch_size:
-    raise UserError(f"config.labels: {int(keep.sum())} labelled examples are fewer than one "
-                    f"global batch ({config.global_batch_size}); label more examples or use a "
-                    "smaller config.global_batch_size.")
-  return (images[keep], labels[keep]), None
 
 
 def _build_model(entry, splits):
@@ -285,7 +266,8 @@ def _train(run, guard):
   config, strategy = run.config, run.strategy
   writer = summaries.Summaries(run.workdir, enabled=run.chief)
   writer.hparams(summaries.run_hparams(config_lib.flatten(workdir_lib.run_identity(
-      config, run.role, run.teachers.paths if run.teachers else ()))), _trial_id(run.workdir))
+      config, run.role, run.teachers.paths if run.teachers else ()))),
+      summaries.trial_id(io_utils.portable_command(os.path.abspath(run.workdir))))
   teacher_arg = None
   if run.teachers:
     writer.scalars(0, evaluation.teacher_scalars(run.teachers.report))
@@ -406,13 +388,3 @@ def _export(model, workdir):
   io_utils.atomic_save_dir(os.path.join(workdir, "saved_model"),
                            lambda d: model.export(d, verbose=False))
 
-
-def _trial_id(workdir):
-  """'student_kd/seed_0 (runs/quickstart)': the stage first, so the truncated HParams
-  column still tells runs apart; the parent keeps it unique across pipelines."""
-  path = io_utils.portable_command(os.path.abspath(workdir))
-  parent, name = os.path.split(path)
-  if name.startswith("seed_"):
-    parent, stage = os.path.split(parent)
-    name = f"{stage}/{name}"
-  return f"{name} ({parent})" if parent else name

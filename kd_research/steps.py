@@ -85,7 +85,7 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size, obj
     sums = layout.zeros()
     for _ in tf.range(num_steps):
       per_replica = strategy.run(replica_step, args=(next(iterator),))
-      sums += metrics.all_reduce_sums(strategy, layout, per_replica)
+      sums += metrics.all_reduce_sums(strategy, per_replica)
       step_var.assign_add(1)
     return sums
 
@@ -160,6 +160,6 @@ def make_eval_step(strategy, model, layout, teacher=None):
 
   @tf.function
   def eval_step(batch):
-    return metrics.all_reduce_sums(strategy, layout, strategy.run(replica_step, args=(batch,)))
+    return metrics.all_reduce_sums(strategy, strategy.run(replica_step, args=(batch,)))
 
   return eval_step

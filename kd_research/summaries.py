@@ -6,6 +6,7 @@ its stage: ``--logdir=runs/quickstart`` lists teacher, student_baseline, student
 """
 
 import math
+import os
 
 import numpy as np
 
@@ -99,6 +100,16 @@ def run_hparams(flat_identity):
       value = flat_identity[key]
       params[column] = len(value) if key == "teachers" else value
   return params
+
+
+def trial_id(path):
+  """'student_kd/seed_0 (runs/quickstart)' for run directory ``path``: the stage first, so
+  the truncated HParams column still tells runs apart; the parent keeps it unique."""
+  parent, name = os.path.split(path)
+  if name.startswith("seed_"):
+    parent, stage = os.path.split(parent)
+    name = f"{stage}/{name}"
+  return f"{name} ({parent})" if parent else name
 
 
 def image_grid(images, columns=None):

@@ -103,7 +103,7 @@ def test_two_workers_match_two_local_replicas(tmp_path, teacher_file):
   common = ["distill", "--experiment=fashion_mnist:tiny", f"--config.teacher.path={teacher_file}",
             "--config.student.epochs=1"]
   start = time.time()
-  workers = _cli("-m", "kd_research.multiworker", "--num_workers=2", *common,
+  workers = _cli("-m", "kd_research.main", "multiworker", "--num_workers=2", *common,
                  f"--workdir={tmp_path}/mw")
   elapsed = time.time() - start
   assert workers.returncode == 0, workers.stderr[-3000:]

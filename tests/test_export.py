@@ -38,8 +38,8 @@ def test_artifacts_written_and_reported(exported):
     assert a["size_kb"] > 0 and a["latency_ms_batch1"] > 0
   assert report["artifacts"]["tflite_int8"]["size_kb"] < report["artifacts"][
       "tflite_float32"]["size_kb"]
-  from kd_research import report as report_lib  # pylint: disable=g-import-not-at-top
-  assert "| tflite_int8 |" in report_lib.export_table(report)
+  from kd_research import report_tables  # pylint: disable=g-import-not-at-top
+  assert "| tflite_int8 |" in report_tables.export_table(report)
 
 
 def test_outputs_match_keras(exported):

@@ -11,6 +11,7 @@ import tensorflow as tf
 from kd_research import driver
 from kd_research import models
 from kd_research import objectives
+from kd_research import main as main_lib
 from kd_research import runs
 from kd_research import steps
 from kd_research import teachers as teachers_lib
@@ -268,6 +269,6 @@ def test_report_groups_seeds(tmp_path):
   assert len(rows) == 2
   want = f"{100 * np.mean(accuracies):.2f} +- {100 * np.std(accuracies, ddof=1):.2f}%"
   assert any("| 3 | " + want in r for r in rows), (want, rows)
-  assert report.main([f"--workdir={tmp_path}"]) == 0
+  assert main_lib.report_command([f"--workdir={tmp_path}"]) == 0
   assert os.path.exists(tmp_path / "report.md")
-  assert report.main([f"--workdir={tmp_path}/nothing"]) == 2
+  assert main_lib.report_command([f"--workdir={tmp_path}/nothing"]) == 2

@@ -7,7 +7,6 @@ split exactly over two "replicas" (local rows against the global batch).
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from kd_research import losses
 from kd_research import method_losses as ml

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from kd_research import config as config_lib
+from kd_research import main as main_lib
 from kd_research import pipeline
 from kd_research.errors import UserError
 from conftest import tiny_config
@@ -83,10 +84,10 @@ def test_pipeline_seeds_variants_with_teacher_choice_and_given_teacher(tmp_path)
   assert len(glob.glob(os.path.join(workdir, "teacher_cache", "train-*.npz"))) == 2
   assert not glob.glob(os.path.join(workdir, "student_*", "seed_*", "teacher_cache"))
   # The report over the same runs: ensemble row, gains with combined std, sweep, claims.
-  from kd_research import machine, report  # pylint: disable=g-import-not-at-top
+  from kd_research import machine  # pylint: disable=g-import-not-at-top
   out = str(tmp_path / "RESULTS.md")
-  assert report.main([f"--workdir={workdir}", f"--output={out}", f"--sweep={base}",
-                      "--claims=cifar10_seed"]) == 0
+  assert main_lib.report_command([f"--workdir={workdir}", f"--output={out}",
+                                  f"--sweep={base}", "--claims=cifar10_seed"]) == 0
   text = open(out).read()
   assert f"--workdir={workdir} --output={out}" in text
   ensemble = [l for l in text.splitlines() if l.startswith("| teacher ensemble (2:")]
@@ -100,7 +101,8 @@ def test_pipeline_seeds_variants_with_teacher_choice_and_given_teacher(tmp_path)
   assert "Claimed by the article, NOT measured here" in text and "89.7%" in text
   assert machine.summary(machine.describe()) in text
   assert "validation split" in text
-  assert report.main([f"--workdir={workdir}", f"--output={out}", "--claims=nope"]) == 2
+  assert main_lib.report_command([f"--workdir={workdir}", f"--output={out}",
+                                  "--claims=nope"]) == 2
 
 
 def test_bad_seeds_are_refused():

@@ -1,6 +1,5 @@
 """keras.applications teachers: building, head-then-backbone fine-tuning, offline weights."""
 
-import os
 import time
 
 import keras

@@ -1,7 +1,6 @@
 """The transfer set: labels for part of the training split, soft labels on all of it."""
 
 import json
-import os
 
 import numpy as np
 import pytest
