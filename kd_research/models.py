@@ -16,36 +16,11 @@ them from the same forward pass as the logits.
 
 import keras
 
+from kd_research import cifar_models
 from kd_research.errors import UserError
-
-
-def _batch_norm(sync_bn, name=None):
-  return keras.layers.BatchNormalization(synchronized=sync_bn, name=name)
-
-
-def _logits(x, num_classes):
-  return keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
-
-
-def _tap(x, name):
-  """Names a tensor for feature taps (an Identity layer: no weights, no computation)."""
-  return keras.layers.Identity(name=name)(x)
-
-
-def _residual_block(x, filters, stride, sync_bn):
-  """conv3x3-BN-ReLU-conv3x3-BN + shortcut, ReLU; 1x1 projection when shape changes."""
-  shortcut = x
-  y = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
-  y = _batch_norm(sync_bn)(y)
-  y = keras.layers.ReLU()(y)
-  y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
-  y = _batch_norm(sync_bn)(y)
-  # The seed article adds the branch to the input unchanged, which breaks as soon
-  # as channels or stride change; project the shortcut in that case.
-  if stride != 1 or x.shape[-1] != filters:
-    shortcut = keras.layers.Conv2D(filters, 1, strides=stride, use_bias=False)(x)
-    shortcut = _batch_norm(sync_bn)(shortcut)
-  return keras.layers.ReLU()(keras.layers.Add()([y, shortcut]))
+from kd_research.model_parts import logits as _logits
+from kd_research.model_parts import residual_block as _residual_block
+from kd_research.model_parts import tap as _tap
 
 
 def resnet_seed(input_shape, num_classes, width=None, sync_bn=False):
@@ -77,38 +52,6 @@ def cnn_seed(input_shape, num_classes, width=None, sync_bn=False):
   return keras.Model(inputs, _logits(x, num_classes), name="cnn_seed")
 
 
-def _cifar_resnet(depth, input_shape, num_classes, width, sync_bn):
-  """CIFAR ResNet (He et al. 2016): 3 stages of (depth-2)/6 blocks at 16w, 32w, 64w filters."""
-  blocks = (depth - 2) // 6
-  width = width or 16
-  inputs = keras.Input(shape=input_shape)
-  x = keras.layers.Rescaling(1.0 / 255)(inputs)
-  x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
-  x = keras.layers.ReLU()(_batch_norm(sync_bn)(x))
-  for stage, filters in enumerate((width, 2 * width, 4 * width)):
-    for block in range(blocks):
-      stride = 2 if stage > 0 and block == 0 else 1
-      x = _residual_block(x, filters, stride, sync_bn)
-    x = _tap(x, f"stage{stage + 1}")
-  x = _tap(keras.layers.GlobalAveragePooling2D()(x), "pooled")
-  return keras.Model(inputs, _logits(x, num_classes), name=f"resnet{depth}")
-
-
-def resnet20(input_shape, num_classes, width=None, sync_bn=False):
-  """CIFAR ResNet-20 (about 0.27M params at width 16)."""
-  return _cifar_resnet(20, input_shape, num_classes, width, sync_bn)
-
-
-def resnet32(input_shape, num_classes, width=None, sync_bn=False):
-  """CIFAR ResNet-32 (about 0.46M params at width 16)."""
-  return _cifar_resnet(32, input_shape, num_classes, width, sync_bn)
-
-
-def resnet56(input_shape, num_classes, width=None, sync_bn=False):
-  """CIFAR ResNet-56 (about 0.85M params at width 16)."""
-  return _cifar_resnet(56, input_shape, num_classes, width, sync_bn)
-
-
 def mlp(input_shape, num_classes, width=None, sync_bn=False):
   """Two hidden ReLU layers of ``width`` units; the smallest student and the test workhorse."""
   del sync_bn
@@ -136,10 +79,8 @@ MODELS = {
     "efficientnetb0": _application("efficientnetb0"),
     "resnet_seed": resnet_seed,
     "cnn_seed": cnn_seed,
-    "resnet20": resnet20,
-    "resnet32": resnet32,
-    "resnet56": resnet56,
     "mlp": mlp,
+    **cifar_models.MODELS,
 }
 
 

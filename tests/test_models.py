@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from kd_research import cifar_models
 from kd_research import models
 from kd_research.errors import UserError
 
@@ -42,3 +43,44 @@ def test_width_zero_means_default():
           models.build("cnn_seed", (28, 28, 1), 10, width=32).count_params())
   with pytest.raises(UserError, match="width"):
     models.build("cnn_seed", (28, 28, 1), 10, width=-1)
+
+
+def _trainable(model):
+  return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+@pytest.mark.parametrize("name", sorted(cifar_models.PUBLISHED_PARAMS_M))
+def test_cifar_family_matches_published_parameter_counts(name):
+  # Trainable parameters at 100 classes (BatchNorm moving statistics are buffers in the
+  # references' counts) within one unit of the published figure's last digit (0.01M).
+  count = _trainable(models.build(name, (32, 32, 3), 100))
+  assert abs(count / 1e6 - cifar_models.PUBLISHED_PARAMS_M[name]) <= 0.01, count
+
+
+def test_cifar_family_exact_counts_from_the_reference_layer_lists():
+  # Counted by hand from the reference PyTorch definitions (conv kernels, BN gamma/beta,
+  # linear weight + bias), e.g. resnet8x4: stem 864 + 64, three stages with projection
+  # 57,728 + 230,144 + 919,040, fc 25,700.
+  expected = {"resnet8x4": 1_233_540, "wrn_16_2": 703_284, "vgg8": 3_965_028,
+              "vgg13": 9_462_180}
+  for name, count in expected.items():
+    assert _trainable(models.build(name, (32, 32, 3), 100)) == count, name
+
+
+def test_cifar_family_taps_and_grayscale_inputs():
+  model = models.build("shufflenetv2", (28, 28, 1), 10)
+  assert [l.name for l in model.layers if l.name.startswith("stage")] == [
+      "stage1", "stage2", "stage3"]
+  assert model.get_layer("pooled").output.shape[-1] == 1024
+  assert models.build("wrn_16_2", (28, 28, 1), 10).get_layer("stage3").output.shape[1:] == (
+      7, 7, 128)
+
+
+def test_shufflenet_saves_and_loads_with_safe_mode(tmp_path):
+  import keras  # pylint: disable=g-import-not-at-top
+  model = models.build("shufflenetv2", (28, 28, 1), 10, width=8)
+  path = str(tmp_path / "m.keras")
+  model.save(path)
+  loaded = keras.models.load_model(path, safe_mode=True, compile=False)
+  x = np.random.default_rng(0).uniform(0, 255, (2, 28, 28, 1)).astype(np.float32)
+  np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
