@@ -183,7 +183,10 @@ def run_method(opts, x, y, num_classes, method, strategy=None, profile_dir=None)
   ensemble = teachers_lib.TeacherEnsemble([teacher], ["t"])
   distill = ml_collections.ConfigDict(config_lib.base_config().distill.to_dict())
   distill.temperature.start = distill.temperature.end = 4.0
-  objective = methods.build(distill, methods.parse(method), student, teacher, [1.0], 100, 1000)
+  # CRD's bank covers the benchmark's examples; its K negatives: the default, capped by them.
+  distill.crd.negatives = min(distill.crd.negatives, len(x) - 1)
+  objective = methods.build(distill, methods.parse(method), student, teacher, [1.0], 100, 1000,
+                            methods.TrainingSet(len(x), y, opts.batch, 0))
   state = _state(strategy, student,
                  lambda model: methods.build_variables(objective, model, ensemble))
   if objective.teacher_taps:

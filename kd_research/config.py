@@ -92,7 +92,7 @@ def base_config():
       ops=(), crop_padding=2, rotation_degrees=10.0, cutout_size=8, mixup_alpha=0.2,
       cutmix_alpha=1.0))
   c.distill = ml_collections.ConfigDict(dict(
-      # kd | dkd | dist | fitnets | at | rkd | pkt | sp, or several: 'kd,at' (methods.py).
+      # kd | dkd | dist | fitnets | at | rkd | pkt | sp | crd, or several: 'kd,at' (methods.py).
       method="kd",
       ce_weight=1.0,             # CE weight of the methods beyond kd (kd weighs it 1 - alpha)
       logit_standardization=False,  # Sun et al. 2024: standardised logits in kd / dkd
@@ -243,10 +243,12 @@ def _validate_model(role, entry):
 def _validate_distill(d, num_teachers, student_epochs, where):
   from kd_research import losses  # pylint: disable=g-import-not-at-top
   names = methods_lib.parse(d.method)
-  _need(not (d.cache_teacher and methods_lib.needs_features(d.method)),
-        f"{where}.cache_teacher=true cannot serve method {d.method!r}: it reads the teachers' "
-        "intermediate features, and the cache holds their logits only. Turn the cache off "
-        "(the teacher then runs live) or use a logit method (kd, dkd, dist).")
+  uncacheable = methods_lib.uncacheable(d)
+  _need(not (d.cache_teacher and uncacheable),
+        f"{where}.cache_teacher=true cannot serve method(s) {', '.join(uncacheable)}: they read "
+        "the teachers' feature maps, and the cache holds their logits and vector features "
+        "('pooled') only. Turn the cache off (the teacher then runs live), or use a logit "
+        "method (kd, dkd, dist) or rkd / pkt / crd with teacher_tap='pooled'.")
   _need(not d.logit_standardization or {"kd", "dkd"} & set(names),
         f"{where}.logit_standardization modifies kd or dkd; method is {d.method!r}.")
   _need(d.fitnets.hint_epochs == 0 or "fitnets" in names,

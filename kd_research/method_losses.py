@@ -15,6 +15,7 @@ the local rows' shares, so that results do not depend on the replica count.
   rkd            Park et al., CVPR 2019, relational KD: distance and angle, smooth L1
   pkt            Passalis & Tefas, ECCV 2018, probabilistic knowledge transfer (cosine kernel)
   sp             Tung & Mori, ICCV 2019, similarity-preserving KD
+  crd_nce        Tian et al., ICLR 2020, contrastive representation distillation (NCE form)
 """
 
 import tensorflow as tf
@@ -200,3 +201,17 @@ def _mean_distance(glob):
   d = _distances(glob, glob, 0)
   n = tf.cast(tf.shape(glob)[0], tf.float32)
   return tf.reduce_sum(d) / tf.maximum(n * (n - 1.0), 1.0)
+
+
+def crd_nce(scores, num_examples, eps=1e-7):
+  """CRD's NCE loss per example from normalised scores [B, 1 + K] (positive first).
+
+  With noise probability Pn = 1 / num_examples and K negatives, the critic of a pair is
+  D = P / (P + K Pn); the loss is -(log D(positive) + sum_k log(1 - D(negative_k))).
+  """
+  scores = _f32(scores)
+  k = tf.cast(tf.shape(scores)[1] - 1, tf.float32)
+  noise = k / float(num_examples)
+  positive = tf.math.log(scores[:, 0] / (scores[:, 0] + noise + eps))
+  negatives = tf.reduce_sum(tf.math.log(noise / (scores[:, 1:] + noise + eps)), -1)
+  return -(positive + negatives)

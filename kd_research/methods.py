@@ -10,16 +10,21 @@ and mdistiller (configs/cifar100), T = 4 where a temperature applies; DIST's fro
 reference implementation (beta = gamma = 1, tau = 4). BUILD.md has the table.
 """
 
+import dataclasses
+from typing import Optional
+
 import ml_collections
+import numpy as np
 
 from kd_research import connectors
+from kd_research import contrastive
 from kd_research import objectives
 from kd_research import schedules
 from kd_research import taps as taps_lib
 from kd_research.errors import UserError
 
 LOGIT_METHODS = ("kd", "dkd", "dist")
-FEATURE_METHODS = ("fitnets", "at", "rkd", "pkt", "sp")
+FEATURE_METHODS = ("fitnets", "at", "rkd", "pkt", "sp", "crd")
 NAMES = LOGIT_METHODS + FEATURE_METHODS
 
 
@@ -36,6 +41,9 @@ def defaults():
                teacher_tap="pooled")
   d.pkt = dict(weight=30000.0, student_tap="pooled", teacher_tap="pooled")
   d.sp = dict(weight=3000.0, student_tap="last_stage", teacher_tap="last_stage")
+  # negative_sampling: other_class (RepDistiller's 'exact') or uniform (needs no labels).
+  d.crd = dict(weight=0.8, feature_dim=128, negatives=16384, temperature=0.07, momentum=0.5,
+               negative_sampling="other_class", student_tap="pooled", teacher_tap="pooled")
   return d
 
 
@@ -57,6 +65,13 @@ def needs_features(method):
   return any(n in FEATURE_METHODS for n in parse(method))
 
 
+def uncacheable(distill):
+  """The configured methods that read teacher feature maps (the cache holds logits and the
+  vector feature 'pooled' only); RKD, PKT and CRD tap 'pooled' by default."""
+  return [n for n in parse(distill.method) if n in FEATURE_METHODS and (
+      n == "at" or distill[n].teacher_tap != "pooled")]
+
+
 def _pairs(name, section, student, teacher):
   """(student tap, teacher tap) pairs of a feature method on the two models."""
   if name == "at":
@@ -75,7 +90,18 @@ def _pairs(name, section, student, teacher):
            taps_lib.resolve(teacher, section.teacher_tap, "teacher"))]
 
 
-def build(distill, names, student, teacher, teacher_weights, steps_per_epoch, distill_steps):
+@dataclasses.dataclass
+class TrainingSet:
+  """What CRD needs to know of the training array: its size, labels (None when the
+  transfer set hides some), the batch size and the run seed."""
+  num_examples: int
+  labels: Optional[np.ndarray]
+  global_batch_size: int
+  seed: int
+
+
+def build(distill, names, student, teacher, teacher_weights, steps_per_epoch, distill_steps,
+          training_set=None):
   """The objective of the distillation phase for methods ``names`` (see ``parse``)."""
   parts = []
   for name in names:
@@ -89,6 +115,9 @@ def build(distill, names, student, teacher, teacher_weights, steps_per_epoch, di
     elif name == "dist":
       parts.append(objectives.DIST(section.weight, section.beta, section.gamma,
                                    section.temperature, distill.ce_weight, teacher_weights))
+    elif name == "crd":
+      parts.append(_crd(section, distill.ce_weight, teacher_weights, student, teacher,
+                        training_set))
     else:
       parts.append(_feature(name, section, distill.ce_weight, teacher_weights, student, teacher))
   return parts[0] if len(parts) == 1 else objectives.Combined(parts)
@@ -132,3 +161,20 @@ def _feature(name, section, ce_weight, teacher_weights, student, teacher):
       name == "rkd") else {}
   return objectives.Relational(name, section.weight, ce_weight, teacher_weights, pairs,
                                **options)
+
+
+def _crd(section, ce_weight, teacher_weights, student, teacher, training_set):
+  sampling = section.negative_sampling
+  if sampling not in ("other_class", "uniform"):
+    raise UserError(f"config.distill.crd.negative_sampling={sampling!r}; valid: other_class, "
+                    "uniform.")
+  labels = training_set.labels
+  if sampling == "other_class" and labels is None:
+    raise UserError("config.distill.crd.negative_sampling=other_class needs every training "
+                    "label, but the transfer set (config.labels) hides some: use "
+                    "--config.distill.crd.negative_sampling=uniform.")
+  return contrastive.CRD(
+      section.weight, ce_weight, teacher_weights, _pairs("crd", section, student, teacher),
+      training_set.num_examples, training_set.global_batch_size, section.feature_dim,
+      section.negatives, section.temperature, section.momentum, training_set.seed,
+      labels if sampling == "other_class" else None)

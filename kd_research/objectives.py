@@ -9,11 +9,13 @@ when the objective names taps). An objective may own trainable variables
 (connectors): they train with the student, are saved in its checkpoint and are left
 out of the exported model.
 
-The methods (Hinton KD, DKD, DIST, FitNets, AT, RKD, PKT, SP; logit standardization
+The methods (Hinton KD, DKD, DIST, FitNets, AT, RKD, PKT, SP, CRD; logit standardization
 as a modifier of KD and DKD) are built from the config by ``methods.py``; adding one
 means an Objective subclass and a line there. The loop, checkpoints and metrics do
 not change. Teachers' outputs reach an objective from a *teacher source*: the live
-frozen ensemble, or the teacher-output cache carried in the batch (logits only).
+frozen ensemble, or the teacher-output cache carried in the batch (logits, and the
+vector features such as ``pooled`` that RKD, PKT and CRD read). CRD lives in
+contrastive.py (memory bank).
 """
 
 import tensorflow as tf
@@ -307,6 +309,26 @@ def live_teachers(ensemble, taps=()):
 def cached_teachers(batch):
   """Teacher source: the teacher-output cache carried in the batch ([B, K, C] -> [K, B, C])."""
   return {"logits": tf.transpose(batch["teacher_logits"], [1, 0, 2])}
+
+
+def cache_extras(outputs):
+  """The cache's arrays as training-batch fields: teacher_logits, teacher_feature_<tap>."""
+  return {("teacher_logits" if key == "logits" else f"teacher_feature_{key}"): value
+          for key, value in outputs.items()}
+
+
+def cached_teachers_with(taps):
+  """Teacher source from the cache with the cached vector features ``taps`` ([B, K, D])."""
+  if not taps:
+    return cached_teachers
+
+  def source(batch):
+    count = batch["teacher_logits"].shape[1]
+    return {"logits": tf.transpose(batch["teacher_logits"], [1, 0, 2]),
+            "features": [{t: batch[f"teacher_feature_{t}"][:, k] for t in taps}
+                         for k in range(count)]}
+
+  return source
 
 
 def term_layout(objectives):

@@ -6,6 +6,8 @@ with frozen, inference-mode BatchNorm when the weights are pretrained (see set_t
 and ends in a new Dense head with the dataset's class count. ``weights`` is ''
 (random init), 'imagenet' (Keras downloads it on a machine with internet, or finds
 it in ~/.keras/models) or the path of a weights file (the application's 'notop' file).
+Feature taps: ``stage1``..``stage4`` (the backbone's outputs at strides 4, 8, 16, 32) and
+``pooled``.
 """
 
 import os
@@ -18,6 +20,12 @@ APPLICATIONS = {
     "resnet50": ("ResNet50", "resnet50", 224),
     "mobilenetv2": ("MobileNetV2", "mobilenet_v2", 224),
     "efficientnetb0": ("EfficientNetB0", "efficientnet", 224),
+}
+# The backbone layers whose outputs are the stage taps stage1..stage4 (strides 4, 8, 16, 32).
+STAGE_LAYERS = {
+    "resnet50": ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
+    "mobilenetv2": ("block_2_add", "block_5_add", "block_12_add", "out_relu"),
+    "efficientnetb0": ("block2b_add", "block3b_add", "block5c_add", "top_activation"),
 }
 BACKBONE_NAME = "backbone"
 
@@ -44,6 +52,18 @@ class AppPreprocess(keras.layers.Layer):
 
   def get_config(self):
     return dict(super().get_config(), module_name=self.module_name)
+
+
+@keras.saving.register_keras_serializable(package="kd_research")
+class KeepTaps(keras.layers.Layer):
+  """Returns its first input; the others (stage taps) stay in the functional graph, which
+  keeps only layers on a path to the outputs."""
+
+  def call(self, inputs):
+    return inputs[0]
+
+  def compute_output_shape(self, input_shapes):
+    return input_shapes[0]
 
 
 def _weights_arg(weights, app_name):
@@ -89,7 +109,14 @@ def build_application(name, input_shape, num_classes, image_size=None, weights="
   if x.shape[1] != size or x.shape[2] != size:
     x = keras.layers.Resizing(size, size)(x)
   x = AppPreprocess(module_name)(x)
-  x = keras.layers.Identity(name="pooled")(backbone(x))  # BatchNorm mode: see set_trainable.
+  # One nested backbone with its stage outputs and the pooled feature as outputs, so that
+  # feature methods tap stage1..stage4 of a pretrained teacher from the same forward pass.
+  backbone = keras.Model(backbone.inputs, [backbone.get_layer(n).output for n in
+                                           STAGE_LAYERS[name]] + list(backbone.outputs),
+                         name=BACKBONE_NAME)
+  *stages, pooled = backbone(x)  # BatchNorm mode: see set_trainable.
+  stages = [keras.layers.Identity(name=f"stage{i + 1}")(s) for i, s in enumerate(stages)]
+  x = KeepTaps()([keras.layers.Identity(name="pooled")(pooled)] + stages)
   logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
   return keras.Model(inputs, logits, name=name)
 

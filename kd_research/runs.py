@@ -130,7 +130,7 @@ class _Teachers:
   weights: Optional[list]
   logits: dict
   report: dict
-  train_logits: Optional[np.ndarray]
+  train_outputs: Optional[dict]  # the cache: {'logits': [N, K, C], tap: [N, K, D]}
   final_temperature: float
 
 
@@ -154,7 +154,10 @@ def _resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
     method["objective"] = methods.build(
         config.distill, methods.parse(config.distill.method), model,
         method["ensemble"].models[0], _normalised_weights(config, len(teacher_paths)), spe,
-        distill_steps)
+        distill_steps, methods.TrainingSet(
+            len(splits.train[0]),
+            None if config.labels.count or config.labels.fraction else splits.train[1],
+            config.global_batch_size, entry.seed))
     return methods.build_variables(method["objective"], model, method["ensemble"])
 
   state = state_lib.build(
@@ -166,7 +169,7 @@ def _resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
   teachers = None
   if role == "distill":  # Checked and evaluated once, before any student step.
     teachers = _teachers_once(config, workdir, method["ensemble"], teacher_paths, splits,
-                              chief, distill_steps)
+                              chief, distill_steps, method["objective"].teacher_taps)
   phases = _phases(config, role, entry, state.model, teachers, method.get("objective"),
                    total, head_steps, distill_steps)
   logging.info("%s: %s %s, %d params, %d steps (%d/epoch), %d replica(s), %s.", workdir, role,
@@ -217,8 +220,8 @@ def _phases(config, role, entry, model, teachers, objective, total, head_steps,
     head = ([driver_lib.Phase(f"{name} (head only)", head_steps, labels, None,
                               trainable("head"))] if head_steps else [])
     return head + [driver_lib.Phase(name, total, labels, None, trainable("finetune"))]
-  source = (objectives.cached_teachers if teachers.train_logits is not None
-            else objectives.live_teachers(teachers.ensemble.tap(objective.teacher_taps)
+  source = (objectives.cached_teachers_with(objective.teacher_taps)
+            if teachers.train_outputs is not None else objectives.live_teachers(teachers.ensemble.tap(objective.teacher_taps)
                                           if objective.teacher_taps else teachers.ensemble,
                                           objective.teacher_taps))
   phases = []
@@ -233,19 +236,24 @@ def _phases(config, role, entry, model, teachers, objective, total, head_steps,
   return phases
 
 
-def _teachers_once(config, workdir, ensemble, paths, splits, chief, distill_steps):
-  """Loads what the run needs from its frozen teachers, once, before any student step."""
+def _teachers_once(config, workdir, ensemble, paths, splits, chief, distill_steps, taps):
+  """Loads what the run needs from its frozen teachers, once, before any student step:
+  logits on validation and test, and with the cache their outputs on the training split
+  (logits, and the vector features ``taps`` a feature method reads)."""
   weights = config_lib.teacher_weights(config)
   cache_dir = config.run.cache_dir or os.path.join(workdir, "teacher_cache")
-  logits = {}
+  outputs = {}
   for split in ("validation", "test") + (("train",) if config.distill.cache_teacher else ()):
     images = getattr(splits, split)[0]
+    split_taps = taps if split == "train" else ()
     if split == "train":
       teacher_cache.refuse_with_augmentation(augment.parse_ops(config.augment.ops))
+      teacher_cache.refuse_feature_maps(ensemble, taps)
     digest = teacher_cache.fingerprint(paths, images, config.mixed_precision,
-                                       config.distill.combine)
-    logits[split] = teacher_cache.load_or_compute(cache_dir, split, ensemble, images, digest,
-                                                  write=chief)
+                                       config.distill.combine, split_taps)
+    outputs[split] = teacher_cache.load_or_compute_outputs(cache_dir, split, ensemble, images,
+                                                           digest, split_taps, write=chief)
+  logits = {split: value["logits"] for split, value in outputs.items()}
   final_t = float(schedules.from_config(config.distill.temperature, max(distill_steps, 1),
                                         "config.distill.temperature")(max(distill_steps, 1)))
   labels = {"validation": splits.validation[1], "test": splits.test[1]}
@@ -258,7 +266,7 @@ def _teachers_once(config, workdir, ensemble, paths, splits, chief, distill_step
     report["stability"] = evaluation.teacher_stability(
         ensemble, splits.validation[0], logits["validation"],
         augment.parse_ops(config.run.stability_ops), config.augment, weights)
-  return _Teachers(ensemble, paths, weights, logits, report, logits.get("train"), final_t)
+  return _Teachers(ensemble, paths, weights, logits, report, outputs.get("train"), final_t)
 
 
 def _train(run, guard):
@@ -307,8 +315,8 @@ def _train_iterator(run, writer):
                                  seed=run.entry.seed, num_classes=splits.num_classes,
                                  global_batch_size=config.global_batch_size) if ops else None)
   extras = {}
-  if run.teachers and run.teachers.train_logits is not None:
-    extras["teacher_logits"] = run.teachers.train_logits
+  if run.teachers and run.teachers.train_outputs is not None:
+    extras.update(objectives.cache_extras(run.teachers.train_outputs))
   if run.labelled is not None:
     extras["labelled"] = run.labelled
   train_fn = functools.partial(data.train_dataset_fn, *run.train, config.global_batch_size,
@@ -358,7 +366,9 @@ def _final_results(run, evaluator, last_validation):
       "replicas": run.strategy.num_replicas_in_sync, "dataset": run.config.dataset,
       "test": test, "workdir": os.path.abspath(run.workdir), "machine": machine.describe(),
       # Connectors and other objective variables: trained, never exported.
-      "extra_params": int(sum(np.prod(v.shape) for v in run.state.extra.variables_list))}
+      "extra_params": int(sum(np.prod(v.shape) for v in run.state.extra.variables_list)),
+      "extra_trainable_params": int(sum(np.prod(v.shape) for v in run.state.extra.variables_list
+                                        if v.trainable))}
   if run.teachers:
     results.update(method=run.config.distill.method, teachers=run.teachers.report,
                    test_agreement=test["agreement"],

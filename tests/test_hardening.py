@@ -230,7 +230,7 @@ def test_teacher_cache_files_are_loaded_without_pickle(tmp_path):
   path = str(tmp_path / "train-abc.npz")
   np.savez(path, logits=np.array([object()], dtype=object), fingerprint=np.array("abc"))
   from kd_research import teacher_cache  # pylint: disable=g-import-not-at-top
-  assert teacher_cache._load(path, "abc", (1,)) is None  # Refused, then recomputed.
+  assert teacher_cache._load(path, "abc", {"logits": (1,)}) is None  # Refused, then recomputed.
 
 
 # --- generated files work in any clone ------------------------------------------------------

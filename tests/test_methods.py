@@ -17,7 +17,7 @@ from conftest import tiny_config
 from test_loop import interrupt_then_resume, read_scalars, weights_of
 
 DEFAULT = tf.distribute.get_strategy()
-METHODS = ("kd", "dkd", "dist", "fitnets", "at", "rkd", "pkt", "sp", "kd,at")
+METHODS = ("kd", "dkd", "dist", "fitnets", "at", "rkd", "pkt", "sp", "crd", "kd,at")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,8 @@ def conv_teacher(tmp_path_factory):
 def method_config(method, **overrides):
   return tiny_config(**{"student.model": "cnn_seed", "student.width": 4, "student.epochs": 1,
                         "distill.method": method, "run.allow_weak_teacher": True,
-                        "distill.dkd.warmup_epochs": 1, **overrides})
+                        "distill.dkd.warmup_epochs": 1, "distill.crd.negatives": 64,
+                        **overrides})
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -128,7 +129,7 @@ def test_fitnets_hint_stage_and_two_teachers(conv_teacher, tmp_path):
 def test_methods_refuse_what_they_cannot_do(conv_teacher, tmp_path):
   with pytest.raises(UserError, match="unknown method"):
     config_lib.validate(method_config("crd2"))
-  with pytest.raises(UserError, match="cache holds their logits only"):
+  with pytest.raises(UserError, match=r"cannot serve method\(s\) at"):
     config_lib.validate(method_config("at", **{"distill.cache_teacher": True}))
   with pytest.raises(UserError, match="pick one"):
     methods.parse("kd,dkd")

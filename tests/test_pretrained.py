@@ -125,3 +125,18 @@ def test_head_epochs_needs_an_application():
   with pytest.raises(UserError, match="pretrained backbone"):
     config_lib.validate(tiny_config(**{"teacher.head_epochs": 1}))
   config_lib.validate(load_experiment("fashion_mnist_pretrained_teacher"))
+
+
+def test_application_teachers_expose_stage_taps_after_save_and_load(tmp_path):
+  from kd_research import taps  # pylint: disable=g-import-not-at-top
+  model = models.build("mobilenetv2", (28, 28, 1), 10, image_size=32)
+  path = str(tmp_path / "app.keras")
+  model.save(path)
+  loaded = keras.models.load_model(path, safe_mode=True, compile=False)
+  assert taps.stage_names(loaded) == ("stage1", "stage2", "stage3", "stage4")
+  assert taps.resolve(loaded, "middle_stage", "teacher") == "stage2"
+  x = np.random.default_rng(0).uniform(0, 255, (2, 28, 28, 1)).astype(np.float32)
+  logits, stage4, pooled = taps.feature_model(loaded, ("stage4", "pooled"))(x)
+  np.testing.assert_allclose(logits, model(x), atol=1e-5)
+  # The pooled feature is the global average of the last stage (one forward pass).
+  np.testing.assert_allclose(pooled, np.mean(stage4, axis=(1, 2)), atol=1e-5)
