@@ -25,6 +25,8 @@ usage: ./launch.sh COMMAND [flags]
   multiworker  N local worker processes (MultiWorkerMirroredStrategy on 127.0.0.1):
                --num_workers=N COMMAND [flags], e.g. multiworker --num_workers=2 distill ...
   bench        distillation throughput: Keras-fit Distiller vs our loop variants [--quick]
+  benchmark    the method benchmark campaign (experiments/method_benchmark.py, about 2 hours
+               on 2 CPU cores; resumable: rerun to continue), then RESULTS.md and its figure
   report       compare finished runs below --workdir=DIR (seeds grouped as mean +- std)
                into DIR/report.md [--output=FILE]
   tensorboard  start TensorBoard on 127.0.0.1 [--logdir=DIR] [--port=N]
@@ -103,6 +105,19 @@ case "$cmd" in
   bench)
     [ -x "$PY" ] || setup
     exec "$PY" -m kd_research.bench "$@" ;;
+  benchmark)
+    # The method benchmark campaign (experiments/method_benchmark.py): resumable, finished
+    # runs are skipped; rerun to continue. Then RESULTS.md and its figure from the runs.
+    [ -x "$PY" ] || setup
+    root="${KD_BENCHMARK_DIR:-runs/benchmark}"
+    "$PY" -m kd_research.main pipeline --experiment=method_benchmark:article --workdir="$root/article" "$@"
+    for seed in 0 1 2; do
+      "$PY" -m kd_research.main train --role=student --experiment=method_benchmark:curve \
+        --config.student.seed=$seed --workdir="$root/curve/seed_$seed" "$@"
+    done
+    "$PY" -m kd_research.main pipeline --experiment=method_benchmark:resnet --workdir="$root/resnet" "$@"
+    exec "$PY" -m kd_research.main report --workdir="$root" --sweep="${root}_sweep" \
+      --output=RESULTS.md --figure=results_methods.svg ;;
   report)
     [ -x "$PY" ] || setup
     exec "$PY" -m kd_research.main report "$@" ;;

@@ -81,6 +81,9 @@ def base_config():
   c.deterministic = False        # enable_op_determinism (slower, bit-exact resume)
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adam", momentum=0.9, weight_decay=0.0,
+      # Coupled L2: l2 * w added to the gradient, as PyTorch SGD's weight_decay (the
+      # CIFAR-100 protocol's 5e-4); weight_decay above is decoupled (AdamW-style).
+      l2=0.0,
       learning_rate=schedule(1e-3, "cosine", end=0.0)))
   c.teacher = model_config("resnet_seed", width=16, epochs=2, seed=0)
   c.student = model_config("cnn_seed", width=16, epochs=2, seed=0)
@@ -115,6 +118,11 @@ def base_config():
       # A variant may also set teachers='primary' (config.teacher alone) or 'all'.
       variants=ml_collections.ConfigDict(),
       seeds=(),                  # student seeds; each student stage runs in STAGE/seed_K
+      # Hyper-parameter candidates chosen on the validation split: {variant: {candidate:
+      # {distill field: value}}}. Each candidate runs once (the first seed) in the sweep
+      # dir; the variant's final runs use the candidate with the best validation accuracy.
+      candidates=ml_collections.ConfigDict(),
+      sweep_dir="",              # default: <parent of WORKDIR>_sweep/<name of WORKDIR>
       export_students=True))     # SavedModel + TFLite of each distilled student
   return c
 
@@ -170,9 +178,13 @@ def validate(config):
   _validate_distill(config.distill, 1 + len(config.extra_teachers), config.student.epochs,
                     "config.distill")
   for name in config.pipeline.variants:
-    variant = apply_variant(config, name)
-    _validate_distill(variant.distill, 1 + len(config.extra_teachers), config.student.epochs,
-                      f"variant {name}")
+    for candidate, extra in [(None, None)] + list(config.pipeline.candidates.get(name, {}).items()):
+      variant = apply_variant(config, name, extra)
+      _validate_distill(variant.distill, 1 + len(config.extra_teachers), config.student.epochs,
+                        f"variant {name}" + (f", candidate {candidate}" if candidate else ""))
+  unknown = sorted(set(config.pipeline.candidates) - set(config.pipeline.variants))
+  _need(not unknown, f"config.pipeline.candidates names {unknown}, which are not variants; "
+        f"variants: {', '.join(config.pipeline.variants) or 'none'}.")
   return config
 
 
@@ -195,6 +207,7 @@ def _validate_data_and_speed(config):
         f"{', '.join(OPTIMIZERS)}.")
   _need(opt.weight_decay >= 0, f"config.optimizer.weight_decay must be >= 0, got "
         f"{opt.weight_decay}.")
+  _need(opt.l2 >= 0, f"config.optimizer.l2 must be >= 0, got {opt.l2}.")
   _need(opt.learning_rate.start > 0, f"config.optimizer.learning_rate.start must be > 0, got "
         f"{opt.learning_rate.start}.")
   schedules.from_config(opt.learning_rate, 1000, "config.optimizer.learning_rate").check_range(
@@ -269,15 +282,17 @@ def _validate_distill(d, num_teachers, student_epochs, where):
       0.0, float("inf"), low_inclusive=False, what_range="T > 0")
 
 
-def apply_variant(config, name):
-  """A copy of ``config`` with ``config.pipeline.variants[name]`` applied to config.distill.
+def apply_variant(config, name, extra=None):
+  """A copy of ``config`` with ``config.pipeline.variants[name]`` (then ``extra``, a
+  candidate's overrides) applied to config.distill.
 
   A variant's values may be plain values or, for schedules, dicts of schedule fields
   ({'alpha': {'start': 0.9, 'end': 0.3, 'kind': 'linear'}}); a number for a schedule
   means a constant schedule at that value.
   """
   variant = ml_collections.ConfigDict(config.to_dict())
-  for key, value in config.pipeline.variants[name].items():
+  overrides = list(config.pipeline.variants[name].items()) + list((extra or {}).items())
+  for key, value in overrides:
     if key == "teachers":  # Which teachers; handled by the pipeline.
       if value not in ("all", "primary"):
         raise UserError(f"variant {name}: teachers={value!r}; valid: all, primary.")
@@ -293,6 +308,7 @@ def apply_variant(config, name):
     else:
       variant.distill[key] = value
   variant.pipeline.variants = ml_collections.ConfigDict()
+  variant.pipeline.candidates = ml_collections.ConfigDict()
   variant.lock()
   return variant
 

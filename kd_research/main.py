@@ -202,13 +202,14 @@ def _parse_flags(argv):
 
 
 def report_command(argv):
-  """``report --workdir=DIR [--output=F] [--sweep=DIR] [--claims=EXP]``: exit status."""
+  """``report --workdir=DIR [--output=F] [--sweep=DIR] [--claims=EXP] [--figure=F.svg]``:
+  exit status."""
   from kd_research import report  # pylint: disable=g-import-not-at-top
   from kd_research.errors import UserError  # pylint: disable=g-import-not-at-top
   usage = ("usage: report --workdir=DIR [--output=FILE] [--sweep=DIR] "
-           "[--claims=EXPERIMENT]\n")
-  values = _parse_tool_flags(argv, dict(workdir=None, output=None, sweep=None, claims=None),
-                             usage)
+           "[--claims=EXPERIMENT] [--figure=FILE.svg]\n")
+  values = _parse_tool_flags(argv, dict(workdir=None, output=None, sweep=None, claims=None,
+                                        figure=None), usage)
   if values is None:
     return 2
   if not values["workdir"]:
@@ -216,7 +217,8 @@ def report_command(argv):
     return 2
   try:
     text = report.generate(values["workdir"], values["output"], values["sweep"],
-                           values["claims"], "./launch.sh report " + " ".join(argv))
+                           values["claims"], "./launch.sh report " + " ".join(argv),
+                           values["figure"])
   except UserError as e:
     sys.stderr.write(f"error: {e}\n")
     return 1 if "no finished runs" in str(e) else 2

@@ -29,9 +29,10 @@ def _single_teacher(config):
                **{"distill.teacher_weights": ()})
 
 
-def kd_stages(config, teacher_paths):
+def kd_stages(config, teacher_paths, chosen=None):
   """(stage dir, config, teacher paths) of every distilled student to train.
 
+  ``chosen``: {variant: candidate overrides} picked on validation (``select_candidates``).
   Without variants: one distilled student (and with several teachers, one from the
   primary teacher alone and one from all). With variants: one student per variant;
   a variant's ``teachers`` key ('all', the default, or 'primary') picks its teachers.
@@ -40,7 +41,7 @@ def kd_stages(config, teacher_paths):
     stages = []
     for name in config.pipeline.variants:
       primary = config.pipeline.variants[name].get("teachers", "all") == "primary"
-      variant = config_lib.apply_variant(config, name)
+      variant = config_lib.apply_variant(config, name, (chosen or {}).get(name))
       stages.append((f"student_kd_{name}", _single_teacher(variant) if primary else variant,
                      teacher_paths[:1] if primary else teacher_paths))
     return stages
@@ -86,7 +87,8 @@ def run(config, workdir, strategy, overwrite=False):
   paths = train_teachers(config, workdir, strategy, overwrite)
   if not config.run.cache_dir:  # The students share one teacher-output cache.
     config = _copy(config, **{"run.cache_dir": os.path.join(workdir, "teacher_cache")})
-  stages = [("student_baseline", config, [])] + kd_stages(config, paths)
+  chosen = select_candidates(config, workdir, paths, strategy, overwrite)
+  stages = [("student_baseline", config, [])] + kd_stages(config, paths, chosen)
   results = {}
   for stage, stage_config, stage_paths in stages:
     role = "distill" if stage_paths else "student"
@@ -108,6 +110,45 @@ def run(config, workdir, strategy, overwrite=False):
   io_utils.atomic_write_text(os.path.join(workdir, "results.md"), table)
   io_utils.atomic_write_json(os.path.join(workdir, "results.json"), results)
   return results, table
+
+
+def sweep_dir(config, workdir):
+  """Where the candidates run: config.pipeline.sweep_dir, or <parent>_sweep/<name>, a
+  sibling tree, so that a report of the final runs does not include them."""
+  if config.pipeline.sweep_dir:
+    return config.pipeline.sweep_dir
+  workdir = os.path.abspath(workdir)
+  return os.path.join(os.path.dirname(workdir) + "_sweep", os.path.basename(workdir))
+
+
+def select_candidates(config, workdir, paths, strategy, overwrite=False):
+  """Runs every candidate of config.pipeline.candidates once (the first student seed) and
+  returns {variant: the overrides of the candidate with the best validation accuracy}.
+
+  Only validation accuracy decides (ties: the first candidate in name order); the choice
+  is written to <sweep dir>/selection.json with every candidate's validation accuracy.
+  """
+  if not config.pipeline.candidates:
+    return {}
+  seed = (config.pipeline.seeds or (config.student.seed,))[0]
+  root = sweep_dir(config, workdir)
+  chosen, record = {}, {}
+  for variant, candidates in config.pipeline.candidates.items():
+    scores = {}
+    for name, extra in sorted(candidates.items()):
+      stage = kd_stages(config, paths, {variant: extra.to_dict()})
+      _, run_config, run_paths = next(s for s in stage if s[0] == f"student_kd_{variant}")
+      result = runs.train_and_evaluate(
+          _copy(run_config, **{"student.seed": seed}),
+          os.path.join(root, f"{variant}_{name}"), "distill", strategy, tuple(run_paths),
+          overwrite)
+      scores[name] = result["validation_accuracy"]
+    best = max(sorted(scores), key=lambda n: scores[n])  # max keeps the first of ties.
+    chosen[variant] = candidates[best].to_dict()
+    record[variant] = {"chosen": best, "overrides": chosen[variant], "validation": scores}
+    logging.info("Variant %s: candidate %s chosen on validation (%s).", variant, best, scores)
+  io_utils.atomic_write_json(os.path.join(root, "selection.json"), record)
+  return chosen
 
 
 def _teacher_stages(config):

@@ -298,7 +298,8 @@ def _train(run, guard):
       config.run.checkpoint_every_steps, config.run.checkpoint_every_seconds,
       config.run.eval_every_epochs)
   driver = driver_lib.Driver(strategy, run.state, run.phases, cadence, config.global_batch_size,
-                             writer, validate, run.lr_fn, config.run.jit_compile)
+                             writer, validate, run.lr_fn, config.run.jit_compile,
+                             config.optimizer.l2)
   driver.run(_train_iterator(run, writer), guard)
   results = _final_results(run, evaluator, last_validation)
   _log_eval(writer, run.state.current_step, results["test"], "test")

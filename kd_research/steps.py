@@ -34,7 +34,7 @@ def train_layout(term_names):
 
 
 def make_train_loop(strategy, model, optimizer, step_var, global_batch_size, objective,
-                    teacher_source=None, layout=None, jit_compile=False):
+                    teacher_source=None, layout=None, jit_compile=False, l2=0.0):
   """Returns ``train_loop(iterator, num_steps) -> packed sums`` (see ``train_layout``).
 
   ``objective`` (objectives.py) gives the per-example terms from the student's logits and
@@ -43,7 +43,8 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size, obj
   ``layout`` may cover terms of other phases of the run (they sum to 0 here).
   ``jit_compile`` compiles the forward and backward pass (not the optimizer update,
   which XLA cannot place across replicas on CPU in TF 2.21: "Trying to access resource
-  ... located in device CPU:1 from device CPU:0") with XLA.
+  ... located in device CPU:1 from device CPU:0") with XLA. ``l2``: coupled L2 penalty
+  l2/2 * sum(w^2) over the trained variables (gradient l2 * w, PyTorch SGD's weight_decay).
   """
   layout = layout or train_layout(objective.terms_names)
   optimizers.apply_gradients_as_given(optimizer)  # The step reduces the gradients itself.
@@ -60,6 +61,9 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size, obj
       loss = tf.nn.compute_average_loss(terms["total"], global_batch_size=global_batch_size)
       if model.losses:
         loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+      if l2:  # Once per global step: each replica adds its 1/replicas share.
+        loss += tf.nn.scale_regularization_loss(0.5 * l2 * tf.add_n(
+            [tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables]))
       if loss_scaling:  # float16: scaled before differentiation; the optimizer unscales.
         loss = optimizer.scale_loss(loss)
     return terms, logits, tape.gradient(loss, variables)

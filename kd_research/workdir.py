@@ -43,6 +43,8 @@ def run_identity(config, role, teacher_paths=()):
     identity["labels"] = labels  # Teachers always train on every label.
   if config.mixed_precision != "fp16":
     identity.pop("loss_scale")
+  if not config.optimizer.l2:  # Runs from before the coupled L2 option keep their identity.
+    identity["optimizer"].pop("l2")
   if role == "distill":
     identity["teachers"] = [os.path.realpath(p) for p in teacher_paths]
     active = set(methods_lib.parse(config.distill.method))

@@ -272,3 +272,30 @@ def test_report_groups_seeds(tmp_path):
   assert main_lib.report_command([f"--workdir={tmp_path}"]) == 0
   assert os.path.exists(tmp_path / "report.md")
   assert main_lib.report_command([f"--workdir={tmp_path}/nothing"]) == 2
+
+
+def test_coupled_l2_adds_l2_times_weight_to_the_gradient(strategy_factory):
+  """optimizer.l2 (PyTorch SGD's weight_decay): with SGD at learning rate 1 the update
+  with l2 differs from the one without by exactly l2 * w, on 1 and 2 replicas."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from kd_research import models, objectives, steps  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.uniform(0, 255, (8, 6, 6, 1)).astype(np.float32),
+           "label": rng.integers(0, 3, 8).astype(np.int32)}
+  for strategy in (DEFAULT, strategy_factory(2)):
+    updates = []
+    for l2 in (0.0, 0.1):
+      with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = models.build("mlp", (6, 6, 1), 3, 4)
+        optimizer = keras.optimizers.SGD(1.0)
+        optimizer.build(model.trainable_variables)
+        step = tf.Variable(0, dtype=tf.int64)
+      before = [w.numpy().copy() for w in model.trainable_variables]
+      ds = strategy.experimental_distribute_dataset(
+          tf.data.Dataset.from_tensors(batch).repeat())
+      steps.make_train_loop(strategy, model, optimizer, step, 8, objectives.Objective(),
+                            l2=l2)(iter(ds), tf.constant(1))
+      updates.append([b - w.numpy() for b, w in zip(before, model.trainable_variables)])
+    for plain, decayed, w in zip(*updates, before):
+      np.testing.assert_allclose(decayed - plain, 0.1 * w, atol=1e-6)
