@@ -20,6 +20,8 @@ usage: ./launch.sh COMMAND [flags]
   distill      distil the student from a teacher: --workdir=DIR --config.teacher.path=RUN/model.keras
   pipeline     teacher -> student baseline -> distilled student -> results.md: --workdir=DIR
   eval         evaluate a finished run on the test split: --workdir=RUN
+  keras_peer   distil like `distill` (method kd) with Keras' own keras.distillation.Distiller
+               and fit, on the same data, budget, alpha and T: --config.teacher.path=T.keras
   export       SavedModel + TFLite (float32, float16, int8) of a finished run, verified on the
                test split: --workdir=RUN (writes RUN/export/, export_report.json)
   multiworker  N local worker processes (MultiWorkerMirroredStrategy on 127.0.0.1):
@@ -99,7 +101,7 @@ case "$cmd" in
   test)
     setup
     "$PY" -m pytest -q "$@" ;;
-  train|distill|pipeline|eval|export)
+  train|distill|pipeline|eval|export|keras_peer)
     [ -x "$PY" ] || setup
     main_py "$cmd" "$@" ;;
   bench)

@@ -154,14 +154,14 @@ def _time_fit(opts, model, x, y):
 
 
 def run_keras_distiller(opts, x, y, num_classes):
-  """(j): keras.distillation.Distiller + LogitsDistillation (T 4, KL x T^2; student loss
-  weight 0.3, i.e. alpha 0.7 as rows (a) and (b)), trained by fit: the official peer."""
+  """(j): keras.distillation.Distiller + LogitsDistillation (T 4 with a KLDivergence()
+  instance, so that it computes KL x T^2 of the softened probabilities: Keras' default
+  string loss does not, see keras_peer.py; student loss weight 0.3, i.e. alpha 0.7 as rows
+  (a) and (b)), trained by fit: the official peer."""
   import keras  # pylint: disable=g-import-not-at-top
+  from kd_research import keras_peer  # pylint: disable=g-import-not-at-top
   (teacher,), student = _models(opts, num_classes, x.shape[1:], "none")
-  distiller = keras.distillation.Distiller(
-      teacher=teacher, student=student,
-      distillation_losses=keras.distillation.LogitsDistillation(temperature=4.0),
-      student_loss_weight=0.3)
+  distiller = keras_peer.distiller(teacher, student, 0.7, 4.0, kl="instance")
   distiller.compile(optimizer=keras.optimizers.Adam(),
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
   return _time_fit(opts, distiller, x, y), forward_flops(student), forward_flops(teacher)

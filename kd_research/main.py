@@ -17,7 +17,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-COMMANDS = ("train", "distill", "pipeline", "eval", "export")
+COMMANDS = ("train", "distill", "pipeline", "eval", "export", "keras_peer")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _EXPERIMENTS = os.path.join(_REPO, "experiments")
 
@@ -28,6 +28,9 @@ flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints, T
 flags.DEFINE_enum("role", "student", ("teacher", "student"), "For 'train': which model of the "
                   "config to train on labels only.")
 flags.DEFINE_bool("overwrite", False, "Discard a different or finished run in --workdir.")
+flags.DEFINE_enum("keras_kl", "default", ("default", "instance"), "For 'keras_peer': Keras' "
+                  "LogitsDistillation loss as a user calls it (default) or with a "
+                  "keras.losses.KLDivergence() instance (Hinton's loss; kd_research/keras_peer.py).")
 
 
 def experiment_names():
@@ -97,6 +100,10 @@ def _run(command, config, workdir):
   elif command == "distill":
     results = runs.train_and_evaluate(config, workdir, "distill", strategy,
                                       teacher_paths=(config.teacher.path,), overwrite=overwrite)
+  elif command == "keras_peer":
+    from kd_research import keras_peer  # pylint: disable=g-import-not-at-top
+    results = keras_peer.train_and_evaluate(config, workdir, config.teacher.path, overwrite,
+                                            flags.FLAGS.keras_kl)
   elif command == "export":
     from kd_research import export  # pylint: disable=g-import-not-at-top
     report = export.export_run(workdir, export.splits_for_run(config, workdir))

@@ -132,6 +132,11 @@ def select_candidates(config, workdir, paths, strategy, overwrite=False):
     return {}
   seed = (config.pipeline.seeds or (config.student.seed,))[0]
   root = sweep_dir(config, workdir)
+  command = os.path.join(workdir, "command.txt")
+  if os.path.exists(command):  # The sweep's runs were made by the pipeline's command.
+    os.makedirs(root, exist_ok=True)
+    with open(command) as f:
+      io_utils.atomic_write_text(os.path.join(root, "command.txt"), f.read())
   chosen, record = {}, {}
   for variant, candidates in config.pipeline.candidates.items():
     scores = {}

@@ -96,6 +96,7 @@ def describe(config):
                 f", T {schedules.describe(d['temperature'])}"
                 + (" + ls" if d.get("logit_standardization") and method == "kd" else ""))
     label += f", fine-tune {d['finetune_epochs']} ep" if d["finetune_epochs"] else ""
+    label += f", {config['trainer']} Distiller (fit)" if config.get("trainer") else ""
   return label
 
 
@@ -265,7 +266,8 @@ def _pair_key(row):
 
 def _method_label(config):
   d = config["distill"]
-  return d.get("method", "kd") + (" + ls" if d.get("logit_standardization") else "")
+  label = d.get("method", "kd") + (" + ls" if d.get("logit_standardization") else "")
+  return label + (f" ({config['trainer']} Distiller, fit)" if config.get("trainer") else "")
 
 
 def method_pairs(runs, root):

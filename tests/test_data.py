@@ -81,6 +81,18 @@ def write_fake_cifar10(directory, per_batch=20, test=30):
       pickle.dump(batch, f)
 
 
+def write_fake_cifar100(directory, train=200, test=40):
+  """CIFAR-100's python format: 'train' and 'test' pickles with fine (and coarse) labels."""
+  rng = np.random.default_rng(2)
+  os.makedirs(directory, exist_ok=True)
+  for name, n in (("train", train), ("test", test)):
+    batch = {b"data": rng.integers(0, 255, (n, 3072)).astype(np.uint8),
+             b"fine_labels": rng.integers(0, 100, n).tolist(),
+             b"coarse_labels": rng.integers(0, 20, n).tolist()}
+    with open(os.path.join(directory, name), "wb") as f:
+      pickle.dump(batch, f)
+
+
 def test_cifar10_python_batches(tmp_path):
   write_fake_cifar10(str(tmp_path / "cifar-10-batches-py"))
   raw = data_sources.load("cifar10", str(tmp_path))

@@ -10,7 +10,11 @@ from conftest import REPO, load_experiment
 PRESETS = {"fashion_mnist": ["quick", "full", "tiny"], "cifar10_seed": [None, "mini"],
            "fashion_mnist_schedules": [None], "fashion_mnist_multi_teacher": [None],
            "fashion_mnist_pretrained_teacher": [None, "imagenet"],
-           "fashion_mnist_results": [None]}
+           "fashion_mnist_results": [None],
+           "method_benchmark": ["article", "resnet", "curve", "tiny"],
+           "cifar100_benchmark": ["resnet32x4_resnet8x4", "wrn_40_2_wrn_16_2",
+                                  "resnet56_resnet20", "vgg13_vgg8", "vgg13_mobilenetv2",
+                                  "mini"]}
 
 
 def test_every_experiment_module_is_covered():
@@ -35,3 +39,20 @@ def test_cifar10_docstring_quotes_the_claimed_table():
   from experiments import cifar10_seed  # The same figures, quoted by report --claims.
   for figure in ("92.1%", "86.3%", "89.7%"):
     assert figure in cifar10_seed.CLAIMED_TABLE
+
+
+def test_cifar100_protocol_and_claimed_table():
+  from experiments import cifar100_benchmark  # pylint: disable=g-import-not-at-top
+  config = load_experiment("cifar100_benchmark", "vgg13_mobilenetv2")
+  assert config.optimizer.name == "sgd" and config.optimizer.l2 == 5e-4
+  assert config.global_batch_size == 64 and config.student.epochs == 240
+  lr = config.optimizer.learning_rate
+  assert lr["values"] == pytest.approx((0.01, 0.001, 0.0001, 0.00001))  # MobileNetV2: 0.01.
+  assert lr.boundaries == (150 / 240, 180 / 240, 210 / 240)
+  assert tuple(config.augment.ops) == ("crop", "flip") and config.augment.crop_padding == 4
+  resnet = load_experiment("cifar100_benchmark", "resnet56_resnet20")
+  assert resnet.optimizer.learning_rate.start == 0.05
+  assert resnet.pipeline.variants.dkd.dkd.beta == 2.0  # mdistiller's beta for this pair.
+  assert resnet.pipeline.variants.kd.alpha == 0.9
+  for figure in ("79.42", "72.50", "75.51", "76.32", "71.97"):
+    assert figure in cifar100_benchmark.CLAIMED_TABLE

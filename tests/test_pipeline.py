@@ -115,3 +115,51 @@ def test_bad_seeds_are_refused():
     config.pipeline.variants = ml_collections.ConfigDict({"v": {"teachers": "best"}})
   with pytest.raises(UserError, match="teachers='best'"):
     config_lib.validate(config)
+
+
+def test_candidates_chosen_on_validation_then_seeds_and_rerun_skips(tmp_path):
+  """Each candidate runs once in the sibling sweep tree; the best validation accuracy
+  wins (selection.json); the variant's seeds use it; a rerun trains nothing new."""
+  config = tiny_config(**{"pipeline.seeds": (0, 1), "pipeline.export_students": False})
+  with config.unlocked():
+    config.pipeline.variants = ml_collections.ConfigDict({"kd": {"method": "kd"}})
+    config.pipeline.candidates = ml_collections.ConfigDict(
+        {"kd": {"low": {"alpha": 0.1}, "high": {"alpha": 0.9, "temperature": 2.0}}})
+  config_lib.validate(config)
+  workdir = str(tmp_path / "bench" / "pair")
+  pipeline.run(config, workdir, tf.distribute.get_strategy())
+  sweep = tmp_path / "bench_sweep" / "pair"
+  selection = json.load(open(sweep / "selection.json"))["kd"]
+  scores = {}
+  for name in ("low", "high"):
+    scores[name] = json.load(open(sweep / f"kd_{name}" / "results.json"))["validation_accuracy"]
+    assert json.load(open(sweep / f"kd_{name}" / "results.json"))["seed"] == 0
+  assert selection["validation"] == scores
+  best = max(sorted(scores), key=lambda n: scores[n])
+  assert selection["chosen"] == best
+  final = json.load(open(os.path.join(workdir, "student_kd_kd", "seed_1", "config.json")))
+  assert final["distill"]["alpha"]["start"] == {"low": 0.1, "high": 0.9}[best]
+  # The report: a method table per pair with the gain over labels only, and the figure.
+  from kd_research import report  # pylint: disable=g-import-not-at-top
+  figure = str(tmp_path / "figure.svg")
+  text = report.generate(str(tmp_path / "bench"), str(tmp_path / "R.md"),
+                         sweep=str(tmp_path / "bench_sweep"), figure=figure)
+  kd_test = [json.load(open(os.path.join(workdir, "student_kd_kd", f"seed_{s}",
+                                         "results.json")))["test_accuracy"] for s in (0, 1)]
+  base = [json.load(open(os.path.join(workdir, "student_baseline", f"seed_{s}",
+                                      "results.json")))["test_accuracy"] for s in (0, 1)]
+  gain = 100 * (np.mean(kd_test) - np.mean(base))
+  assert f"| kd | 2 | {report.mean_std(kd_test)} | {gain:+.2f} |" in text
+  assert "![Test accuracy per method" in text and "(figure.svg)" in text
+  svg = open(figure).read()
+  assert svg.startswith("<svg") and svg.count("<circle") == 1 and "labels only" in svg
+  assert "kd_high" in text or "kd_low" in text  # The sweep table lists the candidates.
+  stamps = {p: os.path.getmtime(p) for p in glob.glob(str(tmp_path / "**" / "results.json"),
+                                                      recursive=True)
+            if os.path.exists(os.path.join(os.path.dirname(p), "config.json"))}  # Runs only.
+  pipeline.run(config, workdir, tf.distribute.get_strategy())
+  assert stamps == {p: os.path.getmtime(p) for p in stamps}
+  with config.unlocked():
+    config.pipeline.candidates = ml_collections.ConfigDict({"nope": {"a": {"alpha": 0.5}}})
+  with pytest.raises(UserError, match="not variants"):
+    config_lib.validate(config)
