@@ -25,12 +25,25 @@ differences, to be stated next to any comparison with the numbers below: the las
 we report the last epoch's test accuracy (RepDistiller reports the best test epoch,
 mdistiller the best epoch averaged over 5 runs).
 
-Cost on one GPU (estimate from the references' reported training times, not measured
-here: no GPU on the machine that built this project): a resnet8x4 student epoch on a
-V100-class GPU takes about 10-15 s with a live resnet32x4 teacher, so one 240-epoch run
-is about 1 hour; CRD adds about 20%. A preset (teacher + 11 students x 3 seeds) is about
-35 GPU-hours; the four published pairs about 5-6 GPU-days. On this project's 2-core CPU
-one resnet8x4 epoch takes about 20 minutes: use a GPU.
+Cost on one GPU: an estimate, not a measurement (the machine that built this project has
+no GPU). Training FLOPs of one distillation run = 240 epochs x 45,000 images x (3 x student
+forward + teacher forward), from ``kd_research.bench.forward_flops`` at 32x32x3, 100 classes:
+
+| pair | teacher / student forward (GFLOP) | distillation run | teacher run |
+|---|---|---|---|
+| resnet32x4 -> resnet8x4 | 2.17 / 0.35 | 34.9 PFLOP | 70.2 PFLOP |
+| wrn_40_2 -> wrn_16_2 | 0.66 / 0.20 | 13.6 PFLOP | 21.2 PFLOP |
+| resnet56 -> resnet20 | 0.25 / 0.08 | 5.4 PFLOP | 8.1 PFLOP |
+| vgg13 -> vgg8 | 0.57 / 0.19 | 12.4 PFLOP | 18.5 PFLOP |
+
+At an assumed sustained 10 TFLOP/s (TF32 on an A100-class GPU; small CIFAR models reach
+less) the resnet8x4 run takes about an hour and its teacher two; the lighter pairs are
+bound by per-step overhead instead (240 x 703 = 168,750 steps of batch 64: at 5 ms per
+step, about 15 minutes a run). A preset (teacher, labels-only and 10 methods x 3 seeds)
+is then roughly 35 GPU-hours for resnet32x4 -> resnet8x4 and 8-15 for the others; CRD's
+bank gather (16,384 negatives) adds to each of its runs. On this project's 2-core CPU one
+resnet32x4 -> resnet8x4 epoch (144 TFLOP) takes at least 10 minutes even at the measured
+fp32 matmul peak of about 250 GFLOP/s (`./launch.sh bench`), so a run takes days: use a GPU.
 
 Preset ``mini`` runs the same pipeline for a few steps on whatever CIFAR-100-format data
 is in data_dir (the tests use a generated miniature in the real format).

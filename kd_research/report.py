@@ -1,6 +1,6 @@
 """Compares finished runs: scans a tree of run directories and writes a Markdown report.
 
-    ./launch.sh report --workdir=runs/results [--output=RESULTS.md]
+    ./launch.sh report --workdir=runs/benchmark [--output=RESULTS.md] [--figure=F.svg]
         [--sweep=runs/results_sweep] [--claims=cifar10_seed]
 
 A run directory is one with config.json and results.json (train, distill or a
