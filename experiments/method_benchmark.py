@@ -19,6 +19,9 @@ Presets:
   resnet   a same-family pair of the standard benchmark at half width, resnet56 w8
            (0.22M) -> resnet20 w8 (0.07M): kd, dkd, fitnets, crd.
   curve    the article pair's labels-only student at twice the budget (is it converged?).
+  why      labels only and kd (alpha and T as chosen for the article pair) over 3 seeds, for
+           the "why" axes: a teacher given by --config.teacher.path (or trained for
+           --config.teacher.epochs) and the student's --config.student.width.
   tiny     synthetic data, a few steps: the tests' smoke run of the whole protocol.
 
 Protocol (both pairs): Fashion-MNIST, a fixed 10,000-image training subset
@@ -37,7 +40,7 @@ import ml_collections
 
 from kd_research import config as config_lib
 
-PRESETS = ("article", "resnet", "curve", "tiny")
+PRESETS = ("article", "resnet", "curve", "why", "tiny")
 
 # {method variant: its fixed settings}; candidates below are tried on validation.
 _ARTICLE_METHODS = {
@@ -94,6 +97,10 @@ def get_config(arg="article"):
     maps = settings["method"] in ("fitnets", "at", "sp")
     c.pipeline.variants[name] = dict(settings, **({"cache_teacher": False} if maps else {}))
     c.pipeline.candidates[name] = _CANDIDATES[name]
+  if arg == "why":  # kd alone, with the article pair's validation choice (selection.json).
+    c.pipeline.variants = ml_collections.ConfigDict({"kd": dict(method="kd", alpha=0.5,
+                                                                temperature=2.0)})
+    c.pipeline.candidates = ml_collections.ConfigDict()
   if arg == "curve":  # Labels only at twice the budget: pipeline with no variants.
     c.student = config_lib.model_config("cnn_seed", width=16, epochs=40, seed=0)
     c.pipeline.variants = ml_collections.ConfigDict()

@@ -156,3 +156,11 @@ def test_pooled_feature_cache_serves_crd_like_the_live_teacher(conv_teacher, tmp
   with pytest.raises(UserError, match="feature maps"):
     config_lib.validate(method_config("crd", **{"distill.cache_teacher": True,
                                                 "distill.crd.teacher_tap": "last_stage"}))
+
+
+def test_crd_with_two_teachers_has_heads_and_banks_per_teacher(conv_teacher, tmp_path):
+  results = runs.train_and_evaluate(method_config("crd", train_size=192), str(tmp_path / "two"),
+                                    "distill", DEFAULT, (conv_teacher, conv_teacher))
+  assert results["extra_trainable_params"] == 2 * ((8 + 1) * 128 + (32 + 1) * 128)
+  banks = [v for v in _objective_tensors(str(tmp_path / "two")).values() if v.shape == (192, 128)]
+  assert len(banks) == 4  # A student and a teacher bank per teacher.
