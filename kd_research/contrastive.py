@@ -93,7 +93,7 @@ class NegativeSampler:
     return tf.gather(self.by_class, slot)
 
 
-class CRD(objectives._FeatureMethod):  # pylint: disable=protected-access
+class CRD(objectives.FeatureMethod):
   """ce_weight * CE + weight * (NCE(student vs teacher bank) + NCE(teacher vs student bank)).
 
   One set of embedding heads, banks and Z per teacher.

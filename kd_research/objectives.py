@@ -165,7 +165,7 @@ class DIST(_TeacherWeighted):
             + self.gamma * ml.dist_intra(s_global, t_global, self.tau, tf.shape(s)[0]))
 
 
-class _FeatureMethod(_TeacherWeighted):
+class FeatureMethod(_TeacherWeighted):
   """A method on tapped features: ``pairs`` of (student tap, teacher tap), one teacher's
   taps per teacher (the same names on every teacher)."""
 
@@ -176,7 +176,7 @@ class _FeatureMethod(_TeacherWeighted):
     self.teacher_taps = tuple(dict.fromkeys(t for _, t in self.pairs))
 
 
-class FitNets(_FeatureMethod):
+class FitNets(FeatureMethod):
   """FitNets hints (Romero et al., 2015): MSE between connector(student tap) and the teacher
   tap; one connector per teacher (1x1 conv + BN for maps, linear for vectors)."""
 
@@ -224,7 +224,7 @@ class HintStage(Objective):
     return {"total": self.fitnets.weight * hint, "fitnets": hint}
 
 
-class AttentionTransfer(_FeatureMethod):
+class AttentionTransfer(FeatureMethod):
   """AT (Zagoruyko & Komodakis, 2017): sum over stage pairs of the attention-map loss."""
 
   name, terms_names = "at", ("total", "at", "ce")
@@ -238,7 +238,7 @@ class AttentionTransfer(_FeatureMethod):
                      for s, t in self.pairs])
 
 
-class Relational(_FeatureMethod):
+class Relational(FeatureMethod):
   """RKD, PKT or SP on one (student tap, teacher tap) pair over the global batch."""
 
   def __init__(self, name, weight, ce_weight, teacher_weights, pairs, **options):

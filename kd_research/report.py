@@ -109,10 +109,18 @@ def mean_std(values):
 
 
 def _groups(runs):
-  """Runs grouped by config without the model seed, in first-seen order."""
-  groups = {}
+  """Runs grouped by config without the model seed, in first-seen order. A seed counts once
+  per group: the same configuration and seed in another directory (e.g. the labels-only
+  student of two pipelines that differ only in their teachers) is the same run repeated,
+  not another sample."""
+  groups, seen = {}, set()
   for run in runs:
-    groups.setdefault(group_key(run["config"]), []).append(run)
+    key = group_key(run["config"])
+    seed = (key, run["config"]["model"].get("seed"))
+    if seed in seen:
+      continue
+    seen.add(seed)
+    groups.setdefault(key, []).append(run)
   return list(groups.values())
 
 

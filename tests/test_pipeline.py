@@ -163,3 +163,13 @@ def test_candidates_chosen_on_validation_then_seeds_and_rerun_skips(tmp_path):
     config.pipeline.candidates = ml_collections.ConfigDict({"nope": {"a": {"alpha": 0.5}}})
   with pytest.raises(UserError, match="not variants"):
     config_lib.validate(config)
+
+
+def test_report_counts_a_seed_once_per_setting():
+  """Two pipelines that differ only in their teachers share the labels-only student: the
+  same config and seed found twice is one sample, not two."""
+  from kd_research import report  # pylint: disable=g-import-not-at-top
+  def run(directory, seed):
+    return {"dir": directory, "config": {"role": "student", "model": {"seed": seed}}}
+  groups = report._groups([run("a/s0", 0), run("a/s1", 1), run("b/s0", 0), run("b/s1", 1)])  # pylint: disable=protected-access
+  assert [[r["dir"] for r in g] for g in groups] == [["a/s0", "a/s1"]]
