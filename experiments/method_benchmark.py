@@ -19,6 +19,8 @@ Presets:
   resnet   a same-family pair of the standard benchmark at half width, resnet56 w8
            (0.22M) -> resnet20 w8 (0.07M): kd, dkd, fitnets, crd.
   curve    the article pair's labels-only student at twice the budget (is it converged?).
+  long     the article pair at twice the budget (40 epochs) for labels only and the logit
+           methods kd, kd + ls and dist with their validation choice: does the ranking hold?
   why      labels only and kd (alpha and T as chosen for the article pair) over 3 seeds, for
            the "why" axes: a teacher given by --config.teacher.path (or trained for
            --config.teacher.epochs) and the student's --config.student.width.
@@ -40,7 +42,7 @@ import ml_collections
 
 from kd_research import config as config_lib
 
-PRESETS = ("article", "resnet", "curve", "why", "tiny")
+PRESETS = ("article", "resnet", "curve", "why", "long", "tiny")
 
 # {method variant: its fixed settings}; candidates below are tried on validation.
 _ARTICLE_METHODS = {
@@ -100,6 +102,13 @@ def get_config(arg="article"):
   if arg == "why":  # kd alone, with the article pair's validation choice (selection.json).
     c.pipeline.variants = ml_collections.ConfigDict({"kd": dict(method="kd", alpha=0.5,
                                                                 temperature=2.0)})
+    c.pipeline.candidates = ml_collections.ConfigDict()
+  if arg == "long":  # The article pair's choices (selection.json), at 40 epochs.
+    c.student = config_lib.model_config("cnn_seed", width=16, epochs=40, seed=0)
+    c.pipeline.variants = ml_collections.ConfigDict({
+        "kd": dict(method="kd", alpha=0.5, temperature=2.0),
+        "kd_ls": dict(method="kd", logit_standardization=True, alpha=0.9, temperature=4.0),
+        "dist": dict(method="dist", dist=dict(beta=2.0, gamma=2.0))})
     c.pipeline.candidates = ml_collections.ConfigDict()
   if arg == "curve":  # Labels only at twice the budget: pipeline with no variants.
     c.student = config_lib.model_config("cnn_seed", width=16, epochs=40, seed=0)

@@ -296,8 +296,7 @@ def method_pairs(runs, root):
   out = []
   for (student_key, teachers), members in pairs.items():
     config = members[0]["config"]
-    names = " + ".join(teacher_models.get(os.path.dirname(os.path.realpath(p)),
-                                          os.path.basename(os.path.dirname(p))) for p in teachers)
+    names = " + ".join(_teacher_name(p, root, teacher_models) for p in teachers)
     accuracy = teacher_accuracy.get(teachers)
     out.append({
         "title": f"{config['dataset']}: {names} -> {_model_name(config['model'])}"
@@ -305,6 +304,18 @@ def method_pairs(runs, root):
         "baseline": baselines[student_key],
         "rows": sorted(members, key=lambda r: -np.mean(r["test"]))})
   return out
+
+
+def _teacher_name(path, root, known):
+  """'resnet_seed w16 (teacher)': a teacher's model and run directory (relative to root),
+  from the runs below root or the config.json next to its file."""
+  directory = os.path.dirname(os.path.realpath(path))
+  where = os.path.relpath(directory, os.path.realpath(root))
+  if directory in known:
+    return f"{known[directory]} ({where})"
+  if os.path.exists(os.path.join(directory, workdir_lib.CONFIG_FILE)):
+    return f"{_model_name(workdir_lib.read_identity(directory)['model'])} ({where})"
+  return where
 
 
 def _model_name(model):
@@ -317,7 +328,7 @@ def method_tables(runs, root):
   for pair in method_pairs(runs, root):
     base = pair["baseline"]
     lines = [f"**{pair['title']}**\n", "| method | seeds | test accuracy | gain over labels only "
-             "(points) | combined std | gain > combined std |", "|---|---|---|---|---|---|",
+             "(points) | combined std | \\|gain\\| > combined std |", "|---|---|---|---|---|---|",
              f"| labels only | {base['seeds']} | {mean_std(base['test'])} | - | - | - |"]
     for row in pair["rows"]:
       gain = 100 * (np.mean(row["test"]) - np.mean(base["test"]))
