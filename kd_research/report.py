@@ -275,7 +275,9 @@ def _pair_key(row):
 def _method_label(config):
   d = config["distill"]
   label = d.get("method", "kd") + (" + ls" if d.get("logit_standardization") else "")
-  return label + (f" ({config['trainer']} Distiller, fit)" if config.get("trainer") else "")
+  trainer = config.get("trainer", "")
+  return label + (", Keras Distiller" + (" + KLDivergence()" if "KLDivergence" in trainer else "")
+                  + " (fit)" if trainer else "")
 
 
 def method_pairs(runs, root):
@@ -299,7 +301,8 @@ def method_pairs(runs, root):
     names = " + ".join(_teacher_name(p, root, teacher_models) for p in teachers)
     accuracy = teacher_accuracy.get(teachers)
     out.append({
-        "title": f"{config['dataset']}: {names} -> {_model_name(config['model'])}"
+        "title": f"{config['dataset']}: {names} -> {_model_name(config['model'])}, "
+                 f"{config['model']['epochs']} epochs"
                  + (f" (teacher {100 * accuracy:.2f}%)" if accuracy is not None else ""),
         "baseline": baselines[student_key],
         "rows": sorted(members, key=lambda r: -np.mean(r["test"]))})

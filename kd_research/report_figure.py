@@ -8,7 +8,7 @@ and, in the title, the teacher's accuracy. ``panels`` come from report.method_pa
 
 import html
 
-_ROW, _LEFT, _WIDTH, _TOP, _BOTTOM = 22, 230, 420, 46, 34
+_ROW, _LEFT, _WIDTH, _TOP, _BOTTOM = 22, 300, 420, 46, 34
 
 
 def _x_scale(panel):

@@ -24,13 +24,19 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 DEFAULT = tf.distribute.get_strategy()
 
 
-def _distill_cmd(workdir, teacher_file):
+# CRD: the memory banks, Z and the embedding heads must resume exactly too.
+METHOD_FLAGS = {"kd": [], "crd": ["--config.distill.method=crd",
+                                  "--config.distill.crd.negatives=64"]}
+
+
+def _distill_cmd(workdir, teacher_file, method="kd"):
   return [sys.executable, "-m", "kd_research.main", "distill", "--experiment=fashion_mnist:tiny",
           f"--workdir={workdir}", f"--config.teacher.path={teacher_file}",
           "--config.deterministic=true", "--config.student.epochs=4",
           "--config.run.checkpoint_every_steps=10", "--config.run.steps_per_loop=2",
           "--config.run.log_every_steps=2", "--config.augment.ops=('flip','crop','cutout')",
-          "--config.distill.alpha.kind=linear", "--config.distill.alpha.end=0.2"]
+          "--config.distill.alpha.kind=linear", "--config.distill.alpha.end=0.2"
+          ] + METHOD_FLAGS[method]
 
 
 def _weights(workdir):
@@ -38,12 +44,13 @@ def _weights(workdir):
   return [w.numpy() for w in model.weights]
 
 
-def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path, teacher_file):
+@pytest.mark.parametrize("method", ["kd", "crd"])
+def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path, teacher_file, method):
   full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
-  done = subprocess.run(_distill_cmd(full, teacher_file), cwd=REPO, env=ENV,
+  done = subprocess.run(_distill_cmd(full, teacher_file, method), cwd=REPO, env=ENV,
                         capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
-  proc = subprocess.Popen(_distill_cmd(cut, teacher_file), cwd=REPO, env=ENV,
+  proc = subprocess.Popen(_distill_cmd(cut, teacher_file, method), cwd=REPO, env=ENV,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpt_dir = os.path.join(cut, "checkpoints")
   deadline = time.time() + 240
@@ -58,7 +65,7 @@ def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path, teacher_file):
   killed_at = int(tf.train.latest_checkpoint(ckpt_dir).rsplit("-", 1)[1])
   assert 40 <= killed_at < 4 * 28
   assert not os.path.exists(os.path.join(cut, "results.json"))
-  resumed = subprocess.run(_distill_cmd(cut, teacher_file), cwd=REPO, env=ENV,
+  resumed = subprocess.run(_distill_cmd(cut, teacher_file, method), cwd=REPO, env=ENV,
                            capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert "Resumed" in resumed.stderr
@@ -68,6 +75,12 @@ def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path, teacher_file):
   a = json.load(open(os.path.join(full, "results.json")))
   b = json.load(open(os.path.join(cut, "results.json")))
   assert a["test_accuracy"] == b["test_accuracy"] and a["test_loss"] == b["test_loss"]
+  readers = [tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(d, "checkpoints")))
+             for d in (full, cut)]
+  names = [n for n in readers[0].get_variable_to_shape_map() if n.startswith("objective/")]
+  assert bool(names) == (method == "crd")  # CRD's heads, banks and Z are checkpointed.
+  for name in names:
+    np.testing.assert_array_equal(readers[0].get_tensor(name), readers[1].get_tensor(name))
 
 
 def _sha(path):
