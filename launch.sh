@@ -27,8 +27,9 @@ usage: ./launch.sh COMMAND [flags]
   multiworker  N local worker processes (MultiWorkerMirroredStrategy on 127.0.0.1):
                --num_workers=N COMMAND [flags], e.g. multiworker --num_workers=2 distill ...
   bench        distillation throughput: Keras-fit Distiller vs our loop variants [--quick]
-  benchmark    the method benchmark campaign (experiments/method_benchmark.py, about 2 hours
-               on 2 CPU cores; resumable: rerun to continue), then RESULTS.md and its figure
+  benchmark    the method benchmark campaign (experiments/method_benchmark.py, about 3 hours
+               on 2 CPU cores; resumable: rerun to continue), then RESULTS.md, its figure
+               and RESULTS_WHY.md
   report       compare finished runs below --workdir=DIR (seeds grouped as mean +- std)
                into DIR/report.md [--output=FILE]
   tensorboard  start TensorBoard on 127.0.0.1 [--logdir=DIR] [--port=N]
@@ -88,6 +89,44 @@ main_py() {
   exec "$PY" -m kd_research.main "$@"
 }
 
+benchmark_campaign() {
+  local root="${KD_BENCHMARK_DIR:-runs/benchmark}" why="${KD_WHY_DIR:-runs/why}" seed kl
+  local run=("$PY" -m kd_research.main)
+  local teacher="$root/article/teacher/model.keras"
+  "${run[@]}" pipeline --experiment=method_benchmark:article --workdir="$root/article" "$@"
+  for seed in 0 1 2; do
+    "${run[@]}" train --role=student --experiment=method_benchmark:curve \
+      --config.student.seed=$seed --workdir="$root/curve/seed_$seed" "$@"
+  done
+  "${run[@]}" pipeline --experiment=method_benchmark:long --workdir="$root/long" \
+    --config.teacher.path="$teacher" "$@"
+  for kl in default instance; do
+    for seed in 0 1 2; do
+      "${run[@]}" keras_peer --experiment=method_benchmark:article --keras_kl=$kl \
+        --config.teacher.path="$teacher" --config.student.seed=$seed \
+        --config.distill.alpha.start=0.5 --config.distill.alpha.end=0.5 \
+        --config.distill.temperature.start=2 --config.distill.temperature.end=2 \
+        --workdir="$root/article/keras_distiller_$kl/seed_$seed" "$@"
+    done
+  done
+  "${run[@]}" pipeline --experiment=method_benchmark:why --workdir="$why/teacher_w4" \
+    --config.teacher.width=4 "$@"
+  # The stronger teacher: the few-labels quickstart's (every label of the 55,000 images).
+  "${run[@]}" train --role=teacher --experiment=fashion_mnist:fewlabels \
+    --workdir=runs/fewlabels/teacher "$@"
+  "${run[@]}" pipeline --experiment=method_benchmark:why --workdir="$why/teacher_strong" \
+    --config.teacher.path=runs/fewlabels/teacher/model.keras "$@"
+  for width in 8 32; do
+    "${run[@]}" pipeline --experiment=method_benchmark:why --workdir="$why/width$width" \
+      --config.teacher.path="$teacher" --config.student.width=$width "$@"
+  done
+  "${run[@]}" pipeline --experiment=method_benchmark:resnet --workdir="$root/resnet" "$@"
+  "${run[@]}" report --workdir="$root" --sweep="${root}_sweep" --output=RESULTS.md \
+    --figure=results_methods.svg > /dev/null
+  "${run[@]}" report --workdir="$why" --output=RESULTS_WHY.md > /dev/null
+  echo "benchmark: RESULTS.md, results_methods.svg and RESULTS_WHY.md written"
+}
+
 cmd="${1:-help}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -109,17 +148,9 @@ case "$cmd" in
     exec "$PY" -m kd_research.bench "$@" ;;
   benchmark)
     # The method benchmark campaign (experiments/method_benchmark.py): resumable, finished
-    # runs are skipped; rerun to continue. Then RESULTS.md and its figure from the runs.
+    # runs are skipped; rerun to continue. Then RESULTS.md, its figure and RESULTS_WHY.md.
     [ -x "$PY" ] || setup
-    root="${KD_BENCHMARK_DIR:-runs/benchmark}"
-    "$PY" -m kd_research.main pipeline --experiment=method_benchmark:article --workdir="$root/article" "$@"
-    for seed in 0 1 2; do
-      "$PY" -m kd_research.main train --role=student --experiment=method_benchmark:curve \
-        --config.student.seed=$seed --workdir="$root/curve/seed_$seed" "$@"
-    done
-    "$PY" -m kd_research.main pipeline --experiment=method_benchmark:resnet --workdir="$root/resnet" "$@"
-    exec "$PY" -m kd_research.main report --workdir="$root" --sweep="${root}_sweep" \
-      --output=RESULTS.md --figure=results_methods.svg ;;
+    benchmark_campaign "$@" ;;
   report)
     [ -x "$PY" ] || setup
     exec "$PY" -m kd_research.main report "$@" ;;

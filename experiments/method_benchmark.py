@@ -11,7 +11,8 @@ runs/benchmark_sweep/<pair>/ and keeps the one with the best *validation* accura
 (selection.json), then trains the labels-only student and each method with the chosen
 hyper-parameters over seeds 0, 1, 2. Every run is resumable and finished runs are
 skipped: rerunning a command continues the campaign wherever it stopped.
-``./launch.sh benchmark`` runs both commands and the report.
+``./launch.sh benchmark`` runs these, the ``curve``, ``long`` and ``why`` runs, Keras' own
+Distiller on the article pair (``keras_peer``) and both reports (RESULTS.md, RESULTS_WHY.md).
 
 Presets:
   article  the seed article's pair, resnet_seed w16 (174K) -> cnn_seed w16 (24K): kd,
