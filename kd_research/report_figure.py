@@ -39,7 +39,7 @@ def _panel(panel, y0):
   def x(value):
     return _LEFT + _WIDTH * (value - low) / (high - low)
 
-  out = [f'<text x="{_LEFT}" y="{y0 + 18}" font-weight="bold">{html.escape(panel["title"])}'
+  out = [f'<text x="10" y="{y0 + 18}" font-weight="bold">{html.escape(panel["title"])}'
          "</text>"]
   plot_top, plot_bottom = y0 + _TOP - 12, y0 + _TOP + _ROW * len(panel["rows"]) - 6
   base_mean, base_std = panel["baseline"]
