@@ -181,7 +181,6 @@ def _resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
               teachers, train, labelled)
 
 
-
 def _build_model(entry, splits):
   """The model, with every variable that will ever train trainable (the optimizer is built
   for them before tracing; pretrained backbones are frozen again by their phases)."""
