@@ -1,18 +1,29 @@
 """The method benchmark on a CPU budget: every distillation method, two teacher -> student
 pairs, hyper-parameters chosen on validation, 3 seeds each.
 
+    ./launch.sh benchmark          # the whole campaign below and RESULTS.md; rerun to continue
     ./launch.sh pipeline --experiment=method_benchmark:article --workdir=runs/benchmark/article
     ./launch.sh pipeline --experiment=method_benchmark:resnet --workdir=runs/benchmark/resnet
     ./launch.sh report --workdir=runs/benchmark --sweep=runs/benchmark_sweep \\
         --output=RESULTS.md --figure=results_methods.svg
 
-Each command trains its teacher, runs every method's candidates once (seed 0) in
+Each pipeline trains its teacher, runs every method's candidates once (seed 0) in
 runs/benchmark_sweep/<pair>/ and keeps the one with the best *validation* accuracy
 (selection.json), then trains the labels-only student and each method with the chosen
 hyper-parameters over seeds 0, 1, 2. Every run is resumable and finished runs are
 skipped: rerunning a command continues the campaign wherever it stopped.
-``./launch.sh benchmark`` runs these, the ``curve``, ``long`` and ``why`` runs, Keras' own
-Distiller on the article pair (``keras_peer``) and both reports (RESULTS.md, RESULTS_WHY.md).
+
+Protocol (article, resnet, curve): Fashion-MNIST, a fixed 5,000-image training subset
+(config.train_size; the teacher trains on it too), the usual 5,000-image validation split,
+the full 10,000-image test split evaluated once at the end of each run (last epoch, not
+best); Adam with cosine decay from 1e-2, batch 128, teacher and students 40 epochs. The
+budget is one at which the labels-only student has converged: with Adam 1e-3 it was still
+gaining 1.6 points from 160 to 320 epochs, with 1e-2 (chosen on validation over 1e-3 and
+3e-3) it reaches its plateau by 40 epochs; the ``curve`` preset trains it for twice that
+(80) over the same seeds to show it. Logit methods and RKD/PKT/CRD read the teacher-output
+cache; the methods on feature maps (FitNets, AT, SP) run the teacher live. CRD uses 4,096
+negatives (16,384 in the reference; the CPU cost of the bank's gather grows with K). DKD's
+warm-up is 3 of 40 epochs (20 of 240 in the reference: about the same share).
 
 Presets:
   article  the seed article's pair, resnet_seed w16 (174K) -> cnn_seed w16 (24K): kd,
@@ -20,36 +31,27 @@ Presets:
   resnet   a same-family pair of the standard benchmark at half width, resnet56 w8
            (0.22M) -> resnet20 w8 (0.07M): kd, dkd, fitnets, crd.
   curve    the article pair's labels-only student at twice the budget (is it converged?).
-  long     the article pair at twice the budget (40 epochs) for labels only and the logit
-           methods kd, kd + ls and dist with their validation choice: does the ranking hold?
-  why      labels only and kd (alpha and T as chosen for the article pair) over 3 seeds, for
-           the "why" axes: a teacher given by --config.teacher.path (or trained for
+  short    the previous, *unconverged* protocol (Adam 1e-3, 20 epochs for teacher and
+           students) on the article pair, all methods: the budget at which plain KD lost
+           (RESULTS_SHORT.md, RESULTS_WHY.md).
+  long     the short protocol at 40 student epochs for labels only, kd, kd + ls and dist.
+  why      the short protocol's labels only and kd (alpha 0.5, T 2) over 3 seeds, for the
+           "why" axes: a teacher given by --config.teacher.path (or trained for
            --config.teacher.epochs) and the student's --config.student.width.
   tiny     synthetic data, a few steps: the tests' smoke run of the whole protocol.
-
-Protocol (both pairs): Fashion-MNIST, a fixed 10,000-image training subset
-(config.train_size; the teacher trains on it too), the usual 5,000-image validation split,
-the full 10,000-image test split evaluated once at the end of each run (last epoch, not
-best); Adam 1e-3 with cosine decay, batch 128; teacher 15 epochs; students 15 epochs
-(the labels-only student's learning curve flattens there: the ``curve`` preset trains it
-for 30). Logit methods read the teacher-output cache; feature methods run the teacher
-live. CRD uses 4,096 negatives (16,384 in the reference; the CPU cost of the bank's gather
-grows with K). DKD's warm-up is 1 epoch (20 of 240 in the reference: the same share of a
-short run). The budget was chosen from measured step rates on a 2-core CPU so that the
-whole campaign fits in about 90 minutes there.
 """
 
 import ml_collections
 
 from kd_research import config as config_lib
 
-PRESETS = ("article", "resnet", "curve", "why", "long", "tiny")
+PRESETS = ("article", "resnet", "curve", "short", "long", "why", "tiny")
 
 # {method variant: its fixed settings}; candidates below are tried on validation.
 _ARTICLE_METHODS = {
     "kd": dict(method="kd"),
     "kd_ls": dict(method="kd", logit_standardization=True),
-    "dkd": dict(method="dkd", dkd=dict(warmup_epochs=1)),
+    "dkd": dict(method="dkd", dkd=dict(warmup_epochs=3)),
     "dist": dict(method="dist"),
     "fitnets": dict(method="fitnets"),
     "at": dict(method="at"),
@@ -76,22 +78,43 @@ _CANDIDATES = {
     "crd": {"w08": dict(crd=dict(weight=0.8)), "w02": dict(crd=dict(weight=0.2))},
 }
 _RESNET_METHODS = ("kd", "dkd", "fitnets", "crd")
+# Learning rate and epochs (teacher and students) of each protocol.
+_CONVERGED = dict(learning_rate=1e-2, epochs=40)
+_SHORT = dict(learning_rate=1e-3, epochs=20)
+
+
+def _set_protocol(c, learning_rate, epochs, student_epochs=None):
+  """Adam with cosine decay from ``learning_rate``; teacher and student epochs."""
+  c.optimizer.learning_rate.start = learning_rate
+  c.teacher.epochs = epochs
+  c.student.epochs = student_epochs or epochs
+
+
+def _only(c, variants):
+  """Train just ``variants`` ({name: fixed settings}) with no validation sweep."""
+  c.pipeline.variants = ml_collections.ConfigDict(variants)
+  c.pipeline.candidates = ml_collections.ConfigDict()
 
 
 def get_config(arg="article"):
-  """The benchmark protocol for pair ``arg`` (see the module docstring)."""
+  """The benchmark protocol for preset ``arg`` (see the module docstring)."""
   arg = arg or "article"
   config_lib.check_preset("method_benchmark", arg, PRESETS)
   c = config_lib.base_config()
   c.dataset = "fashion_mnist"
   c.train_size = 5000
-  c.teacher = config_lib.model_config("resnet_seed", width=16, epochs=20, seed=0)
-  c.student = config_lib.model_config("cnn_seed", width=16, epochs=20, seed=0)
+  c.teacher = config_lib.model_config("resnet_seed", width=16, seed=0)
+  c.student = config_lib.model_config("cnn_seed", width=16, seed=0)
   methods = dict(_ARTICLE_METHODS)
   if arg == "resnet":
-    c.teacher = config_lib.model_config("resnet56", width=8, epochs=20, seed=0)
-    c.student = config_lib.model_config("resnet20", width=8, epochs=20, seed=0)
+    c.teacher = config_lib.model_config("resnet56", width=8, seed=0)
+    c.student = config_lib.model_config("resnet20", width=8, seed=0)
     methods = {name: _ARTICLE_METHODS[name] for name in _RESNET_METHODS}
+  if arg in ("short", "long", "why"):
+    methods["dkd"] = dict(method="dkd", dkd=dict(warmup_epochs=1))
+    _set_protocol(c, **_SHORT, student_epochs=40 if arg == "long" else None)
+  else:
+    _set_protocol(c, **_CONVERGED, student_epochs=80 if arg == "curve" else None)
   # The teacher-output cache: logits, and the pooled feature RKD, PKT and CRD read; the
   # methods on feature maps (fitnets, at, sp) run the teacher live.
   c.distill.cache_teacher = True
@@ -100,21 +123,15 @@ def get_config(arg="article"):
     maps = settings["method"] in ("fitnets", "at", "sp")
     c.pipeline.variants[name] = dict(settings, **({"cache_teacher": False} if maps else {}))
     c.pipeline.candidates[name] = _CANDIDATES[name]
-  if arg == "why":  # kd alone, with the article pair's validation choice (selection.json).
-    c.pipeline.variants = ml_collections.ConfigDict({"kd": dict(method="kd", alpha=0.5,
-                                                                temperature=2.0)})
-    c.pipeline.candidates = ml_collections.ConfigDict()
-  if arg == "long":  # The article pair's choices (selection.json), at 40 epochs.
-    c.student = config_lib.model_config("cnn_seed", width=16, epochs=40, seed=0)
-    c.pipeline.variants = ml_collections.ConfigDict({
-        "kd": dict(method="kd", alpha=0.5, temperature=2.0),
-        "kd_ls": dict(method="kd", logit_standardization=True, alpha=0.9, temperature=4.0),
-        "dist": dict(method="dist", dist=dict(beta=2.0, gamma=2.0))})
-    c.pipeline.candidates = ml_collections.ConfigDict()
+  if arg == "why":  # kd alone, with the short protocol's validation choice.
+    _only(c, {"kd": dict(method="kd", alpha=0.5, temperature=2.0)})
+  if arg == "long":  # The short protocol's choices, at 40 student epochs.
+    _only(c, {"kd": dict(method="kd", alpha=0.5, temperature=2.0),
+              "kd_ls": dict(method="kd", logit_standardization=True, alpha=0.9,
+                            temperature=4.0),
+              "dist": dict(method="dist", dist=dict(beta=2.0, gamma=2.0))})
   if arg == "curve":  # Labels only at twice the budget: pipeline with no variants.
-    c.student = config_lib.model_config("cnn_seed", width=16, epochs=40, seed=0)
-    c.pipeline.variants = ml_collections.ConfigDict()
-    c.pipeline.candidates = ml_collections.ConfigDict()
+    _only(c, {})
   c.run.stability_ops = ()
   c.run.eval_every_epochs = 5
   c.run.checkpoint_every_seconds = 120

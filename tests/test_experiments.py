@@ -11,7 +11,7 @@ PRESETS = {"fashion_mnist": ["quick", "full", "tiny"], "cifar10_seed": [None, "m
            "fashion_mnist_schedules": [None], "fashion_mnist_multi_teacher": [None],
            "fashion_mnist_pretrained_teacher": [None, "imagenet"],
            "fashion_mnist_results": [None],
-           "method_benchmark": ["article", "resnet", "curve", "why", "long", "tiny"],
+           "method_benchmark": ["article", "resnet", "curve", "short", "long", "why", "tiny"],
            "cifar100_benchmark": ["resnet32x4_resnet8x4", "wrn_40_2_wrn_16_2",
                                   "resnet56_resnet20", "vgg13_vgg8", "vgg13_mobilenetv2",
                                   "mini"]}
