@@ -148,11 +148,17 @@ def make_strategy(dist):
                   "multi_worker, auto.")
 
 
+def is_multi_worker(strategy):
+  """True when ``strategy`` spans worker processes (a cluster in TF_CONFIG)."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  return resolver is not None and bool(resolver.cluster_spec().as_dict())
+
+
 def is_chief(strategy):
   """True on the process that writes checkpoints, summaries and results."""
-  resolver = getattr(strategy, "cluster_resolver", None)
-  if resolver is None or not resolver.cluster_spec().as_dict():
+  if not is_multi_worker(strategy):
     return True
+  resolver = strategy.cluster_resolver
   task_type, task_id = resolver.task_type, resolver.task_id
   return task_type == "chief" or (task_type == "worker" and task_id == 0 and
                                   "chief" not in resolver.cluster_spec().as_dict())

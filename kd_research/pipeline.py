@@ -7,15 +7,18 @@ stages and resumes an interrupted one. The table (WORKDIR/results.md) is rendere
 """
 
 import os
+import shutil
 
 from absl import logging
 import ml_collections
 import numpy as np
 
 from kd_research import config as config_lib
+from kd_research import distribute
 from kd_research import io_utils
 from kd_research import report
 from kd_research import runs
+from kd_research import workdir as workdir_lib
 
 
 def _copy(config, **changes):
@@ -87,13 +90,16 @@ def run(config, workdir, strategy, overwrite=False):
   paths = train_teachers(config, workdir, strategy, overwrite)
   if not config.run.cache_dir:  # The students share one teacher-output cache.
     config = _copy(config, **{"run.cache_dir": os.path.join(workdir, "teacher_cache")})
-  chosen = select_candidates(config, workdir, paths, strategy, overwrite)
+  chosen, chosen_dirs = select_candidates(config, workdir, paths, strategy, overwrite)
   stages = [("student_baseline", config, [])] + kd_stages(config, paths, chosen)
   results = {}
   for stage, stage_config, stage_paths in stages:
     role = "distill" if stage_paths else "student"
     per_seed = []
     for run_config, run_dir in seed_runs(stage_config, os.path.join(workdir, stage)):
+      if not overwrite and not distribute.is_multi_worker(strategy):  # Workers would race.
+        adopt_candidate_run(chosen_dirs.get(stage[len("student_kd_"):]), run_dir, run_config,
+                            role, stage_paths)
       per_seed.append(runs.train_and_evaluate(run_config, run_dir, role, strategy,
                                               tuple(stage_paths), overwrite))
       if stage_paths and config.pipeline.export_students:
@@ -127,9 +133,10 @@ def select_candidates(config, workdir, paths, strategy, overwrite=False):
 
   Only validation accuracy decides (ties: the first candidate in name order); the choice
   is written to <sweep dir>/selection.json with every candidate's validation accuracy.
+  Also returns {variant: the chosen candidate's run dir} (see ``adopt_candidate_run``).
   """
   if not config.pipeline.candidates:
-    return {}
+    return {}, {}
   seed = (config.pipeline.seeds or (config.student.seed,))[0]
   root = sweep_dir(config, workdir)
   command = os.path.join(workdir, "command.txt")
@@ -137,7 +144,7 @@ def select_candidates(config, workdir, paths, strategy, overwrite=False):
     os.makedirs(root, exist_ok=True)
     with open(command) as f:
       io_utils.atomic_write_text(os.path.join(root, "command.txt"), f.read())
-  chosen, record = {}, {}
+  chosen, chosen_dirs, record = {}, {}, {}
   for variant, candidates in config.pipeline.candidates.items():
     scores = {}
     for name, extra in sorted(candidates.items()):
@@ -150,10 +157,38 @@ def select_candidates(config, workdir, paths, strategy, overwrite=False):
       scores[name] = result["validation_accuracy"]
     best = max(sorted(scores), key=lambda n: scores[n])  # max keeps the first of ties.
     chosen[variant] = candidates[best].to_dict()
+    chosen_dirs[variant] = os.path.join(root, f"{variant}_{best}")
     record[variant] = {"chosen": best, "overrides": chosen[variant], "validation": scores}
     logging.info("Variant %s: candidate %s chosen on validation (%s).", variant, best, scores)
   io_utils.atomic_write_json(os.path.join(root, "selection.json"), record)
-  return chosen
+  return chosen, chosen_dirs
+
+
+def adopt_candidate_run(candidate_dir, run_dir, run_config, role, teacher_paths):
+  """Copies the chosen candidate's finished run to ``run_dir`` when it is the same run.
+
+  The candidate ran with the first seed; the variant's first seed has exactly its config
+  (config.json identities equal), so training it again would only repeat it. The copy
+  (without checkpoints or lock) records ``copied_from`` in its results.json and is made
+  under a temporary name, then renamed: a stop leaves either no run or the whole one.
+  Returns whether it copied.
+  """
+  results_file = workdir_lib.RESULTS_FILE
+  if (not candidate_dir or os.path.exists(run_dir)
+      or not os.path.exists(os.path.join(candidate_dir, results_file))
+      or workdir_lib.diff(workdir_lib.read_identity(candidate_dir),
+                          workdir_lib.run_identity(run_config, role, teacher_paths))):
+    return False
+  staging = run_dir + ".copying"
+  shutil.rmtree(staging, ignore_errors=True)
+  shutil.copytree(candidate_dir, staging,
+                  ignore=shutil.ignore_patterns(workdir_lib.LOCK_FILE, "checkpoints"))
+  results = io_utils.read_json(os.path.join(staging, results_file))
+  results.update(workdir=os.path.abspath(run_dir), copied_from=os.path.abspath(candidate_dir))
+  io_utils.atomic_write_json(os.path.join(staging, results_file), results)
+  os.replace(staging, run_dir)
+  logging.info("%s: the same run as the chosen candidate %s; copied.", run_dir, candidate_dir)
+  return True
 
 
 def _teacher_stages(config):

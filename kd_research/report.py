@@ -343,7 +343,7 @@ def render(root, runs, command, sweep_root=None, sweep_runs=(), claims_module=No
   versus = comparison(runs, root)
   if versus:
     parts += ["\n## Distillation against the labels-only student\n\n", versus]
-  from kd_research import report_methods  # pylint: disable=g-import-not-at-top
+  from kd_research import report_curves, report_methods  # pylint: disable=g-import-not-at-top
   tables = report_methods.method_tables(runs, root)
   if tables:
     parts += ["\n## Methods per teacher -> student pair\n\n"
@@ -352,7 +352,8 @@ def render(root, runs, command, sweep_root=None, sweep_runs=(), claims_module=No
     if figure_link:
       parts.append(f"\n![Test accuracy per method, mean +- std over seeds; dashed: labels "
                    f"only]({figure_link})\n")
-  parts += ["\n## Machine\n\n", machines(list(runs) + list(sweep_runs))]
+  parts += [report_curves.section(_groups(runs), describe),
+            "\n## Machine\n\n", machines(list(runs) + list(sweep_runs))]
   if sweep_root:
     parts += [f"\n## Hyper-parameter selection on the validation split ({sweep_root})\n\n"
               "Only validation accuracy is shown: the choice of the final settings used "

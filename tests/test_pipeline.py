@@ -139,6 +139,18 @@ def test_candidates_chosen_on_validation_then_seeds_and_rerun_skips(tmp_path):
   assert selection["chosen"] == best
   final = json.load(open(os.path.join(workdir, "student_kd_kd", "seed_1", "config.json")))
   assert final["distill"]["alpha"]["start"] == {"low": 0.1, "high": 0.9}[best]
+  # The first seed is the chosen candidate's run (same config and seed): copied, not rerun.
+  first = os.path.join(workdir, "student_kd_kd", "seed_0")
+  copied = json.load(open(os.path.join(first, "results.json")))
+  candidate = json.load(open(sweep / f"kd_{best}" / "results.json"))
+  assert copied["copied_from"] == str(sweep / f"kd_{best}")
+  assert copied["workdir"] == os.path.abspath(first)
+  assert {k: v for k, v in copied.items() if k not in ("copied_from", "workdir")} == {
+      k: v for k, v in candidate.items() if k != "workdir"}
+  assert json.load(open(os.path.join(first, "config.json"))) == json.load(
+      open(sweep / f"kd_{best}" / "config.json"))
+  assert "copied_from" not in json.load(open(os.path.join(workdir, "student_kd_kd", "seed_1",
+                                                          "results.json")))
   # The report: a method table per pair with the gain over labels only, and the figure.
   from kd_research import report  # pylint: disable=g-import-not-at-top
   figure = str(tmp_path / "figure.svg")
@@ -154,6 +166,7 @@ def test_candidates_chosen_on_validation_then_seeds_and_rerun_skips(tmp_path):
   svg = open(figure).read()
   assert svg.startswith("<svg") and svg.count("<circle") == 1 and "labels only" in svg
   assert "kd_high" in text or "kd_low" in text  # The sweep table lists the candidates.
+  assert "## Learning curves of the labels-only students" in text
   stamps = {p: os.path.getmtime(p) for p in glob.glob(str(tmp_path / "**" / "results.json"),
                                                       recursive=True)
             if os.path.exists(os.path.join(os.path.dirname(p), "config.json"))}  # Runs only.
@@ -173,3 +186,33 @@ def test_report_counts_a_seed_once_per_setting():
     return {"dir": directory, "config": {"role": "student", "model": {"seed": seed}}}
   groups = report._groups([run("a/s0", 0), run("a/s1", 1), run("b/s0", 0), run("b/s1", 1)])  # pylint: disable=protected-access
   assert [[r["dir"] for r in g] for g in groups] == [["a/s0", "a/s1"]]
+
+
+def test_learning_curve_table_reads_validation_accuracy_from_events(tmp_path):
+  """Per epoch, mean +- std over seeds of the eval/accuracy scalars each run wrote; a run
+  with a different number of epochs is its own column."""
+  from kd_research import report, report_curves  # pylint: disable=g-import-not-at-top
+  curves = {"a/seed_0": (0.50, 0.70), "a/seed_1": (0.54, 0.74), "b/seed_0": (0.6, 0.8, 0.9)}
+  runs = []
+  for name, accuracies in curves.items():
+    directory = str(tmp_path / name)
+    writer = tf.summary.create_file_writer(directory)
+    with writer.as_default():
+      for epoch, accuracy in enumerate(accuracies, start=1):
+        tf.summary.scalar("eval/accuracy", accuracy, step=10 * epoch)  # 10 steps per epoch.
+        tf.summary.scalar("eval/loss", 1.0, step=10 * epoch)
+    writer.close()
+    config = {"role": "student", "model": {"model": "cnn_seed", "width": 4, "seed": 0},
+              "optimizer": {"learning_rate": {"start": 0.01}}, "epochs": len(accuracies)}
+    runs.append({"dir": directory, "config": config,
+                 "results": {"steps": 10 * len(accuracies), "epochs": len(accuracies)}})
+  groups = [runs[:2], runs[2:]]
+  text = report_curves.section(groups, report.describe)
+  rows = {line.split(" | ")[0]: line for line in text.splitlines() if line[:3] in ("| 1", "| 2", "| 3")}
+  for epoch, column in ((1, (0.50, 0.54)), (2, (0.70, 0.74))):
+    values = 100 * np.asarray(column)
+    assert f"{values.mean():.2f} +- {values.std(ddof=1):.2f}" in rows[f"| {epoch}"]
+  assert rows["| 3"].split(" | ")[1:] == ["", "90.00 |"]
+  assert "2 epochs, lr 0.01 (2 seeds)" in text and "3 epochs, lr 0.01 (1 seed)" in text
+  runs[0]["config"] = dict(runs[0]["config"], role="distill")
+  assert "2 seeds" not in report_curves.section([runs[:2]], report.describe)
