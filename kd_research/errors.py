@@ -16,7 +16,12 @@ class UserError(ValueError):
 class Preempted(Exception):
   """SIGTERM arrived; the run saved a checkpoint at ``step`` and stopped (resumable)."""
 
-  def __init__(self, step, checkpoint):
-    super().__init__(f"stopped by SIGTERM at step {step}; checkpoint {checkpoint} saved. Rerun "
-                     "the same command to resume from it.")
+  def __init__(self, step, checkpoint, finished=False):
+    if finished:  # The signal came after the last loop boundary: the run completed.
+      message = (f"stopped by SIGTERM after the run finished at step {step} ({checkpoint} "
+                 "written). Rerun the same command to continue with what follows it.")
+    else:
+      message = (f"stopped by SIGTERM at step {step}; checkpoint {checkpoint} saved. Rerun "
+                 "the same command to resume from it.")
+    super().__init__(message)
     self.step, self.checkpoint = step, checkpoint

@@ -44,6 +44,7 @@ from kd_research import teacher_cache
 from kd_research import teachers as teachers_lib
 from kd_research import timing
 from kd_research import workdir as workdir_lib
+from kd_research.errors import Preempted
 from kd_research.errors import UserError
 
 ROLES = ("teacher", "student", "distill")
@@ -84,6 +85,9 @@ def train_and_evaluate(config, workdir, role, strategy, teacher_paths=(), overwr
       precision.set_policy("none")
     results["precision"] = choice.as_dict()
     _write(run, results)
+    if guard.requested():  # SIGTERM after the last loop boundary: stop the caller too.
+      raise Preempted(results["steps"], os.path.join(workdir, workdir_lib.RESULTS_FILE),
+                      finished=True)
   return results
 
 

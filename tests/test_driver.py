@@ -19,6 +19,7 @@ from kd_research import runs
 from kd_research import steps
 from kd_research import workdir as workdir_lib
 from kd_research.errors import PREEMPTED_EXIT_STATUS
+from kd_research.errors import Preempted
 from kd_research.errors import UserError
 from conftest import REPO, tiny_config
 from test_reliability import ENV, _distill_cmd, _weights
@@ -57,6 +58,26 @@ def test_sigterm_checkpoints_then_rerun_matches_uninterrupted_run(tmp_path, teac
   diffs = [float(np.max(np.abs(a - b))) for a, b in zip(_weights(full), _weights(cut))]
   print(f"SIGTERM: checkpoint at step {saved}; max |dw| vs uninterrupted: {max(diffs)}")
   assert max(diffs) == 0.0
+
+
+def test_sigterm_after_the_last_loop_boundary_finishes_the_run_then_stops(tmp_path,
+                                                                          monkeypatch):
+  """A signal that arrives during the final evaluation is not lost: the run completes
+  (results.json written), then Preempted stops the caller (a pipeline would otherwise go on
+  to its next run); rerunning finds the run finished."""
+  config = tiny_config()
+  workdir = str(tmp_path / "run")
+  final_results = runs._final_results  # pylint: disable=protected-access
+
+  def signalled(*args):
+    os.kill(os.getpid(), signal.SIGTERM)  # The guard is still installed: only a flag.
+    return final_results(*args)
+  monkeypatch.setattr(runs, "_final_results", signalled)
+  with pytest.raises(Preempted, match="after the run finished"):
+    runs.train_and_evaluate(config, workdir, "student", DEFAULT)
+  monkeypatch.setattr(runs, "_final_results", final_results)
+  written = json.load(open(os.path.join(workdir, "results.json")))
+  assert runs.train_and_evaluate(config, workdir, "student", DEFAULT) == written
 
 
 def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
