@@ -1,12 +1,10 @@
 """One run, resolved: a teacher, a labels-only student or a distilled student.
 
-``train_and_evaluate`` turns (config, role) into what the driver needs: the data,
-the training state, the phases (head-only warm-up, distillation, labels-only
-fine-tuning) with their objectives and teacher sources, the learning-rate schedule,
-the hooks for validation and summaries. It is the one place that knows roles; the
-driver only runs phases. A finished run (results.json present, same identity) is
-reported, not retrained; an interrupted one resumes from its newest readable
-checkpoint.
+``train_and_evaluate`` turns (config, role) into what the driver needs (data, training
+state, phases with their objectives and teacher sources, learning-rate schedule, hooks for
+validation and summaries): the one place that knows roles; the driver only runs phases. A
+finished run (results.json, same identity) is reported, not retrained; an interrupted one
+resumes from its newest readable checkpoint.
 """
 
 import contextlib
@@ -55,9 +53,8 @@ def train_and_evaluate(config, workdir, role, strategy, teacher_paths=(), overwr
   if role not in ROLES:
     raise UserError(f"Unknown role {role!r}; valid: {', '.join(ROLES)}.")
   chief = distribute.is_chief(strategy)
-  # 'auto' becomes the concrete precision before anything depends on it (identity, loss
-  # scaling, cache fingerprint): a run resumed on another kind of CPU is refused rather
-  # than silently continued in another precision.
+  # 'auto' resolves before identity, loss scaling and cache fingerprint use it: a run resumed
+  # on another kind of CPU is refused rather than silently continued in another precision.
   choice = precision.choose(config.mixed_precision)
   logging.info("Precision: %s (%s: %s).", choice.used, choice.requested, choice.reason)
   if choice.requested != choice.used:
@@ -300,10 +297,9 @@ def _train(run, guard):
       run.steps_per_epoch, config.run.steps_per_loop, config.run.log_every_steps,
       config.run.checkpoint_every_steps, config.run.checkpoint_every_seconds,
       config.run.eval_every_epochs)
-  driver = driver_lib.Driver(strategy, run.state, run.phases, cadence, config.global_batch_size,
-                             writer, validate, run.lr_fn, config.run.jit_compile,
-                             config.optimizer.l2)
-  driver.run(_train_iterator(run, writer), guard)
+  driver_lib.Driver(strategy, run.state, run.phases, cadence, config.global_batch_size, writer,
+                    validate, run.lr_fn, config.run.jit_compile, config.optimizer.l2).run(
+                        _train_iterator(run, writer), guard)
   results = _final_results(run, evaluator, last_validation)
   _log_eval(writer, run.state.current_step, results["test"], "test")
   writer.close()
