@@ -27,6 +27,7 @@ import numpy as np
 from kd_research import config as config_lib
 from kd_research import io_utils
 from kd_research import machine as machine_lib
+from kd_research import report_curves
 from kd_research import schedules
 from kd_research import workdir as workdir_lib
 
@@ -170,7 +171,8 @@ def _rows(runs, root):
     results = [m["results"] for m in members]
     config = members[0]["config"]
     rows.append({
-        "label": describe(config), "seeds": len(members), "config": config,
+        "label": describe(config) + report_curves.budget(config), "seeds": len(members),
+        "config": config,
         "test": [r["test_accuracy"] for r in results],
         "validation": [r.get("validation_accuracy") for r in results],
         "params": results[0]["params"], "extra": results[0].get("extra_params", 0),
@@ -274,13 +276,10 @@ def _std(values):
 def machines(runs):
   """The distinct machines of the runs (one line each) and how many runs record none."""
   seen, missing = {}, 0
-  for run in runs:
-    info = run["results"].get("machine")
-    if info is None:
-      missing += 1
-    else:
-      line = machine_lib.summary(info)
-      seen[line] = seen.get(line, 0) + 1
+  for info in (run["results"].get("machine") for run in runs):
+    missing += info is None
+    if info is not None:
+      seen[machine_lib.summary(info)] = seen.get(machine_lib.summary(info), 0) + 1
   lines = [f"- {line}: {n} run(s)" for line, n in seen.items()]
   if missing:
     lines.append(f"- not recorded (runs from before machine recording): {missing} run(s)")
@@ -295,7 +294,7 @@ def sweep_table(runs, root):
   for members in groups:
     commands = sorted({m["command"] for m in members if m["command"]})
     lines.append(
-        f"| {describe(members[0]['config'])}, {members[0]['config']['model']['epochs']} epochs "
+        f"| {describe(members[0]['config'])}{report_curves.budget(members[0]['config'])} "
         f"| {len(members)} | {mean_std([m['results']['validation_accuracy'] for m in members])} "
         f"| {', '.join(os.path.relpath(m['dir'], root) for m in members)} "
         f"| {'<br>'.join(f'`{c}`' for c in commands) or '-'} |")
@@ -343,7 +342,7 @@ def render(root, runs, command, sweep_root=None, sweep_runs=(), claims_module=No
   versus = comparison(runs, root)
   if versus:
     parts += ["\n## Distillation against the labels-only student\n\n", versus]
-  from kd_research import report_curves, report_methods  # pylint: disable=g-import-not-at-top
+  from kd_research import report_methods  # pylint: disable=g-import-not-at-top
   tables = report_methods.method_tables(runs, root)
   if tables:
     parts += ["\n## Methods per teacher -> student pair\n\n"

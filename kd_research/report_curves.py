@@ -28,6 +28,13 @@ def validation_curve(run_dir):
   return points
 
 
+def budget(config):
+  """', 40 epochs, lr 0.01': a run's epochs and initial learning rate ('' if unrecorded)."""
+  epochs = config.get("model", {}).get("epochs")
+  lr = config.get("optimizer", {}).get("learning_rate", {}).get("start")
+  return (f", {epochs} epochs" if epochs else "") + (f", lr {lr:g}" if lr else "")
+
+
 def _steps_per_epoch(run):
   results = run["results"]
   return max(1, int(results.get("steps", 0)) // max(1, int(results.get("epochs", 1))))
@@ -56,9 +63,7 @@ def section(groups, describe):
         curves.append({step // spe: acc for step, acc in per_step.items()})
     if curves:
       config, n = runs[0]["config"], len(curves)
-      lr = config.get("optimizer", {}).get("learning_rate", {}).get("start")
-      columns.append((f"{describe(config)}, {runs[0]['results'].get('epochs')} epochs"
-                      + (f", lr {lr:g}" if lr else "") + f" ({n} seed{'s' * (n > 1)})", curves))
+      columns.append((f"{describe(config)}{budget(config)} ({n} seed{'s' * (n > 1)})", curves))
   if not columns:
     return ""
   all_epochs = sorted({e for _, curves in columns for c in curves for e in c})

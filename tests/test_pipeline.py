@@ -202,8 +202,8 @@ def test_learning_curve_table_reads_validation_accuracy_from_events(tmp_path):
         tf.summary.scalar("eval/accuracy", accuracy, step=10 * epoch)  # 10 steps per epoch.
         tf.summary.scalar("eval/loss", 1.0, step=10 * epoch)
     writer.close()
-    config = {"role": "student", "model": {"model": "cnn_seed", "width": 4, "seed": 0},
-              "optimizer": {"learning_rate": {"start": 0.01}}, "epochs": len(accuracies)}
+    config = {"role": "student", "optimizer": {"learning_rate": {"start": 0.01}},
+              "model": {"model": "cnn_seed", "width": 4, "seed": 0, "epochs": len(accuracies)}}
     runs.append({"dir": directory, "config": config,
                  "results": {"steps": 10 * len(accuracies), "epochs": len(accuracies)}})
   groups = [runs[:2], runs[2:]]
