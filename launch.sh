@@ -119,6 +119,11 @@ benchmark_campaign() {
   keras_peers "$root" "$root/article/teacher/model.keras" \
     --experiment=method_benchmark:article "$@"
   "${run[@]}" pipeline --experiment=method_benchmark:resnet --workdir="$root/resnet" "$@"
+  for seed in 0 1 2; do  # The resnet pair's labels-only student at twice its budget.
+    "${run[@]}" train --role=student --experiment=method_benchmark:resnet \
+      --config.student.epochs=40 --config.student.seed=$seed \
+      --workdir="$root/resnet_curve/seed_$seed" "$@"
+  done
   "${run[@]}" report --workdir="$root" --sweep="${root}_sweep" --output=RESULTS.md \
     --figure=results_methods.svg > /dev/null
   echo "benchmark: RESULTS.md and results_methods.svg written"
