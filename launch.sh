@@ -92,16 +92,21 @@ main_py() {
 }
 
 # Keras' own Distiller on the article pair, 3 seeds, with the documented loss and with a
-# KLDivergence() instance: keras_peers ROOT TEACHER [flags].
+# KLDivergence() instance, at the alpha and T that our kd chose on validation:
+# keras_peers ROOT TEACHER [flags].
 keras_peers() {
-  local root="$1" teacher="$2" seed kl
+  local root="$1" teacher="$2" seed kl alpha temperature
   shift 2
+  read -r alpha temperature < <("$PY" -c 'import json, sys
+kd = json.load(open(sys.argv[1]))["kd"]["overrides"]
+print(kd["alpha"], kd["temperature"])' "${root}_sweep/article/selection.json")
   for kl in default instance; do
     for seed in 0 1 2; do
       "$PY" -m kd_research.main keras_peer --keras_kl=$kl \
         --config.teacher.path="$teacher" --config.student.seed=$seed \
-        --config.distill.alpha.start=0.5 --config.distill.alpha.end=0.5 \
-        --config.distill.temperature.start=2 --config.distill.temperature.end=2 \
+        --config.distill.alpha.start=$alpha --config.distill.alpha.end=$alpha \
+        --config.distill.temperature.start=$temperature \
+        --config.distill.temperature.end=$temperature \
         --workdir="$root/article/keras_distiller_$kl/seed_$seed" "$@"
     done
   done
