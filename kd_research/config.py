@@ -112,7 +112,13 @@ def base_config():
       cross_device_ops="auto",   # auto | nccl | hierarchical_copy | reduce_to_one (mirrored)
       cluster="tf_config",       # multi_worker cluster spec: tf_config | slurm
       collective_timeout_seconds=120.0))  # a dead peer becomes an error after this long
-  c.pipeline = ml_collections.ConfigDict(dict(
+  c.pipeline = _pipeline_section()
+  return c
+
+
+def _pipeline_section():
+  """How ``pipeline`` lays out a campaign: variants, seeds, validation-chosen candidates."""
+  return ml_collections.ConfigDict(dict(
       # Named distillation variants: {name: {distill field: value}}. Empty means one
       # distilled student with config.distill; otherwise one student_kd_<name> run each.
       # A variant may also set teachers='primary' (config.teacher alone) or 'all'.
@@ -124,7 +130,6 @@ def base_config():
       candidates=ml_collections.ConfigDict(),
       sweep_dir="",              # default: <parent of WORKDIR>_sweep/<name of WORKDIR>
       export_students=True))     # SavedModel + TFLite of each distilled student
-  return c
 
 
 def _run_section():

@@ -76,11 +76,8 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size, obj
     terms, logits, grads = forward_backward(batch, teacher, step_var.read_value())
     grads, grad_norm = _all_reduce_gradients(grads)
     skipped = tf.constant(0.0)
-    if loss_scaling:  # The norm of the unscaled gradient; 0 for a step the scaler skips.
-      grad_norm = grad_norm / optimizer.dynamic_scale
-      finite = tf.math.is_finite(grad_norm)
-      grad_norm = tf.where(finite, grad_norm, 0.0)
-      skipped = 1.0 - tf.cast(finite, tf.float32)
+    if loss_scaling:
+      grad_norm, skipped = _loss_scale_stats(optimizer, grad_norm)
     optimizer.apply_gradients(zip(grads, variables))
     return layout.pack(_train_sums(layout, terms, batch["label"], logits, grad_norm, skipped))
 
@@ -94,6 +91,14 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size, obj
     return sums
 
   return train_loop
+
+
+def _loss_scale_stats(optimizer, grad_norm):
+  """(gradient norm, skipped) under dynamic loss scaling: the norm of the unscaled gradient,
+  or 0 with skipped = 1 for a step the scaler skips (a non-finite gradient)."""
+  grad_norm = grad_norm / optimizer.dynamic_scale
+  finite = tf.math.is_finite(grad_norm)
+  return tf.where(finite, grad_norm, 0.0), 1.0 - tf.cast(finite, tf.float32)
 
 
 def _train_sums(layout, terms, labels, logits, grad_norm, skipped):
