@@ -98,7 +98,7 @@ def run(config, workdir, strategy, overwrite=False):
     per_seed = []
     for run_config, run_dir in seed_runs(stage_config, os.path.join(workdir, stage)):
       if not overwrite and not distribute.is_multi_worker(strategy):  # Workers would race.
-        adopt_candidate_run(chosen_dirs.get(stage[len("student_kd_"):]), run_dir, run_config,
+        adopt_candidate_run(chosen_dirs.get(stage.removeprefix("student_kd_")), run_dir, run_config,
                             role, stage_paths)
       per_seed.append(runs.train_and_evaluate(run_config, run_dir, role, strategy,
                                               tuple(stage_paths), overwrite))

@@ -18,6 +18,7 @@ Every table of the project is built here, from run directories: the pipeline's
 results.md is ``render_pipeline`` over the pipeline's workdir.
 """
 
+import collections
 import importlib
 import json
 import os
@@ -275,11 +276,9 @@ def _std(values):
 
 def machines(runs):
   """The distinct machines of the runs (one line each) and how many runs record none."""
-  seen, missing = {}, 0
-  for info in (run["results"].get("machine") for run in runs):
-    missing += info is None
-    if info is not None:
-      seen[machine_lib.summary(info)] = seen.get(machine_lib.summary(info), 0) + 1
+  infos = [run["results"].get("machine") for run in runs]
+  seen = collections.Counter(machine_lib.summary(info) for info in infos if info is not None)
+  missing = infos.count(None)
   lines = [f"- {line}: {n} run(s)" for line, n in seen.items()]
   if missing:
     lines.append(f"- not recorded (runs from before machine recording): {missing} run(s)")
@@ -351,7 +350,7 @@ def render(root, runs, command, sweep_root=None, sweep_runs=(), claims_module=No
     if figure_link:
       parts.append(f"\n![Test accuracy per method, mean +- std over seeds; dashed: labels "
                    f"only]({figure_link})\n")
-  parts += [report_curves.section(_groups(runs), describe),
+  parts += [report_curves.section(_groups(runs)),
             "\n## Machine\n\n", machines(list(runs) + list(sweep_runs))]
   if sweep_root:
     parts += [f"\n## Hyper-parameter selection on the validation split ({sweep_root})\n\n"

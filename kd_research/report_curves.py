@@ -10,7 +10,6 @@ tabulates them per epoch, mean +- std over the seeds of a setting, one column pe
 import glob
 import os
 
-import numpy as np
 from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.util import tensor_util
 
@@ -40,17 +39,11 @@ def _steps_per_epoch(run):
   return max(1, int(results.get("steps", 0)) // max(1, int(results.get("epochs", 1))))
 
 
-def _cell(values):
-  values = 100 * np.asarray(values, np.float64)
-  if len(values) == 1:
-    return f"{values[0]:.2f}"
-  return f"{values.mean():.2f} +- {values.std(ddof=1):.2f}"
-
-
-def section(groups, describe):
+def section(groups):
   """The report's learning-curve section: validation accuracy (%) per epoch for each
-  labels-only student setting in ``groups`` (lists of runs that are seeds of one setting;
-  ``describe`` labels a config); '' if none has a curve."""
+  labels-only student setting in ``groups`` (lists of runs that are seeds of one setting);
+  '' if none has a curve."""
+  from kd_research import report  # pylint: disable=g-import-not-at-top  (report imports us)
   columns = []
   for runs in groups:
     if runs[0]["config"]["role"] != "student":
@@ -63,7 +56,8 @@ def section(groups, describe):
         curves.append({step // spe: acc for step, acc in per_step.items()})
     if curves:
       config, n = runs[0]["config"], len(curves)
-      columns.append((f"{describe(config)}{budget(config)} ({n} seed{'s' * (n > 1)})", curves))
+      label = f"{report.describe(config)}{budget(config)} ({n} seed{'s' * (n > 1)})"
+      columns.append((label, curves))
   if not columns:
     return ""
   all_epochs = sorted({e for _, curves in columns for c in curves for e in c})
@@ -73,7 +67,7 @@ def section(groups, describe):
     cells = []
     for _, curves in columns:
       values = [c[epoch] for c in curves if epoch in c]
-      cells.append(_cell(values) if len(values) == len(curves) else "")
+      cells.append(report.mean_std(values).rstrip("%") if len(values) == len(curves) else "")
     lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
   return ("\n## Learning curves of the labels-only students\n\n"
           "Validation accuracy (%) at each evaluation, mean +- std over seeds, from the runs' "

@@ -2,9 +2,8 @@
 
 ``train_and_evaluate`` turns (config, role) into what the driver needs (data, training
 state, phases with their objectives and teacher sources, learning-rate schedule, hooks for
-validation and summaries): the one place that knows roles; the driver only runs phases. A
-finished run (results.json, same identity) is reported, not retrained; an interrupted one
-resumes from its newest readable checkpoint.
+validation and summaries): the one place that knows roles. A finished run (results.json,
+same identity) is reported, not retrained; an interrupted one resumes from its newest checkpoint.
 """
 
 import contextlib
@@ -297,9 +296,10 @@ def _train(run, guard):
       run.steps_per_epoch, config.run.steps_per_loop, config.run.log_every_steps,
       config.run.checkpoint_every_steps, config.run.checkpoint_every_seconds,
       config.run.eval_every_epochs)
-  driver_lib.Driver(strategy, run.state, run.phases, cadence, config.global_batch_size, writer,
-                    validate, run.lr_fn, config.run.jit_compile, config.optimizer.l2).run(
-                        _train_iterator(run, writer), guard)
+  driver = driver_lib.Driver(strategy, run.state, run.phases, cadence, config.global_batch_size,
+                             writer, validate, run.lr_fn, config.run.jit_compile,
+                             config.optimizer.l2)
+  driver.run(_train_iterator(run, writer), guard)
   results = _final_results(run, evaluator, last_validation)
   _log_eval(writer, run.state.current_step, results["test"], "test")
   writer.close()

@@ -191,7 +191,7 @@ def test_report_counts_a_seed_once_per_setting():
 def test_learning_curve_table_reads_validation_accuracy_from_events(tmp_path):
   """Per epoch, mean +- std over seeds of the eval/accuracy scalars each run wrote; a run
   with a different number of epochs is its own column."""
-  from kd_research import report, report_curves  # pylint: disable=g-import-not-at-top
+  from kd_research import report_curves  # pylint: disable=g-import-not-at-top
   curves = {"a/seed_0": (0.50, 0.70), "a/seed_1": (0.54, 0.74), "b/seed_0": (0.6, 0.8, 0.9)}
   runs = []
   for name, accuracies in curves.items():
@@ -207,12 +207,13 @@ def test_learning_curve_table_reads_validation_accuracy_from_events(tmp_path):
     runs.append({"dir": directory, "config": config,
                  "results": {"steps": 10 * len(accuracies), "epochs": len(accuracies)}})
   groups = [runs[:2], runs[2:]]
-  text = report_curves.section(groups, report.describe)
-  rows = {line.split(" | ")[0]: line for line in text.splitlines() if line[:3] in ("| 1", "| 2", "| 3")}
+  text = report_curves.section(groups)
+  rows = {line.split(" | ")[0]: line for line in text.splitlines()
+          if line[:3] in ("| 1", "| 2", "| 3")}
   for epoch, column in ((1, (0.50, 0.54)), (2, (0.70, 0.74))):
     values = 100 * np.asarray(column)
     assert f"{values.mean():.2f} +- {values.std(ddof=1):.2f}" in rows[f"| {epoch}"]
   assert rows["| 3"].split(" | ")[1:] == ["", "90.00 |"]
   assert "2 epochs, lr 0.01 (2 seeds)" in text and "3 epochs, lr 0.01 (1 seed)" in text
   runs[0]["config"] = dict(runs[0]["config"], role="distill")
-  assert "2 seeds" not in report_curves.section([runs[:2]], report.describe)
+  assert "2 seeds" not in report_curves.section([runs[:2]])
