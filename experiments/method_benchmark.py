@@ -24,8 +24,9 @@ the ``curve`` preset trains it for twice that (80) over the same seeds to show i
 resnet pair's students (a larger network, and BatchNorm) converge sooner: 20 epochs (teacher
 40), and ``./launch.sh benchmark`` trains its labels-only student at 40 too. Logit methods
 and RKD/PKT/CRD read the teacher-output cache; the methods on feature maps (FitNets, AT,
-SP) run the teacher live. CRD uses 4,096 negatives (16,384 in the reference; the CPU cost of the bank's gather grows with K). DKD's
-warm-up is 3 epochs (20 of 240 in the reference: a similar share of 40 or 20 epochs).
+SP) run the teacher live. CRD uses 4,096 negatives (16,384 in the reference; the CPU cost
+of the bank's gather grows with K). DKD's warm-up is 3 epochs (20 of 240 in the reference:
+a similar share of 40 or 20 epochs).
 
 Presets:
   article  the seed article's pair, resnet_seed w16 (174K) -> cnn_seed w16 (24K): kd,
