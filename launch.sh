@@ -179,7 +179,7 @@ case "$cmd" in
     main_py "$cmd" "$@" ;;
   bench)
     [ -x "$PY" ] || setup
-    exec "$PY" -m kd_research.bench "$@" ;;
+    exec "$PY" -m kd_research.tools.bench "$@" ;;
   benchmark)
     # The method benchmark campaign (experiments/method_benchmark.py): resumable, finished
     # runs are skipped; rerun to continue. Then RESULTS.md and its figure.

@@ -14,14 +14,14 @@ entries (``distill.alpha.start``, ``.end``, ``.kind``, ...); lists are tuples.
 
 import ml_collections
 
-from kd_research import augment
-from kd_research import data_sources
-from kd_research import methods as methods_lib
-from kd_research import models
-from kd_research import precision
-from kd_research import schedules
-from kd_research.errors import UserError
-from kd_research.losses import COMBINE_MODES
+from kd_research.data import augment
+from kd_research.data import sources
+from kd_research.methods import registry as methods_lib
+from kd_research.models import registry as model_registry
+from kd_research.runtime import precision
+from kd_research.common import schedules
+from kd_research.common.errors import UserError
+from kd_research.methods.losses import COMBINE_MODES
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "auto")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -194,8 +194,8 @@ def validate(config):
 
 
 def _validate_data_and_speed(config):
-  _need(config.dataset in data_sources.DATASETS,
-        f"config.dataset={config.dataset!r} is unknown; valid: {', '.join(data_sources.DATASETS)}.")
+  _need(config.dataset in sources.DATASETS,
+        f"config.dataset={config.dataset!r} is unknown; valid: {', '.join(sources.DATASETS)}.")
   _need(config.mixed_precision in precision.PRECISIONS,
         f"config.mixed_precision={config.mixed_precision!r}; valid: "
         f"{', '.join(precision.PRECISIONS)} (auto: bf16 where the hardware has native bf16, "
@@ -244,22 +244,22 @@ def _validate_model(role, entry):
   for field in _MODEL_FIELDS:
     _need(field in entry, f"config.{role} lacks the field {field!r}; build entries with "
           "config.model_config(...).")
-  _need(entry.model in models.MODELS, f"config.{role}.model={entry.model!r} is unknown; "
-        f"valid models: {', '.join(sorted(models.MODELS))}.")
+  _need(entry.model in model_registry.MODELS, f"config.{role}.model={entry.model!r} is unknown; "
+        f"valid models: {', '.join(sorted(model_registry.MODELS))}.")
   _need(entry.epochs >= 1, f"config.{role}.epochs must be a positive integer, got {entry.epochs}.")
   _need(entry.width >= 0, f"config.{role}.width must be >= 0 (0 = default), got {entry.width}.")
   _need(0 <= entry.head_epochs < entry.epochs or entry.head_epochs == 0,
         f"config.{role}.head_epochs={entry.head_epochs} must be smaller than "
         f"config.{role}.epochs={entry.epochs}.")
-  _need(entry.head_epochs == 0 or entry.model in models.APPLICATION_MODELS,
+  _need(entry.head_epochs == 0 or entry.model in model_registry.APPLICATION_MODELS,
         f"config.{role}.head_epochs needs a pretrained backbone model "
-        f"({', '.join(models.APPLICATION_MODELS)}), not {entry.model}.")
+        f"({', '.join(model_registry.APPLICATION_MODELS)}), not {entry.model}.")
   _need(entry.finetune_lr_factor > 0,
         f"config.{role}.finetune_lr_factor must be > 0, got {entry.finetune_lr_factor}.")
 
 
 def _validate_distill(d, num_teachers, student_epochs, where):
-  from kd_research import losses  # pylint: disable=g-import-not-at-top
+  from kd_research.methods import losses  # pylint: disable=g-import-not-at-top
   names = methods_lib.parse(d.method)
   uncacheable = methods_lib.uncacheable(d)
   _need(not (d.cache_teacher and uncacheable),
@@ -269,11 +269,7 @@ def _validate_distill(d, num_teachers, student_epochs, where):
         "method (kd, dkd, dist) or rkd / pkt / crd with teacher_tap='pooled'.")
   _need(not d.logit_standardization or {"kd", "dkd"} & set(names),
         f"{where}.logit_standardization modifies kd or dkd; method is {d.method!r}.")
-  _need(d.fitnets.hint_epochs == 0 or "fitnets" in names,
-        f"{where}.fitnets.hint_epochs needs method fitnets.")
-  _need(d.finetune_epochs + d.fitnets.hint_epochs < student_epochs,
-        f"{where}: fitnets.hint_epochs + finetune_epochs must leave distillation epochs of "
-        f"config.student.epochs={student_epochs}.")
+  methods_lib.validate(d, where, student_epochs)
   _need(d.combine in COMBINE_MODES,
         f"{where}.combine={d.combine!r}; valid: {', '.join(COMBINE_MODES)}.")
   losses.normalise_weights(tuple(d.teacher_weights) or None, num_teachers)

@@ -83,10 +83,10 @@ def _experiment_to_config_flag(argv):
 def _run(command, config, workdir):
   # Imported here so that --help works fast and TF starts only after flag parsing.
   from kd_research import config as config_lib
-  from kd_research import distribute
-  from kd_research import evaluation
+  from kd_research.runtime import distribute
+  from kd_research.train import evaluation
   from kd_research import pipeline
-  from kd_research import runs
+  from kd_research.train import runs
 
   config_lib.validate(config)
   if command == "export":
@@ -101,14 +101,14 @@ def _run(command, config, workdir):
     results = runs.train_and_evaluate(config, workdir, "distill", strategy,
                                       teacher_paths=(config.teacher.path,), overwrite=overwrite)
   elif command == "keras_peer":
-    from kd_research import keras_peer  # pylint: disable=g-import-not-at-top
+    from kd_research.tools import keras_peer  # pylint: disable=g-import-not-at-top
     results = keras_peer.train_and_evaluate(config, workdir, config.teacher.path, overwrite,
                                             flags.FLAGS.keras_kl)
   elif command == "export":
-    from kd_research import export  # pylint: disable=g-import-not-at-top
+    from kd_research.tools import export  # pylint: disable=g-import-not-at-top
     report = export.export_run(workdir, export.splits_for_run(config, workdir))
-    from kd_research import report_tables  # pylint: disable=g-import-not-at-top
-    print(report_tables.export_table(report))
+    from kd_research.report import tables  # pylint: disable=g-import-not-at-top
+    print(tables.export_table(report))
     return
   elif command == "pipeline":
     _, table = pipeline.run(config, workdir, strategy, overwrite=overwrite)
@@ -122,17 +122,17 @@ def _run(command, config, workdir):
 
 def _record_command(workdir):
   """Writes the command line that produced the run into WORKDIR/command.txt (for reports)."""
-  from kd_research import io_utils
+  from kd_research.common import fileio
   args = [a for a in sys.argv[1:] if not a.startswith("--config=")]
-  io_utils.atomic_write_text(os.path.join(workdir, "command.txt"), io_utils.portable_command(
+  fileio.atomic_write_text(os.path.join(workdir, "command.txt"), fileio.portable_command(
       "./launch.sh " + " ".join(args)) + "\n")
 
 
 def main(argv):
   from ml_collections import config_flags  # pylint: disable=unused-import
-  from kd_research.errors import PREEMPTED_EXIT_STATUS
-  from kd_research.errors import Preempted
-  from kd_research.errors import UserError
+  from kd_research.common.errors import PREEMPTED_EXIT_STATUS
+  from kd_research.common.errors import Preempted
+  from kd_research.common.errors import UserError
 
   if len(argv) != 2 or argv[1] not in COMMANDS:
     sys.stderr.write(f"usage: python -m kd_research.main {{{'|'.join(COMMANDS)}}} "
@@ -211,8 +211,8 @@ def _parse_flags(argv):
 def report_command(argv):
   """``report --workdir=DIR [--output=F] [--sweep=DIR] [--claims=EXP] [--figure=F.svg]``:
   exit status."""
-  from kd_research import report  # pylint: disable=g-import-not-at-top
-  from kd_research.errors import UserError  # pylint: disable=g-import-not-at-top
+  from kd_research.report import pages  # pylint: disable=g-import-not-at-top
+  from kd_research.common.errors import UserError  # pylint: disable=g-import-not-at-top
   usage = ("usage: report --workdir=DIR [--output=FILE] [--sweep=DIR] "
            "[--claims=EXPERIMENT] [--figure=FILE.svg]\n")
   values = _parse_tool_flags(argv, dict(workdir=None, output=None, sweep=None, claims=None,
@@ -223,7 +223,7 @@ def report_command(argv):
     sys.stderr.write("error: --workdir=DIR is required (a directory of runs).\n" + usage)
     return 2
   try:
-    text = report.generate(values["workdir"], values["output"], values["sweep"],
+    text = pages.generate(values["workdir"], values["output"], values["sweep"],
                            values["claims"], "./launch.sh report " + " ".join(argv),
                            values["figure"])
   except UserError as e:
@@ -235,7 +235,7 @@ def report_command(argv):
 
 def multiworker_command(argv):
   """``multiworker --num_workers=N COMMAND [flags]``: N local workers; exit status."""
-  from kd_research import multiworker  # pylint: disable=g-import-not-at-top
+  from kd_research.runtime import multiworker  # pylint: disable=g-import-not-at-top
   usage = "usage: ./launch.sh multiworker --num_workers=N COMMAND [flags]\n"
   own = [a for a in argv if a.startswith("--num_workers=")]
   rest = [a for a in argv if not a.startswith("--num_workers=")]

@@ -14,10 +14,10 @@ import ml_collections
 import numpy as np
 
 from kd_research import config as config_lib
-from kd_research import distribute
-from kd_research import io_utils
-from kd_research import report
-from kd_research import runs
+from kd_research.runtime import distribute
+from kd_research.common import fileio
+from kd_research.report import pages
+from kd_research.train import runs
 from kd_research import workdir as workdir_lib
 
 
@@ -111,10 +111,10 @@ def run(config, workdir, strategy, overwrite=False):
     widest = max(stages, key=lambda s: len(s[2]))[0]
     results["teacher_ensemble"] = ensemble_results(
         results[widest]["teachers"], [results[n] for n in _teacher_stages(config)])
-  table = report.render_pipeline(workdir, config.run.experiment or "pipeline", config.dataset,
+  table = pages.render_pipeline(workdir, config.run.experiment or "pipeline", config.dataset,
                                  paths)
-  io_utils.atomic_write_text(os.path.join(workdir, "results.md"), table)
-  io_utils.atomic_write_json(os.path.join(workdir, "results.json"), results)
+  fileio.atomic_write_text(os.path.join(workdir, "results.md"), table)
+  fileio.atomic_write_json(os.path.join(workdir, "results.json"), results)
   return results, table
 
 
@@ -143,7 +143,7 @@ def select_candidates(config, workdir, paths, strategy, overwrite=False):
   if os.path.exists(command):  # The sweep's runs were made by the pipeline's command.
     os.makedirs(root, exist_ok=True)
     with open(command) as f:
-      io_utils.atomic_write_text(os.path.join(root, "command.txt"), f.read())
+      fileio.atomic_write_text(os.path.join(root, "command.txt"), f.read())
   chosen, chosen_dirs, record = {}, {}, {}
   for variant, candidates in config.pipeline.candidates.items():
     scores = {}
@@ -160,7 +160,7 @@ def select_candidates(config, workdir, paths, strategy, overwrite=False):
     chosen_dirs[variant] = os.path.join(root, f"{variant}_{best}")
     record[variant] = {"chosen": best, "overrides": chosen[variant], "validation": scores}
     logging.info("Variant %s: candidate %s chosen on validation (%s).", variant, best, scores)
-  io_utils.atomic_write_json(os.path.join(root, "selection.json"), record)
+  fileio.atomic_write_json(os.path.join(root, "selection.json"), record)
   return chosen, chosen_dirs
 
 
@@ -183,9 +183,9 @@ def adopt_candidate_run(candidate_dir, run_dir, run_config, role, teacher_paths)
   shutil.rmtree(staging, ignore_errors=True)
   shutil.copytree(candidate_dir, staging,
                   ignore=shutil.ignore_patterns(workdir_lib.LOCK_FILE, "checkpoints"))
-  results = io_utils.read_json(os.path.join(staging, results_file))
+  results = fileio.read_json(os.path.join(staging, results_file))
   results.update(workdir=os.path.abspath(run_dir), copied_from=os.path.abspath(candidate_dir))
-  io_utils.atomic_write_json(os.path.join(staging, results_file), results)
+  fileio.atomic_write_json(os.path.join(staging, results_file), results)
   os.replace(staging, run_dir)
   logging.info("%s: the same run as the chosen candidate %s; copied.", run_dir, candidate_dir)
   return True
@@ -198,7 +198,7 @@ def _teacher_stages(config):
 
 def _export_once(run_dir, run_config):
   """SavedModel + TFLite of a finished student (skipped when its export report exists)."""
-  from kd_research import export  # pylint: disable=g-import-not-at-top
+  from kd_research.tools import export  # pylint: disable=g-import-not-at-top
   if not os.path.exists(os.path.join(run_dir, "export", "export_report.json")):
     export.export_run(run_dir, export.splits_for_run(run_config, run_dir))
 
@@ -227,7 +227,7 @@ def teacher_results(path):
   for a .keras file that kd_research did not train."""
   run_results = os.path.join(os.path.dirname(os.path.abspath(path)), "results.json")
   if os.path.exists(run_results):
-    return io_utils.read_json(run_results)
+    return fileio.read_json(run_results)
   import keras  # pylint: disable=g-import-not-at-top
   params = keras.models.load_model(path, compile=False, safe_mode=True).count_params()
   return {"params": params, "ms_per_batch_128": None, "train_seconds": None}

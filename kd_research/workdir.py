@@ -20,9 +20,9 @@ import shutil
 import socket
 
 from kd_research import config as config_lib
-from kd_research import io_utils
-from kd_research import methods as methods_lib
-from kd_research.errors import UserError
+from kd_research.common import fileio
+from kd_research.methods import registry as methods_lib
+from kd_research.common.errors import UserError
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
@@ -48,7 +48,7 @@ def run_identity(config, role, teacher_paths=()):
   if role == "distill":
     identity["teachers"] = [os.path.realpath(p) for p in teacher_paths]
     active = set(methods_lib.parse(config.distill.method))
-    for name in methods_lib.NAMES:  # Only the sections of the methods the run uses.
+    for name in methods_lib.names():  # Only the sections of the methods the run uses.
       if name not in active:
         identity["distill"].pop(name, None)
   else:
@@ -91,7 +91,7 @@ def migrate(identity):
 
 def read_identity(workdir):
   """The run's config.json in the current format."""
-  return migrate(io_utils.read_json(os.path.join(workdir, CONFIG_FILE)))
+  return migrate(fileio.read_json(os.path.join(workdir, CONFIG_FILE)))
 
 
 def diff(old, new):
@@ -107,7 +107,7 @@ def prepare(workdir, identity, overwrite=False, write=True):
   fields) unless ``overwrite``, which clears it. Writes config.json atomically.
   """
   if write:
-    io_utils.check_writable(workdir)
+    fileio.check_writable(workdir)
   config_path = os.path.join(workdir, CONFIG_FILE)
   if os.path.exists(config_path):
     differences = diff(read_identity(workdir), identity)
@@ -119,11 +119,11 @@ def prepare(workdir, identity, overwrite=False, write=True):
       clear(workdir)
   results_path = os.path.join(workdir, RESULTS_FILE)
   if os.path.exists(results_path) and not overwrite:
-    return io_utils.read_json(results_path)
+    return fileio.read_json(results_path)
   if overwrite and write:
     clear(workdir)
   if write:
-    io_utils.atomic_write_json(config_path, identity)
+    fileio.atomic_write_json(config_path, identity)
   return None
 
 

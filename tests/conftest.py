@@ -55,7 +55,7 @@ def strategy_factory():
 @pytest.fixture(scope="session")
 def teacher_file(tmp_path_factory):
   """A teacher of the tiny preset (synthetic data, MLP), trained once per test session."""
-  from kd_research import runs  # pylint: disable=g-import-not-at-top
+  from kd_research.train import runs  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("teacher"))
   runs.train_and_evaluate(tiny_config(), workdir, "teacher", tf.distribute.get_strategy())
   return os.path.join(workdir, "model.keras")

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_research import augment
-from kd_research import data
-from kd_research import teachers as teachers_lib
-from kd_research import objectives
-from kd_research import steps
-from kd_research.errors import UserError
+from kd_research.data import augment
+from kd_research.data import datasets
+from kd_research.train import teachers as teachers_lib
+from kd_research.methods import kd
+from kd_research.train import teacher_sources
+from kd_research.train import steps
+from kd_research.common.errors import UserError
 from test_data import _global_batches
 
 ALL = ("flip", "crop", "rotate", "cutout", "mixup")
@@ -36,7 +37,7 @@ def train_fn(ops, gb=16, start_step=0, **kw):
   x, y = dataset()
   transform = functools.partial(augment.augment_batch, ops=ops, cfg=params(**kw), seed=7,
                                 num_classes=5, global_batch_size=gb)
-  return data.train_dataset_fn(x, y, gb, seed=3, start_step=start_step, transform=transform)
+  return datasets.train_dataset_fn(x, y, gb, seed=3, start_step=start_step, transform=transform)
 
 
 @pytest.mark.parametrize("ops", [("flip", "crop", "rotate", "cutout", "mixup"), ("cutmix",)])
@@ -123,8 +124,8 @@ def test_teacher_and_student_receive_the_same_augmented_batch():
   step = tf.Variable(0, dtype=tf.int64)
   ensemble = teachers_lib.TeacherEnsemble([teacher], ["t"])
   loop = steps.make_train_loop(strategy, student, opt, step, 16,
-                               objectives.HintonKD(lambda s: 0.5, lambda s: 2.0),
-                               objectives.live_teachers(ensemble))
+                               kd.HintonKD(lambda s: 0.5, lambda s: 2.0),
+                               teacher_sources.live_teachers(ensemble))
   ds = strategy.distribute_datasets_from_function(train_fn(ALL))
   loop(iter(ds), tf.constant(2))
   second = _global_batches(train_fn(ALL), 1, 2)[1]["image"]

@@ -84,7 +84,7 @@ def test_train_then_eval_command(tmp_path):
 
 def test_bench_quick_smoke(tmp_path):
   """The benchmark command runs every row and writes its JSON (no timing assertions)."""
-  out = run_main_module("kd_research.bench", "--quick", "--dataset=synthetic",
+  out = run_main_module("kd_research.tools.bench", "--quick", "--dataset=synthetic",
                         "--teacher=mlp", "--teacher_width=64", "--student=mlp",
                         "--student_width=16", f"--output={tmp_path}/bench.json",
                         "--profile=b")
@@ -100,7 +100,7 @@ def test_bench_quick_smoke(tmp_path):
   assert "| MatMul |" in report["profiles"]["b"]
   assert "mixed_precision=auto would use" in out.stdout and report["auto_precision"]["used"] in (
       "none", "bf16")
-  bad = run_main_module("kd_research.bench", "--quick", "--rows=a,b", "--profile=g")
+  bad = run_main_module("kd_research.tools.bench", "--quick", "--rows=a,b", "--profile=g")
   assert bad.returncode == 2 and "--profile='g'" in bad.stderr
 
 

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_research import contrastive
-from kd_research import method_losses as ml
-from kd_research import runs
+from kd_research.methods import crd as crd_lib
+from kd_research.train import runs
 from test_loop import interrupt_then_resume, weights_of
 from test_method_losses import check
 from test_methods import conv_teacher, method_config  # pylint: disable=unused-import
@@ -28,11 +27,11 @@ def np_nce(scores, num_examples):
 def test_nce_matches_numpy():
   rng = np.random.default_rng(0)
   scores = rng.uniform(1e-4, 3e-3, (6, 9))
-  check("crd_nce", ml.crd_nce(scores.astype(np.float32), 500, eps=0.0), np_nce(scores, 500),
+  check("crd_nce", crd_lib.crd_nce(scores.astype(np.float32), 500, eps=0.0), np_nce(scores, 500),
         rtol=1e-5)
   # The implementation's guard (eps 1e-7 in the denominators, as the reference code) moves
   # the loss by K * eps * N / K, far below the loss itself.
-  np.testing.assert_allclose(ml.crd_nce(scores.astype(np.float32), 500), np_nce(scores, 500),
+  np.testing.assert_allclose(crd_lib.crd_nce(scores.astype(np.float32), 500), np_nce(scores, 500),
                              rtol=1e-4)
 
 
@@ -47,7 +46,7 @@ def test_crd_step_matches_numpy_and_updates_the_bank():
   rng = np.random.default_rng(1)
   n, b, k, dim, t, m = 40, 6, 7, 5, 0.07, 0.5
   labels = np.arange(n) % 4
-  objective = contrastive.CRD(0.8, 1.0, [1.0], [("pooled", "pooled")], n, b, dim, k, t, m,
+  objective = crd_lib.CRD(0.8, 1.0, [1.0], [("pooled", "pooled")], n, b, dim, k, t, m,
                               seed=3, labels=labels)
   objective.build({"pooled": (3,)}, [{"pooled": (4,)}])
   f_s = rng.normal(size=(b, 3)).astype(np.float32)
@@ -85,7 +84,7 @@ def test_crd_step_matches_numpy_and_updates_the_bank():
 
 
 def test_uniform_negatives_cover_the_dataset():
-  sampler = contrastive.NegativeSampler(50, 400, seed=0)
+  sampler = crd_lib.NegativeSampler(50, 400, seed=0)
   draws = sampler(tf.constant([0, 1], tf.int64), 0, tf.constant([0, 1]), 2).numpy()
   assert draws.min() >= 0 and draws.max() < 50 and len(np.unique(draws)) == 50
 
@@ -127,7 +126,7 @@ def test_crd_bank_is_replica_independent_and_resumes_exactly(conv_teacher, tmp_p
 
 
 def test_crd_refuses_what_it_cannot_do(conv_teacher, tmp_path):
-  from kd_research.errors import UserError  # pylint: disable=g-import-not-at-top
+  from kd_research.common.errors import UserError  # pylint: disable=g-import-not-at-top
   with pytest.raises(UserError, match="negative_sampling=uniform"):
     runs.train_and_evaluate(method_config("crd", **{"labels.count": 100}),
                             str(tmp_path / "few"), "distill", DEFAULT, (conv_teacher,))
@@ -152,7 +151,7 @@ def test_pooled_feature_cache_serves_crd_like_the_live_teacher(conv_teacher, tmp
   print(f"crd: live vs cached teacher max |dw| {diff:.2e}")
   assert diff < 1e-4
   from kd_research import config as config_lib  # pylint: disable=g-import-not-at-top
-  from kd_research.errors import UserError  # pylint: disable=g-import-not-at-top
+  from kd_research.common.errors import UserError  # pylint: disable=g-import-not-at-top
   with pytest.raises(UserError, match="feature maps"):
     config_lib.validate(method_config("crd", **{"distill.cache_teacher": True,
                                                 "distill.crd.teacher_tap": "last_stage"}))

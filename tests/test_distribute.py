@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_research import distribute
-from kd_research import runs
-from kd_research.errors import UserError
+from kd_research.runtime import distribute
+from kd_research.train import runs
+from kd_research.common.errors import UserError
 from conftest import REPO, tiny_config
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -124,7 +124,7 @@ def test_two_workers_match_two_local_replicas(tmp_path, teacher_file):
 
 
 def test_missing_worker_fails_within_timeout(tmp_path):
-  ports = __import__("kd_research.multiworker", fromlist=["free_ports"]).free_ports(2)
+  ports = __import__("kd_research.runtime.multiworker", fromlist=["free_ports"]).free_ports(2)
   tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
                "task": {"type": "worker", "index": 0}}
   out = subprocess.run(
@@ -140,7 +140,7 @@ def test_missing_worker_fails_within_timeout(tmp_path):
 def test_worker_death_mid_run_then_resume(tmp_path):
   """Kill worker 1 after a checkpoint: the chief stops with a clear error within the
   collective timeout, and rerunning both workers resumes from the chief's checkpoint."""
-  from kd_research.multiworker import tf_configs
+  from kd_research.runtime.multiworker import tf_configs
   configs = tf_configs(2)
   args = [sys.executable, "-m", "kd_research.main", "train", "--experiment=fashion_mnist:tiny",
           f"--workdir={tmp_path}/run", "--role=teacher", "--config.teacher.epochs=40",

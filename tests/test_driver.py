@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_research import metrics
-from kd_research import models
-from kd_research import objectives
-from kd_research import runs
-from kd_research import steps
+from kd_research.common import metrics
+from kd_research.models import registry as model_registry
+from kd_research.methods import base
+from kd_research.train import runs
+from kd_research.train import steps
 from kd_research import workdir as workdir_lib
-from kd_research.errors import PREEMPTED_EXIT_STATUS
-from kd_research.errors import Preempted
-from kd_research.errors import UserError
+from kd_research.common.errors import PREEMPTED_EXIT_STATUS
+from kd_research.common.errors import Preempted
+from kd_research.common.errors import UserError
 from conftest import REPO, tiny_config
 from test_reliability import ENV, _distill_cmd, _weights
 
@@ -137,14 +137,14 @@ def test_one_gradient_all_reduce_per_step(monkeypatch, strategy_factory):
   for name, strat in (("one", DEFAULT), ("two", strategy)):
     with strat.scope():
       keras.utils.set_random_seed(0)
-      model = models.build("mlp", (4, 4, 1), 3, width=8)
+      model = model_registry.build("mlp", (4, 4, 1), 3, width=8)
       opt = keras.optimizers.SGD(0.1)
       opt.build(model.trainable_variables)
       step = tf.Variable(0, dtype=tf.int64)
     calls = _count_all_reduces(monkeypatch)
     ds = strat.experimental_distribute_dataset(
         tf.data.Dataset.from_tensors({"image": images, "label": labels}).repeat())
-    objective = objectives.Objective()
+    objective = base.Objective()
     loop = steps.make_train_loop(strat, model, opt, step, 16, objective)
     sums = steps.train_layout(objective.terms_names).unpack(loop(iter(ds), tf.constant(3)))
     results[name] = (calls, sums["grad_norm"], [w.numpy() for w in model.weights])

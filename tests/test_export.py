@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_research import export
-from kd_research import runs
-from kd_research.errors import UserError
+from kd_research.tools import export
+from kd_research.train import runs
+from kd_research.common.errors import UserError
 from conftest import tiny_config
 
 
@@ -38,8 +38,8 @@ def test_artifacts_written_and_reported(exported):
     assert a["size_kb"] > 0 and a["latency_ms_batch1"] > 0
   assert report["artifacts"]["tflite_int8"]["size_kb"] < report["artifacts"][
       "tflite_float32"]["size_kb"]
-  from kd_research import report_tables  # pylint: disable=g-import-not-at-top
-  assert "| tflite_int8 |" in report_tables.export_table(report)
+  from kd_research.report import tables  # pylint: disable=g-import-not-at-top
+  assert "| tflite_int8 |" in tables.export_table(report)
 
 
 def test_outputs_match_keras(exported):

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_research import data_sources
-from kd_research import io_utils
-from kd_research import runs
-from kd_research import precision
-from kd_research import profiling
-from kd_research import summaries
-from kd_research import teachers
-from kd_research.errors import UserError
+from kd_research.data import sources
+from kd_research.common import fileio
+from kd_research.train import runs
+from kd_research.runtime import precision
+from kd_research.tools import profiling
+from kd_research.train import summaries
+from kd_research.train import teachers
+from kd_research.common.errors import UserError
 from conftest import REPO, tiny_config
 
 DEFAULT = tf.distribute.get_strategy()
@@ -195,7 +195,7 @@ def test_cifar_batch_that_runs_code_is_refused(tmp_path):
   with open(directory / "data_batch_3", "wb") as f:
     pickle.dump({b"data": _Exploit(marker), b"labels": [0]}, f)
   with pytest.raises(UserError, match="data_batch_3 .*refused to load global posix.system"):
-    data_sources.load("cifar10", str(tmp_path))
+    sources.load("cifar10", str(tmp_path))
   assert not marker.exists()
 
 
@@ -212,7 +212,7 @@ def test_real_cifar_layout_still_loads(tmp_path):
              b"batch_label": b"training batch 1 of 1"}
     with open(directory / name, "wb") as f:
       pickle.dump(batch, f, protocol=2)
-  raw = data_sources.load("cifar100", str(tmp_path))
+  raw = sources.load("cifar100", str(tmp_path))
   assert raw.train_x.shape == (40, 32, 32, 3) and raw.num_classes == 100
 
 
@@ -229,7 +229,7 @@ def test_keras_file_with_code_is_refused(tmp_path):
 def test_teacher_cache_files_are_loaded_without_pickle(tmp_path):
   path = str(tmp_path / "train-abc.npz")
   np.savez(path, logits=np.array([object()], dtype=object), fingerprint=np.array("abc"))
-  from kd_research import teacher_cache  # pylint: disable=g-import-not-at-top
+  from kd_research.train import teacher_cache  # pylint: disable=g-import-not-at-top
   assert teacher_cache._load(path, "abc", {"logits": (1,)}) is None  # Refused, then recomputed.
 
 
@@ -238,7 +238,7 @@ def test_teacher_cache_files_are_loaded_without_pickle(tmp_path):
 def test_recorded_commands_are_relative_to_the_repository():
   command = (f"./launch.sh train --workdir={REPO}/runs/x "
              f"--config.teacher.path={REPO}/runs/t/model.keras --config.data_dir=/data")
-  assert io_utils.portable_command(command) == (
+  assert fileio.portable_command(command) == (
       "./launch.sh train --workdir=runs/x --config.teacher.path=runs/t/model.keras "
       "--config.data_dir=/data")
 

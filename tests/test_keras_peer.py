@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_research import keras_peer
-from kd_research import losses
-from kd_research import report
-from kd_research import runs
-from kd_research.errors import UserError
+from kd_research.tools import keras_peer
+from kd_research.methods import losses
+from kd_research.report import pages
+from kd_research.train import runs
+from kd_research.common.errors import UserError
 from conftest import tiny_config
 
 
@@ -60,7 +60,7 @@ def test_keras_peer_run_is_reported_and_skipped_when_finished(teacher_file, tmp_
   assert os.path.getmtime(os.path.join(workdir, "results.json")) == stamp
   runs.train_and_evaluate(config, str(tmp_path / "runs" / "ours"), "distill",
                           tf.distribute.get_strategy(), (teacher_file,))
-  table = report.build_table(report.find_runs(str(tmp_path / "runs")), str(tmp_path / "runs"))
+  table = pages.build_table(pages.find_runs(str(tmp_path / "runs")), str(tmp_path / "runs"))
   assert "keras.distillation Distiller (fit)" in table  # A row of its own beside ours.
   with pytest.raises(UserError, match="constant"):
     keras_peer.train_and_evaluate(tiny_config(**{"distill.alpha.kind": "cosine"}),

@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_research import driver
-from kd_research import models
-from kd_research import objectives
+from kd_research.train import driver
+from kd_research.models import registry as model_registry
+from kd_research.methods import base
+from kd_research.methods import kd
+from kd_research.train import teacher_sources
 from kd_research import main as main_lib
-from kd_research import runs
-from kd_research import steps
-from kd_research import teachers as teachers_lib
-from kd_research.errors import UserError
+from kd_research.train import runs
+from kd_research.train import steps
+from kd_research.train import teachers as teachers_lib
+from kd_research.common.errors import UserError
 from conftest import tiny_config
 
 DEFAULT = tf.distribute.get_strategy()
@@ -75,8 +77,8 @@ def test_distillation_run_writes_everything(tmp_path, teacher_path):
   assert "eval/confusion_matrix" in acc.Tags()["tensors"]
   assert "_hparams_/session_start_info" in acc.Tags()["tensors"]
   # distill/agreement at the last evaluation equals NumPy on the saved models.
-  from kd_research import data
-  val_x, _ = data.load_splits(config).validation
+  from kd_research.data import datasets
+  val_x, _ = datasets.load_splits(config).validation
   student = keras.models.load_model(os.path.join(workdir, "model.keras"), compile=False)
   teacher = keras.models.load_model(teacher_path, compile=False)
   agree = np.mean(np.argmax(student(val_x.astype(np.float32)), 1) ==
@@ -169,13 +171,13 @@ def test_train_loop_loss_is_global_mean_on_two_replicas(strategy_factory):
     strategy = strategy_factory(n)
     with strategy.scope():
       keras.utils.set_random_seed(0)
-      model = models.build("mlp", (4, 4, 1), 3, width=8)
+      model = model_registry.build("mlp", (4, 4, 1), 3, width=8)
       opt = keras.optimizers.SGD(0.0)
       opt.build(model.trainable_variables)
       step = tf.Variable(0, dtype=tf.int64)
     ds = strategy.experimental_distribute_dataset(
         tf.data.Dataset.from_tensors({"image": images, "label": labels}).repeat())
-    objective = objectives.Objective()
+    objective = base.Objective()
     run = steps.make_train_loop(strategy, model, opt, step, 16, objective)
     sums = steps.train_layout(objective.terms_names).unpack(run(iter(ds), tf.constant(1)))
     if want is None:
@@ -195,8 +197,8 @@ def test_teacher_weights_and_bn_statistics_never_move(strategy_factory):
   images = rng.uniform(0, 255, (8, 8, 8, 1)).astype(np.float32)
   labels = rng.integers(0, 4, 8).astype(np.int32)
   with strategy.scope():
-    teacher = models.build("resnet_seed", (8, 8, 1), 4, width=2)
-    student = models.build("mlp", (8, 8, 1), 4, width=8)
+    teacher = model_registry.build("resnet_seed", (8, 8, 1), 4, width=2)
+    student = model_registry.build("mlp", (8, 8, 1), 4, width=8)
     opt = keras.optimizers.Adam(0.1)
     opt.build(student.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64)
@@ -206,8 +208,8 @@ def test_teacher_weights_and_bn_statistics_never_move(strategy_factory):
       tf.data.Dataset.from_tensors({"image": images, "label": labels}).repeat())
   student_before = [w.numpy().copy() for w in student.weights]
   run = steps.make_train_loop(strategy, student, opt, step, 8,
-                              objectives.HintonKD(lambda s: 0.7, lambda s: 4.0),
-                              objectives.live_teachers(ensemble))
+                              kd.HintonKD(lambda s: 0.7, lambda s: 4.0),
+                              teacher_sources.live_teachers(ensemble))
   run(iter(ds), tf.constant(3))
   assert any(np.any(a != b.numpy()) for a, b in zip(student_before, student.weights))
   assert any("moving" in w.path for w in teacher.weights)
@@ -256,7 +258,7 @@ def test_schedules_and_finetune_stage_resume_exactly(tmp_path, teacher_path, mon
 
 
 def test_report_groups_seeds(tmp_path):
-  from kd_research import report
+  from kd_research.report import pages
   accuracies = []
   for seed in (0, 1, 2):
     results = runs.train_and_evaluate(tiny_config(**{"student.epochs": 1, "student.seed": seed}),
@@ -264,13 +266,13 @@ def test_report_groups_seeds(tmp_path):
     accuracies.append(results["test_accuracy"])
   runs.train_and_evaluate(tiny_config(**{"student.epochs": 1, "student.width": 16}),
                           str(tmp_path / "narrow"), "student", DEFAULT)
-  table = report.build_table(report.find_runs(str(tmp_path)), str(tmp_path))
+  table = pages.build_table(pages.find_runs(str(tmp_path)), str(tmp_path))
   rows = [l for l in table.splitlines() if l.startswith("| student")]
   assert len(rows) == 2
   want = f"{100 * np.mean(accuracies):.2f} +- {100 * np.std(accuracies, ddof=1):.2f}%"
   assert any("| 3 | " + want in r for r in rows), (want, rows)
   assert main_lib.report_command([f"--workdir={tmp_path}"]) == 0
-  assert os.path.exists(tmp_path / "report.md")
+  assert os.path.exists(tmp_path / "pages.md")
   assert main_lib.report_command([f"--workdir={tmp_path}/nothing"]) == 2
 
 
@@ -278,7 +280,9 @@ def test_coupled_l2_adds_l2_times_weight_to_the_gradient(strategy_factory):
   """optimizer.l2 (PyTorch SGD's weight_decay): with SGD at learning rate 1 the update
   with l2 differs from the one without by exactly l2 * w, on 1 and 2 replicas."""
   import keras  # pylint: disable=g-import-not-at-top
-  from kd_research import models, objectives, steps  # pylint: disable=g-import-not-at-top
+  from kd_research.models import registry as model_registry  # pylint: disable=g-import-not-at-top
+  from kd_research.methods import base  # pylint: disable=g-import-not-at-top
+  from kd_research.train import steps  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   batch = {"image": rng.uniform(0, 255, (8, 6, 6, 1)).astype(np.float32),
            "label": rng.integers(0, 3, 8).astype(np.int32)}
@@ -287,14 +291,14 @@ def test_coupled_l2_adds_l2_times_weight_to_the_gradient(strategy_factory):
     for l2 in (0.0, 0.1):
       with strategy.scope():
         keras.utils.set_random_seed(0)
-        model = models.build("mlp", (6, 6, 1), 3, 4)
+        model = model_registry.build("mlp", (6, 6, 1), 3, 4)
         optimizer = keras.optimizers.SGD(1.0)
         optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64)
       before = [w.numpy().copy() for w in model.trainable_variables]
       ds = strategy.experimental_distribute_dataset(
           tf.data.Dataset.from_tensors(batch).repeat())
-      steps.make_train_loop(strategy, model, optimizer, step, 8, objectives.Objective(),
+      steps.make_train_loop(strategy, model, optimizer, step, 8, base.Objective(),
                             l2=l2)(iter(ds), tf.constant(1))
       updates.append([b - w.numpy() for b, w in zip(before, model.trainable_variables)])
     for plain, decayed, w in zip(*updates, before):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_research import losses
-from kd_research.errors import UserError
+from kd_research.methods import losses
+from kd_research.common.errors import UserError
 
 
 def np_softmax(z, t=1.0):

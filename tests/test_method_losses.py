@@ -8,8 +8,15 @@ split exactly over two "replicas" (local rows against the global batch).
 import numpy as np
 import pytest
 
-from kd_research import losses
-from kd_research import method_losses as ml
+from kd_research.methods import losses
+from kd_research.methods import at as at_lib
+from kd_research.methods import dist as dist_lib
+from kd_research.methods import dkd as dkd_lib
+from kd_research.methods import fitnets as fitnets_lib
+from kd_research.methods import logit_standardization as ls
+from kd_research.methods import pkt as pkt_lib
+from kd_research.methods import rkd as rkd_lib
+from kd_research.methods import sp as sp_lib
 
 RELATIVE = {}  # name -> max relative error, printed for the closing note.
 
@@ -42,7 +49,7 @@ def case(seed, b=12, c=7, d=5):
 @pytest.mark.parametrize("seed,t", [(0, 1.0), (1, 4.0), (2, 8.0)])
 def test_dkd_matches_numpy_and_decomposes_kd(seed, t):
   s, te, y, _, _ = case(seed)
-  tckd, nckd = ml.dkd_terms(s, te, y, t)
+  tckd, nckd = dkd_lib.dkd_terms(s, te, y, t)
   ps, pt = softmax(s, t), softmax(te, t)
   rows = np.arange(len(y))
   b_s = np.stack([ps[rows, y], 1 - ps[rows, y]], 1)
@@ -60,11 +67,11 @@ def test_dkd_matches_numpy_and_decomposes_kd(seed, t):
 
 def test_logit_standardization_is_invariant_to_shift_and_scale():
   s, te, _, _, _ = case(3)
-  z = ml.standardize(s).numpy()
+  z = ls.standardize(s).numpy()
   want = (s - s.mean(-1, keepdims=True)) / (1e-7 + s.std(-1, ddof=1, keepdims=True))
   check("ls", z, want)
-  kd = losses.kl_divergence(ml.standardize(s), ml.standardize(te), 2.0).numpy()
-  moved = losses.kl_divergence(ml.standardize(3.0 * s + 5.0), ml.standardize(0.5 * te - 2.0),
+  kd = losses.kl_divergence(ls.standardize(s), ls.standardize(te), 2.0).numpy()
+  moved = losses.kl_divergence(ls.standardize(3.0 * s + 5.0), ls.standardize(0.5 * te - 2.0),
                                2.0).numpy()
   np.testing.assert_allclose(moved, kd, rtol=1e-4, atol=1e-6)
 
@@ -79,27 +86,27 @@ def pearson_rows(a, b):
 def test_dist_matches_numpy(tau):
   s, te, _, _, _ = case(4)
   ys, yt = softmax(s, tau), softmax(te, tau)
-  check("dist", ml.dist_inter(s, te, tau), tau**2 * (1 - pearson_rows(ys, yt)))
+  check("dist", dist_lib.dist_inter(s, te, tau), tau**2 * (1 - pearson_rows(ys, yt)))
   intra = tau**2 * (1 - pearson_rows(ys.T, yt.T).mean())
-  check("dist", ml.dist_intra(s, te, tau, 5), np.full(5, intra))
+  check("dist", dist_lib.dist_intra(s, te, tau, 5), np.full(5, intra))
   atol = 1e-6 * tau * tau  # float32 rounding of 1 - correlation, magnified by tau^2.
-  np.testing.assert_allclose(ml.dist_inter(s, s, tau).numpy(), 0.0, atol=atol)
-  np.testing.assert_allclose(ml.dist_intra(s, s, tau, 3).numpy(), 0.0, atol=atol)
+  np.testing.assert_allclose(dist_lib.dist_inter(s, s, tau).numpy(), 0.0, atol=atol)
+  np.testing.assert_allclose(dist_lib.dist_intra(s, s, tau, 3).numpy(), 0.0, atol=atol)
 
 
 def test_hint_and_attention_match_numpy():
   _, _, _, fs, ft = case(5)
-  check("fitnets", ml.hint(fs, fs[..., ::-1] * 2), ((fs - fs[..., ::-1] * 2) ** 2).mean((1, 2, 3)))
-  np.testing.assert_allclose(ml.hint(fs, fs).numpy(), 0.0, atol=1e-7)
+  check("fitnets", fitnets_lib.hint(fs, fs[..., ::-1] * 2), ((fs - fs[..., ::-1] * 2) ** 2).mean((1, 2, 3)))
+  np.testing.assert_allclose(fitnets_lib.hint(fs, fs).numpy(), 0.0, atol=1e-7)
 
   def at(f):
     a = (np.abs(f.astype(np.float64)) ** 2).mean(-1).reshape(len(f), -1)
     return a / np.linalg.norm(a, axis=-1, keepdims=True)
-  check("at", ml.attention(fs, ft), ((at(fs) - at(ft)) ** 2).mean(-1))
-  np.testing.assert_allclose(ml.attention(fs, fs).numpy(), 0.0, atol=1e-7)
+  check("at", at_lib.attention(fs, ft), ((at(fs) - at(ft)) ** 2).mean(-1))
+  np.testing.assert_allclose(at_lib.attention(fs, fs).numpy(), 0.0, atol=1e-7)
   # Maps of different sizes: the larger is average-pooled to the smaller.
   big = np.repeat(np.repeat(fs, 2, 1), 2, 2)
-  np.testing.assert_allclose(ml.attention(big, ft).numpy(), ml.attention(fs, ft).numpy(),
+  np.testing.assert_allclose(at_lib.attention(big, ft).numpy(), at_lib.attention(fs, ft).numpy(),
                              rtol=1e-5, atol=1e-7)
 
 
@@ -144,9 +151,9 @@ def np_rkd(fs, ft, wd=25.0, wa=50.0):
 def test_relational_losses_match_numpy_and_split_over_replicas(name):
   _, _, _, fs, ft = case(6, b=10)
   fs_pooled, ft_pooled = fs.mean((1, 2)), ft.mean((1, 2))
-  fn = {"sp": lambda sl, tl, sg, tg, o: ml.sp(sl, tl, sg, tg),
-        "pkt": lambda sl, tl, sg, tg, o: ml.pkt(sl, tl, sg, tg),
-        "rkd": lambda sl, tl, sg, tg, o: ml.rkd(sl, tl, sg, tg, o)}[name]
+  fn = {"sp": lambda sl, tl, sg, tg, o: sp_lib.sp(sl, tl, sg, tg),
+        "pkt": lambda sl, tl, sg, tg, o: pkt_lib.pkt(sl, tl, sg, tg),
+        "rkd": lambda sl, tl, sg, tg, o: rkd_lib.rkd(sl, tl, sg, tg, o)}[name]
   ref = {"sp": np_sp, "pkt": np_pkt, "rkd": np_rkd}[name]
   s, t = (fs, ft) if name == "sp" else (fs_pooled, ft_pooled)
   whole = fn(s, t, s, t, 0).numpy()

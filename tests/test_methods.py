@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 
 from kd_research import config as config_lib
-from kd_research import methods
-from kd_research import runs
-from kd_research.errors import UserError
+from kd_research.methods import registry as method_registry
+from kd_research.train import runs
+from kd_research.common.errors import UserError
 from conftest import tiny_config
 from test_loop import interrupt_then_resume, read_scalars, weights_of
 
@@ -52,7 +52,7 @@ def test_method_is_replica_independent(method, conv_teacher, tmp_path, strategy_
   assert diff < 1e-5
   assert one["method"] == method and two["replicas"] == 2
   scalars = read_scalars(str(tmp_path / "one"))
-  for name in methods.parse(method):
+  for name in method_registry.parse(method):
     term = "distill" if name == "kd" else name
     assert f"train/loss_{term}" in scalars, (method, sorted(scalars))
   assert all(np.isfinite(v) for _, v in scalars["train/loss_total"])
@@ -63,7 +63,11 @@ def test_relational_gradients_match_a_single_device(method, strategy_factory):
   """The global-batch (all-gathered) losses: one step's gradient on 2 replicas equals the
   single-device gradient to float32 precision (SGD with learning rate 1: the weight
   change is the gradient)."""
-  from kd_research import models, objectives, steps, teachers  # pylint: disable=g-import-not-at-top
+  from kd_research.models import registry as model_registry  # pylint: disable=g-import-not-at-top
+  from kd_research.methods import dist, rkd, pkt, sp  # pylint: disable=g-import-not-at-top
+  from kd_research.train import teacher_sources  # pylint: disable=g-import-not-at-top
+  from kd_research.train import steps  # pylint: disable=g-import-not-at-top
+  from kd_research.train import teachers  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   x = rng.uniform(0, 255, (16, 8, 8, 1)).astype(np.float32)
   y = rng.integers(0, 5, 16).astype(np.int32)
@@ -71,20 +75,20 @@ def test_relational_gradients_match_a_single_device(method, strategy_factory):
   for strategy in (DEFAULT, strategy_factory(2)):
     with strategy.scope():
       keras.utils.set_random_seed(0)
-      teacher = models.build("mlp", (8, 8, 1), 5, 16)
-      student = models.build("mlp", (8, 8, 1), 5, 8)
+      teacher = model_registry.build("mlp", (8, 8, 1), 5, 16)
+      student = model_registry.build("mlp", (8, 8, 1), 5, 8)
       opt = keras.optimizers.SGD(1.0)
       opt.build(student.trainable_variables)
       step = tf.Variable(0, dtype=tf.int64)
     pairs = [("pooled", "pooled")]
-    objective = (objectives.DIST(1.0, 1.0, 1.0, 4.0, 0.0, [1.0]) if method == "dist" else
-                 objectives.Relational(method, 1.0, 0.0, [1.0], pairs))
+    objective = (dist.DIST(1.0, 1.0, 1.0, 4.0, 0.0, [1.0]) if method == "dist" else
+                 {"rkd": rkd.RKD, "pkt": pkt.PKT, "sp": sp.SP}[method](1.0, 0.0, [1.0], pairs))
     ensemble = teachers.TeacherEnsemble([teacher], ["t"]).tap(objective.teacher_taps)
     before = [w.numpy().copy() for w in student.trainable_variables]
     ds = strategy.experimental_distribute_dataset(
         tf.data.Dataset.from_tensors({"image": x, "label": y}).repeat())
     steps.make_train_loop(strategy, student, opt, step, 16, objective,
-                          objectives.live_teachers(ensemble, objective.teacher_taps))(
+                          teacher_sources.live_teachers(ensemble, objective.teacher_taps))(
                               iter(ds), tf.constant(1))
     grads.append([b - w.numpy() for b, w in zip(before, student.trainable_variables)])
   scale = max(float(np.abs(g).max()) for g in grads[0])
@@ -132,7 +136,7 @@ def test_methods_refuse_what_they_cannot_do(conv_teacher, tmp_path):
   with pytest.raises(UserError, match=r"cannot serve method\(s\) at"):
     config_lib.validate(method_config("at", **{"distill.cache_teacher": True}))
   with pytest.raises(UserError, match="pick one"):
-    methods.parse("kd,dkd")
+    method_registry.parse("kd,dkd")
   with pytest.raises(UserError, match="needs feature maps"):
     runs.train_and_evaluate(method_config("at", **{"student.model": "mlp"}),
                             str(tmp_path / "mlp"), "distill", DEFAULT, (conv_teacher,))

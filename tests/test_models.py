@@ -3,15 +3,15 @@
 import numpy as np
 import pytest
 
-from kd_research import cifar_models
-from kd_research import models
-from kd_research.errors import UserError
+from kd_research.models import cifar
+from kd_research.models import registry as model_registry
+from kd_research.common.errors import UserError
 
 
-@pytest.mark.parametrize("name", sorted(models.MODELS))
+@pytest.mark.parametrize("name", sorted(model_registry.MODELS))
 @pytest.mark.parametrize("shape,classes", [((28, 28, 1), 10), ((32, 32, 3), 100)])
 def test_every_model_builds_and_outputs_float32_logits(name, shape, classes):
-  model = models.build(name, shape, classes, width=4 if name != "mlp" else 16)
+  model = model_registry.build(name, shape, classes, width=4 if name != "mlp" else 16)
   out = model(np.zeros((2,) + shape, np.float32), training=False)
   assert out.shape == (2, classes)
   assert out.dtype == "float32"
@@ -19,15 +19,15 @@ def test_every_model_builds_and_outputs_float32_logits(name, shape, classes):
 
 def test_seed_model_sizes():
   # Widths the issues quote: resnet_seed at 32 is about 690K params, cnn_seed at 32 about 93K.
-  assert models.build("resnet_seed", (28, 28, 1), 10, width=32).count_params() == 689_098
-  assert models.build("cnn_seed", (28, 28, 1), 10, width=32).count_params() == 93_322
+  assert model_registry.build("resnet_seed", (28, 28, 1), 10, width=32).count_params() == 689_098
+  assert model_registry.build("cnn_seed", (28, 28, 1), 10, width=32).count_params() == 93_322
   # The seed's CIFAR models at their default widths.
-  teacher = models.build("resnet_seed", (32, 32, 3), 10).count_params()
+  teacher = model_registry.build("resnet_seed", (32, 32, 3), 10).count_params()
   assert 1.0e6 < teacher < 3.0e6
 
 
 def test_resnet_projects_shortcut_only_when_shape_changes():
-  model = models.build("resnet_seed", (28, 28, 1), 10, width=8)
+  model = model_registry.build("resnet_seed", (28, 28, 1), 10, width=8)
   one_by_one = [l for l in model.layers if getattr(l, "kernel_size", None) == (1, 1)]
   # Block 1 (1 -> 8 channels), block 3 (stride 2) and block 5 (stride 2) need projections.
   assert len(one_by_one) == 3
@@ -35,26 +35,26 @@ def test_resnet_projects_shortcut_only_when_shape_changes():
 
 def test_unknown_model_lists_valid_names():
   with pytest.raises(UserError, match="cnn_seed"):
-    models.build("vgg", (28, 28, 1), 10)
+    model_registry.build("vgg", (28, 28, 1), 10)
 
 
 def test_width_zero_means_default():
-  assert (models.build("cnn_seed", (28, 28, 1), 10, width=0).count_params() ==
-          models.build("cnn_seed", (28, 28, 1), 10, width=32).count_params())
+  assert (model_registry.build("cnn_seed", (28, 28, 1), 10, width=0).count_params() ==
+          model_registry.build("cnn_seed", (28, 28, 1), 10, width=32).count_params())
   with pytest.raises(UserError, match="width"):
-    models.build("cnn_seed", (28, 28, 1), 10, width=-1)
+    model_registry.build("cnn_seed", (28, 28, 1), 10, width=-1)
 
 
 def _trainable(model):
   return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
 
 
-@pytest.mark.parametrize("name", sorted(cifar_models.PUBLISHED_PARAMS_M))
+@pytest.mark.parametrize("name", sorted(cifar.PUBLISHED_PARAMS_M))
 def test_cifar_family_matches_published_parameter_counts(name):
   # Trainable parameters at 100 classes (BatchNorm moving statistics are buffers in the
   # references' counts) within one unit of the published figure's last digit (0.01M).
-  count = _trainable(models.build(name, (32, 32, 3), 100))
-  assert abs(count / 1e6 - cifar_models.PUBLISHED_PARAMS_M[name]) <= 0.01, count
+  count = _trainable(model_registry.build(name, (32, 32, 3), 100))
+  assert abs(count / 1e6 - cifar.PUBLISHED_PARAMS_M[name]) <= 0.01, count
 
 
 def test_cifar_family_exact_counts_from_the_reference_layer_lists():
@@ -64,21 +64,21 @@ def test_cifar_family_exact_counts_from_the_reference_layer_lists():
   expected = {"resnet8x4": 1_233_540, "wrn_16_2": 703_284, "vgg8": 3_965_028,
               "vgg13": 9_462_180}
   for name, count in expected.items():
-    assert _trainable(models.build(name, (32, 32, 3), 100)) == count, name
+    assert _trainable(model_registry.build(name, (32, 32, 3), 100)) == count, name
 
 
 def test_cifar_family_taps_and_grayscale_inputs():
-  model = models.build("shufflenetv2", (28, 28, 1), 10)
+  model = model_registry.build("shufflenetv2", (28, 28, 1), 10)
   assert [l.name for l in model.layers if l.name.startswith("stage")] == [
       "stage1", "stage2", "stage3"]
   assert model.get_layer("pooled").output.shape[-1] == 1024
-  assert models.build("wrn_16_2", (28, 28, 1), 10).get_layer("stage3").output.shape[1:] == (
+  assert model_registry.build("wrn_16_2", (28, 28, 1), 10).get_layer("stage3").output.shape[1:] == (
       7, 7, 128)
 
 
 def test_shufflenet_saves_and_loads_with_safe_mode(tmp_path):
   import keras  # pylint: disable=g-import-not-at-top
-  model = models.build("shufflenetv2", (28, 28, 1), 10, width=8)
+  model = model_registry.build("shufflenetv2", (28, 28, 1), 10, width=8)
   path = str(tmp_path / "m.keras")
   model.save(path)
   loaded = keras.models.load_model(path, safe_mode=True, compile=False)

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_research import runs
-from kd_research import models
-from kd_research import optimizers
-from kd_research import schedules
-from kd_research import objectives
-from kd_research import steps
+from kd_research.train import runs
+from kd_research.models import registry as model_registry
+from kd_research.train import optimizers
+from kd_research.common import schedules
+from kd_research.methods import base
+from kd_research.train import steps
 from conftest import tiny_config
 from test_loop import read_scalars, weights_of
 
@@ -35,7 +35,7 @@ def test_overflow_step_is_skipped_and_scale_halved(strategy_factory, float16_pol
   labels = rng.integers(0, 3, 16).astype(np.int32)
   with strategy.scope():
     keras.utils.set_random_seed(0)
-    model = models.build("mlp", (4, 4, 1), 3, width=8)
+    model = model_registry.build("mlp", (4, 4, 1), 3, width=8)
     opt = optimizers.make_optimizer(tiny_config().optimizer, schedules.Schedule("constant", 1, 1e-2),
                               loss_scale=(2.0 ** 100, 1000))
     opt.build(model.trainable_variables)
@@ -44,7 +44,7 @@ def test_overflow_step_is_skipped_and_scale_halved(strategy_factory, float16_pol
   ds = strategy.experimental_distribute_dataset(
       tf.data.Dataset.from_tensors({"image": images, "label": labels}).repeat())
   iterator = iter(ds)
-  objective = objectives.Objective()
+  objective = base.Objective()
   layout = steps.train_layout(objective.terms_names)
   run = steps.make_train_loop(strategy, model, opt, step, 16, objective)
   before = [w.numpy().copy() for w in model.trainable_weights]

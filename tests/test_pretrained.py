@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_research import runs
-from kd_research import models
-from kd_research import pretrained
-from kd_research import objectives
-from kd_research import steps as steps_lib
-from kd_research.errors import UserError
+from kd_research.train import runs
+from kd_research.models import registry as model_registry
+from kd_research.models import pretrained
+from kd_research.methods import base
+from kd_research.train import steps as steps_lib
+from kd_research.common.errors import UserError
 from conftest import tiny_config, load_experiment
 
 DEFAULT = tf.distribute.get_strategy()
@@ -20,7 +20,7 @@ DEFAULT = tf.distribute.get_strategy()
 
 @pytest.mark.parametrize("name", ["resnet50", "mobilenetv2", "efficientnetb0"])
 def test_application_teachers_build_at_small_size(name):
-  model = models.build(name, (28, 28, 1), 10, image_size=32)
+  model = model_registry.build(name, (28, 28, 1), 10, image_size=32)
   out = model(np.random.default_rng(0).uniform(0, 255, (2, 28, 28, 1)).astype(np.float32))
   assert out.shape == (2, 10) and out.dtype == "float32"
   assert model.get_layer(pretrained.BACKBONE_NAME).input_shape[1:] == (32, 32, 3)
@@ -46,14 +46,14 @@ def _finetune_steps(model, phase, unfreeze_top, freeze_bn, steps=2):
   ds = tf.data.Dataset.from_tensors(batch).repeat()
   before = _snapshot(model)
   step = tf.Variable(0, dtype=tf.int64)
-  steps_lib.make_train_loop(DEFAULT, model, opt, step, 16, objectives.Objective())(
+  steps_lib.make_train_loop(DEFAULT, model, opt, step, 16, base.Objective())(
       iter(ds), tf.constant(steps))
   return _changed(before, model)
 
 
 def test_head_then_top_blocks_fine_tuning(tmp_path):
   keras.utils.set_random_seed(0)
-  model = models.build("mobilenetv2", (28, 28, 1), 10, image_size=32)
+  model = model_registry.build("mobilenetv2", (28, 28, 1), 10, image_size=32)
   backbone = model.get_layer(pretrained.BACKBONE_NAME)
   top = {w.path for layer in backbone.layers[-12:] for w in layer.weights}
   head = {w.path for w in model.get_layer("logits").weights}
@@ -65,7 +65,7 @@ def test_head_then_top_blocks_fine_tuning(tmp_path):
   path = str(tmp_path / "backbone.weights.h5")
   backbone.save_weights(path)
   keras.utils.set_random_seed(1)
-  tuned = models.build("mobilenetv2", (28, 28, 1), 10, image_size=32, weights=path)
+  tuned = model_registry.build("mobilenetv2", (28, 28, 1), 10, image_size=32, weights=path)
   head = {w.path for w in tuned.get_layer("logits").weights}
   changed = _finetune_steps(tuned, "head", 12, freeze_bn=True)
   assert changed and changed <= head  # Head-only warm-up.
@@ -102,10 +102,10 @@ def test_imagenet_weights_offline_fail_fast(monkeypatch):
   monkeypatch.setattr("keras.src.utils.file_utils.get_file", no_network)
   monkeypatch.setenv("KERAS_HOME", "/nonexistent-keras-home")
   with pytest.raises(UserError, match="weights='imagenet' need a download"):
-    models.build("mobilenetv2", (28, 28, 1), 10, image_size=32, weights="imagenet")
+    model_registry.build("mobilenetv2", (28, 28, 1), 10, image_size=32, weights="imagenet")
   assert len(attempts) == 1  # Fails on the first refused download: no retry loop.
   with pytest.raises(UserError, match="does not exist"):
-    models.build("mobilenetv2", (28, 28, 1), 10, image_size=32, weights="/no/such.h5")
+    model_registry.build("mobilenetv2", (28, 28, 1), 10, image_size=32, weights="/no/such.h5")
 
 
 def test_local_weights_file(tmp_path):
@@ -114,7 +114,7 @@ def test_local_weights_file(tmp_path):
                                           input_shape=(32, 32, 3), pooling="avg")
   path = str(tmp_path / "mobilenet_notop.weights.h5")
   source.save_weights(path)
-  model = models.build("mobilenetv2", (28, 28, 1), 10, image_size=32, weights=path)
+  model = model_registry.build("mobilenetv2", (28, 28, 1), 10, image_size=32, weights=path)
   backbone = model.get_layer(pretrained.BACKBONE_NAME)
   for a, b in zip(source.weights, backbone.weights):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -128,8 +128,8 @@ def test_head_epochs_needs_an_application():
 
 
 def test_application_teachers_expose_stage_taps_after_save_and_load(tmp_path):
-  from kd_research import taps  # pylint: disable=g-import-not-at-top
-  model = models.build("mobilenetv2", (28, 28, 1), 10, image_size=32)
+  from kd_research.models import taps  # pylint: disable=g-import-not-at-top
+  model = model_registry.build("mobilenetv2", (28, 28, 1), 10, image_size=32)
   path = str(tmp_path / "app.keras")
   model.save(path)
   loaded = keras.models.load_model(path, safe_mode=True, compile=False)

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_research import data_sources
-from kd_research import io_utils
-from kd_research import runs
-from kd_research import teachers as teachers_lib
-from kd_research.errors import UserError
+from kd_research.data import sources
+from kd_research.common import fileio
+from kd_research.train import runs
+from kd_research.train import teachers as teachers_lib
+from kd_research.common.errors import UserError
 from conftest import REPO, tiny_config
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -123,7 +123,7 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
   with open(os.path.join(workdir, "config.json")) as f:
     identity = json.load(f)
   identity["model"]["width"] = 64  # Pretend the run was configured with a wider model.
-  io_utils.atomic_write_json(os.path.join(workdir, "config.json"), identity)
+  fileio.atomic_write_json(os.path.join(workdir, "config.json"), identity)
   config = tiny_config(**{"student.epochs": 1, "student.width": 64})
   with pytest.raises(UserError, match="does not fit the configured mlp model"):
     runs.train_and_evaluate(config, workdir, "student", DEFAULT)
@@ -142,7 +142,7 @@ def test_unreadable_data_and_unwritable_workdir(tmp_path, monkeypatch):
   monkeypatch.setattr("builtins.open", deny)
   monkeypatch.setattr("gzip.open", deny)
   with pytest.raises(UserError, match="permission denied"):
-    data_sources.load("mnist", str(tmp_path / "d"))
+    sources.load("mnist", str(tmp_path / "d"))
   monkeypatch.undo()
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
@@ -152,14 +152,14 @@ def test_unreadable_data_and_unwritable_workdir(tmp_path, monkeypatch):
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
   path = str(tmp_path / "results.json")
-  io_utils.atomic_write_json(path, {"ok": 1})
+  fileio.atomic_write_json(path, {"ok": 1})
 
   class Boom:
     def __str__(self):
       raise RuntimeError("interrupted mid-write")
 
   with pytest.raises(RuntimeError):
-    io_utils.atomic_write_json(path, {"bad": Boom()})
+    fileio.atomic_write_json(path, {"bad": Boom()})
   assert json.load(open(path)) == {"ok": 1}
   assert os.listdir(tmp_path) == ["results.json"]
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_research import schedules
-from kd_research.errors import UserError
+from kd_research.common import schedules
+from kd_research.common.errors import UserError
 
 STEPS = np.array([0, 1, 17, 50, 99, 100, 150])
 TOTAL = 100

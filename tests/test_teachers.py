@@ -11,11 +11,11 @@ import pytest
 import tensorflow as tf
 
 from kd_research import config as config_lib
-from kd_research import metrics
-from kd_research import runs
+from kd_research.common import metrics
+from kd_research.train import runs
 from kd_research import pipeline
-from kd_research import teacher_cache
-from kd_research.errors import UserError
+from kd_research.train import teacher_cache
+from kd_research.common.errors import UserError
 from conftest import tiny_config, load_experiment
 
 DEFAULT = tf.distribute.get_strategy()
@@ -64,8 +64,8 @@ def test_teacher_report_matches_numpy(multi_run):
     assert report["test"]["accuracy"][k] == pytest.approx(results[stage]["test_accuracy"],
                                                           abs=1e-9)
   # The ensemble and agreement from the teachers' saved models, in NumPy.
-  from kd_research import data
-  splits = data.load_splits(tiny_config())
+  from kd_research.data import datasets
+  splits = datasets.load_splits(tiny_config())
   images, labels = splits.test
   probs = []
   for stage in ("teacher", "teacher_b", "teacher_c"):
@@ -120,7 +120,7 @@ def test_cache_refuses_random_augmentation(multi_run, tmp_path):
 
 
 def test_stale_or_corrupt_cache_is_rebuilt(multi_run, tmp_path):
-  from kd_research import teachers as teachers_lib
+  from kd_research.train import teachers as teachers_lib
   workdir = multi_run[0]
   path = os.path.join(workdir, "teacher", "model.keras")
   ensemble = teachers_lib.load([path], (28, 28, 1), 10)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_research import data
-from kd_research import objectives
-from kd_research import runs
-from kd_research.errors import UserError
+from kd_research.data import datasets
+from kd_research.methods import base
+from kd_research.train import runs
+from kd_research.common.errors import UserError
 from conftest import tiny_config
 from test_loop import read_scalars
 
@@ -17,23 +17,23 @@ DEFAULT = tf.distribute.get_strategy()
 
 
 def test_labelled_mask_counts_fractions_and_is_fixed_by_seed():
-  mask = data.labelled_mask(1000, count=37, seed=3)
+  mask = datasets.labelled_mask(1000, count=37, seed=3)
   assert mask.sum() == 37 and set(np.unique(mask)) == {0.0, 1.0}
-  np.testing.assert_array_equal(mask, data.labelled_mask(1000, count=37, seed=3))
-  assert not np.array_equal(mask, data.labelled_mask(1000, count=37, seed=4))
-  assert data.labelled_mask(1000, fraction=0.1).sum() == 100
-  assert data.labelled_mask(10).sum() == 10  # Nothing set: every example is labelled.
+  np.testing.assert_array_equal(mask, datasets.labelled_mask(1000, count=37, seed=3))
+  assert not np.array_equal(mask, datasets.labelled_mask(1000, count=37, seed=4))
+  assert datasets.labelled_mask(1000, fraction=0.1).sum() == 100
+  assert datasets.labelled_mask(10).sum() == 10  # Nothing set: every example is labelled.
   with pytest.raises(UserError, match="not both"):
-    data.labelled_mask(10, count=2, fraction=0.5)
+    datasets.labelled_mask(10, count=2, fraction=0.5)
   with pytest.raises(UserError, match=r"count=20 must be in \[1, 10\]"):
-    data.labelled_mask(10, count=20)
+    datasets.labelled_mask(10, count=20)
 
 
 def test_cross_entropy_only_where_a_label_exists():
   logits = tf.constant(np.random.default_rng(0).normal(size=(4, 3)), tf.float32)
   batch = {"label": tf.constant([0, 1, 2, 0]), "labelled": tf.constant([1.0, 0.0, 1.0, 0.0])}
-  full = objectives.labelled_cross_entropy({"label": batch["label"]}, logits).numpy()
-  masked = objectives.labelled_cross_entropy(batch, logits).numpy()
+  full = base.labelled_cross_entropy({"label": batch["label"]}, logits).numpy()
+  masked = base.labelled_cross_entropy(batch, logits).numpy()
   np.testing.assert_allclose(masked, full * [1, 0, 1, 0])
 
 

@@ -1,0 +1,72 @@
+"""Atomic file writes and checked reads: an interrupted write never leaves a truncated file."""
+
+import json
+import os
+import shutil
+import tempfile
+
+from kd_research.common.errors import UserError
+
+
+def atomic_write_text(path, text):
+  """Writes ``text`` to a temporary file in the same directory, fsyncs, then renames."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".")
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def atomic_write_json(path, obj):
+  """JSON version of ``atomic_write_text`` (sorted keys, indented)."""
+  atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path):
+  """Reads a JSON file; a corrupt file is a UserError naming it."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise UserError(f"{path} is corrupt ({e}); delete it or rerun with --overwrite.")
+
+
+def atomic_save_dir(path, write_fn):
+  """Calls ``write_fn(tmp_dir)`` then renames ``tmp_dir`` to ``path`` (replacing it)."""
+  tmp = path + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  write_fn(tmp)
+  shutil.rmtree(path, ignore_errors=True)
+  os.replace(tmp, path)
+
+
+def check_writable(directory):
+  """Creates ``directory`` if needed and fails clearly when it cannot be written."""
+  try:
+    os.makedirs(directory, exist_ok=True)
+    probe = tempfile.NamedTemporaryFile(dir=directory, prefix=".write_test", delete=True)
+    probe.close()
+  except OSError as e:
+    raise UserError(f"Workdir {directory} cannot be written ({e.strerror}); choose another "
+                    "--workdir.")
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def portable_command(command, root=REPO_ROOT):
+  """``command`` with every absolute path below ``root`` made relative to ``root``.
+
+  Commands recorded in a run (command.txt) and quoted in generated reports must work in
+  any clone: ``--workdir=/home/me/kd/runs/x`` becomes ``--workdir=runs/x``.
+  """
+  prefix = os.path.abspath(root).rstrip(os.sep) + os.sep
+  return command.replace(prefix, "")

@@ -1,0 +1,168 @@
+"""Batch augmentation that teacher and student see alike, independent of the replica count.
+
+Augmentation runs in the input pipeline on each replica's batch, so the teacher
+and the student are called on the very same augmented images. All randomness is
+drawn with stateless RNGs keyed on (seed, global step) over the *global* batch
+and then gathered at each example's position in it: the augmented batch of a
+step is identical for 1, 2 or 4 replicas and after a resume.
+
+Ops (``config.augment.ops``, comma-separated, applied in this order):
+  flip     horizontal flip with probability 1/2
+  crop     pad by ``crop_padding`` (zeros) and crop back at a random offset
+  rotate   rotation by a uniform angle in [-rotation_degrees, rotation_degrees]
+  cutout   zero a ``cutout_size`` square at a random centre (may overlap the border)
+  mixup    x = lam x_i + (1 - lam) x_j, lam ~ Beta(mixup_alpha, mixup_alpha); labels mixed
+  cutmix   paste a box of x_j into x_i (area 1 - lam, lam ~ Beta(cutmix_alpha, ...))
+Mixing partners are neighbouring positions (0<->1, 2<->3, ...) of the shuffled
+global batch, which stay on one replica whenever the per-replica batch is even.
+"""
+
+import math
+
+import tensorflow as tf
+
+from kd_research.common.errors import UserError
+
+OPS = ("flip", "crop", "rotate", "cutout", "mixup", "cutmix")
+MIXING = ("mixup", "cutmix")
+
+
+def parse_ops(text):
+  """('flip', 'crop') or 'flip,crop' -> ('flip', 'crop'); unknown names raise UserError."""
+  if not isinstance(text, str):  # A tuple of op names (the config's form).
+    text = ",".join(text)
+  ops = tuple(o.strip() for o in text.split(",") if o.strip())
+  for op in ops:
+    if op not in OPS:
+      raise UserError(f"Unknown augmentation {op!r} in config.augment.ops; valid: "
+                      f"{', '.join(OPS)}.")
+  if len(set(ops) & set(MIXING)) > 1:
+    raise UserError("config.augment.ops may contain only one of mixup, cutmix.")
+  return ops
+
+
+def validate(cfg, input_shape, per_replica_batch):
+  """Checks the augmentation parameters against the image size and the batch split."""
+  ops = parse_ops(cfg.ops)
+  height, width = input_shape[:2]
+  if "crop" in ops and not 0 < cfg.crop_padding < min(height, width):
+    raise UserError(f"config.augment.crop_padding must be in [1, {min(height, width) - 1}], "
+                    f"got {cfg.crop_padding}.")
+  if "rotate" in ops and not 0 < cfg.rotation_degrees <= 180:
+    raise UserError(f"config.augment.rotation_degrees must be in (0, 180], "
+                    f"got {cfg.rotation_degrees}.")
+  if "cutout" in ops and not 0 < cfg.cutout_size <= min(height, width):
+    raise UserError(f"config.augment.cutout_size must be in [1, {min(height, width)}] for "
+                    f"{height}x{width} images, got {cfg.cutout_size}.")
+  for op, alpha in (("mixup", cfg.mixup_alpha), ("cutmix", cfg.cutmix_alpha)):
+    if op in ops and alpha <= 0:
+      raise UserError(f"config.augment.{op}_alpha must be > 0, got {alpha}.")
+  if set(ops) & set(MIXING) and per_replica_batch % 2:
+    raise UserError(f"{'/'.join(set(ops) & set(MIXING))} pairs neighbouring examples and needs "
+                    f"an even per-replica batch, got {per_replica_batch}.")
+  return ops
+
+
+def _uniform(seed, step, salt, shape):
+  key = tf.stack([tf.cast(seed, tf.int64) * 1000003 + salt, tf.cast(step, tf.int64)])
+  return tf.random.stateless_uniform(shape, seed=key)
+
+
+def _beta(seed, step, salt, n, alpha):
+  key_a = tf.stack([tf.cast(seed, tf.int64) * 1000003 + salt, tf.cast(step, tf.int64)])
+  key_b = key_a + tf.constant([7919, 0], tf.int64)
+  a = tf.random.stateless_gamma([n], seed=key_a, alpha=alpha)
+  b = tf.random.stateless_gamma([n], seed=key_b, alpha=alpha)
+  return a / (a + b)
+
+
+def _flip(images, u):
+  return tf.where(u[:, None, None, None] < 0.5, tf.reverse(images, axis=[2]), images)
+
+
+def _crop(images, u_y, u_x, padding):
+  n, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
+  padded = tf.pad(images, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
+  off_y = tf.floor(u_y * (2 * padding + 1))
+  off_x = tf.floor(u_x * (2 * padding + 1))
+  hp, wp = float(height + 2 * padding - 1), float(width + 2 * padding - 1)
+  boxes = tf.stack([off_y / hp, off_x / wp, (off_y + height - 1) / hp,
+                    (off_x + width - 1) / wp], axis=1)
+  return tf.image.crop_and_resize(padded, boxes, tf.range(n), (height, width), method="nearest")
+
+
+def _rotate(images, u, degrees):
+  height, width = images.shape[1], images.shape[2]
+  angle = (2.0 * u - 1.0) * degrees * math.pi / 180.0
+  cy, cx = (height - 1) / 2.0, (width - 1) / 2.0
+  cos, sin = tf.cos(angle), tf.sin(angle)
+  # Output pixel (x, y) samples input at R^-1 (x - c) + c (projective transform rows a0..b2).
+  transforms = tf.stack([cos, -sin, cx - cos * cx + sin * cy,
+                         sin, cos, cy - sin * cx - cos * cy,
+                         tf.zeros_like(u), tf.zeros_like(u)], axis=1)
+  return tf.raw_ops.ImageProjectiveTransformV3(
+      images=images, transforms=transforms, output_shape=[height, width], fill_value=0.0,
+      interpolation="BILINEAR", fill_mode="CONSTANT")
+
+
+def _box_mask(height, width, cy, cx, size_y, size_x):
+  """[B, H, W, 1] mask, 1 inside the box centred at (cy, cx) of the given sizes."""
+  ys = tf.range(height, dtype=tf.float32)[None, :, None]
+  xs = tf.range(width, dtype=tf.float32)[None, None, :]
+  inside = ((tf.abs(ys - cy[:, None, None]) < size_y[:, None, None] / 2) &
+            (tf.abs(xs - cx[:, None, None]) < size_x[:, None, None] / 2))
+  return tf.cast(inside, tf.float32)[..., None]
+
+
+def _cutout(images, u_y, u_x, size):
+  height, width = images.shape[1], images.shape[2]
+  sizes = tf.fill(tf.shape(u_y), float(size))
+  mask = _box_mask(height, width, tf.floor(u_y * height), tf.floor(u_x * width), sizes, sizes)
+  return images * (1.0 - mask)
+
+
+def _partners(n):
+  return tf.bitwise.bitwise_xor(tf.range(n), 1)
+
+
+def augment_batch(batch, ops, cfg, seed, num_classes, global_batch_size):
+  """Augments one replica's batch dict in place of 'image' (and 'label' for mixing ops).
+
+  ``batch`` holds 'image' [b, H, W, C] float32, 'label' [b], 'step' [b] and the
+  example's 'position' in the global batch [b]. Random numbers are drawn for the
+  whole global batch (``global_batch_size``) and gathered at the positions.
+  """
+  images, labels = batch["image"], batch["label"]
+  step, pos = batch["step"][0], batch["position"]
+  n_global = global_batch_size
+
+  def draw(salt):
+    return tf.gather(_uniform(seed, step, salt, [n_global]), pos)
+
+  if "flip" in ops:
+    images = _flip(images, draw(1))
+  if "crop" in ops:
+    images = _crop(images, draw(2), draw(3), cfg.crop_padding)
+  if "rotate" in ops:
+    images = _rotate(images, draw(4), cfg.rotation_degrees)
+  if "cutout" in ops:
+    images = _cutout(images, draw(5), draw(6), cfg.cutout_size)
+  out = dict(batch, image=images)
+  mixing = [op for op in ops if op in MIXING]
+  if mixing:
+    one_hot = tf.one_hot(labels, num_classes, dtype=tf.float32)
+    partner = _partners(tf.shape(images)[0])
+    alpha = cfg.mixup_alpha if mixing[0] == "mixup" else cfg.cutmix_alpha
+    lam = tf.gather(_beta(seed, step, 7, n_global, alpha), pos)
+    if mixing[0] == "mixup":
+      lam4 = lam[:, None, None, None]
+      out["image"] = lam4 * images + (1.0 - lam4) * tf.gather(images, partner)
+    else:
+      height, width = images.shape[1], images.shape[2]
+      cut = tf.sqrt(1.0 - lam)
+      mask = _box_mask(height, width, tf.floor(draw(8) * height), tf.floor(draw(9) * width),
+                       cut * height, cut * width)
+      out["image"] = images * (1.0 - mask) + tf.gather(images, partner) * mask
+      lam = 1.0 - tf.reduce_mean(mask, axis=[1, 2, 3])  # The area actually pasted.
+    out["label"] = lam[:, None] * one_hot + (1.0 - lam[:, None]) * tf.gather(one_hot, partner)
+  return out

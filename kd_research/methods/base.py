@@ -1,0 +1,294 @@
+"""The objective seam and the base classes every distillation method builds on.
+
+An objective maps (batch, student outputs, teacher outputs, step) to a dict of
+per-example float32 tensors with at least ``total``; the step averages ``total`` over
+the global batch and logs every term as ``train/loss_<name>``. Student outputs are
+{'logits': [B, C], 'features': {tap: tensor}}; teacher outputs are {'logits': [K, B, C],
+'features': [{tap: tensor} for each of the K teachers]} (features only when the
+objective names taps). An objective may own variables (connectors, embedding heads,
+memory banks): they train with the student, live in its checkpoint and are left out of
+the exported model.
+
+A method is one module of this package holding one ``Method`` subclass decorated with
+``@register``: its name, its defaults (``config.distill.<name>``) with their source, how
+it builds itself from the config (``from_config``) and its loss. ``registry.py`` finds
+the modules; nothing else lists methods.
+"""
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from kd_research.common.errors import UserError
+from kd_research.methods import losses
+from kd_research.models import taps as taps_lib
+
+REGISTERED = {}  # name -> Method subclass, filled by @register
+
+
+def register(cls):
+  """Class decorator: makes ``cls`` (a Method with a unique ``name``) selectable by name."""
+  if cls.name in REGISTERED and REGISTERED[cls.name] is not cls:
+    raise ValueError(f"two methods are named {cls.name!r}: {REGISTERED[cls.name]} and {cls}")
+  REGISTERED[cls.name] = cls
+  return cls
+
+
+@dataclasses.dataclass
+class TrainingSet:
+  """What the training array looks like to a method that indexes it (CRD): its size,
+  labels (None when the transfer set hides some), the global batch size and the seed."""
+  num_examples: int
+  labels: Optional[np.ndarray]
+  global_batch_size: int
+  seed: int
+
+
+@dataclasses.dataclass
+class BuildContext:
+  """Everything a method may read when it is built for a run."""
+  distill: object          # config.distill (the method's own section: distill[name])
+  student: object          # the student model (taps by layer name)
+  teacher: object          # the first teacher model (every teacher has the same taps)
+  teacher_weights: list    # normalised per-teacher weights
+  steps_per_epoch: int
+  distill_steps: int
+  training_set: Optional[TrainingSet] = None
+
+  def section(self, name):
+    return self.distill[name]
+
+  def tap_pair(self, section):
+    """[(student tap, teacher tap)] from the section's student_tap / teacher_tap."""
+    return [(taps_lib.resolve(self.student, section.student_tap, "student"),
+             taps_lib.resolve(self.teacher, section.teacher_tap, "teacher"))]
+
+
+def f32(x):
+  return tf.cast(x, tf.float32)
+
+
+def flatten(x):
+  """[B, ...] -> [B, D] in float32."""
+  x = f32(x)
+  return tf.reshape(x, [tf.shape(x)[0], -1])
+
+
+def kl_rows(p, log_q):
+  """sum_c p log p - p log q per row, with 0 log 0 = 0."""
+  return tf.reduce_sum(tf.math.xlogy(p, p) - p * log_q, -1)
+
+
+def gather_global(x):
+  """(x over the global batch, this replica's offset in it): an all-gather across replicas,
+  so that relational losses compare every example of the global batch."""
+  ctx = tf.distribute.get_replica_context()
+  if ctx is None or ctx.num_replicas_in_sync == 1:
+    return x, 0
+  return ctx.all_gather(x, axis=0), ctx.replica_id_in_sync_group * tf.shape(x)[0]
+
+
+def global_mean(x):
+  """Mean of every element of x over the global batch (an all-reduce across replicas)."""
+  ctx = tf.distribute.get_replica_context()
+  total, count = tf.reduce_sum(x), tf.cast(tf.size(x), tf.float32)
+  if ctx is not None and ctx.num_replicas_in_sync > 1:
+    total, count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [total, count])
+  return total / count
+
+
+def labelled_cross_entropy(batch, logits):
+  """Per-example CE, 0 for the transfer set's unlabelled images (batch['labelled'] = 0)."""
+  ce = losses.cross_entropy(logits, batch["label"])
+  return ce * batch["labelled"] if "labelled" in batch else ce
+
+
+class Objective:
+  """Base class: labels-only training with per-example cross-entropy (no teacher)."""
+
+  name = "labels"
+  terms_names = ("total", "ce")
+  needs_teacher = False
+  student_taps = ()   # layer names whose outputs the objective reads (student)
+  teacher_taps = ()   # and on every teacher
+
+  @property
+  def trainable_variables(self):
+    """Variables the objective owns and trains with the student (none here)."""
+    return []
+
+  @property
+  def variables(self):
+    """Every variable the objective owns (with BatchNorm statistics): checkpointed."""
+    return []
+
+  def build(self, student_shapes, teacher_shapes):
+    """Creates the objective's variables for the taps' shapes ({tap: shape}; per teacher)."""
+    del student_shapes, teacher_shapes
+
+  def terms(self, batch, student, teacher, step):
+    """{term: [B] float32} for the local batch (see the module docstring for the inputs)."""
+    del teacher, step
+    ce = labelled_cross_entropy(batch, student["logits"])
+    return {"total": ce, "ce": ce}
+
+  def scalars(self, step):
+    """Scalar hyper-parameters at ``step`` to log as train/<name> (none here)."""
+    del step
+    return {}
+
+  def first_stage(self):
+    """(objective, epochs) of a stage that runs before this one (FitNets' hint), or None."""
+    return None
+
+
+class Method(Objective):
+  """A registered distillation method. Subclasses set the class attributes and
+  ``from_config``; ``order`` places it in a combination ('kd,at'): logit methods first,
+  since the first part's CE weight is the one that counts."""
+
+  needs_teacher = True
+  kind = "logit"        # 'logit' or 'feature' (reads intermediate features)
+  order = 100           # position in a combination and in listings
+  defaults = None       # config.distill.<name> (None: the method has no section)
+  reference = ""        # where the defaults come from
+
+  @classmethod
+  def from_config(cls, ctx):
+    """The method for one run, from ``ctx.distill`` (a BuildContext)."""
+    raise NotImplementedError
+
+  @classmethod
+  def reads_teacher_maps(cls, section):
+    """Whether it reads teacher feature maps (which the teacher-output cache does not hold)."""
+    del section
+    return False
+
+  @classmethod
+  def validate(cls, distill, where, active, student_epochs):
+    """Checks config.distill for this method before any run starts (UserError)."""
+    del distill, where, active, student_epochs
+
+
+class TeacherWeighted(Method):
+  """Methods beyond KD: ce_weight * CE + weight * (teacher-weighted method loss)."""
+
+  def __init__(self, weight, ce_weight, teacher_weights):
+    self.weight, self.ce_weight, self.teacher_weights = weight, ce_weight, teacher_weights
+
+  @property
+  def terms_names(self):
+    return ("total", self.name, "ce")
+
+  def method_loss(self, batch, student, teacher, k, step):
+    """The method's per-example loss against teacher ``k``."""
+    raise NotImplementedError
+
+  def terms(self, batch, student, teacher, step):
+    ce = labelled_cross_entropy(batch, student["logits"])
+    method = tf.add_n([w * self.method_loss(batch, student, teacher, k, step)
+                       for k, w in enumerate(self.teacher_weights)])
+    return {"total": self.ce_weight * ce + self.weight * method, self.name: method, "ce": ce}
+
+
+class FeatureMethod(TeacherWeighted):
+  """A method on tapped features: ``pairs`` of (student tap, teacher tap), the same tap
+  names on every teacher."""
+
+  kind = "feature"
+
+  def __init__(self, weight, ce_weight, teacher_weights, pairs):
+    super().__init__(weight, ce_weight, teacher_weights)
+    self.pairs = tuple(pairs)
+    self.student_taps = tuple(dict.fromkeys(s for s, _ in self.pairs))
+    self.teacher_taps = tuple(dict.fromkeys(t for _, t in self.pairs))
+
+  @classmethod
+  def reads_teacher_maps(cls, section):
+    return section.teacher_tap != "pooled"
+
+
+class RelationalMethod(FeatureMethod):
+  """A feature method that relates the examples of the global batch to each other on one
+  (student tap, teacher tap) pair: subclasses implement ``relation``."""
+
+  def relation(self, s_local, t_local, s_global, t_global, offset):
+    """Per-example loss of the local rows, which are global rows offset, offset + 1, ..."""
+    raise NotImplementedError
+
+  def method_loss(self, batch, student, teacher, k, step):
+    (s_tap, t_tap), = self.pairs
+    s, t = student["features"][s_tap], teacher["features"][k][t_tap]
+    s_global, offset = gather_global(s)
+    t_global, _ = gather_global(t)
+    return self.relation(s, t, s_global, t_global, offset)
+
+  @classmethod
+  def from_config(cls, ctx):
+    section = ctx.section(cls.name)
+    return cls(section.weight, ctx.distill.ce_weight, ctx.teacher_weights,
+               ctx.tap_pair(section))
+
+
+class Combined(Objective):
+  """Several objectives' terms added: total = sum of totals, minus the repeated CE terms
+  (each method's CE weight counts once: the first objective's)."""
+
+  def __init__(self, parts):
+    self.parts = tuple(parts)
+    self.name = "+".join(p.name for p in self.parts)
+    self.needs_teacher = any(p.needs_teacher for p in self.parts)
+    self.student_taps = tuple(dict.fromkeys(t for p in self.parts for t in p.student_taps))
+    self.teacher_taps = tuple(dict.fromkeys(t for p in self.parts for t in p.teacher_taps))
+    self.terms_names = term_layout(self.parts)
+
+  @property
+  def trainable_variables(self):
+    return [v for p in self.parts for v in p.trainable_variables]
+
+  @property
+  def variables(self):
+    return [v for p in self.parts for v in p.variables]
+
+  def build(self, student_shapes, teacher_shapes):
+    for part in self.parts:
+      part.build(student_shapes, teacher_shapes)
+
+  def terms(self, batch, student, teacher, step):
+    out = {}
+    for index, part in enumerate(self.parts):
+      terms = part.terms(batch, student, teacher, step)
+      total = terms.pop("total")
+      if index:  # Later parts add their method term only; the CE counts once.
+        total = total - part_ce_weight(part) * terms["ce"]
+      out["total"] = out.get("total", 0.0) + total
+      out.update({k: v for k, v in terms.items() if k not in out})
+    return out
+
+  def scalars(self, step):
+    return {k: v for part in self.parts for k, v in part.scalars(step).items()}
+
+  def first_stage(self):
+    stages = [s for s in (p.first_stage() for p in self.parts) if s is not None]
+    return stages[0] if stages else None
+
+
+def part_ce_weight(part):
+  """The CE weight inside a part's total ((1 - alpha) is not constant for KD: refused)."""
+  return getattr(part, "ce_weight", 0.0)
+
+
+def term_layout(objectives):
+  """The union of the objectives' term names, in first-seen order ('total' first)."""
+  names = []
+  for objective in objectives:
+    names += [n for n in objective.terms_names if n not in names]
+  return tuple(names)
+
+
+def require(condition, message):
+  """Raises UserError(message) unless ``condition``: for methods' config checks."""
+  if not condition:
+    raise UserError(message)

@@ -1,0 +1,100 @@
+"""The distillation methods by name: every module of this package that registers a Method.
+
+``--config.distill.method=NAME`` (or several, comma-separated: ``kd,at``) picks them; each
+method's hyper-parameters live in ``config.distill.<name>`` (its ``defaults``, with their
+source in ``reference``). Methods beyond KD add ``weight * loss`` to ``ce_weight * CE``;
+with ``kd`` in the list, KD's own ``alpha`` weighs its CE term instead.
+``logit_standardization`` modifies kd and dkd.
+
+A method is found by importing the package's modules (plug-ins by registration: a new
+file with a ``@base.register`` class is a new method; nothing here changes).
+"""
+
+import importlib
+import pkgutil
+
+import ml_collections
+
+from kd_research.common.errors import UserError
+from kd_research.methods import base
+from kd_research.models import taps as taps_lib
+
+_PACKAGE = "kd_research.methods"
+
+
+def methods():
+  """{name: Method class} of every registered method, in combination order."""
+  package = importlib.import_module(_PACKAGE)
+  for module in pkgutil.iter_modules(package.__path__):
+    importlib.import_module(f"{_PACKAGE}.{module.name}")
+  return dict(sorted(base.REGISTERED.items(), key=lambda item: (item[1].order, item[0])))
+
+
+def names():
+  """Every method's name, logit methods first."""
+  return tuple(methods())
+
+
+def get(name):
+  """The Method class called ``name`` (UserError listing the valid names otherwise)."""
+  return methods()[parse(name)[0]]
+
+
+def defaults():
+  """config.distill's per-method sections (each method's ``defaults``)."""
+  d = ml_collections.ConfigDict()
+  for name, cls in methods().items():
+    if cls.defaults is not None:
+      d[name] = dict(cls.defaults)
+  return d
+
+
+def parse(method):
+  """'kd,at' -> ('kd', 'at') in combination order; unknown names raise UserError."""
+  known = names()
+  requested = tuple(n.strip() for n in str(method).split(",") if n.strip())
+  bad = [n for n in requested if n not in known]
+  if not requested or bad:
+    raise UserError(f"config.distill.method={method!r}: unknown method(s) {bad or requested}; "
+                    f"valid: {', '.join(known)} (several: comma-separated, e.g. kd,at; logit "
+                    "standardization: config.distill.logit_standardization=true with kd or dkd).")
+  if "kd" in requested and "dkd" in requested:
+    raise UserError("config.distill.method: kd and dkd both distil the logits; pick one.")
+  return tuple(sorted(requested, key=known.index))
+
+
+def needs_features(method):
+  """Whether the methods read intermediate features."""
+  registered = methods()
+  return any(registered[n].kind == "feature" for n in parse(method))
+
+
+def uncacheable(distill):
+  """The configured methods that read teacher feature maps (the cache holds logits and the
+  vector feature 'pooled' only)."""
+  registered = methods()
+  return [n for n in parse(distill.method)
+          if registered[n].reads_teacher_maps(distill[n] if n in distill else None)]
+
+
+def validate(distill, where, student_epochs):
+  """Every method's own config checks (active or not: a stray section is an error too)."""
+  active = set(parse(distill.method))
+  for name, cls in methods().items():
+    cls.validate(distill, where, name in active, student_epochs)
+
+
+def build(distill, method_names, context):
+  """The objective of the distillation phase for ``method_names`` (see ``parse``)."""
+  registered = methods()
+  parts = [registered[name].from_config(context) for name in method_names]
+  return parts[0] if len(parts) == 1 else base.Combined(parts)
+
+
+def build_variables(objective, student, ensemble):
+  """Creates the objective's variables for the taps' shapes; returns all of them."""
+  student_shapes = {t: taps_lib.shape(student, t) for t in objective.student_taps}
+  teacher_shapes = [{t: taps_lib.shape(m, t) for t in objective.teacher_taps}
+                    for m in ensemble.models]
+  objective.build(student_shapes, teacher_shapes)
+  return objective.variables

@@ -1,0 +1,49 @@
+"""Feature taps: intermediate outputs of a Keras functional model, from the same forward pass
+as its logits.
+
+``feature_model(model, names)`` is a Keras model sharing every layer (and variable) of
+``model`` whose outputs are the logits followed by the named layers' outputs: one
+forward pass serves the classifier and every tap. The registry's models name their
+stage outputs ``stage1``, ``stage2``, ... and the pooled feature ``pooled``
+(models.py); keras.applications teachers have ``pooled``. Any other layer of the
+model's top-level graph can be named instead.
+"""
+
+import keras
+
+from kd_research.common.errors import UserError
+
+
+def stage_names(model):
+  """The model's stage taps in order (``stage1``, ``stage2``, ...), possibly empty."""
+  names = {layer.name for layer in model.layers}
+  return tuple(f"stage{i}" for i in range(1, 100) if f"stage{i}" in names)
+
+
+def resolve(model, name, what):
+  """A tap name: ``name`` itself, 'last_stage' / 'middle_stage' / 'pooled' resolved on
+  ``model``. Raises UserError naming the missing layer and the available ones."""
+  stages = stage_names(model)
+  if name == "last_stage" and stages:
+    return stages[-1]
+  if name == "middle_stage" and stages:  # stage2 of 3 (RepDistiller's hint layer 2 of 0-4)
+    return stages[(len(stages) - 1) // 2]
+  if name in {layer.name for layer in model.layers}:
+    return name
+  raise UserError(f"{what}: model {model.name} has no layer {name!r} to tap. Standard taps "
+                  f"of this model: {', '.join(stages + ('pooled',))}; any top-level layer "
+                  f"name works too (e.g. {', '.join(l.name for l in model.layers[-4:])}). "
+                  "A teacher saved before feature taps existed has none: retrain it.")
+
+
+def feature_model(model, names):
+  """A model with outputs [logits, *the named layers' outputs], sharing ``model``'s layers."""
+  if not names:
+    return model
+  outputs = [model.get_layer(name).output for name in names]
+  return keras.Model(model.inputs, [model.outputs[0]] + outputs, name=f"{model.name}_taps")
+
+
+def shape(model, name):
+  """The output shape of a tapped layer, without the batch dimension."""
+  return tuple(model.get_layer(name).output.shape[1:])

@@ -1,0 +1,404 @@
+"""Distillation throughput benchmark: the seed's Keras-fit Distiller vs our loop, one process.
+
+    python -m kd_research.tools.bench [--quick] [--rows=a,b,...] [--batch=128] [--steps=N] ...
+
+Rows (same models, data and batch): (a) keras.Model Distiller with overridden train_step,
+trained by fit (the reference); (b) our loop, float32, live teacher; (c) (b) + XLA;
+(d) (b) + mixed bfloat16; (e) (b) + teacher-output cache; (f) the best combination;
+(g) student-only training; (h) 3 teachers live; (i) 3 teachers cached; (j) Keras' own
+keras.distillation.Distiller with LogitsDistillation (Keras >= 3.12), trained by fit.
+Each figure is the median examples/second over several timed windows after warm-up.
+GFLOP/s counts convolution and dense FLOPs per example (student forward + backward = 3x
+forward, plus the teachers' forward when live) against a measured 2048^2 matmul peak.
+"""
+
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from kd_research.common import machine
+from kd_research.tools import profiling
+
+flags.DEFINE_bool("quick", False, "Fewer and shorter windows: about a minute in total.")
+flags.DEFINE_string("rows", "a,b,c,d,e,f,g,h,i,j", "Which rows to run.")
+flags.DEFINE_string("teacher", "resnet_seed", "Teacher model.")
+flags.DEFINE_integer("teacher_width", 32, "Teacher width.")
+flags.DEFINE_string("student", "cnn_seed", "Student model.")
+flags.DEFINE_integer("student_width", 32, "Student width.")
+flags.DEFINE_integer("batch", 128, "Batch size.")
+flags.DEFINE_integer("window", 20, "Steps per timed window.")
+flags.DEFINE_integer("windows", 5, "Timed windows per row (median taken).")
+flags.DEFINE_string("dataset", "fashion_mnist", "fashion_mnist or synthetic.")
+flags.DEFINE_integer("examples", 0, "Use only this many training examples (0 = all; --quick: "
+                     "2048). The teacher cache is computed over them.")
+flags.DEFINE_string("output", "runs/bench.json", "Where the JSON goes.")
+flags.DEFINE_integer("replicas", 1, "Replicas for our loop's rows: > 1 runs them under "
+                     "MirroredStrategy over that many logical CPU devices (GPUs when present); "
+                     "the batch stays global.")
+flags.DEFINE_string("methods", "", "Also one row per distillation method (comma-separated, e.g. "
+                    "kd,dkd,dist,fitnets,at,rkd,pkt,sp): examples/s with a live teacher, "
+                    "relative to kd, same models; --profile=NAME traces that method's window.")
+flags.DEFINE_string("profile", "", "Also trace one window of this row (b-i) with the TF profiler "
+                    "and print where the time goes per op type (trace kept next to --output).")
+
+ROW_NAMES = {
+    "a": "Keras fit Distiller (seed), fp32", "b": "our loop, fp32, live teacher",
+    "c": "our loop + XLA jit", "d": "our loop + mixed bf16", "e": "our loop + teacher cache",
+    "f": "best combination", "g": "student only (floor)", "h": "our loop, 3 teachers live",
+    "i": "our loop, 3 teachers cached", "j": "keras.distillation Distiller (fit), fp32",
+}
+
+
+def forward_flops(model):
+  """Multiply-add FLOPs (x2) of Conv2D and Dense layers for one example."""
+  import keras  # pylint: disable=g-import-not-at-top
+  total = 0
+  for layer in model._flatten_layers(include_self=False):  # pylint: disable=protected-access
+    if isinstance(layer, keras.layers.Conv2D):
+      h, w, cout = layer.output.shape[1:]
+      total += 2 * h * w * cout * int(np.prod(layer.kernel_size)) * layer.input.shape[-1]
+    elif isinstance(layer, keras.layers.Dense):
+      total += 2 * layer.input.shape[-1] * layer.units
+  return total
+
+
+def matmul_peak(dtype, n=2048, reps=10):
+  """GFLOP/s of an n x n matmul in ``dtype`` (median of reps after warm-up)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  a = tf.cast(tf.random.normal([n, n]), dtype)
+  from kd_research.common import timing  # pylint: disable=g-import-not-at-top
+  mm = tf.function(lambda x: tf.matmul(x, x))
+  return 2 * n**3 / timing.median_seconds(lambda: mm(a).numpy(), reps, warmup=1) / 1e9
+
+
+def _data(opts, batch):
+  from kd_research.data import sources  # pylint: disable=g-import-not-at-top
+  raw = sources.load(opts.dataset)
+  n = min(len(raw.train_x), opts.examples or len(raw.train_x))
+  n = (n // batch) * batch
+  return raw.train_x[:n], raw.train_y[:n], raw.num_classes
+
+
+def _rate(times, batch, window):
+  """Median examples/s over windows of ``window`` steps from per-call end times."""
+  rates = [window * batch / (t1 - t0) for t0, t1 in zip(times[:-1], times[1:])]
+  return float(np.median(rates))
+
+
+def _models(opts, num_classes, shape, precision, teachers=1):
+  import keras  # pylint: disable=g-import-not-at-top
+  from kd_research.models import registry as model_registry  # pylint: disable=g-import-not-at-top
+  from kd_research.runtime import precision as precision_lib  # pylint: disable=g-import-not-at-top
+  precision_lib.set_policy(precision)
+  keras.utils.set_random_seed(0)
+  teacher_models = [model_registry.build(opts.teacher, shape, num_classes, opts.teacher_width)
+                    for _ in range(teachers)]
+  student = model_registry.build(opts.student, shape, num_classes, opts.student_width)
+  return teacher_models, student
+
+
+def run_fit_distiller(opts, x, y, num_classes):
+  """(a): the seed article's Distiller(keras.Model) with train_step, trained with fit."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  (teacher,), student = _models(opts, num_classes, x.shape[1:], "none")
+
+  class Distiller(keras.Model):
+    """As in the article: teacher in inference mode, KL on softened probabilities."""
+
+    def __init__(self, student, teacher):
+      super().__init__()
+      self.student, self.teacher = student, teacher
+
+    def call(self, inputs):
+      return self.student(inputs)
+
+    def train_step(self, batch):
+      images, labels = batch
+      teacher_logits = self.teacher(images, training=False)
+      with tf.GradientTape() as tape:
+        logits = self.student(images, training=True)
+        ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        kl = keras.losses.KLDivergence()(tf.nn.softmax(teacher_logits / 4.0),
+                                         tf.nn.softmax(logits / 4.0)) * 16.0
+        loss = 0.7 * kl + 0.3 * ce
+      grads = tape.gradient(loss, self.student.trainable_variables)
+      self.optimizer.apply_gradients(zip(grads, self.student.trainable_variables))
+      return {"loss": loss}
+
+  distiller = Distiller(student, teacher)
+  distiller.compile(optimizer=keras.optimizers.Adam())
+  return _time_fit(opts, distiller, x, y), forward_flops(student), forward_flops(teacher)
+
+
+def _time_fit(opts, model, x, y):
+  """Median examples/s of ``model.fit`` over timed windows after warm-up windows."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  times = []
+
+  class Clock(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+      if batch >= opts.window and batch % opts.window == 0:
+        times.append(time.perf_counter())
+
+  steps = opts.window * (opts.windows + 2)
+  ds = tf.data.Dataset.from_tensor_slices((x.astype(np.float32), y)).repeat().batch(
+      opts.batch, drop_remainder=True).prefetch(2)
+  model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[Clock()])
+  return _rate(times, opts.batch, opts.window)
+
+
+def run_keras_distiller(opts, x, y, num_classes):
+  """(j): keras.distillation.Distiller + LogitsDistillation (T 4 with a KLDivergence()
+  instance, so that it computes KL x T^2 of the softened probabilities: Keras' default
+  string loss does not, see keras_peer.py; student loss weight 0.3, i.e. alpha 0.7 as rows
+  (a) and (b)), trained by fit: the official peer."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from kd_research.tools import keras_peer  # pylint: disable=g-import-not-at-top
+  (teacher,), student = _models(opts, num_classes, x.shape[1:], "none")
+  distiller = keras_peer.distiller(teacher, student, 0.7, 4.0, kl="instance")
+  distiller.compile(optimizer=keras.optimizers.Adam(),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  return _time_fit(opts, distiller, x, y), forward_flops(student), forward_flops(teacher)
+
+
+def run_method(opts, x, y, num_classes, method, strategy=None, profile_dir=None):
+  """examples/s of distillation method ``method`` with a live teacher (and an op table)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from kd_research import config as config_lib  # pylint: disable=g-import-not-at-top
+  from kd_research.data import datasets  # pylint: disable=g-import-not-at-top
+  from kd_research.methods import registry as method_registry  # pylint: disable=g-import-not-at-top
+  from kd_research.methods import base  # pylint: disable=g-import-not-at-top
+  from kd_research.train import steps  # pylint: disable=g-import-not-at-top
+  from kd_research.train import teacher_sources  # pylint: disable=g-import-not-at-top
+  from kd_research.train import teachers as teachers_lib  # pylint: disable=g-import-not-at-top
+  strategy = strategy or tf.distribute.get_strategy()
+  with strategy.scope():
+    (teacher,), student = _models(opts, num_classes, x.shape[1:], "none")
+  ensemble = teachers_lib.TeacherEnsemble([teacher], ["t"])
+  distill = ml_collections.ConfigDict(config_lib.base_config().distill.to_dict())
+  distill.temperature.start = distill.temperature.end = 4.0
+  # CRD's bank covers the benchmark's examples; its K negatives: the default, capped by them.
+  distill.crd.negatives = min(distill.crd.negatives, len(x) - 1)
+  objective = method_registry.build(distill, method_registry.parse(method), base.BuildContext(
+      distill, student, teacher, [1.0], 100, 1000, base.TrainingSet(len(x), y, opts.batch, 0)))
+  state = _state(strategy, student,
+                 lambda model: method_registry.build_variables(objective, model, ensemble))
+  if objective.teacher_taps:
+    ensemble.tap(objective.teacher_taps)
+  loop = steps.make_train_loop(strategy, state.model, state.optimizer, state.step, opts.batch,
+                               objective, teacher_sources.live_teachers(ensemble,
+                                                                   objective.teacher_taps))
+  iterator = iter(strategy.distribute_datasets_from_function(
+      datasets.train_dataset_fn(x, y, opts.batch, seed=0)))
+  return _time_loop(opts, loop, iterator, profile_dir)
+
+
+def _time_loop(opts, loop, iterator, profile_dir=None):
+  """(median examples/s over the timed windows after a warm-up window, op table or None)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  n = tf.constant(opts.window)
+  loop(iterator, n).numpy()  # Warm-up (trace + first window).
+  times = [time.perf_counter()]
+  for _ in range(opts.windows):
+    loop(iterator, n).numpy()
+    times.append(time.perf_counter())
+  table = None
+  if profile_dir:
+    from kd_research.report import tables  # pylint: disable=g-import-not-at-top
+    table = tables.op_time_table(profiling.family_times(profiling.op_times(
+        profiling.trace(lambda: loop(iterator, n).numpy(), profile_dir))))
+  return _rate(times, opts.batch, opts.window), table
+
+
+def _state(strategy, student, extra_variables_fn=lambda model: []):
+  """The training state of a run (state.py) around ``student``, Adam at a constant 1e-3."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from kd_research.train import optimizers  # pylint: disable=g-import-not-at-top
+  from kd_research.common import schedules  # pylint: disable=g-import-not-at-top
+  from kd_research.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  adam = ml_collections.ConfigDict(dict(name="adam", momentum=0.9, weight_decay=0.0))
+  return state_lib.build(
+      strategy, lambda: student,
+      lambda: optimizers.make_optimizer(adam, schedules.Schedule("constant", 1, 1e-3)),
+      extra_variables_fn, tempfile.mkdtemp(prefix="kd_bench_"), 1, True)
+
+
+def run_our_loop(opts, x, y, num_classes, precision="none", jit=False, cache=False, teachers=1,
+                 student_only=False, profile_dir=None, strategy=None):
+  """(b)-(i): our train loop under the default strategy with the chosen options.
+
+  Returns (examples/s, student FLOPs, teacher FLOPs, op-time table or None); with
+  ``profile_dir`` one more window runs under the TF profiler for the table.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from kd_research.data import datasets  # pylint: disable=g-import-not-at-top
+  from kd_research.methods import base  # pylint: disable=g-import-not-at-top
+  from kd_research.methods import kd  # pylint: disable=g-import-not-at-top
+  from kd_research.common import schedules  # pylint: disable=g-import-not-at-top
+  from kd_research.train import steps  # pylint: disable=g-import-not-at-top
+  from kd_research.train import teacher_cache  # pylint: disable=g-import-not-at-top
+  from kd_research.train import teacher_sources  # pylint: disable=g-import-not-at-top
+  from kd_research.train import teachers as teachers_lib  # pylint: disable=g-import-not-at-top
+  strategy = strategy or tf.distribute.get_strategy()
+  with strategy.scope():
+    teacher_models, student = _models(opts, num_classes, x.shape[1:], precision, teachers)
+  state = _state(strategy, student)
+  ensemble = teachers_lib.TeacherEnsemble(teacher_models, [f"t{i}" for i in range(teachers)])
+  extras = None
+  if cache and not student_only:
+    extras = {"teacher_logits": teacher_cache.compute_logits(ensemble, x)}
+  objective = base.Objective() if student_only else kd.HintonKD(
+      schedules.Schedule("constant", 1, 0.7), schedules.Schedule("constant", 1, 4.0))
+  source = (teacher_sources.cached_teachers if cache
+            else teacher_sources.live_teachers(ensemble))
+  loop = steps.make_train_loop(strategy, state.model, state.optimizer, state.step, opts.batch,
+                               objective, source, jit_compile=jit)
+  iterator = iter(strategy.distribute_datasets_from_function(
+      datasets.train_dataset_fn(x, y, opts.batch, seed=0, extras=extras)))
+  rate, table = _time_loop(opts, loop, iterator, profile_dir)
+  from kd_research.runtime import precision as precision_lib  # pylint: disable=g-import-not-at-top
+  precision_lib.set_policy("none")
+  teacher_flops = sum(forward_flops(m) for m in teacher_models)
+  return rate, forward_flops(student), teacher_flops, table
+
+
+def _measure_methods(opts, strategy, profile_dir, profiles):
+  """[{'method', 'examples_per_second', 'ratio_to_kd'}] for --methods (kd measured too)."""
+  from kd_research.methods import registry as method_registry  # pylint: disable=g-import-not-at-top
+  names = [m.strip() for m in opts.methods.split(",") if m.strip()]
+  for name in names:
+    method_registry.parse(name)  # Unknown names fail before any measurement.
+  x, y, classes = _data(opts, opts.batch)
+  rates = {}
+  for name in (["kd"] if "kd" not in names else []) + names:
+    rates[name], table = run_method(opts, x, y, classes, name, strategy,
+                                    profile_dir if name == opts.profile else None)
+    if table:
+      profiles[name] = table
+    print(f"  measured method {name}: {rates[name]:.0f} examples/s", flush=True)
+  return [{"method": n, "examples_per_second": rates[n], "ratio_to_kd": rates[n] / rates["kd"]}
+          for n in rates]
+
+
+OPTIONS = {"b": {}, "c": {"jit": True}, "d": {"precision": "bf16"}, "e": {"cache": True},
+           "g": {"student_only": True}, "h": {"teachers": 3},
+           "i": {"teachers": 3, "cache": True}}
+
+
+def _check_rows(opts):
+  """The rows to run, or None after printing a usage error."""
+  rows = [r.strip() for r in opts.rows.split(",") if r.strip()]
+  unknown = [r for r in rows if r not in ROW_NAMES]
+  if unknown:
+    sys.stderr.write(f"error: unknown rows {unknown}; valid: {', '.join(ROW_NAMES)}.\n")
+    return None
+  method_rows = [m.strip() for m in opts.methods.split(",") if m.strip()]
+  if opts.profile and opts.profile not in method_rows and (
+      opts.profile not in rows or opts.profile in "afj"):
+    sys.stderr.write(f"error: --profile={opts.profile!r} must be one of the measured rows of our "
+                     f"loop ({', '.join(r for r in rows if r not in 'afj')}) or of --methods.\n")
+    return None
+  return rows
+
+
+def _measure(opts, rows, strategy, profile_dir):
+  """{row: (examples/s, student FLOPs, teacher FLOPs, options)} and {row: op-time table}."""
+  x, y, classes = _data(opts, opts.batch)
+  measured, profiles = {}, {}
+  for row in [r for r in rows if r != "f"]:
+    if row in "aj":
+      rate, s_flops, t_flops = (run_fit_distiller if row == "a" else run_keras_distiller)(
+          opts, x, y, classes)
+    else:
+      rate, s_flops, t_flops, table = run_our_loop(
+          opts, x, y, classes, profile_dir=profile_dir if row == opts.profile else None,
+          strategy=strategy, **OPTIONS[row])
+      if table:
+        profiles[row] = table
+    measured[row] = (rate, s_flops, t_flops, OPTIONS.get(row, {}))
+    print(f"  measured ({row}) {ROW_NAMES[row]}: {rate:.0f} examples/s", flush=True)
+  if "f" in rows:
+    best = {"cache": True}
+    if "c" in measured and "b" in measured and measured["c"][0] > measured["b"][0]:
+      best["jit"] = True
+    if "d" in measured and "b" in measured and measured["d"][0] > measured["b"][0]:
+      best["precision"] = "bf16"
+    rate, s_flops, t_flops, _ = run_our_loop(opts, x, y, classes, strategy=strategy, **best)
+    measured["f"] = (rate, s_flops, t_flops, best)
+  return measured, profiles
+
+
+def _rows(measured, peaks):
+  """One dict per measured row: examples/s, ratio to (a), GFLOP/s and share of the peak."""
+  reference = measured.get("a", (None,))[0]
+  rows = []
+  for row in [r for r in ROW_NAMES if r in measured]:
+    rate, s_flops, t_flops, row_opts = measured[row]
+    live_teacher = not row_opts.get("cache") and not row_opts.get("student_only")
+    gflops = rate * (3 * s_flops + (t_flops if live_teacher else 0)) / 1e9
+    peak = peaks["bfloat16" if row_opts.get("precision") == "bf16" else "float32"]
+    rows.append({"row": row, "name": ROW_NAMES[row] + (f" {row_opts}" if row == "f" else ""),
+                 "examples_per_second": rate,
+                 "ratio_to_a": rate / reference if reference else float("nan"),
+                 "gflops": gflops, "peak_share": gflops / peak})
+  return rows
+
+
+def main(argv):
+  del argv
+  opts = flags.FLAGS  # The one place this command reads its flags; helpers get ``opts``.
+  if opts.quick:
+    opts.window, opts.windows = 4, 2
+    opts.examples = opts.examples or 2048
+  rows = _check_rows(opts)
+  if rows is None:
+    return 2
+  strategy = None
+  if opts.replicas > 1:  # Before any other TF op: logical devices are fixed at start-up.
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    from kd_research.runtime import distribute  # pylint: disable=g-import-not-at-top
+    strategy = distribute.make_strategy(ml_collections.ConfigDict(dict(
+        strategy="mirrored", num_cpu_devices=opts.replicas, cross_device_ops="auto")))
+  from kd_research.common import fileio  # pylint: disable=g-import-not-at-top
+  from kd_research.runtime import precision  # pylint: disable=g-import-not-at-top
+  from kd_research.report import tables  # pylint: disable=g-import-not-at-top
+  auto = precision.choose("auto")
+  print(f"mixed_precision=auto would use {auto.used} on this machine: {auto.reason}.", flush=True)
+  peaks = {"float32": matmul_peak("float32"), "bfloat16": matmul_peak("bfloat16")}
+  profile_dir = os.path.join(os.path.dirname(os.path.abspath(opts.output)), "bench_profile")
+  measured, profiles = _measure(opts, rows, strategy, profile_dir)
+  report = {"batch": opts.batch, "teacher": f"{opts.teacher} w{opts.teacher_width}",
+            "student": f"{opts.student} w{opts.student_width}", "replicas": opts.replicas,
+            "matmul_peak_gflops": peaks, "auto_precision": auto.as_dict(),
+            "machine": machine.describe(), "profiles": profiles}
+  report["rows"] = _rows(measured, peaks)
+  report["table"] = tables.bench_table(report["rows"])
+  if opts.methods:
+    report["methods"] = _measure_methods(opts, strategy, profile_dir, profiles)
+    report["methods_table"] = tables.method_bench_table(report["methods"])
+  print(f"\n{machine.summary(report['machine'])}; mixed_precision=auto -> {auto.used}")
+  print(f"batch {opts.batch}, {opts.replicas} replica(s), teacher {report['teacher']}, student "
+        f"{report['student']}; matmul peak {peaks['float32']:.0f} GFLOP/s fp32, "
+        f"{peaks['bfloat16']:.0f} bf16\n")
+  print(report["table"])
+  if opts.methods:
+    print(f"\ndistillation methods, live teacher, relative to kd:\n\n{report['methods_table']}")
+  for row, op_table in profiles.items():
+    print(f"\nwhere the time goes in row ({row}), one profiled window of {opts.window} steps "
+          f"(trace in {profile_dir}):\n\n{op_table}")
+  os.makedirs(os.path.dirname(os.path.abspath(opts.output)), exist_ok=True)
+  fileio.atomic_write_json(opts.output, report)
+  print(f"\nwritten to {opts.output}")
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: sys.exit(main(argv)))

@@ -1,0 +1,140 @@
+"""Teacher-output cache: every teacher's logits on a split, computed once and fingerprinted.
+
+When the student's inputs do not change from epoch to epoch (no random
+augmentation), the teachers' outputs on the training split are fixed, so running
+them on every step wastes most of a distillation step. The cache stores the
+per-teacher logits [N, K, C] (so every combine mode still works), and for methods that
+read a teacher's vector feature (``pooled``: RKD, PKT, CRD) that feature [N, K, D], in
+``RUN/teacher_cache/<split>-<digest>.npz`` next to a fingerprint of teacher weights, data,
+precision, combine mode and taps; any mismatch or a corrupt file means a recompute.
+"""
+
+import hashlib
+import json
+import os
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from kd_research.common import fileio
+from kd_research.common.errors import UserError
+
+
+def fingerprint(teacher_paths, images, mixed_precision, combine, taps=()):
+  """A hex digest of everything the cached outputs depend on (the tapped features too)."""
+  h = hashlib.sha256()
+  for path in teacher_paths:
+    with open(path, "rb") as f:
+      h.update(hashlib.sha256(f.read()).digest())
+  h.update(np.ascontiguousarray(images).data)
+  h.update(json.dumps([list(images.shape), str(images.dtype), mixed_precision, combine,
+                       "rescale-in-model-v1"] + ([list(taps)] if taps else [])).encode())
+  return h.hexdigest()
+
+
+def refuse_with_augmentation(ops):
+  """The cache is only valid when every epoch feeds the teacher the same images."""
+  if ops:
+    raise UserError(
+        f"config.distill.cache_teacher=true cannot be used with random augmentation "
+        f"(config.augment.ops={','.join(ops)}): the teacher must see the same augmented image "
+        "as the student, which changes every step. Turn one of them off.")
+
+
+def refuse_feature_maps(ensemble, taps):
+  """Only vector features (e.g. ``pooled``) are small enough to cache."""
+  for model in ensemble.models:
+    for tap in taps:
+      shape = tuple(model.get_layer(tap).output.shape[1:])
+      if len(shape) != 1:
+        raise UserError(
+            f"config.distill.cache_teacher=true caches vector features only, but the method "
+            f"taps the teacher's {tap!r} of shape {shape} (a feature map). Turn the cache off "
+            "(the teacher then runs live) or tap 'pooled'.")
+
+
+def compute_outputs(ensemble, images, taps=(), batch_size=1000):
+  """{'logits': [N, K, C], tap: [N, K, D] for each tap}, every teacher in inference mode."""
+  if taps:
+    ensemble.tap(taps)
+
+  def forward(x):
+    if not taps:
+      return {"logits": tf.transpose(ensemble.logits(x), [1, 0, 2])}
+    out = ensemble.outputs(x, taps)
+    features = {t: tf.stack([f[t] for f in out["features"]], 1) for t in taps}
+    return {"logits": tf.transpose(out["logits"], [1, 0, 2]), **features}
+
+  forward = tf.function(forward)
+  parts = [forward(tf.cast(images[i:i + batch_size], tf.float32))
+           for i in range(0, len(images), batch_size)]
+  return {key: np.concatenate([p[key].numpy() for p in parts]).astype(np.float32)
+          for key in parts[0]}
+
+
+def compute_logits(ensemble, images, batch_size=1000):
+  """Per-teacher logits [N, K, C] of ``images`` in inference mode."""
+  return compute_outputs(ensemble, images, (), batch_size)["logits"]
+
+
+def _load(path, digest, expected_shapes):
+  """The cached arrays {key: array} when the file reads, matches ``digest`` and has the
+  expected shapes with finite values; None otherwise (then recomputed)."""
+  try:
+    with np.load(path, allow_pickle=False) as f:  # An .npz never runs code when loaded.
+      if str(f["fingerprint"]) != digest:
+        logging.info("Teacher cache %s is stale (fingerprint changed); recomputing.", path)
+        return None
+      arrays = {key: f[_npz_key(key)] for key in expected_shapes}
+  except Exception as e:  # A truncated or corrupt npz raises many types.
+    logging.warning("Teacher cache %s is unreadable (%s); recomputing.", path, e)
+    return None
+  for key, value in arrays.items():
+    if value.shape != expected_shapes[key] or not np.all(np.isfinite(value)):
+      logging.warning("Teacher cache %s: %s has shape %s (want %s) or non-finite values; "
+                      "recomputing.", path, key, value.shape, expected_shapes[key])
+      return None
+  return arrays
+
+
+def _npz_key(key):
+  return "logits" if key == "logits" else f"feature_{key}"
+
+
+def cache_path(cache_dir, split, digest):
+  """RUN/teacher_cache/<split>-<fingerprint[:16]>.npz (or the same in a shared cache_dir)."""
+  return os.path.join(cache_dir, f"{split}-{digest[:16]}.npz")
+
+
+def load_or_compute(cache_dir, split, ensemble, images, digest, write=True):
+  """The teachers' logits [N, K, C] on ``split`` (see ``load_or_compute_outputs``)."""
+  return load_or_compute_outputs(cache_dir, split, ensemble, images, digest, (), write)["logits"]
+
+
+def load_or_compute_outputs(cache_dir, split, ensemble, images, digest, taps=(), write=True):
+  """Cached {'logits', tap...} for ``split`` when the fingerprint matches, else computed.
+
+  The file is named after the split and the fingerprint's first 16 hex digits, so one
+  shared ``cache_dir`` holds the outputs of several teacher sets side by side; the full
+  fingerprint inside the file is still checked.
+  """
+  path = cache_path(cache_dir, split, digest)
+  if os.path.exists(path):
+    k = len(ensemble)
+    expected = {"logits": (len(images), k, ensemble.models[0].output_shape[-1])}
+    for tap in taps:
+      expected[tap] = (len(images), k) + tuple(ensemble.models[0].get_layer(tap).output.shape[1:])
+    arrays = _load(path, digest, expected)
+    if arrays is not None:
+      logging.info("Using cached teacher outputs %s.", path)
+      return arrays
+  arrays = compute_outputs(ensemble, images, taps)
+  if write:
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, fingerprint=np.array(digest), **{_npz_key(k): v for k, v in arrays.items()})
+    os.replace(tmp, path)
+    fileio.atomic_write_json(path[:-len(".npz")] + ".json", {
+        "fingerprint": digest, "shapes": {k: list(v.shape) for k, v in arrays.items()}})
+  return arrays

@@ -1,0 +1,41 @@
+"""Teacher sources: where a distillation step gets its teachers' outputs from.
+
+Either the live frozen ensemble run on the batch's images, or the fingerprinted
+teacher-output cache carried in the batch (logits, and the vector features such as
+``pooled`` that RKD, PKT and CRD read). Both return {'logits': [K, B, C], 'features':
+[{tap: tensor} per teacher]} (features only when taps are asked for).
+"""
+
+import tensorflow as tf
+
+
+def live_teachers(ensemble, taps=()):
+  """Teacher source: the frozen ensemble run on the batch's images (logits and taps)."""
+  if not taps:
+    return lambda batch: {"logits": ensemble.logits(batch["image"])}
+  return lambda batch: ensemble.outputs(batch["image"], taps)
+
+
+def cached_teachers(batch):
+  """Teacher source: the teacher-output cache carried in the batch ([B, K, C] -> [K, B, C])."""
+  return {"logits": tf.transpose(batch["teacher_logits"], [1, 0, 2])}
+
+
+def cache_extras(outputs):
+  """The cache's arrays as training-batch fields: teacher_logits, teacher_feature_<tap>."""
+  return {("teacher_logits" if key == "logits" else f"teacher_feature_{key}"): value
+          for key, value in outputs.items()}
+
+
+def cached_teachers_with(taps):
+  """Teacher source from the cache with the cached vector features ``taps`` ([B, K, D])."""
+  if not taps:
+    return cached_teachers
+
+  def source(batch):
+    count = batch["teacher_logits"].shape[1]
+    return {"logits": tf.transpose(batch["teacher_logits"], [1, 0, 2]),
+            "features": [{t: batch[f"teacher_feature_{t}"][:, k] for t in taps}
+                         for k in range(count)]}
+
+  return source
