@@ -194,8 +194,8 @@ def validate(config):
 
 
 def _validate_data_and_speed(config):
-  _need(config.dataset in sources.DATASETS,
-        f"config.dataset={config.dataset!r} is unknown; valid: {', '.join(sources.DATASETS)}.")
+  _need(config.dataset in sources.names(),
+        f"config.dataset={config.dataset!r} is unknown; valid: {', '.join(sources.names())}.")
   _need(config.mixed_precision in precision.PRECISIONS,
         f"config.mixed_precision={config.mixed_precision!r}; valid: "
         f"{', '.join(precision.PRECISIONS)} (auto: bf16 where the hardware has native bf16, "
@@ -244,16 +244,17 @@ def _validate_model(role, entry):
   for field in _MODEL_FIELDS:
     _need(field in entry, f"config.{role} lacks the field {field!r}; build entries with "
           "config.model_config(...).")
-  _need(entry.model in model_registry.MODELS, f"config.{role}.model={entry.model!r} is unknown; "
-        f"valid models: {', '.join(sorted(model_registry.MODELS))}.")
+  _need(entry.model in model_registry.names(),
+        f"config.{role}.model={entry.model!r} is unknown; "
+        f"valid models: {', '.join(model_registry.names())}.")
   _need(entry.epochs >= 1, f"config.{role}.epochs must be a positive integer, got {entry.epochs}.")
   _need(entry.width >= 0, f"config.{role}.width must be >= 0 (0 = default), got {entry.width}.")
   _need(0 <= entry.head_epochs < entry.epochs or entry.head_epochs == 0,
         f"config.{role}.head_epochs={entry.head_epochs} must be smaller than "
         f"config.{role}.epochs={entry.epochs}.")
-  _need(entry.head_epochs == 0 or entry.model in model_registry.APPLICATION_MODELS,
+  _need(entry.head_epochs == 0 or entry.model in model_registry.pretrained_names(),
         f"config.{role}.head_epochs needs a pretrained backbone model "
-        f"({', '.join(model_registry.APPLICATION_MODELS)}), not {entry.model}.")
+        f"({', '.join(model_registry.pretrained_names())}), not {entry.model}.")
   _need(entry.finetune_lr_factor > 0,
         f"config.{role}.finetune_lr_factor must be > 0, got {entry.finetune_lr_factor}.")
 

@@ -87,6 +87,7 @@ def _run(command, config, workdir):
   from kd_research.train import evaluation
   from kd_research import pipeline
   from kd_research.train import runs
+  from kd_research.train import workdir as workdir_lib
 
   config_lib.validate(config)
   if command == "export":
@@ -106,7 +107,7 @@ def _run(command, config, workdir):
                                             flags.FLAGS.keras_kl)
   elif command == "export":
     from kd_research.tools import export  # pylint: disable=g-import-not-at-top
-    report = export.export_run(workdir, export.splits_for_run(config, workdir))
+    report = export.export_run(workdir, workdir_lib.splits_of_run(config, workdir))
     from kd_research.report import tables  # pylint: disable=g-import-not-at-top
     print(tables.export_table(report))
     return

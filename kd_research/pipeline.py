@@ -18,7 +18,7 @@ from kd_research.runtime import distribute
 from kd_research.common import fileio
 from kd_research.report import pages
 from kd_research.train import runs
-from kd_research import workdir as workdir_lib
+from kd_research.train import workdir as workdir_lib
 
 
 def _copy(config, **changes):
@@ -200,7 +200,7 @@ def _export_once(run_dir, run_config):
   """SavedModel + TFLite of a finished student (skipped when its export report exists)."""
   from kd_research.tools import export  # pylint: disable=g-import-not-at-top
   if not os.path.exists(os.path.join(run_dir, "export", "export_report.json")):
-    export.export_run(run_dir, export.splits_for_run(run_config, run_dir))
+    export.export_run(run_dir, workdir_lib.splits_of_run(run_config, run_dir))
 
 
 def aggregate(results):

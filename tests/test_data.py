@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from kd_research.data import datasets
 from kd_research.data import sources
+from kd_research.data import synthetic
 from kd_research.common.errors import UserError
 from conftest import tiny_config
 
@@ -178,7 +179,7 @@ def test_batch_not_divisible_by_replicas():
 
 
 def test_wrong_shapes_and_empty_splits():
-  good = sources.synthetic(num_train=20, num_test=10)
+  good = synthetic.synthetic(num_train=20, num_test=10)
   flat = sources.RawData(good.train_x[:, :, :, 0], good.train_y, good.test_x, good.test_y,
                               10, "flat")
   with pytest.raises(UserError, match=r"must be \[N, H, W, C\]"):

@@ -17,7 +17,7 @@ from kd_research.models import registry as model_registry
 from kd_research.methods import base
 from kd_research.train import runs
 from kd_research.train import steps
-from kd_research import workdir as workdir_lib
+from kd_research.train import workdir as workdir_lib
 from kd_research.common.errors import PREEMPTED_EXIT_STATUS
 from kd_research.common.errors import Preempted
 from kd_research.common.errors import UserError

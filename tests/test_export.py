@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from kd_research.tools import export
+from kd_research.train import workdir as workdir_lib
 from kd_research.train import runs
 from kd_research.common.errors import UserError
 from conftest import tiny_config
@@ -20,7 +21,7 @@ def exported(tmp_path_factory):
                           "train_size": 640})
   workdir = str(tmp_path_factory.mktemp("export") / "student")
   runs.train_and_evaluate(config, workdir, "student", tf.distribute.get_strategy())
-  splits = export.splits_for_run(config, workdir)
+  splits = workdir_lib.splits_of_run(config, workdir)
   report = export.export_run(workdir, splits, calibration=100)
   return workdir, splits, report
 
@@ -66,7 +67,7 @@ def test_export_bad_input(tmp_path, exported):
   with pytest.raises(UserError, match="not a finished run"):
     export.export_run(str(tmp_path), splits)
   with pytest.raises(UserError, match="no config.json"):
-    export.splits_for_run(tiny_config(), str(tmp_path))
+    workdir_lib.splits_of_run(tiny_config(), str(tmp_path))
   unfinished = tmp_path / "run"
   unfinished.mkdir()
   (unfinished / "results.json").write_text("{}")

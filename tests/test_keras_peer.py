@@ -11,7 +11,8 @@ import tensorflow as tf
 
 from kd_research.tools import keras_peer
 from kd_research.methods import losses
-from kd_research.report import pages
+from kd_research.report import rows as report_rows
+from kd_research.report import tables as report_tables
 from kd_research.train import runs
 from kd_research.common.errors import UserError
 from conftest import tiny_config
@@ -60,7 +61,8 @@ def test_keras_peer_run_is_reported_and_skipped_when_finished(teacher_file, tmp_
   assert os.path.getmtime(os.path.join(workdir, "results.json")) == stamp
   runs.train_and_evaluate(config, str(tmp_path / "runs" / "ours"), "distill",
                           tf.distribute.get_strategy(), (teacher_file,))
-  table = pages.build_table(pages.find_runs(str(tmp_path / "runs")), str(tmp_path / "runs"))
+  runs_dir = str(tmp_path / "runs")
+  table = report_tables.build_table(report_rows.find_runs(runs_dir), runs_dir)
   assert "keras.distillation Distiller (fit)" in table  # A row of its own beside ours.
   with pytest.raises(UserError, match="constant"):
     keras_peer.train_and_evaluate(tiny_config(**{"distill.alpha.kind": "cosine"}),

@@ -258,7 +258,8 @@ def test_schedules_and_finetune_stage_resume_exactly(tmp_path, teacher_path, mon
 
 
 def test_report_groups_seeds(tmp_path):
-  from kd_research.report import pages
+  from kd_research.report import rows as report_rows  # pylint: disable=g-import-not-at-top
+  from kd_research.report import tables as report_tables  # pylint: disable=g-import-not-at-top
   accuracies = []
   for seed in (0, 1, 2):
     results = runs.train_and_evaluate(tiny_config(**{"student.epochs": 1, "student.seed": seed}),
@@ -266,13 +267,13 @@ def test_report_groups_seeds(tmp_path):
     accuracies.append(results["test_accuracy"])
   runs.train_and_evaluate(tiny_config(**{"student.epochs": 1, "student.width": 16}),
                           str(tmp_path / "narrow"), "student", DEFAULT)
-  table = pages.build_table(pages.find_runs(str(tmp_path)), str(tmp_path))
+  table = report_tables.build_table(report_rows.find_runs(str(tmp_path)), str(tmp_path))
   rows = [l for l in table.splitlines() if l.startswith("| student")]
   assert len(rows) == 2
   want = f"{100 * np.mean(accuracies):.2f} +- {100 * np.std(accuracies, ddof=1):.2f}%"
   assert any("| 3 | " + want in r for r in rows), (want, rows)
   assert main_lib.report_command([f"--workdir={tmp_path}"]) == 0
-  assert os.path.exists(tmp_path / "pages.md")
+  assert os.path.exists(tmp_path / "report.md")
   assert main_lib.report_command([f"--workdir={tmp_path}/nothing"]) == 2
 
 

@@ -8,7 +8,7 @@ from kd_research.models import registry as model_registry
 from kd_research.common.errors import UserError
 
 
-@pytest.mark.parametrize("name", sorted(model_registry.MODELS))
+@pytest.mark.parametrize("name", model_registry.names())
 @pytest.mark.parametrize("shape,classes", [((28, 28, 1), 10), ((32, 32, 3), 100)])
 def test_every_model_builds_and_outputs_float32_logits(name, shape, classes):
   model = model_registry.build(name, shape, classes, width=4 if name != "mlp" else 16)

@@ -153,6 +153,7 @@ def test_candidates_chosen_on_validation_then_seeds_and_rerun_skips(tmp_path):
                                                           "results.json")))
   # The report: a method table per pair with the gain over labels only, and the figure.
   from kd_research.report import pages  # pylint: disable=g-import-not-at-top
+  from kd_research.report import rows as report_rows  # pylint: disable=g-import-not-at-top
   figure = str(tmp_path / "figure.svg")
   text = pages.generate(str(tmp_path / "bench"), str(tmp_path / "R.md"),
                          sweep=str(tmp_path / "bench_sweep"), figure=figure)
@@ -161,7 +162,7 @@ def test_candidates_chosen_on_validation_then_seeds_and_rerun_skips(tmp_path):
   base = [json.load(open(os.path.join(workdir, "student_baseline", f"seed_{s}",
                                       "results.json")))["test_accuracy"] for s in (0, 1)]
   gain = 100 * (np.mean(kd_test) - np.mean(base))
-  assert f"| kd | 2 | {pages.mean_std(kd_test)} | {gain:+.2f} |" in text
+  assert f"| kd | 2 | {report_rows.mean_std(kd_test)} | {gain:+.2f} |" in text
   assert "![Test accuracy per method" in text and "(figure.svg)" in text
   svg = open(figure).read()
   assert svg.startswith("<svg") and svg.count("<circle") == 1 and "labels only" in svg
@@ -181,17 +182,17 @@ def test_candidates_chosen_on_validation_then_seeds_and_rerun_skips(tmp_path):
 def test_report_counts_a_seed_once_per_setting():
   """Two pipelines that differ only in their teachers share the labels-only student: the
   same config and seed found twice is one sample, not two."""
-  from kd_research.report import pages  # pylint: disable=g-import-not-at-top
+  from kd_research.report import rows as report_rows  # pylint: disable=g-import-not-at-top
   def run(directory, seed):
     return {"dir": directory, "config": {"role": "student", "model": {"seed": seed}}}
-  groups = pages._groups([run("a/s0", 0), run("a/s1", 1), run("b/s0", 0), run("b/s1", 1)])  # pylint: disable=protected-access
+  groups = report_rows.groups([run("a/s0", 0), run("a/s1", 1), run("b/s0", 0), run("b/s1", 1)])
   assert [[r["dir"] for r in g] for g in groups] == [["a/s0", "a/s1"]]
 
 
 def test_learning_curve_table_reads_validation_accuracy_from_events(tmp_path):
   """Per epoch, mean +- std over seeds of the eval/accuracy scalars each run wrote; a run
   with a different number of epochs is its own column."""
-  from kd_research.report import curves  # pylint: disable=g-import-not-at-top
+  from kd_research.report import curves as report_curves  # pylint: disable=g-import-not-at-top
   curves = {"a/seed_0": (0.50, 0.70), "a/seed_1": (0.54, 0.74), "b/seed_0": (0.6, 0.8, 0.9)}
   runs = []
   for name, accuracies in curves.items():
@@ -207,7 +208,7 @@ def test_learning_curve_table_reads_validation_accuracy_from_events(tmp_path):
     runs.append({"dir": directory, "config": config,
                  "results": {"steps": 10 * len(accuracies), "epochs": len(accuracies)}})
   groups = [runs[:2], runs[2:]]
-  text = curves.section(groups)
+  text = report_curves.section(groups)
   rows = {line.split(" | ")[0]: line for line in text.splitlines()
           if line[:3] in ("| 1", "| 2", "| 3")}
   for epoch, column in ((1, (0.50, 0.54)), (2, (0.70, 0.74))):
@@ -216,4 +217,4 @@ def test_learning_curve_table_reads_validation_accuracy_from_events(tmp_path):
   assert rows["| 3"].split(" | ")[1:] == ["", "90.00 |"]
   assert "2 epochs, lr 0.01 (2 seeds)" in text and "3 epochs, lr 0.01 (1 seed)" in text
   runs[0]["config"] = dict(runs[0]["config"], role="distill")
-  assert "2 seeds" not in curves.section([runs[:2]])
+  assert "2 seeds" not in report_curves.section([runs[:2]])

@@ -18,8 +18,8 @@ after each stage (the references' feature list) and ``pooled`` before the classi
 
 import keras
 
-# Shared builders of models.py (stage taps, logits head, BatchNorm, residual block).
 from kd_research.models import parts
+from kd_research.models import registry
 
 
 def _scaled(channels, width, default, even=False):
@@ -207,7 +207,8 @@ def shufflenetv2(input_shape, num_classes, width=None, sync_bn=False):
   return keras.Model(inputs, parts.logits(x, num_classes), name="shufflenetv2")
 
 
-MODELS = {
+# The family, one line per model.
+for _name, _builder in {
     "resnet8x4": _resnet_builder("resnet8x4", 8, (32, 64, 128, 256)),
     "resnet20": _resnet_builder("resnet20", 20, (16, 16, 32, 64)),
     "resnet32": _resnet_builder("resnet32", 32, (16, 16, 32, 64)),
@@ -220,7 +221,8 @@ MODELS = {
     "vgg13": _vgg_builder("vgg13"),
     "mobilenetv2_cifar": mobilenetv2_cifar,
     "shufflenetv2": shufflenetv2,
-}
+}.items():
+  registry.register(_name, _builder)
 
 # Trainable parameters at 100 classes as the KD literature tabulates them (in millions,
 # rounded to 0.01M; e.g. the model tables of the CRD, ReviewKD and DKD follow-ups);

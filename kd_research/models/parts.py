@@ -1,5 +1,5 @@
-"""Building blocks shared by the model registry (models.py) and the CIFAR family
-(cifar_models.py): feature taps, the float32 logits head, BatchNorm, the basic residual
+"""Building blocks shared by the model families (seed.py) and the CIFAR family
+(cifar.py): feature taps, the float32 logits head, BatchNorm, the basic residual
 block, and the two weightless layers ShuffleNetV2 needs (saved and loaded by name, so
 ``.keras`` files load with safe_mode)."""
 

@@ -10,11 +10,13 @@ Feature taps: ``stage1``..``stage4`` (the backbone's outputs at strides 4, 8, 16
 ``pooled``.
 """
 
+import functools
 import os
 
 import keras
 
 from kd_research.common.errors import UserError
+from kd_research.models import registry
 
 APPLICATIONS = {
     "resnet50": ("ResNet50", "resnet50", 224),
@@ -119,6 +121,10 @@ def build_application(name, input_shape, num_classes, image_size=None, weights="
   x = KeepTaps()([keras.layers.Identity(name="pooled")(pooled)] + stages)
   logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
   return keras.Model(inputs, logits, name=name)
+
+
+for _name in APPLICATIONS:
+  registry.register(_name, functools.partial(build_application, _name), pretrained=True)
 
 
 def set_trainable(model, phase, unfreeze_top=0, freeze_batchnorm=True):

@@ -13,6 +13,8 @@ import os
 from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.util import tensor_util
 
+from kd_research.report import rows as rows_lib
+
 TAG = "eval/accuracy"
 
 
@@ -27,13 +29,6 @@ def validation_curve(run_dir):
   return points
 
 
-def budget(config):
-  """', 40 epochs, lr 0.01': a run's epochs and initial learning rate ('' if unrecorded)."""
-  epochs = config.get("model", {}).get("epochs")
-  lr = config.get("optimizer", {}).get("learning_rate", {}).get("start")
-  return (f", {epochs} epochs" if epochs else "") + (f", lr {lr:g}" if lr else "")
-
-
 def _steps_per_epoch(run):
   results = run["results"]
   return max(1, int(results.get("steps", 0)) // max(1, int(results.get("epochs", 1))))
@@ -43,7 +38,6 @@ def section(groups):
   """The report's learning-curve section: validation accuracy (%) per epoch for each
   labels-only student setting in ``groups`` (lists of runs that are seeds of one setting);
   '' if none has a curve."""
-  from kd_research.report import pages  # pylint: disable=g-import-not-at-top  (report imports us)
   columns = []
   for runs in groups:
     if runs[0]["config"]["role"] != "student":
@@ -56,7 +50,7 @@ def section(groups):
         curves.append({step // spe: acc for step, acc in per_step.items()})
     if curves:
       config, n = runs[0]["config"], len(curves)
-      label = f"{pages.describe(config)}{budget(config)} ({n} seed{'s' * (n > 1)})"
+      label = f"{rows_lib.describe(config)}{rows_lib.budget(config)} ({n} seed{'s' * (n > 1)})"
       columns.append((label, curves))
   if not columns:
     return ""
@@ -67,7 +61,7 @@ def section(groups):
     cells = []
     for _, curves in columns:
       values = [c[epoch] for c in curves if epoch in c]
-      cells.append(pages.mean_std(values).rstrip("%") if len(values) == len(curves) else "")
+      cells.append(rows_lib.mean_std(values).rstrip("%") if len(values) == len(curves) else "")
     lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
   return ("\n## Learning curves of the labels-only students\n\n"
           "Validation accuracy (%) at each evaluation, mean +- std over seeds, from the runs' "

@@ -8,15 +8,13 @@ import os
 
 import numpy as np
 
-from kd_research.report import pages
-from kd_research import workdir as workdir_lib
-
-# pylint: disable=protected-access
+from kd_research.report import rows as rows_lib
+from kd_research.train import workdir as workdir_lib
 
 
 def _pair_key(row):
   """(student key, teachers) of a distilled row: rows with equal keys form one panel."""
-  return (pages._student_key(row["config"]), tuple(row["config"].get("teachers", ())))
+  return (rows_lib.student_key(row["config"]), tuple(row["config"].get("teachers", ())))
 
 
 def _method_label(config):
@@ -29,9 +27,9 @@ def _method_label(config):
 
 def method_pairs(runs, root):
   """Per teacher -> student pair: {'title', 'baseline' row, 'rows' (distilled, best first)}."""
-  rows = pages._rows(runs, root)
-  order = pages.ROLE_ORDER
-  baselines = {pages._student_key(r["config"]): r for r in rows if r["order"] == order["student"]}
+  rows = rows_lib.rows(runs, root)
+  order = rows_lib.ROLE_ORDER
+  baselines = {rows_lib.student_key(r["config"]): r for r in rows if r["order"] == order["student"]}
   teacher_accuracy = {}
   for run in runs:
     if run["config"]["role"] == "distill" and "teacher_test_accuracy" in run["results"]:
@@ -40,7 +38,7 @@ def method_pairs(runs, root):
                     for r in runs if r["config"]["role"] == "teacher"}
   pairs = {}
   for row in rows:
-    if row["order"] != order["distill"] or pages._student_key(row["config"]) not in baselines:
+    if row["order"] != order["distill"] or rows_lib.student_key(row["config"]) not in baselines:
       continue
     pairs.setdefault(_pair_key(row), []).append(row)
   out = []
@@ -80,22 +78,22 @@ def method_tables(runs, root):
     base = pair["baseline"]
     lines = [f"**{pair['title']}**\n", "| method | seeds | test accuracy | gain over labels only "
              "(points) | combined std | \\|gain\\| > combined std |", "|---|---|---|---|---|---|",
-             f"| labels only | {base['seeds']} | {pages.mean_std(base['test'])} | - | - | - |"]
+             f"| labels only | {base['seeds']} | {rows_lib.mean_std(base['test'])} | - | - | - |"]
     for row in pair["rows"]:
       gain = 100 * (np.mean(row["test"]) - np.mean(base["test"]))
-      spread = 100 * np.hypot(pages._std(row["test"]), pages._std(base["test"]))
+      spread = 100 * np.hypot(rows_lib.std(row["test"]), rows_lib.std(base["test"]))
       lines.append(f"| {_method_label(row['config'])} | {row['seeds']} | "
-                   f"{pages.mean_std(row['test'])} "
+                   f"{rows_lib.mean_std(row['test'])} "
                    f"| {gain:+.2f} | {spread:.2f} | {'yes' if abs(gain) > spread else 'no'} |")
     parts.append("\n".join(lines) + "\n")
   return "\n".join(parts)
 
 
 def method_panels(runs, root):
-  """The figure's panels (report_figure.method_figure) in percent."""
+  """The figure's panels (figure.method_figure) in percent."""
   return [{"title": pair["title"],
            "baseline": (100 * np.mean(pair["baseline"]["test"]),
-                        100 * pages._std(pair["baseline"]["test"])),
+                        100 * rows_lib.std(pair["baseline"]["test"])),
            "rows": [(f"{_method_label(r['config'])} (n={r['seeds']})", 100 * np.mean(r["test"]),
-                     100 * pages._std(r["test"])) for r in pair["rows"]]}
+                     100 * rows_lib.std(r["test"])) for r in pair["rows"]]}
           for pair in method_pairs(runs, root)]

@@ -1,6 +1,14 @@
-"""Tables of the tools around training runs: the benchmark, its per-method rows and op-time
-profiles, and export verification. Reports of runs themselves are in report.py; between
-them they render every table of the project."""
+"""Every Markdown table of the project: runs (from report/rows.py's grouped rows), sweeps,
+machines, and the tools' benchmark, per-method, op-time and export tables."""
+
+import collections
+import os
+
+import numpy as np
+
+from kd_research.common import machine as machine_lib
+from kd_research.report import rows as rows_lib
+
 
 
 def export_table(report):
@@ -50,3 +58,103 @@ def method_bench_table(rows):
     lines.append(f"| {r['method']} | {r['examples_per_second']:,.0f} | {r['ratio_to_kd']:.2f}x |")
   return "\n".join(lines)
 
+
+
+def _extra(row):
+  """' (+192 extra)': parameters of connectors, trained but not exported."""
+  return f" (+{row['extra']:,} extra)" if row.get("extra") else ""
+
+
+def _reference(rows):
+  """The best single teacher's mean test accuracy (the 'share of teacher' base), or None."""
+  teachers = [np.mean(r["test"]) for r in rows if r["order"] == rows_lib.ROLE_ORDER["teacher"]]
+  return max(teachers) if teachers else None
+
+
+def _fmt(value, spec, unit=""):
+  return "-" if value is None else f"{value:{spec}}{unit}"
+
+
+def build_table(runs, root):
+  """Markdown table of the grouped runs (and teacher ensembles), teachers first."""
+  rows = rows_lib.rows(runs, root)
+  reference = _reference(rows)
+  deployed = any(row.get("deployed") for row in rows)
+  lines = ["| setting | seeds | test accuracy | validation accuracy | params | share of teacher "
+           "| ms/batch (128) | train time | " + ("int8 TFLite KB | int8 accuracy | "
+                                                 "int8 ms (batch 1) | " if deployed else "")
+           + "runs | command |",
+           "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if deployed else "") + "---|---|"]
+  for row in rows:
+    share = (f"{100 * np.mean(row['test']) / reference:.1f}%" if reference else "-")
+    validation = ("-" if None in row["validation"] else rows_lib.mean_std(row["validation"]))
+    int8 = row.get("deployed")
+    tail = ((f"{int8[0]:.1f} | {100 * int8[1]:.2f}% | {int8[2]:.3f} | " if int8 else
+             "- | - | - | ") if deployed else "")
+    lines.append(
+        f"| {row['label']} | {row['seeds']} | {rows_lib.mean_std(row['test'])} | {validation} | "
+        f"{_fmt(row['params'], ',')}{_extra(row)} | {share} | {_fmt(row['ms'], '.1f')} | "
+        f"{_fmt(row['train'], '.0f', ' s')} | {tail}{row['dirs']} | "
+        f"{_commands(row)} |")
+  return "\n".join(lines) + "\n"
+
+
+def _commands(row):
+  """The row's commands as code spans (one per line), or its note, or '-'."""
+  return "<br>".join(f"`{c}`" for c in row["commands"]) or row.get("command_text", "-")
+
+
+def comparison(runs, root):
+  """Per distilled setting: gain over the labels-only student of the same model.
+
+  The gain is the difference of mean test accuracies; the combined standard
+  deviation is sqrt(std_kd^2 + std_labels^2) over seeds. The target columns are the
+  results issue's: gain >= 0.5 points and larger than the combined std; the student
+  at >= 98% of the best teacher's accuracy.
+  """
+  rows = rows_lib.rows(runs, root)
+  reference = _reference(rows)
+  baselines = {rows_lib.student_key(r["config"]): r for r in rows if r["order"] == rows_lib.ROLE_ORDER["student"]}
+  lines = ["| distilled setting | gain over labels only (points) | combined std (points) "
+           "| gain >= 0.5 and > combined std | share of teacher | >= 98% of teacher |",
+           "|---|---|---|---|---|---|"]
+  found = False
+  for row in rows:
+    base = baselines.get(rows_lib.student_key(row["config"])) if "config" in row else None
+    if row["order"] != rows_lib.ROLE_ORDER["distill"] or base is None:
+      continue
+    found = True
+    gain = 100 * (np.mean(row["test"]) - np.mean(base["test"]))
+    spread = 100 * np.hypot(rows_lib.std(row["test"]), rows_lib.std(base["test"]))
+    share = 100 * np.mean(row["test"]) / reference if reference else None
+    beats = "yes" if gain >= 0.5 and gain > spread else "no"
+    lines.append(f"| {row['label']} | {gain:+.2f} | {spread:.2f} | {beats} | "
+                 f"{_fmt(share, '.1f', '%')} | "
+                 f"{'-' if share is None else ('yes' if share >= 98 else 'no')} |")
+  return "\n".join(lines) + "\n" if found else ""
+
+
+def machines(runs):
+  """The distinct machines of the runs (one line each) and how many runs record none."""
+  infos = [run["results"].get("machine") for run in runs]
+  seen = collections.Counter(machine_lib.summary(info) for info in infos if info is not None)
+  missing = infos.count(None)
+  lines = [f"- {line}: {n} run(s)" for line, n in seen.items()]
+  if missing:
+    lines.append(f"- not recorded (runs from before machine recording): {missing} run(s)")
+  return "\n".join(lines) + "\n"
+
+
+def sweep_table(runs, root):
+  """Validation-only table of a hyper-parameter sweep, best validation accuracy first."""
+  lines = ["| setting | seeds | validation accuracy | runs | command |", "|---|---|---|---|---|"]
+  groups = sorted(rows_lib.groups(runs), key=lambda g: -np.mean(
+      [m["results"]["validation_accuracy"] for m in g]))
+  for members in groups:
+    commands = sorted({m["command"] for m in members if m["command"]})
+    lines.append(
+        f"| {rows_lib.describe(members[0]['config'])}{rows_lib.budget(members[0]['config'])} "
+        f"| {len(members)} | {rows_lib.mean_std([m['results']['validation_accuracy'] for m in members])} "
+        f"| {', '.join(os.path.relpath(m['dir'], root) for m in members)} "
+        f"| {'<br>'.join(f'`{c}`' for c in commands) or '-'} |")
+  return "\n".join(lines) + "\n"

@@ -169,35 +169,12 @@ def run_keras_distiller(opts, x, y, num_classes):
 
 def run_method(opts, x, y, num_classes, method, strategy=None, profile_dir=None):
   """examples/s of distillation method ``method`` with a live teacher (and an op table)."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from kd_research import config as config_lib  # pylint: disable=g-import-not-at-top
-  from kd_research.data import datasets  # pylint: disable=g-import-not-at-top
-  from kd_research.methods import registry as method_registry  # pylint: disable=g-import-not-at-top
-  from kd_research.methods import base  # pylint: disable=g-import-not-at-top
-  from kd_research.train import steps  # pylint: disable=g-import-not-at-top
-  from kd_research.train import teacher_sources  # pylint: disable=g-import-not-at-top
-  from kd_research.train import teachers as teachers_lib  # pylint: disable=g-import-not-at-top
-  strategy = strategy or tf.distribute.get_strategy()
-  with strategy.scope():
-    (teacher,), student = _models(opts, num_classes, x.shape[1:], "none")
-  ensemble = teachers_lib.TeacherEnsemble([teacher], ["t"])
-  distill = ml_collections.ConfigDict(config_lib.base_config().distill.to_dict())
-  distill.temperature.start = distill.temperature.end = 4.0
-  # CRD's bank covers the benchmark's examples; its K negatives: the default, capped by them.
-  distill.crd.negatives = min(distill.crd.negatives, len(x) - 1)
-  objective = method_registry.build(distill, method_registry.parse(method), base.BuildContext(
-      distill, student, teacher, [1.0], 100, 1000, base.TrainingSet(len(x), y, opts.batch, 0)))
-  state = _state(strategy, student,
-                 lambda model: method_registry.build_variables(objective, model, ensemble))
-  if objective.teacher_taps:
-    ensemble.tap(objective.teacher_taps)
-  loop = steps.make_train_loop(strategy, state.model, state.optimizer, state.step, opts.batch,
-                               objective, teacher_sources.live_teachers(ensemble,
-                                                                   objective.teacher_taps))
-  iterator = iter(strategy.distribute_datasets_from_function(
-      datasets.train_dataset_fn(x, y, opts.batch, seed=0)))
-  return _time_loop(opts, loop, iterator, profile_dir)
+  del x, y, num_classes
+  overrides = {"distill.method": method}
+  if "crd" in method.split(","):  # CRD's bank covers the examples; K capped by them.
+    overrides["distill.crd.negatives"] = min(16384, (opts.examples or 10**9) - 1)
+  rate, _, _, table = run_resolved(opts, overrides, profile_dir=profile_dir, strategy=strategy)
+  return rate, table
 
 
 def _time_loop(opts, loop, iterator, profile_dir=None):
@@ -217,57 +194,91 @@ def _time_loop(opts, loop, iterator, profile_dir=None):
   return _rate(times, opts.batch, opts.window), table
 
 
-def _state(strategy, student, extra_variables_fn=lambda model: []):
-  """The training state of a run (state.py) around ``student``, Adam at a constant 1e-3."""
+def bench_config(opts, overrides=(), role="distill", teachers=1):
+  """The config of a bench row: a real run's config (config.base_config) with the bench's
+  models, data size and batch, Adam at a constant 1e-3, KD alpha 0.7 / T 4 constant."""
+  from kd_research import config as config_lib  # pylint: disable=g-import-not-at-top
+  from kd_research.data import sources  # pylint: disable=g-import-not-at-top
+  available = len(sources.load(opts.dataset).train_x)
+  config = config_lib.base_config()
+  with config.unlocked():
+    config.dataset = opts.dataset
+    config.global_batch_size = opts.batch
+    # Small validation and test splits: the teachers are evaluated on them once per row.
+    config.validation_size, config.test_size = min(1000, available // 4), 500
+    config.train_size = min(opts.examples, available - config.validation_size)
+    config.teacher = config_lib.model_config(opts.teacher, opts.teacher_width)
+    config.student = config_lib.model_config(opts.student, opts.student_width, epochs=1000)
+    config.optimizer.learning_rate = config_lib.schedule(1e-3)
+    config.distill.alpha = config_lib.schedule(0.7)
+    config.distill.temperature = config_lib.schedule(4.0)
+    config.run.allow_weak_teacher = True  # Untrained teachers: speed only.
+    for name in range(1, teachers):
+      config.extra_teachers[f"t{name}"] = config_lib.model_config(opts.teacher,
+                                                                  opts.teacher_width)
+  for key, value in dict(overrides).items():
+    config = config_lib.replaced(config, **{key: value})
+  config_lib.validate(config)
+  return config
+
+
+def _teacher_files(config, count, directory):
+  """``count`` untrained teachers of config.teacher saved as .keras files (seeds 0, 1, ...)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from kd_research.data import datasets  # pylint: disable=g-import-not-at-top
+  from kd_research.models import registry as model_registry  # pylint: disable=g-import-not-at-top
+  splits = datasets.load_splits(config)
+  paths = []
+  for k in range(count):
+    keras.utils.set_random_seed(k)
+    model = model_registry.build(config.teacher.model, splits.input_shape, splits.num_classes,
+                                 config.teacher.width or None)
+    paths.append(os.path.join(directory, f"teacher{k}.keras"))
+    model.save(paths[-1])
+  return paths
+
+
+def run_resolved(opts, overrides=(), role="distill", teachers=1, profile_dir=None,
+                 strategy=None):
+  """One bench row of our loop: the run resolved exactly as ``distill`` (or ``train``)
+  resolves it (train/resolve.py), its last phase's traced loop and the run's own training
+  stream, timed over windows. Returns (examples/s, student FLOPs, teacher FLOPs, op table).
+  """
   import tempfile  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from kd_research.train import optimizers  # pylint: disable=g-import-not-at-top
-  from kd_research.common import schedules  # pylint: disable=g-import-not-at-top
-  from kd_research.train import state as state_lib  # pylint: disable=g-import-not-at-top
-  adam = ml_collections.ConfigDict(dict(name="adam", momentum=0.9, weight_decay=0.0))
-  return state_lib.build(
-      strategy, lambda: student,
-      lambda: optimizers.make_optimizer(adam, schedules.Schedule("constant", 1, 1e-3)),
-      extra_variables_fn, tempfile.mkdtemp(prefix="kd_bench_"), 1, True)
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from kd_research.data import datasets  # pylint: disable=g-import-not-at-top
+  from kd_research.runtime import precision  # pylint: disable=g-import-not-at-top
+  from kd_research.train import resolve  # pylint: disable=g-import-not-at-top
+  from kd_research.train import runs  # pylint: disable=g-import-not-at-top
+  strategy = strategy or tf.distribute.get_strategy()
+  config = bench_config(opts, overrides, role, teachers)
+  workdir = tempfile.mkdtemp(prefix="kd_bench_")
+  paths = _teacher_files(config, teachers, workdir) if role == "distill" else ()
+  precision.set_policy(config.mixed_precision)
+  try:
+    keras.utils.set_random_seed(config.student.seed)
+    run = resolve.resolve(config, os.path.join(workdir, "run"), role, strategy,
+                          datasets.load_splits(config), tuple(paths), chief=True)
+    driver = runs.make_driver(run, writer=None)
+    loop = driver.loop_for(run.phases[-1] if role != "distill" else
+                           next(p for p in run.phases if p.name == "distill"))
+    rate, table = _time_loop(opts, loop, runs.train_stream(run), profile_dir)
+  finally:
+    precision.set_policy("none")
+  live = role == "distill" and not config.distill.cache_teacher
+  teacher_flops = sum(forward_flops(m) for m in run.teachers.ensemble.models) if live else 0
+  return rate, forward_flops(run.state.model), teacher_flops, table
 
 
 def run_our_loop(opts, x, y, num_classes, precision="none", jit=False, cache=False, teachers=1,
                  student_only=False, profile_dir=None, strategy=None):
-  """(b)-(i): our train loop under the default strategy with the chosen options.
-
-  Returns (examples/s, student FLOPs, teacher FLOPs, op-time table or None); with
-  ``profile_dir`` one more window runs under the TF profiler for the table.
-  """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from kd_research.data import datasets  # pylint: disable=g-import-not-at-top
-  from kd_research.methods import base  # pylint: disable=g-import-not-at-top
-  from kd_research.methods import kd  # pylint: disable=g-import-not-at-top
-  from kd_research.common import schedules  # pylint: disable=g-import-not-at-top
-  from kd_research.train import steps  # pylint: disable=g-import-not-at-top
-  from kd_research.train import teacher_cache  # pylint: disable=g-import-not-at-top
-  from kd_research.train import teacher_sources  # pylint: disable=g-import-not-at-top
-  from kd_research.train import teachers as teachers_lib  # pylint: disable=g-import-not-at-top
-  strategy = strategy or tf.distribute.get_strategy()
-  with strategy.scope():
-    teacher_models, student = _models(opts, num_classes, x.shape[1:], precision, teachers)
-  state = _state(strategy, student)
-  ensemble = teachers_lib.TeacherEnsemble(teacher_models, [f"t{i}" for i in range(teachers)])
-  extras = None
-  if cache and not student_only:
-    extras = {"teacher_logits": teacher_cache.compute_logits(ensemble, x)}
-  objective = base.Objective() if student_only else kd.HintonKD(
-      schedules.Schedule("constant", 1, 0.7), schedules.Schedule("constant", 1, 4.0))
-  source = (teacher_sources.cached_teachers if cache
-            else teacher_sources.live_teachers(ensemble))
-  loop = steps.make_train_loop(strategy, state.model, state.optimizer, state.step, opts.batch,
-                               objective, source, jit_compile=jit)
-  iterator = iter(strategy.distribute_datasets_from_function(
-      datasets.train_dataset_fn(x, y, opts.batch, seed=0, extras=extras)))
-  rate, table = _time_loop(opts, loop, iterator, profile_dir)
-  from kd_research.runtime import precision as precision_lib  # pylint: disable=g-import-not-at-top
-  precision_lib.set_policy("none")
-  teacher_flops = sum(forward_flops(m) for m in teacher_models)
-  return rate, forward_flops(student), teacher_flops, table
+  """(b)-(i): our loop through the run resolver with the chosen options (see OPTIONS)."""
+  del x, y, num_classes
+  overrides = {"mixed_precision": precision, "run.jit_compile": jit,
+               "distill.cache_teacher": cache}
+  return run_resolved(opts, overrides, "student" if student_only else "distill", teachers,
+                      profile_dir, strategy)
 
 
 def _measure_methods(opts, strategy, profile_dir, profiles):

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from kd_research.common import timing
 from kd_research.common import fileio
+from kd_research.train import results as results_lib
 from kd_research.common.errors import UserError
 
 
@@ -136,24 +137,9 @@ def _size(path):
   return os.path.getsize(path)
 
 
-def splits_for_run(config, workdir):
-  """The data splits of the run in ``workdir`` (its config.json decides the dataset)."""
-  from kd_research.data import datasets  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise UserError(f"{workdir} is not a run directory (no config.json); give the directory of "
-                    "a finished train/distill run, e.g. WORKDIR/student_kd.")
-  identity = fileio.read_json(path)
-  config = config.copy_and_resolve_references()
-  with config.unlocked():
-    for field in ("dataset", "validation_size", "validation_seed", "train_size", "test_size"):
-      config[field] = identity[field]
-  return datasets.load_splits(config)
-
-
 def export_run(workdir, splits, calibration=300):
   """Exports RUN/model.keras into RUN/export and returns the verification report."""
-  if not os.path.exists(os.path.join(workdir, "results.json")):
+  if not results_lib.exists(workdir):
     raise UserError(f"{workdir} is not a finished run (no results.json); finish it first.")
   model_path = os.path.join(workdir, "model.keras")
   if not os.path.exists(model_path):

@@ -30,13 +30,14 @@ import tensorflow as tf
 from kd_research.data import datasets
 from kd_research.train import evaluation
 from kd_research.common import fileio
+from kd_research.train import results as results_lib
 from kd_research.common import machine
 from kd_research.models import registry as model_registry
 from kd_research.train import optimizers
 from kd_research.common import schedules
 from kd_research.train import teachers as teachers_lib
 from kd_research.common import timing
-from kd_research import workdir as workdir_lib
+from kd_research.train import workdir as workdir_lib
 from kd_research.common.errors import UserError
 
 TRAINERS = {"default": "keras.distillation", "instance": "keras.distillation+KLDivergence()"}
@@ -80,8 +81,8 @@ def train_and_evaluate(config, workdir, teacher_path, overwrite=False, kl="defau
       return finished
     splits = datasets.load_splits(config)
     keras.utils.set_random_seed(config.student.seed)
-    student = model_registry.build(config.student.model, splits.input_shape, splits.num_classes,
-                           config.student.width or None)
+    student = model_registry.build(config.student.model, splits.input_shape,
+                                   splits.num_classes, config.student.width or None)
     teacher = teachers_lib.load_teacher(teacher_path, splits.input_shape, splits.num_classes)
     steps_per_epoch = datasets.steps_per_epoch(len(splits.train[0]), config.global_batch_size)
     total = steps_per_epoch * config.student.epochs
@@ -89,7 +90,7 @@ def train_and_evaluate(config, workdir, teacher_path, overwrite=False, kl="defau
                                "config.optimizer.learning_rate")
     model = distiller(teacher, student, alpha, temperature, kl)
     model.compile(optimizer=optimizers.make_optimizer(config.optimizer, lr),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     images, labels = splits.train
     stream = (tf.data.Dataset.from_tensor_slices((images.astype(np.float32), labels))
               .shuffle(len(images), seed=config.student.seed, reshuffle_each_iteration=True)
@@ -99,8 +100,7 @@ def train_and_evaluate(config, workdir, teacher_path, overwrite=False, kl="defau
     seconds = time.perf_counter() - start
     results = _results(config, splits, student, teacher, total, seconds, TRAINERS[kl])
     student.save(os.path.join(workdir, "model.keras"))
-    fileio.atomic_write_json(os.path.join(workdir, workdir_lib.RESULTS_FILE), results)
-  return results
+    return results_lib.write(workdir, results)
 
 
 def _results(config, splits, student, teacher, steps, seconds, trainer):
@@ -112,12 +112,12 @@ def _results(config, splits, student, teacher, steps, seconds, trainer):
   validation = evaluator(*splits.validation)
   teacher_test = evaluation.Evaluator(strategy, teacher, splits.num_classes,
                                       config.run.eval_batch_size)(*splits.test)
-  return {"role": "distill", "trainer": trainer, "model": config.student.model,
-          "width": config.student.width, "seed": config.student.seed,
-          "params": int(student.count_params()), "test_accuracy": test["accuracy"],
-          "test_loss": test["loss"], "test_count": test["count"], "test": test,
-          "validation_accuracy": validation["accuracy"], "steps": steps,
-          "epochs": config.student.epochs, "train_seconds": seconds,
-          "ms_per_batch_128": timing.inference_ms_per_batch(student, splits.input_shape, 128),
-          "replicas": 1, "dataset": config.dataset, "machine": machine.describe(),
-          "method": "kd", "teacher_test_accuracy": teacher_test["accuracy"], "extra_params": 0}
+  return results_lib.RunResults(
+      role="distill", trainer=trainer, model=config.student.model, width=config.student.width,
+      seed=config.student.seed, params=int(student.count_params()),
+      test_accuracy=test["accuracy"], test_loss=test["loss"], test_count=test["count"],
+      test=test, validation_accuracy=validation["accuracy"], steps=steps,
+      epochs=config.student.epochs, train_seconds=seconds,
+      ms_per_batch_128=timing.inference_ms_per_batch(student, splits.input_shape, 128),
+      replicas=1, dataset=config.dataset, machine=machine.describe(), method="kd",
+      teacher_test_accuracy=teacher_test["accuracy"])

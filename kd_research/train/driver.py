@@ -78,7 +78,7 @@ class Driver:
     """The phase that trains step ``step`` + 1."""
     return next(p for p in self.phases if step < p.end_step)
 
-  def _loop(self, phase):
+  def loop_for(self, phase):
     """The traced loop of ``phase`` (its trainable set chosen first), built once."""
     if phase.name not in self._loops:
       if phase.select_trainable:
@@ -112,7 +112,7 @@ class Driver:
         phase = self.phase_at(step)
         n = self._steps_this_call(step, phase)
         started = time.perf_counter()
-        sums = self._loop(phase)(iterator, tf.constant(n)).numpy()
+        sums = self.loop_for(phase)(iterator, tf.constant(n)).numpy()
         self.state.train_seconds.assign_add(time.perf_counter() - started)
         self._check_finite(sums, step, n)
         step += n

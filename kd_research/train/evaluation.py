@@ -21,6 +21,7 @@ from kd_research.common import metrics
 from kd_research.train import steps
 from kd_research.common import timing
 from kd_research.common.errors import UserError
+from kd_research.train import workdir as workdir_lib
 
 
 def eval_batch_size(requested, strategy):
@@ -143,7 +144,7 @@ def evaluate_saved_run(config, workdir, strategy):
   if not os.path.exists(path):
     raise UserError(f"{workdir} has no model.keras: it is not a finished run (train, distill or "
                     "a pipeline stage directory such as WORKDIR/student_kd).")
-  splits = datasets.load_splits(config)
+  splits = workdir_lib.splits_of_run(config, workdir)
   with strategy.scope():
     model = keras.models.load_model(path, compile=False, safe_mode=True)
   evaluator = Evaluator(strategy, model, splits.num_classes,

@@ -21,11 +21,12 @@ import socket
 
 from kd_research import config as config_lib
 from kd_research.common import fileio
+from kd_research.train import results as results_lib
 from kd_research.methods import registry as methods_lib
 from kd_research.common.errors import UserError
 
 CONFIG_FILE = "config.json"
-RESULTS_FILE = "results.json"
+RESULTS_FILE = results_lib.FILE
 LOCK_FILE = ".lock"
 FORMAT = 3
 _MODEL_ENTRIES = ("teacher", "student", "extra_teachers")
@@ -117,9 +118,8 @@ def prepare(workdir, identity, overwrite=False, write=True):
                       "Use a new --workdir, or pass --overwrite to discard that run.")
     if differences and write:
       clear(workdir)
-  results_path = os.path.join(workdir, RESULTS_FILE)
-  if os.path.exists(results_path) and not overwrite:
-    return fileio.read_json(results_path)
+  if results_lib.exists(workdir) and not overwrite:
+    return results_lib.read(workdir)
   if overwrite and write:
     clear(workdir)
   if write:
@@ -171,3 +171,18 @@ class RunLock:
 
   def __exit__(self, *exc):
     self._file.close()
+
+
+def splits_of_run(config, workdir):
+  """The data splits of the finished run in ``workdir``: its config.json decides the dataset
+  and the splits (the one way eval and export find a run's data)."""
+  from kd_research.data import datasets  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    raise UserError(f"{workdir} is not a run directory (no config.json); give the directory of "
+                    "a finished train/distill run, e.g. WORKDIR/student_kd.")
+  identity = read_identity(workdir)
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    for field in ("dataset", "validation_size", "validation_seed", "train_size", "test_size"):
+      config[field] = identity[field]
+  return datasets.load_splits(config)

@@ -1,0 +1,54 @@
+"""The seed article's models (resnet_seed teacher, cnn_seed student) and the MLP test workhorse.
+
+They keep Keras' defaults (BatchNorm momentum 0.99, epsilon 1e-3, Glorot-uniform), as the
+article's Keras models do.
+"""
+
+import keras
+
+from kd_research.models import parts
+from kd_research.models import registry
+
+
+@registry.register("resnet_seed")
+def resnet_seed(input_shape, num_classes, width=None, sync_bn=False):
+  """The seed article's teacher: six residual blocks (w, w, 2w/2, 2w, 4w/2, 4w), GAP, Dense."""
+  width = width or 64
+  inputs = keras.Input(shape=input_shape)
+  x = keras.layers.Rescaling(1.0 / 255)(inputs)
+  for index, (filters, stride) in enumerate(((width, 1), (width, 1), (2 * width, 2),
+                                             (2 * width, 1), (4 * width, 2), (4 * width, 1))):
+    x = parts.residual_block(x, filters, stride, sync_bn)
+    if index % 2:
+      x = parts.tap(x, f"stage{index // 2 + 1}")
+  x = parts.tap(keras.layers.GlobalAveragePooling2D()(x), "pooled")
+  return keras.Model(inputs, parts.logits(x, num_classes), name="resnet_seed")
+
+
+@registry.register("cnn_seed")
+def cnn_seed(input_shape, num_classes, width=None, sync_bn=False):
+  """The seed article's student: Conv(w)-Conv(2w), MaxPool, Conv(2w)-Conv(2w), GAP, Dense."""
+  del sync_bn  # No BatchNorm in this model.
+  width = width or 32
+  inputs = keras.Input(shape=input_shape)
+  x = keras.layers.Rescaling(1.0 / 255)(inputs)
+  x = keras.layers.Conv2D(width, 3, activation="relu")(x)
+  x = keras.layers.Conv2D(2 * width, 3, activation="relu")(x)
+  x = parts.tap(keras.layers.MaxPooling2D()(x), "stage1")
+  x = keras.layers.Conv2D(2 * width, 3, activation="relu")(x)
+  x = parts.tap(keras.layers.Conv2D(2 * width, 3, activation="relu")(x), "stage2")
+  x = parts.tap(keras.layers.GlobalAveragePooling2D()(x), "pooled")
+  return keras.Model(inputs, parts.logits(x, num_classes), name="cnn_seed")
+
+
+@registry.register("mlp")
+def mlp(input_shape, num_classes, width=None, sync_bn=False):
+  """Two hidden ReLU layers of ``width`` units; the smallest student and the test workhorse."""
+  del sync_bn
+  width = width or 128
+  inputs = keras.Input(shape=input_shape)
+  x = keras.layers.Rescaling(1.0 / 255)(inputs)
+  x = keras.layers.Flatten()(x)
+  x = parts.tap(keras.layers.Dense(width, activation="relu")(x), "stage1")
+  x = parts.tap(keras.layers.Dense(width, activation="relu")(x), "pooled")
+  return keras.Model(inputs, parts.logits(x, num_classes), name="mlp")

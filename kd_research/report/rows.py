@@ -1,0 +1,192 @@
+"""Run directories -> grouped rows: the one source every table, figure and curve reads.
+
+A run directory is one with config.json and results.json (train, distill, keras_peer or a
+pipeline stage). Runs whose configs differ only in the model seed are one group (seeds of
+one setting); a row is a group's accuracies, size, speed, directories and commands.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from kd_research import config as config_lib
+from kd_research.train import workdir as workdir_lib
+from kd_research.common import fileio
+from kd_research.common import schedules
+from kd_research.train import results as results_lib
+
+ROLE_ORDER = {"teacher": 0, "ensemble": 1, "student": 2, "distill": 3}
+
+
+def find_runs(root, extra_dirs=()):
+  """Every run directory below ``root`` (sorted), and ``extra_dirs`` that are runs."""
+  runs = []
+  walked = [(d, files) for d, _, files in os.walk(root)]
+  walked += [(d, os.listdir(d)) for d in extra_dirs if os.path.isdir(d)
+             and os.path.realpath(d) not in {os.path.realpath(w) for w, _ in walked}]
+  for directory, files in walked:
+    if workdir_lib.CONFIG_FILE in files and results_lib.FILE in files:
+      config = workdir_lib.read_identity(directory)
+      if "role" in config and results_lib.is_run_results(directory):
+        results = results_lib.read(directory)
+        export = os.path.join(directory, "export", "export_report.json")
+        runs.append({"dir": directory, "config": config, "results": results,
+                     "command": run_command(directory, root),
+                     "export": fileio.read_json(export) if os.path.exists(export) else None})
+  return sorted(runs, key=lambda r: r["dir"])
+
+
+def run_command(directory, root):
+  """The command that produced a run: command.txt in the run dir or an ancestor below root."""
+  root = os.path.abspath(root)
+  directory = os.path.abspath(directory)
+  while True:
+    path = os.path.join(directory, "command.txt")
+    if os.path.exists(path):
+      with open(path) as f:  # Runs recorded before paths were made portable, too.
+        return fileio.portable_command(f.read().strip())
+    if directory == root or os.path.dirname(directory) == directory:
+      return ""
+    directory = os.path.dirname(directory)
+
+
+def group_key(config):
+  """The config without the student's seed: student runs with equal keys are seeds of one
+  setting. Teachers keep their seed: each teacher is its own row (students learn from a
+  particular teacher, not from a seed average)."""
+  flat = config_lib.flatten(config)
+  if config["role"] != "teacher":
+    flat.pop("model.seed", None)
+  return json.dumps(flat, sort_keys=True, default=str)
+
+
+def describe(config):
+  """A short label: role, model and the distillation settings that matter."""
+  model = config["model"]
+  label = f"{config['role']}: {model['model']}" + (f" w{model['width']}" if model["width"] else "")
+  if config["role"] == "teacher":
+    label += f" (seed {model['seed']})"
+  if config.get("labels"):
+    labels = config["labels"]
+    share = labels["count"] or f"{100 * labels['fraction']:g}%"
+    label += f", {share} labels"
+  if config["role"] == "distill":
+    d = config["distill"]
+    method = d.get("method", "kd")
+    label += f", {len(config['teachers'])} teacher(s)"
+    if method != "kd":
+      label += f", {method}" + (" + ls" if d.get("logit_standardization") else "")
+    if "kd" in method.split(","):
+      label += (f", alpha {schedules.describe(d['alpha'])}"
+                f", T {schedules.describe(d['temperature'])}"
+                + (" + ls" if d.get("logit_standardization") and method == "kd" else ""))
+    label += f", fine-tune {d['finetune_epochs']} ep" if d["finetune_epochs"] else ""
+    label += f", {config['trainer']} Distiller (fit)" if config.get("trainer") else ""
+  return label
+
+
+def budget(config):
+  """', 40 epochs, lr 0.01': a run's epochs and initial learning rate ('' if unrecorded)."""
+  epochs = config.get("model", {}).get("epochs")
+  lr = config.get("optimizer", {}).get("learning_rate", {}).get("start")
+  return (f", {epochs} epochs" if epochs else "") + (f", lr {lr:g}" if lr else "")
+
+
+def std(values):
+  """Sample standard deviation (n - 1); 0.0 for a single run (no spread measured)."""
+  return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def mean_std(values):
+  """'mean +- std' in percent (std over n-1; '-' for one run)."""
+  values = 100 * np.asarray(values, np.float64)
+  if len(values) == 1:
+    return f"{values[0]:.2f}%"
+  return f"{values.mean():.2f} +- {values.std(ddof=1):.2f}%"
+
+
+def groups(runs):
+  """Runs grouped by config without the model seed, in first-seen order. A seed counts once
+  per group: the same configuration and seed in another directory (e.g. the labels-only
+  student of two pipelines that differ only in their teachers) is the same run repeated,
+  not another sample."""
+  grouped, seen = {}, set()
+  for run in runs:
+    key = group_key(run["config"])
+    seed = (key, run["config"]["model"].get("seed"))
+    if seed in seen:
+      continue
+    seen.add(seed)
+    grouped.setdefault(key, []).append(run)
+  return list(grouped.values())
+
+
+def student_key(config):
+  """What makes two student runs comparable: dataset and model entry without the seed."""
+  model = dict(config["model"], seed=None)
+  return json.dumps([config["dataset"], model, config.get("augment")], sort_keys=True)
+
+
+def ensemble_rows(runs):
+  """One row per distinct teacher set of multi-teacher distillation runs.
+
+  Accuracy comes from the distillation run's teacher report (the ensemble is
+  evaluated on the same test split); params, ms/batch and train time are the sums of
+  the teachers' own runs when they are below the report root, else unknown.
+  """
+  by_dir = {os.path.realpath(r["dir"]): r for r in runs if r["config"]["role"] == "teacher"}
+  rows = {}
+  for run in runs:
+    teachers = run["config"].get("teachers", [])
+    if run["config"]["role"] != "distill" or len(teachers) < 2 or "teachers" not in run["results"]:
+      continue
+    key = tuple(teachers)
+    if key in rows:
+      continue
+    own = [by_dir.get(os.path.dirname(os.path.realpath(p))) for p in teachers]
+    known = all(own)
+    report = run["results"]["teachers"]
+    rows[key] = {
+        "label": f"teacher ensemble ({len(teachers)}: "
+                 + ", ".join(os.path.basename(os.path.dirname(p)) for p in teachers)
+                 + f"; {run['config']['distill']['combine']})",
+        "seeds": 1, "test": [report["test"]["ensemble_accuracy"]],
+        "validation": [report["validation"]["ensemble_accuracy"]],
+        "params": sum(o["results"]["params"] for o in own) if known else None,
+        "ms": sum(o["results"]["ms_per_batch_128"] for o in own) if known else None,
+        "train": sum(o["results"]["train_seconds"] for o in own) if known else None,
+        "dirs": "-", "commands": [], "command_text": "see the teachers' rows",
+        "order": ROLE_ORDER["ensemble"]}
+  return list(rows.values())
+
+
+def rows(runs, root):
+  """Table rows (dicts) of every group and ensemble, teachers first."""
+  out = []
+  for members in groups(runs):
+    results = [m["results"] for m in members]
+    config = members[0]["config"]
+    out.append({
+        "label": describe(config) + budget(config), "seeds": len(members),
+        "config": config,
+        "test": [r["test_accuracy"] for r in results],
+        "validation": [r.get("validation_accuracy") for r in results],
+        "params": results[0]["params"], "extra": results[0].get("extra_params", 0),
+        "ms": float(np.median([r["ms_per_batch_128"] for r in results])),
+        "train": float(np.mean([r["train_seconds"] for r in results])),
+        "dirs": ", ".join(os.path.relpath(m["dir"], root) for m in members),
+        "commands": sorted({m["command"] for m in members if m["command"]}),
+        "deployed": deployed([m.get("export") for m in members]),
+        "order": ROLE_ORDER[config["role"]]})
+  out += ensemble_rows(runs)
+  return sorted(out, key=lambda r: r["order"])
+
+
+def deployed(exports):
+  """Mean int8 TFLite size (KB), test accuracy and batch-1 latency (ms), or None."""
+  if not exports or any(e is None for e in exports):
+    return None
+  int8 = [e["artifacts"]["tflite_int8"] for e in exports]
+  return [float(np.mean([a[k] for a in int8]))
+          for k in ("size_kb", "test_accuracy", "latency_ms_batch1")]

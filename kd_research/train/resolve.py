@@ -1,0 +1,207 @@
+"""Run resolution: (config, role) -> everything the driver needs, built once.
+
+``resolve`` turns a config and a role (teacher | student | distill) into the run's data,
+training state (model, optimizer, the objective's variables, checkpoint), phases with
+their objectives and teacher sources, learning-rate schedule and frozen teachers (checked
+and evaluated once, before any student step). ``runs.train_and_evaluate`` and the
+benchmark (tools/bench.py) both build their runs here, so a bench row measures what a
+run trains.
+"""
+
+import dataclasses
+import functools
+import os
+from typing import Optional
+
+from absl import logging
+import numpy as np
+
+from kd_research import config as config_lib
+from kd_research.common import schedules
+from kd_research.data import augment
+from kd_research.data import datasets
+from kd_research.methods import base as method_base
+from kd_research.methods import losses
+from kd_research.methods import registry as method_registry
+from kd_research.models import pretrained
+from kd_research.models import registry as model_registry
+from kd_research.train import driver as driver_lib
+from kd_research.train import evaluation
+from kd_research.train import optimizers
+from kd_research.train import state as state_lib
+from kd_research.train import teacher_cache
+from kd_research.train import teacher_sources
+from kd_research.train import teachers as teachers_lib
+
+
+def entry_of(config, role):
+  """The model entry a role trains: config.teacher for teachers, config.student otherwise."""
+  return config.teacher if role == "teacher" else config.student
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything resolved for one run (see ``resolve``)."""
+  config: object
+  workdir: str
+  role: str
+  strategy: object
+  splits: object
+  chief: bool
+  entry: object
+  steps_per_epoch: int
+  phases: list
+  lr_fn: object
+  state: object
+  teachers: Optional["Teachers"]
+  train: tuple            # the training arrays (images, labels) this run iterates over
+  labelled: Optional[np.ndarray]  # distillation on a transfer set: 1 where a label exists
+
+
+@dataclasses.dataclass
+class Teachers:
+  """The frozen ensemble, its outputs on validation/test, and its report (once per run)."""
+  ensemble: object
+  paths: tuple
+  weights: Optional[list]
+  logits: dict
+  report: dict
+  train_outputs: Optional[dict]  # the cache: {'logits': [N, K, C], tap: [N, K, D]}
+  final_temperature: float
+
+
+def resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
+  """The run's schedule, teachers, training state and phases."""
+  entry = entry_of(config, role)
+  spe = datasets.steps_per_epoch(len(splits.train[0]), config.global_batch_size)
+  total = entry.epochs * spe
+  distill_steps = (entry.epochs - config.distill.finetune_epochs) * spe
+  head_steps = entry.head_epochs * spe if role == "teacher" else 0
+  lr_fn = _learning_rate(config, entry, role, total, head_steps, distill_steps)
+  method = {}  # The distillation objective, built with the state (it may own variables).
+
+  def method_variables(model):
+    """Teachers and the method's variables, after the student: its initial weights come
+    first from the seeded RNG, which the teachers and connectors would otherwise advance."""
+    if role != "distill":
+      return []
+    method["ensemble"] = teachers_lib.load(teacher_paths, splits.input_shape,
+                                           splits.num_classes)
+    method["objective"] = method_registry.build(
+        config.distill, method_registry.parse(config.distill.method), method_base.BuildContext(
+            config.distill, model, method["ensemble"].models[0],
+            _normalised_weights(config, len(teacher_paths)), spe, distill_steps,
+            method_base.TrainingSet(
+                len(splits.train[0]),
+                None if config.labels.count or config.labels.fraction else splits.train[1],
+                config.global_batch_size, entry.seed)))
+    return method_registry.build_variables(method["objective"], model, method["ensemble"])
+
+  state = state_lib.build(
+      strategy, functools.partial(_build_model, entry, splits), functools.partial(
+          optimizers.make_optimizer, config.optimizer, lr_fn,
+          (config.loss_scale.initial, config.loss_scale.growth_steps)
+          if config.mixed_precision == "fp16" else None),
+      method_variables, workdir, config.run.keep_checkpoints, chief, entry.model)
+  teachers = None
+  if role == "distill":  # Checked and evaluated once, before any student step.
+    teachers = _teachers_once(config, workdir, method["ensemble"], teacher_paths, splits,
+                              chief, distill_steps, method["objective"].teacher_taps)
+  phases = _phases(config, role, entry, state.model, teachers, method.get("objective"),
+                   total, head_steps, distill_steps)
+  logging.info("%s: %s %s, %d params, %d steps (%d/epoch), %d replica(s), %s.", workdir, role,
+               entry.model, state.model.count_params(), total, spe,
+               strategy.num_replicas_in_sync, splits.source)
+  train, labelled = datasets.transfer_set(config.labels, role, splits.train,
+                                      config.global_batch_size)
+  return Run(config, workdir, role, strategy, splits, chief, entry, spe, phases, lr_fn, state,
+              teachers, train, labelled)
+
+
+def _build_model(entry, splits):
+  """The model, with every variable that will ever train trainable (the optimizer is built
+  for them before tracing; pretrained backbones are frozen again by their phases)."""
+  model = model_registry.build(entry.model, splits.input_shape, splits.num_classes, entry.width,
+                       entry.sync_bn, entry.image_size, entry.weights)
+  pretrained.set_trainable(model, "finetune", entry.unfreeze_top, bool(entry.weights))
+  return model
+
+
+def _learning_rate(config, entry, role, total, head_steps, distill_steps):
+  lr_fn = schedules.from_config(config.optimizer.learning_rate, total,
+                                "config.optimizer.learning_rate")
+  if head_steps:
+    lr_fn = optimizers.LRFactorAfter(lr_fn, head_steps, entry.finetune_lr_factor)
+  if (role == "distill" and config.distill.finetune_epochs
+      and config.distill.finetune_lr_factor != 1.0):
+    lr_fn = optimizers.LRFactorAfter(lr_fn, distill_steps, config.distill.finetune_lr_factor)
+  return lr_fn
+
+
+def _normalised_weights(config, num_teachers):
+  return losses.normalise_weights(config_lib.teacher_weights(config), num_teachers)
+
+
+def _phases(config, role, entry, model, teachers, objective, total, head_steps,
+            distill_steps):
+  """The run as phases: [head warm-up,] training, or [hint,] distillation [, fine-tuning]."""
+  def trainable(mode):
+    return functools.partial(pretrained.set_trainable, model, mode, entry.unfreeze_top,
+                             bool(entry.weights))
+
+  labels = method_base.Objective()
+  if role != "distill":
+    name = "teacher" if role == "teacher" else "student"
+    head = ([driver_lib.Phase(f"{name} (head only)", head_steps, labels, None,
+                              trainable("head"))] if head_steps else [])
+    return head + [driver_lib.Phase(name, total, labels, None, trainable("finetune"))]
+  taps = objective.teacher_taps
+  if teachers.train_outputs is not None:
+    source = teacher_sources.cached_teachers_with(taps)
+  else:
+    source = teacher_sources.live_teachers(
+        teachers.ensemble.tap(taps) if taps else teachers.ensemble, taps)
+  phases = []
+  first = objective.first_stage()
+  if first is not None:  # e.g. FitNets' hint stage
+    stage, stage_epochs = first
+    phases.append(driver_lib.Phase(stage.name, stage_epochs * (total // entry.epochs), stage,
+                                   source, trainable("finetune")))
+  phases.append(driver_lib.Phase("distill", distill_steps, objective, source,
+                                 trainable("finetune")))
+  if distill_steps < total:
+    phases.append(driver_lib.Phase("finetune", total, labels, None, trainable("finetune")))
+  return phases
+
+
+def _teachers_once(config, workdir, ensemble, paths, splits, chief, distill_steps, taps):
+  """Loads what the run needs from its frozen teachers, once, before any student step:
+  logits on validation and test, and with the cache their outputs on the training split
+  (logits, and the vector features ``taps`` a feature method reads)."""
+  weights = config_lib.teacher_weights(config)
+  cache_dir = config.run.cache_dir or os.path.join(workdir, "teacher_cache")
+  outputs = {}
+  for split in ("validation", "test") + (("train",) if config.distill.cache_teacher else ()):
+    images = getattr(splits, split)[0]
+    split_taps = taps if split == "train" else ()
+    if split == "train":
+      teacher_cache.refuse_with_augmentation(augment.parse_ops(config.augment.ops))
+      teacher_cache.refuse_feature_maps(ensemble, taps)
+    digest = teacher_cache.fingerprint(paths, images, config.mixed_precision,
+                                       config.distill.combine, split_taps)
+    outputs[split] = teacher_cache.load_or_compute_outputs(cache_dir, split, ensemble, images,
+                                                           digest, split_taps, write=chief)
+  logits = {split: value["logits"] for split, value in outputs.items()}
+  final_t = float(schedules.from_config(config.distill.temperature, max(distill_steps, 1),
+                                        "config.distill.temperature")(max(distill_steps, 1)))
+  labels = {"validation": splits.validation[1], "test": splits.test[1]}
+  report = evaluation.teacher_report({s: logits[s] for s in labels}, labels, ensemble.names,
+                                     weights, final_t)
+  if not config.run.allow_weak_teacher:
+    teachers_lib.check_above_chance(report["validation"]["accuracy"], ensemble.paths,
+                                    splits.validation[1], splits.num_classes)
+  if config.run.stability_ops:
+    report["stability"] = evaluation.teacher_stability(
+        ensemble, splits.validation[0], logits["validation"],
+        augment.parse_ops(config.run.stability_ops), config.augment, weights)
+  return Teachers(ensemble, paths, weights, logits, report, outputs.get("train"), final_t)
