@@ -178,6 +178,7 @@ def validate(config):
   """Checks every field a run depends on; raises UserError naming the field and valid values."""
   _validate_data_and_speed(config)
   _validate_bookkeeping(config)
+  schedules.from_config(config.optimizer.learning_rate, 1000, "config.optimizer.learning_rate")
   for role, entry in model_entries(config):
     _validate_model(role, entry)
   _validate_distill(config.distill, 1 + len(config.extra_teachers), config.student.epochs,

@@ -13,6 +13,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from kd_research.models import registry as model_registry
 from kd_research import config as config_lib
 from kd_research.runtime import distribute
 from kd_research.common import fileio
@@ -229,7 +230,7 @@ def teacher_results(path):
   if os.path.exists(run_results):
     return fileio.read_json(run_results)
   import keras  # pylint: disable=g-import-not-at-top
-  params = keras.models.load_model(path, compile=False, safe_mode=True).count_params()
+  params = model_registry.load_keras(path).count_params()
   return {"params": params, "ms_per_batch_128": None, "train_seconds": None}
 
 

@@ -50,6 +50,12 @@ def atomic_save_dir(path, write_fn):
 
 def check_writable(directory):
   """Creates ``directory`` if needed and fails clearly when it cannot be written."""
+  part = os.path.abspath(directory)
+  while part != os.path.dirname(part):
+    if os.path.exists(part) and not os.path.isdir(part):
+      raise UserError(f"Workdir {directory} cannot be created: {part} is a file, not a "
+                      "directory. Choose another --workdir.")
+    part = os.path.dirname(part)
   try:
     os.makedirs(directory, exist_ok=True)
     probe = tempfile.NamedTemporaryFile(dir=directory, prefix=".write_test", delete=True)
@@ -59,7 +65,7 @@ def check_writable(directory):
                     "--workdir.")
 
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def portable_command(command, root=REPO_ROOT):

@@ -105,6 +105,9 @@ class Schedule:
   def check_range(self, low, high, low_inclusive=True, what_range=None):
     """Raises UserError if any value over the run leaves the allowed range."""
     v = self.values_over_run()
+    if not np.isfinite(v).all():
+      raise UserError(f"{self.what} ({self.name}, start={self.start}, end={self.end}) is not "
+                      "finite during the run; give finite values.")
     bad_low = v < low if low_inclusive else v <= low
     if bad_low.any() or (v > high).any():
       rng = what_range or f"{'[' if low_inclusive else '('}{low}, {high}]"
@@ -118,6 +121,13 @@ def from_config(entry, total_steps, what):
   For example ``distill.alpha = {kind: 'cosine', start: 0.9, end: 0.3, ...}``.
   """
   # Item access: ``values`` is also the name of a ConfigDict method.
+  numbers = [("start", entry["start"]), ("end", entry["end"]),
+             ("warmup_from", entry["warmup_from"])] + [
+                 (f"values[{i}]", v) for i, v in enumerate(entry["values"])]
+  for field, value in numbers:
+    if not np.isfinite(float(value)):
+      raise UserError(f"{what}.{field}={value}: a schedule's values must be finite numbers "
+                      "(NaN and infinity are refused before any step).")
   return Schedule(
       name=entry["kind"], total_steps=total_steps, start=entry["start"], end=entry["end"],
       boundaries=entry["boundaries"], values=entry["values"],

@@ -67,6 +67,15 @@ def pretrained_names():
   return tuple(n for n, f in families().items() if f.pretrained)
 
 
+def load_keras(path):
+  """A saved ``.keras`` model, loaded with safe_mode (never runs code from the file) after
+  every family's custom layers are registered (ShuffleNet's split/shuffle, the
+  pretrained backbones' wrappers), so any model this project saved loads."""
+  import keras  # pylint: disable=g-import-not-at-top
+  families()
+  return keras.models.load_model(path, compile=False, safe_mode=True)
+
+
 def build(name, input_shape, num_classes, width=None, sync_bn=False, image_size=None,
           weights=""):
   """Builds the registered model ``name`` for images of ``input_shape`` and ``num_classes``.

@@ -81,10 +81,12 @@ def method_tables(runs, root):
              f"| labels only | {base['seeds']} | {rows_lib.mean_std(base['test'])} | - | - | - |"]
     for row in pair["rows"]:
       gain = 100 * (np.mean(row["test"]) - np.mean(base["test"]))
-      spread = 100 * np.hypot(rows_lib.std(row["test"]), rows_lib.std(base["test"]))
+      spread = rows_lib.combined_spread(row["test"], base["test"])
+      spread_cells = ("- (one seed) | -" if spread is None else
+                      f"{spread:.2f} | {'yes' if abs(gain) > spread else 'no'}")
       lines.append(f"| {_method_label(row['config'])} | {row['seeds']} | "
                    f"{rows_lib.mean_std(row['test'])} "
-                   f"| {gain:+.2f} | {spread:.2f} | {'yes' if abs(gain) > spread else 'no'} |")
+                   f"| {gain:+.2f} | {spread_cells} |")
     parts.append("\n".join(lines) + "\n")
   return "\n".join(parts)
 

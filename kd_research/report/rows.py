@@ -98,6 +98,13 @@ def std(values):
   return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
+def combined_spread(a, b):
+  """sqrt(std_a^2 + std_b^2) in points, or None when either side has one run (no std)."""
+  if len(a) < 2 or len(b) < 2:
+    return None
+  return 100 * float(np.hypot(std(a), std(b)))
+
+
 def mean_std(values):
   """'mean +- std' in percent (std over n-1; '-' for one run)."""
   values = 100 * np.asarray(values, np.float64)

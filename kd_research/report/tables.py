@@ -125,10 +125,13 @@ def comparison(runs, root):
       continue
     found = True
     gain = 100 * (np.mean(row["test"]) - np.mean(base["test"]))
-    spread = 100 * np.hypot(rows_lib.std(row["test"]), rows_lib.std(base["test"]))
+    spread = rows_lib.combined_spread(row["test"], base["test"])
     share = 100 * np.mean(row["test"]) / reference if reference else None
-    beats = "yes" if gain >= 0.5 and gain > spread else "no"
-    lines.append(f"| {row['label']} | {gain:+.2f} | {spread:.2f} | {beats} | "
+    if spread is None:  # One seed on a side: no spread to compare the gain with.
+      beats, spread_text = "- (one seed: no std)", "- (one seed)"
+    else:
+      beats, spread_text = ("yes" if gain >= 0.5 and gain > spread else "no"), f"{spread:.2f}"
+    lines.append(f"| {row['label']} | {gain:+.2f} | {spread_text} | {beats} | "
                  f"{_fmt(share, '.1f', '%')} | "
                  f"{'-' if share is None else ('yes' if share >= 98 else 'no')} |")
   return "\n".join(lines) + "\n" if found else ""

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kd_research.models import registry as model_registry
 from kd_research.common import timing
 from kd_research.common import fileio
 from kd_research.train import results as results_lib
@@ -146,7 +147,7 @@ def export_run(workdir, splits, calibration=300):
     raise UserError(f"{workdir} has no model.keras to export.")
   export_dir = os.path.join(workdir, "export")
   fileio.check_writable(export_dir)
-  model = keras.models.load_model(model_path, compile=False, safe_mode=True)
+  model = model_registry.load_keras(model_path)
   shape = tuple(splits.input_shape)
   images, labels = splits.test
   reference = _predict(lambda x: model(x.astype(np.float32), training=False).numpy(), images,

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kd_research.models import registry as model_registry
 from kd_research.data import augment
 from kd_research.data import datasets
 from kd_research.common import fileio
@@ -146,7 +147,7 @@ def evaluate_saved_run(config, workdir, strategy):
                     "a pipeline stage directory such as WORKDIR/student_kd).")
   splits = workdir_lib.splits_of_run(config, workdir)
   with strategy.scope():
-    model = keras.models.load_model(path, compile=False, safe_mode=True)
+    model = model_registry.load_keras(path)
   evaluator = Evaluator(strategy, model, splits.num_classes,
                         eval_batch_size(config.run.eval_batch_size, strategy))
   result = evaluator(*splits.test)

@@ -73,14 +73,14 @@ METRICS = (("eval/accuracy", "validation accuracy"), ("test/accuracy", "test acc
 # names carry their rank ("01 method", ...): the distinguishing ones lead on every version.
 _COLUMNS = (
     ("method", None), ("model", "model.model"), ("width", "model.width"), ("seed", "model.seed"),
-    ("alpha", "distill.alpha"), ("T", "distill.temperature"), ("epochs", "model.epochs"),
-    ("role", "role"),
-    ("alpha_end", "distill.alpha_end"), ("alpha_schedule", "distill.alpha_schedule"),
-    ("T_end", "distill.temperature_end"),
-    ("T_schedule", "distill.temperature_schedule"), ("teachers", "teachers"),
+    ("alpha", "distill.alpha.start"), ("T", "distill.temperature.start"),
+    ("epochs", "model.epochs"), ("role", "role"),
+    ("alpha_end", "distill.alpha.end"), ("alpha_schedule", "distill.alpha.kind"),
+    ("T_end", "distill.temperature.end"),
+    ("T_schedule", "distill.temperature.kind"), ("teachers", "teachers"),
     ("combine", "distill.combine"), ("finetune_epochs", "distill.finetune_epochs"),
     ("dataset", "dataset"), ("train_size", "train_size"), ("optimizer", "optimizer.name"),
-    ("learning_rate", "optimizer.learning_rate"), ("batch", "global_batch_size"),
+    ("learning_rate", "optimizer.learning_rate.start"), ("batch", "global_batch_size"),
     ("precision", "mixed_precision"), ("augment", "augment.ops"))
 HPARAM_COLUMNS = tuple((f"{rank:02d} {name}", key) for rank, (name, key) in
                        enumerate(_COLUMNS, start=1))
@@ -89,13 +89,15 @@ HPARAM_COLUMNS = tuple((f"{rank:02d} {name}", key) for rank, (name, key) in
 def run_hparams(flat_identity):
   """{column: value} of HPARAM_COLUMNS for one run (distillation columns only when distilling).
 
-  ``method`` is 'kd' for distillation runs and 'labels' otherwise; ``teachers`` is the
-  number of teachers.
+  ``method`` is config.distill.method for distillation runs and 'labels' otherwise;
+  ``teachers`` is the number of teachers. Schedules (alpha, T, learning rate) are nested
+  entries of the identity: their start value, end value and kind are separate columns.
   """
   params = {}
   for column, key in HPARAM_COLUMNS:
     if key is None:  # method
-      params[column] = "kd" if flat_identity.get("role") == "distill" else "labels"
+      params[column] = (flat_identity.get("distill.method", "kd")
+                        if flat_identity.get("role") == "distill" else "labels")
     elif key in flat_identity:
       value = flat_identity[key]
       params[column] = len(value) if key == "teachers" else value

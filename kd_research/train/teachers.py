@@ -2,12 +2,13 @@
 
 import math
 import os
+import zipfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from kd_research.models import pretrained  # noqa: F401  (registers the custom layers for loading)
+from kd_research.models import registry as model_registry
 from kd_research.common.errors import UserError
 
 
@@ -68,10 +69,14 @@ def load_teacher(path, input_shape, num_classes, name="teacher"):
   if not path.endswith(".keras"):
     raise UserError(f"{name}: {path} is not a .keras file (saved by this project's runs as "
                     "RUN/model.keras).")
+  if not zipfile.is_zipfile(path):
+    raise UserError(f"{name}: teacher {path} is truncated or not a .keras file: a .keras file "
+                    f"is a zip archive, this one ({os.path.getsize(path)} bytes) is not. "
+                    "Copy it again, or retrain the teacher.")
   try:
     # safe_mode (the default, stated here on purpose) refuses Lambda layers holding
     # Python bytecode: loading a teacher file never runs code from it.
-    model = keras.models.load_model(path, compile=False, safe_mode=True)
+    model = model_registry.load_keras(path)
   except Exception as e:  # Keras raises many types on a corrupt or foreign file.
     raise UserError(f"{name}: cannot load teacher {path}: {type(e).__name__}: {e}")
   check_finite_weights(model, path, name)
