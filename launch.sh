@@ -15,7 +15,8 @@ usage: ./launch.sh COMMAND [flags]
                (idempotent; KD_TF=gpu installs tensorflow[and-cuda] instead of tensorflow-cpu)
   quickstart   setup, then the few-labels experiment end to end (fashion_mnist:fewlabels pipeline
                in runs/quickstart) and print the results table
-  test         setup, then the test suite (extra args go to pytest)
+  test         setup, then the test suite (extra args go to pytest); --fast: the units only
+               (no whole runs), for the edit-test loop
   train        train one model on labels:      --experiment=NAME[:ARG] --workdir=DIR --role=teacher|student
   distill      distil the student from a teacher: --workdir=DIR --config.teacher.path=RUN/model.keras
   pipeline     teacher -> student baseline -> distilled student -> results.md: --workdir=DIR
@@ -29,9 +30,9 @@ usage: ./launch.sh COMMAND [flags]
   bench        distillation throughput: Keras-fit Distiller vs our loop variants [--quick]
   benchmark    the method benchmark campaign at its converged budget
                (experiments/method_benchmark.py; resumable: rerun to continue), then
-               RESULTS.md and its figure
+               results/RESULTS.md and its figure
   benchmark_short  the same at the earlier unconverged budget where plain KD lost, and the
-               "why" axes: RESULTS_SHORT.md, RESULTS_WHY.md
+               "why" axes: results/RESULTS_SHORT.md, results/RESULTS_WHY.md
   report       compare finished runs below --workdir=DIR (seeds grouped as mean +- std)
                into DIR/report.md [--output=FILE]
   tensorboard  start TensorBoard on 127.0.0.1 [--logdir=DIR] [--port=N]
@@ -129,13 +130,13 @@ benchmark_campaign() {
       --config.student.epochs=40 --config.student.seed=$seed \
       --workdir="$root/resnet_curve/seed_$seed" "$@"
   done
-  "${run[@]}" report --workdir="$root" --sweep="${root}_sweep" --output=RESULTS.md \
-    --figure=results_methods.svg > /dev/null
-  echo "benchmark: RESULTS.md and results_methods.svg written"
+  "${run[@]}" report --workdir="$root" --sweep="${root}_sweep" --output=results/RESULTS.md \
+    --figure=results/results_methods.svg > /dev/null
+  echo "benchmark: results/RESULTS.md and results/results_methods.svg written"
 }
 
 # The previous, unconverged protocol (method_benchmark:short) where plain KD lost, and the
-# axes of RESULTS_WHY.md.
+# axes of results/RESULTS_WHY.md.
 benchmark_short_campaign() {
   local root="${KD_BENCHMARK_SHORT_DIR:-runs/benchmark_short}" why="${KD_WHY_DIR:-runs/why}"
   local run=("$PY" -m kd_research.main) width
@@ -155,10 +156,10 @@ benchmark_short_campaign() {
     "${run[@]}" pipeline --experiment=method_benchmark:why --workdir="$why/width$width" \
       --config.teacher.path="$teacher" --config.student.width=$width "$@"
   done
-  "${run[@]}" report --workdir="$root" --sweep="${root}_sweep" --output=RESULTS_SHORT.md \
+  "${run[@]}" report --workdir="$root" --sweep="${root}_sweep" --output=results/RESULTS_SHORT.md \
     > /dev/null
-  "${run[@]}" report --workdir="$why" --output=RESULTS_WHY.md > /dev/null
-  echo "benchmark_short: RESULTS_SHORT.md and RESULTS_WHY.md written"
+  "${run[@]}" report --workdir="$why" --output=results/RESULTS_WHY.md > /dev/null
+  echo "benchmark_short: results/RESULTS_SHORT.md and results/RESULTS_WHY.md written"
 }
 
 cmd="${1:-help}"
@@ -173,7 +174,12 @@ case "$cmd" in
     echo "quickstart wall time: $(( $(date +%s) - start )) s" ;;
   test)
     setup
-    "$PY" -m pytest -q "$@" ;;
+    if [ "${1:-}" = "--fast" ]; then
+      shift
+      "$PY" -m pytest -q -m "not slow" "$@"  # The units: the edit-test loop.
+    else
+      "$PY" -m pytest -q "$@"
+    fi ;;
   train|distill|pipeline|eval|export|keras_peer)
     [ -x "$PY" ] || setup
     main_py "$cmd" "$@" ;;
@@ -182,7 +188,7 @@ case "$cmd" in
     exec "$PY" -m kd_research.tools.bench "$@" ;;
   benchmark)
     # The method benchmark campaign (experiments/method_benchmark.py): resumable, finished
-    # runs are skipped; rerun to continue. Then RESULTS.md and its figure.
+    # runs are skipped; rerun to continue. Then results/RESULTS.md and its figure.
     [ -x "$PY" ] || setup
     benchmark_campaign "$@" ;;
   benchmark_short)

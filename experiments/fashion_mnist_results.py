@@ -1,7 +1,7 @@
-"""The experiment behind RESULTS_MLP.md: two teachers, an MLP student, every student over 3 seeds.
+"""The experiment behind results/RESULTS_MLP.md: two teachers, an MLP student, every student over 3 seeds.
 
     ./launch.sh pipeline --experiment=fashion_mnist_results --workdir=runs/results
-    ./launch.sh report --workdir=runs/results --output=RESULTS_MLP.md \\
+    ./launch.sh report --workdir=runs/results --output=results/RESULTS_MLP.md \\
         --sweep=runs/results_sweep --claims=cifar10_seed
 
 Teachers (trained once with fixed seeds, reused by every student): resnet_seed width 16,
@@ -19,7 +19,7 @@ Rows (variants):
   kd_finetune   alpha 0.5, T 2 for 30 epochs, then 10 epochs labels only, primary teacher
 
 Every choice (student, epochs, alpha, T, schedule, fine-tune length) was made on the
-validation split with single-seed runs listed in RESULTS_MLP.md ("Hyper-parameter selection");
+validation split with single-seed runs listed in results/RESULTS_MLP.md ("Hyper-parameter selection");
 the test split is evaluated once at the end of each final run. Per-epoch validation runs
 every 5 epochs and the teacher-stability probe is off: both only feed TensorBoard and cost
 more than the student's training here.

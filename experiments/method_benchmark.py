@@ -1,11 +1,11 @@
 """The method benchmark on a CPU budget: every distillation method, two teacher -> student
 pairs, hyper-parameters chosen on validation, 3 seeds each.
 
-    ./launch.sh benchmark          # the whole campaign below and RESULTS.md; rerun to continue
+    ./launch.sh benchmark          # the whole campaign below and results/RESULTS.md; rerun to continue
     ./launch.sh pipeline --experiment=method_benchmark:article --workdir=runs/benchmark/article
     ./launch.sh pipeline --experiment=method_benchmark:resnet --workdir=runs/benchmark/resnet
     ./launch.sh report --workdir=runs/benchmark --sweep=runs/benchmark_sweep \\
-        --output=RESULTS.md --figure=results_methods.svg
+        --output=results/RESULTS.md --figure=results/results_methods.svg
 
 Each pipeline trains its teacher, runs every method's candidates once (seed 0) in
 runs/benchmark_sweep/<pair>/ and keeps the one with the best *validation* accuracy
@@ -36,7 +36,7 @@ Presets:
   curve    the article pair's labels-only student at twice the budget (is it converged?).
   short    the previous, *unconverged* protocol (Adam 1e-3, 20 epochs for teacher and
            students) on the article pair, all methods: the budget at which plain KD lost
-           (RESULTS_SHORT.md, RESULTS_WHY.md).
+           (results/RESULTS_SHORT.md, results/RESULTS_WHY.md).
   long     the short protocol at 40 student epochs for labels only, kd, kd + ls and dist.
   why      the short protocol's labels only and kd (alpha 0.5, T 2) over 3 seeds, for the
            "why" axes: a teacher given by --config.teacher.path (or trained for

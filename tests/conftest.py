@@ -1,6 +1,15 @@
-"""Test setup: 4 logical CPU devices (before TF initialises) and shared helpers."""
+"""Test setup: 4 logical CPU devices (before TF initialises) and every shared helper.
 
+One tiny teacher (``teacher_file``) and one convolutional teacher (``conv_teacher``) per
+session, the weights loader, the CLI runner, the scalar reader, the interrupt-and-resume
+harness, the NumPy comparison and the fake dataset writers: test modules import these
+from here and never from each other.
+"""
+
+import gzip
 import os
+import pickle
+import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -13,7 +22,15 @@ _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     _cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(4)])
 
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+DEFAULT = tf.distribute.get_strategy()
+# CRD: the memory banks, Z and the embedding heads must resume exactly too.
+METHOD_FLAGS = {"kd": [], "crd": ["--config.distill.method=crd",
+                                  "--config.distill.crd.negatives=64"]}
 
 
 def load_experiment(name, arg=None):
@@ -57,5 +74,172 @@ def teacher_file(tmp_path_factory):
   """A teacher of the tiny preset (synthetic data, MLP), trained once per test session."""
   from kd_research.train import runs  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("teacher"))
-  runs.train_and_evaluate(tiny_config(), workdir, "teacher", tf.distribute.get_strategy())
+  results = runs.train_and_evaluate(tiny_config(), workdir, "teacher", DEFAULT)
+  assert results["test_accuracy"] > 0.9  # Synthetic data is easy for the teacher.
   return os.path.join(workdir, "model.keras")
+
+
+def weights_of(workdir):
+  model = keras.models.load_model(os.path.join(workdir, "model.keras"), compile=False)
+  return [w.numpy() for w in model.weights]
+
+
+def read_scalars(logdir):
+  from tensorboard.backend.event_processing import event_accumulator
+  acc = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
+  acc.Reload()
+  out = {}
+  for tag in acc.Tags()["tensors"]:
+    values = [(e.step, tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)]
+    if all(v.ndim == 0 for _, v in values):  # Scalars; images are string tensors.
+      out[tag] = [(step, float(v)) for step, v in values]
+  return out
+
+
+class Interrupted(Exception):
+  pass
+
+
+def interrupt_then_resume(config, workdir, teacher_path, monkeypatch, stop_after,
+                          expected_checkpoint):
+  """Stops a distillation run once it passes ``stop_after`` steps, then reruns it."""
+  from kd_research.train import driver  # pylint: disable=g-import-not-at-top
+  from kd_research.train import runs  # pylint: disable=g-import-not-at-top
+  original = driver.Driver._check_finite
+
+  def interrupt(self, sums, step, n):
+    original(self, sums, step, n)
+    if step + n > stop_after:
+      raise Interrupted()
+
+  monkeypatch.setattr(driver.Driver, "_check_finite", interrupt)
+  with pytest.raises(Interrupted):
+    runs.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_path,))
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+  latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+  assert latest.endswith(f"-{expected_checkpoint}")
+  monkeypatch.setattr(driver.Driver, "_check_finite", original)
+  runs.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_path,))
+
+
+@pytest.fixture(scope="session")
+def conv_teacher(tmp_path_factory):
+  """A small convolutional teacher with stage taps (resnet_seed w8 on the synthetic data)."""
+  from kd_research.train import runs  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("conv_teacher"))
+  runs.train_and_evaluate(tiny_config(**{"teacher.model": "resnet_seed", "teacher.width": 8,
+                                         "teacher.epochs": 2}), workdir, "teacher", DEFAULT)
+  return os.path.join(workdir, "model.keras")
+
+
+def method_config(method, **overrides):
+  return tiny_config(**{"student.model": "cnn_seed", "student.width": 4, "student.epochs": 1,
+                        "distill.method": method, "run.allow_weak_teacher": True,
+                        "distill.dkd.warmup_epochs": 1, "distill.crd.negatives": 64,
+                        **overrides})
+
+
+RELATIVE = {}  # name -> max relative error vs NumPy, printed for the closing notes.
+
+
+def check(name, got, want, rtol=1e-4, atol=1e-6):
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+  rel = float(np.max(np.abs(got - want) / np.maximum(np.abs(want), 1e-12)))
+  RELATIVE[name] = max(RELATIVE.get(name, 0.0), rel)
+  print(f"{name}: max relative error {rel:.2e}")
+
+
+def write_idx(path, array, gz=True):
+  header = bytes([0, 0, 8, array.ndim]) + b"".join(
+      int(d).to_bytes(4, "big") for d in array.shape)
+  payload = header + array.astype(np.uint8).tobytes()
+  with (gzip.open if gz else open)(path, "wb") as f:
+    f.write(payload)
+
+
+def write_fake_mnist(directory, n_train=300, n_test=100, gz=True):
+  rng = np.random.default_rng(0)
+  os.makedirs(directory, exist_ok=True)
+  ext = ".gz" if gz else ""
+  arrays = {"train-images-idx3-ubyte": rng.integers(0, 255, (n_train, 28, 28)),
+            "train-labels-idx1-ubyte": rng.integers(0, 10, n_train),
+            "t10k-images-idx3-ubyte": rng.integers(0, 255, (n_test, 28, 28)),
+            "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test)}
+  for name, array in arrays.items():
+    write_idx(os.path.join(directory, name + ext), array, gz)
+  return arrays
+
+
+def write_fake_cifar10(directory, per_batch=20, test=30):
+  rng = np.random.default_rng(1)
+  os.makedirs(directory, exist_ok=True)
+  for name, n in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", test)]:
+    batch = {b"data": rng.integers(0, 255, (n, 3072)).astype(np.uint8),
+             b"labels": rng.integers(0, 10, n).tolist()}
+    with open(os.path.join(directory, name), "wb") as f:
+      pickle.dump(batch, f)
+
+
+def write_fake_cifar100(directory, train=200, test=40):
+  """CIFAR-100's python format: 'train' and 'test' pickles with fine (and coarse) labels."""
+  rng = np.random.default_rng(2)
+  os.makedirs(directory, exist_ok=True)
+  for name, n in (("train", train), ("test", test)):
+    batch = {b"data": rng.integers(0, 255, (n, 3072)).astype(np.uint8),
+             b"fine_labels": rng.integers(0, 100, n).tolist(),
+             b"coarse_labels": rng.integers(0, 20, n).tolist()}
+    with open(os.path.join(directory, name), "wb") as f:
+      pickle.dump(batch, f)
+
+
+def global_batches(fn, replicas, steps, pipelines=1):
+  """Concatenates the per-replica batches of every pipeline back into global batches."""
+  streams = []
+  for pid in range(pipelines):
+    ctx = tf.distribute.InputContext(pipelines, pid, replicas)
+    streams.append(iter(fn(ctx)))
+  per_pipeline = replicas // pipelines
+  out = []
+  for _ in range(steps):
+    parts = [next(s) for s in streams for _ in range(per_pipeline)]
+    out.append({k: np.concatenate([p[k].numpy() for p in parts]) for k in parts[0]})
+  return out
+
+
+def run_main(*args, cwd=REPO):
+  return subprocess.run([sys.executable, "-m", "kd_research.main", *args], cwd=cwd, env=ENV,
+                        capture_output=True, text=True, timeout=300)
+
+
+def run_main_module(module, *args):
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=ENV,
+                        capture_output=True, text=True, timeout=600)
+
+
+def distill_cmd(workdir, teacher_file, method="kd"):
+  return [sys.executable, "-m", "kd_research.main", "distill", "--experiment=fashion_mnist:tiny",
+          f"--workdir={workdir}", f"--config.teacher.path={teacher_file}",
+          "--config.deterministic=true", "--config.student.epochs=4",
+          "--config.run.checkpoint_every_steps=10", "--config.run.steps_per_loop=2",
+          "--config.run.log_every_steps=2", "--config.augment.ops=('flip','crop','cutout')",
+          "--config.distill.alpha.kind=linear", "--config.distill.alpha.end=0.2"
+          ] + METHOD_FLAGS[method]
+
+
+# The fast tier (./launch.sh test --fast) leaves these out: whole runs in subprocesses or
+# several processes, real-data end to end, and every test that needs a trained teacher.
+SLOW_MODULES = {"test_e2e_fashion_mnist", "test_distribute", "test_reliability", "test_driver",
+                "test_pipeline", "test_cli", "test_keras_peer", "test_export"}
+SLOW_FIXTURES = {"teacher_file", "conv_teacher"}
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: whole runs; left out by ./launch.sh test --fast")
+
+
+def pytest_collection_modifyitems(config, items):
+  for item in items:
+    module = item.module.__name__.rsplit(".", 1)[-1]
+    if module in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+      item.add_marker(pytest.mark.slow)

@@ -3,18 +3,11 @@
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_main, run_main_module
 
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-
-
-def run_main(*args, cwd=REPO):
-  return subprocess.run([sys.executable, "-m", "kd_research.main", *args], cwd=cwd, env=ENV,
-                        capture_output=True, text=True, timeout=300)
 
 
 def test_launch_help_and_unknown_command():
@@ -104,6 +97,3 @@ def test_bench_quick_smoke(tmp_path):
   assert bad.returncode == 2 and "--profile='g'" in bad.stderr
 
 
-def run_main_module(module, *args):
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=ENV,
-                        capture_output=True, text=True, timeout=600)

@@ -5,7 +5,7 @@ import os
 
 from tensorboard.backend.event_processing import event_accumulator
 
-from test_cli import run_main
+from conftest import run_main
 
 
 def test_pipeline_on_real_fashion_mnist(tmp_path):
@@ -46,7 +46,7 @@ def test_pipeline_on_real_fashion_mnist(tmp_path):
 
 
 def test_cifar10_seed_experiment_on_generated_miniature(tmp_path):
-  from test_data import write_fake_cifar10
+  from conftest import write_fake_cifar10
   write_fake_cifar10(str(tmp_path / "data" / "cifar-10-batches-py"), per_batch=40, test=40)
   out = run_main("pipeline", "--experiment=cifar10_seed:mini", f"--workdir={tmp_path}/run",
                  f"--config.run.data_dir={tmp_path}/data")
@@ -59,7 +59,7 @@ def test_cifar10_seed_experiment_on_generated_miniature(tmp_path):
 def test_cifar100_benchmark_mini_on_generated_data(tmp_path):
   """The CIFAR-100 protocol end to end (SGD + coupled L2, piecewise lr, crop + flip with a
   live teacher, kd and crd students) on a generated CIFAR-100 miniature."""
-  from test_data import write_fake_cifar100
+  from conftest import write_fake_cifar100
   write_fake_cifar100(str(tmp_path / "data" / "cifar-100-python"))
   out = run_main("pipeline", "--experiment=cifar100_benchmark:mini", f"--workdir={tmp_path}/run",
                  f"--config.run.data_dir={tmp_path}/data")

@@ -9,7 +9,6 @@ import sys
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from kd_research.data import sources
 from kd_research.common import fileio
@@ -19,10 +18,8 @@ from kd_research.tools import profiling
 from kd_research.train import summaries
 from kd_research.train import teachers
 from kd_research.common.errors import UserError
-from conftest import REPO, tiny_config
+from conftest import DEFAULT, ENV, REPO, tiny_config
 
-DEFAULT = tf.distribute.get_strategy()
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
 # --- mixed_precision=auto ------------------------------------------------------------------
@@ -188,7 +185,7 @@ class _Exploit:
 
 
 def test_cifar_batch_that_runs_code_is_refused(tmp_path):
-  from test_data import write_fake_cifar10  # pylint: disable=g-import-not-at-top
+  from conftest import write_fake_cifar10
   directory = tmp_path / "cifar-10-batches-py"
   write_fake_cifar10(str(directory))
   marker = tmp_path / "pwned"

@@ -1,7 +1,7 @@
 """The CIFAR model family of the standard KD benchmark (RepDistiller, mdistiller), in Keras.
 
 Architectures follow the reference PyTorch definitions layer for layer, so that the
-trainable parameter counts at 100 classes equal the published ones (tests/test_models.py):
+trainable parameter counts at 100 classes equal the published ones (tests/models/test_models.py):
 resnet8x4, resnet20, resnet32, resnet32x4, resnet56, resnet110 (He et al. 2016, basic
 blocks, 1x1 projection shortcut when the shape changes), wrn_16_2 and wrn_40_2
 (Zagoruyko & Komodakis 2016, pre-activation blocks), vgg8 and vgg13 (conv-BN-ReLU blocks
@@ -226,7 +226,7 @@ for _name, _builder in {
 
 # Trainable parameters at 100 classes as the KD literature tabulates them (in millions,
 # rounded to 0.01M; e.g. the model tables of the CRD, ReviewKD and DKD follow-ups);
-# tests/test_models.py checks our counts against them.
+# tests/models/test_models.py checks our counts against them.
 PUBLISHED_PARAMS_M = {
     "resnet8x4": 1.23, "resnet20": 0.28, "resnet32": 0.47, "resnet32x4": 7.43,
     "resnet56": 0.86, "resnet110": 1.74, "wrn_16_2": 0.70, "wrn_40_2": 2.26, "vgg8": 3.96,

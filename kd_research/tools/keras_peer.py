@@ -12,7 +12,7 @@ Keras 3.15's ``LogitsDistillation(temperature=T)`` with its default loss (the st
 'kl_divergence', converted to a *function*) does not compute that: only a
 ``keras.losses.KLDivergence()`` *instance* takes the softmax and multiplies by T^2; the
 function is applied to the scaled logits themselves (clipped to [1e-7, 1]) without T^2
-(tests/test_keras_peer.py). ``kl='default'`` runs Keras as a user would call it,
+(tests/tools/test_keras_peer.py). ``kl='default'`` runs Keras as a user would call it,
 ``kl='instance'`` passes the instance and trains our Hinton loss.
 
 The run directory has our layout (config.json with ``"trainer": "keras.distillation"``,

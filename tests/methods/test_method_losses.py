@@ -17,6 +17,7 @@ from kd_research.methods import logit_standardization as ls
 from kd_research.methods import pkt as pkt_lib
 from kd_research.methods import rkd as rkd_lib
 from kd_research.methods import sp as sp_lib
+from conftest import check
 
 RELATIVE = {}  # name -> max relative error, printed for the closing note.
 
@@ -29,14 +30,6 @@ def softmax(z, t=1.0):
 
 def kl(p, q):
   return np.sum(np.where(p > 0, p * (np.log(np.maximum(p, 1e-300)) - np.log(q)), 0.0), -1)
-
-
-def check(name, got, want, rtol=1e-4, atol=1e-6):
-  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-  np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
-  rel = float(np.max(np.abs(got - want) / np.maximum(np.abs(want), 1e-12)))
-  RELATIVE[name] = max(RELATIVE.get(name, 0.0), rel)
-  print(f"{name}: max relative error {rel:.2e}")
 
 
 def case(seed, b=12, c=7, d=5):

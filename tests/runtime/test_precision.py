@@ -11,10 +11,9 @@ from kd_research.train import optimizers
 from kd_research.common import schedules
 from kd_research.methods import base
 from kd_research.train import steps
-from conftest import tiny_config
-from test_loop import read_scalars, weights_of
+from conftest import DEFAULT, tiny_config
+from conftest import read_scalars, weights_of
 
-DEFAULT = tf.distribute.get_strategy()
 
 
 @pytest.fixture

@@ -9,11 +9,10 @@ import tensorflow as tf
 
 from kd_research.methods import crd as crd_lib
 from kd_research.train import runs
-from test_loop import interrupt_then_resume, weights_of
-from test_method_losses import check
-from test_methods import conv_teacher, method_config  # pylint: disable=unused-import
+from conftest import DEFAULT, interrupt_then_resume, weights_of
+from conftest import check
+from conftest import method_config
 
-DEFAULT = tf.distribute.get_strategy()
 
 
 def np_nce(scores, num_examples):

@@ -14,9 +14,8 @@ import tensorflow as tf
 from kd_research.runtime import distribute
 from kd_research.train import runs
 from kd_research.common.errors import UserError
-from conftest import REPO, tiny_config
+from conftest import ENV, REPO, tiny_config
 
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
 def distribution(**fields):
@@ -64,7 +63,7 @@ def test_global_batch_must_divide_by_replicas(strategy_factory, tmp_path):
                             strategy_factory(4))
 
 
-def _weights(path):
+def weights_of(path):
   model = keras.models.load_model(path, compile=False)
   return [w.numpy() for w in model.weights]
 
@@ -77,7 +76,7 @@ def _bn_teacher_run(tmp_path, name, strategy, sync):
                           "optimizer.name": "sgd"})
   workdir = str(tmp_path / name)
   runs.train_and_evaluate(config, workdir, "teacher", strategy)
-  return _weights(os.path.join(workdir, "model.keras"))
+  return weights_of(os.path.join(workdir, "model.keras"))
 
 
 def test_synchronized_batchnorm_matches_single_device(tmp_path, strategy_factory):
@@ -110,8 +109,8 @@ def test_two_workers_match_two_local_replicas(tmp_path, teacher_file):
   local = _cli("-m", "kd_research.main", *common, f"--workdir={tmp_path}/local",
                "--config.distribution.strategy=mirrored", "--config.distribution.num_cpu_devices=2")
   assert local.returncode == 0, local.stderr[-3000:]
-  diff = max(np.max(np.abs(a - b)) for a, b in zip(_weights(f"{tmp_path}/mw/model.keras"),
-                                                   _weights(f"{tmp_path}/local/model.keras")))
+  diff = max(np.max(np.abs(a - b)) for a, b in zip(weights_of(f"{tmp_path}/mw/model.keras"),
+                                                   weights_of(f"{tmp_path}/local/model.keras")))
   print(f"2 workers vs 2 local replicas: max |dw| {diff:.2e}; multi-worker wall {elapsed:.1f} s")
   assert diff < 1e-5
   results = json.load(open(f"{tmp_path}/mw/results.json"))

@@ -5,10 +5,8 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -18,39 +16,19 @@ from kd_research.common import fileio
 from kd_research.train import runs
 from kd_research.train import teachers as teachers_lib
 from kd_research.common.errors import UserError
-from conftest import REPO, tiny_config
+from conftest import DEFAULT, ENV, REPO, distill_cmd, tiny_config, weights_of
 
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-DEFAULT = tf.distribute.get_strategy()
 
 
 # CRD: the memory banks, Z and the embedding heads must resume exactly too.
-METHOD_FLAGS = {"kd": [], "crd": ["--config.distill.method=crd",
-                                  "--config.distill.crd.negatives=64"]}
-
-
-def _distill_cmd(workdir, teacher_file, method="kd"):
-  return [sys.executable, "-m", "kd_research.main", "distill", "--experiment=fashion_mnist:tiny",
-          f"--workdir={workdir}", f"--config.teacher.path={teacher_file}",
-          "--config.deterministic=true", "--config.student.epochs=4",
-          "--config.run.checkpoint_every_steps=10", "--config.run.steps_per_loop=2",
-          "--config.run.log_every_steps=2", "--config.augment.ops=('flip','crop','cutout')",
-          "--config.distill.alpha.kind=linear", "--config.distill.alpha.end=0.2"
-          ] + METHOD_FLAGS[method]
-
-
-def _weights(workdir):
-  model = keras.models.load_model(os.path.join(workdir, "model.keras"), compile=False)
-  return [w.numpy() for w in model.weights]
-
 
 @pytest.mark.parametrize("method", ["kd", "crd"])
 def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path, teacher_file, method):
   full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
-  done = subprocess.run(_distill_cmd(full, teacher_file, method), cwd=REPO, env=ENV,
+  done = subprocess.run(distill_cmd(full, teacher_file, method), cwd=REPO, env=ENV,
                         capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
-  proc = subprocess.Popen(_distill_cmd(cut, teacher_file, method), cwd=REPO, env=ENV,
+  proc = subprocess.Popen(distill_cmd(cut, teacher_file, method), cwd=REPO, env=ENV,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpt_dir = os.path.join(cut, "checkpoints")
   deadline = time.time() + 240
@@ -65,11 +43,11 @@ def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path, teacher_file, met
   killed_at = int(tf.train.latest_checkpoint(ckpt_dir).rsplit("-", 1)[1])
   assert 40 <= killed_at < 4 * 28
   assert not os.path.exists(os.path.join(cut, "results.json"))
-  resumed = subprocess.run(_distill_cmd(cut, teacher_file, method), cwd=REPO, env=ENV,
+  resumed = subprocess.run(distill_cmd(cut, teacher_file, method), cwd=REPO, env=ENV,
                            capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert "Resumed" in resumed.stderr
-  diffs = [float(np.max(np.abs(a - b))) for a, b in zip(_weights(full), _weights(cut))]
+  diffs = [float(np.max(np.abs(a - b))) for a, b in zip(weights_of(full), weights_of(cut))]
   print(f"killed after checkpoint {killed_at}; max |dw| vs uninterrupted: {max(diffs)}")
   assert max(diffs) == 0.0
   a = json.load(open(os.path.join(full, "results.json")))
@@ -130,7 +108,7 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
 
 
 def test_unreadable_data_and_unwritable_workdir(tmp_path, monkeypatch):
-  from test_data import write_fake_mnist
+  from conftest import write_fake_mnist
   write_fake_mnist(str(tmp_path / "d"))
   real_open = open
 

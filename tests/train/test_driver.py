@@ -21,17 +21,16 @@ from kd_research.train import workdir as workdir_lib
 from kd_research.common.errors import PREEMPTED_EXIT_STATUS
 from kd_research.common.errors import Preempted
 from kd_research.common.errors import UserError
-from conftest import REPO, tiny_config
-from test_reliability import ENV, _distill_cmd, _weights
+from conftest import DEFAULT, REPO, tiny_config
+from conftest import ENV, distill_cmd, weights_of
 
-DEFAULT = tf.distribute.get_strategy()
 
 
 def test_sigterm_checkpoints_then_rerun_matches_uninterrupted_run(tmp_path, teacher_file):
   """SIGTERM mid-run (long checkpoint interval): the run saves at the next loop boundary,
   exits with the preemption status, and the rerun ends bit-identical to an uninterrupted run."""
   def command(workdir):
-    return _distill_cmd(workdir, teacher_file) + ["--config.run.checkpoint_every_steps=1000"]
+    return distill_cmd(workdir, teacher_file) + ["--config.run.checkpoint_every_steps=1000"]
   full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
   done = subprocess.run(command(full), cwd=REPO, env=ENV, capture_output=True, text=True,
                         timeout=300)
@@ -55,7 +54,7 @@ def test_sigterm_checkpoints_then_rerun_matches_uninterrupted_run(tmp_path, teac
   resumed = subprocess.run(command(cut), cwd=REPO, env=ENV, capture_output=True, text=True,
                            timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  diffs = [float(np.max(np.abs(a - b))) for a, b in zip(_weights(full), _weights(cut))]
+  diffs = [float(np.max(np.abs(a - b))) for a, b in zip(weights_of(full), weights_of(cut))]
   print(f"SIGTERM: checkpoint at step {saved}; max |dw| vs uninterrupted: {max(diffs)}")
   assert max(diffs) == 0.0
 

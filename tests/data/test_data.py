@@ -1,7 +1,5 @@
 """Data: IDX/CIFAR readers and their errors, splits, and replica-independent pipelines."""
 
-import gzip
-import os
 import pickle
 
 import numpy as np
@@ -12,28 +10,7 @@ from kd_research.data import datasets
 from kd_research.data import sources
 from kd_research.data import synthetic
 from kd_research.common.errors import UserError
-from conftest import tiny_config
-
-
-def write_idx(path, array, gz=True):
-  header = bytes([0, 0, 8, array.ndim]) + b"".join(
-      int(d).to_bytes(4, "big") for d in array.shape)
-  payload = header + array.astype(np.uint8).tobytes()
-  with (gzip.open if gz else open)(path, "wb") as f:
-    f.write(payload)
-
-
-def write_fake_mnist(directory, n_train=300, n_test=100, gz=True):
-  rng = np.random.default_rng(0)
-  os.makedirs(directory, exist_ok=True)
-  ext = ".gz" if gz else ""
-  arrays = {"train-images-idx3-ubyte": rng.integers(0, 255, (n_train, 28, 28)),
-            "train-labels-idx1-ubyte": rng.integers(0, 10, n_train),
-            "t10k-images-idx3-ubyte": rng.integers(0, 255, (n_test, 28, 28)),
-            "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test)}
-  for name, array in arrays.items():
-    write_idx(os.path.join(directory, name + ext), array, gz)
-  return arrays
+from conftest import global_batches, tiny_config, write_fake_cifar10, write_fake_mnist, write_idx
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -72,28 +49,6 @@ def test_missing_data_lists_every_place(tmp_path, monkeypatch):
   assert str(tmp_path) in str(err.value) and "/usr/share/datasets/mnist" in str(err.value)
 
 
-def write_fake_cifar10(directory, per_batch=20, test=30):
-  rng = np.random.default_rng(1)
-  os.makedirs(directory, exist_ok=True)
-  for name, n in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", test)]:
-    batch = {b"data": rng.integers(0, 255, (n, 3072)).astype(np.uint8),
-             b"labels": rng.integers(0, 10, n).tolist()}
-    with open(os.path.join(directory, name), "wb") as f:
-      pickle.dump(batch, f)
-
-
-def write_fake_cifar100(directory, train=200, test=40):
-  """CIFAR-100's python format: 'train' and 'test' pickles with fine (and coarse) labels."""
-  rng = np.random.default_rng(2)
-  os.makedirs(directory, exist_ok=True)
-  for name, n in (("train", train), ("test", test)):
-    batch = {b"data": rng.integers(0, 255, (n, 3072)).astype(np.uint8),
-             b"fine_labels": rng.integers(0, 100, n).tolist(),
-             b"coarse_labels": rng.integers(0, 20, n).tolist()}
-    with open(os.path.join(directory, name), "wb") as f:
-      pickle.dump(batch, f)
-
-
 def test_cifar10_python_batches(tmp_path):
   write_fake_cifar10(str(tmp_path / "cifar-10-batches-py"))
   raw = sources.load("cifar10", str(tmp_path))
@@ -119,27 +74,13 @@ def test_validation_split_is_disjoint_and_sized():
     datasets.load_splits(tiny_config(validation_size=2000))
 
 
-def _global_batches(fn, replicas, steps, pipelines=1):
-  """Concatenates the per-replica batches of every pipeline back into global batches."""
-  streams = []
-  for pid in range(pipelines):
-    ctx = tf.distribute.InputContext(pipelines, pid, replicas)
-    streams.append(iter(fn(ctx)))
-  per_pipeline = replicas // pipelines
-  out = []
-  for _ in range(steps):
-    parts = [next(s) for s in streams for _ in range(per_pipeline)]
-    out.append({k: np.concatenate([p[k].numpy() for p in parts]) for k in parts[0]})
-  return out
-
-
 @pytest.mark.parametrize("replicas,pipelines", [(2, 1), (4, 1), (4, 2), (2, 2)])
 def test_train_batches_do_not_depend_on_replicas(replicas, pipelines):
   x = np.arange(100 * 4, dtype=np.uint8).reshape(100, 2, 2, 1)
   y = np.arange(100, dtype=np.int32) % 10
   fn = datasets.train_dataset_fn(x, y, 8, seed=3)
-  reference = _global_batches(fn, 1, 30)
-  got = _global_batches(fn, replicas, 30, pipelines)
+  reference = global_batches(fn, 1, 30)
+  got = global_batches(fn, replicas, 30, pipelines)
   for a, b in zip(reference, got):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
@@ -151,8 +92,8 @@ def test_train_batches_do_not_depend_on_replicas(replicas, pipelines):
 def test_train_stream_resumes_at_any_step():
   x = np.zeros((50, 2, 2, 1), np.uint8)
   y = np.zeros(50, np.int32)
-  full = _global_batches(datasets.train_dataset_fn(x, y, 10, seed=1), 1, 17)
-  resumed = _global_batches(datasets.train_dataset_fn(x, y, 10, seed=1, start_step=7), 1, 10)
+  full = global_batches(datasets.train_dataset_fn(x, y, 10, seed=1), 1, 17)
+  resumed = global_batches(datasets.train_dataset_fn(x, y, 10, seed=1, start_step=7), 1, 10)
   for a, b in zip(full[7:], resumed):
     np.testing.assert_array_equal(a["index"], b["index"])
     np.testing.assert_array_equal(a["step"], b["step"])
@@ -166,7 +107,7 @@ def test_eval_covers_every_example_once(replicas):
   gb = 64 if replicas != 3 else 63
   fn = datasets.eval_dataset_fn(x, y, gb)
   seen = []
-  for pid_batches in _global_batches(fn, replicas, -(-n // gb)):
+  for pid_batches in global_batches(fn, replicas, -(-n // gb)):
     keep = pid_batches["weight"] > 0
     seen.extend(pid_batches["index"][keep].tolist())
   assert sorted(seen) == list(range(n))

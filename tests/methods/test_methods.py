@@ -13,27 +13,9 @@ from kd_research import config as config_lib
 from kd_research.methods import registry as method_registry
 from kd_research.train import runs
 from kd_research.common.errors import UserError
-from conftest import tiny_config
-from test_loop import interrupt_then_resume, read_scalars, weights_of
+from conftest import DEFAULT, interrupt_then_resume, method_config, read_scalars, weights_of
 
-DEFAULT = tf.distribute.get_strategy()
 METHODS = ("kd", "dkd", "dist", "fitnets", "at", "rkd", "pkt", "sp", "crd", "kd,at")
-
-
-@pytest.fixture(scope="module")
-def conv_teacher(tmp_path_factory):
-  """A small convolutional teacher with stage taps (resnet_seed w8 on the synthetic data)."""
-  workdir = str(tmp_path_factory.mktemp("conv_teacher"))
-  runs.train_and_evaluate(tiny_config(**{"teacher.model": "resnet_seed", "teacher.width": 8,
-                                         "teacher.epochs": 2}), workdir, "teacher", DEFAULT)
-  return os.path.join(workdir, "model.keras")
-
-
-def method_config(method, **overrides):
-  return tiny_config(**{"student.model": "cnn_seed", "student.width": 4, "student.epochs": 1,
-                        "distill.method": method, "run.allow_weak_teacher": True,
-                        "distill.dkd.warmup_epochs": 1, "distill.crd.negatives": 64,
-                        **overrides})
 
 
 @pytest.mark.parametrize("method", METHODS)

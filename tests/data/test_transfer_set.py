@@ -10,10 +10,9 @@ from kd_research.data import datasets
 from kd_research.methods import base
 from kd_research.train import runs
 from kd_research.common.errors import UserError
-from conftest import tiny_config
-from test_loop import read_scalars
+from conftest import DEFAULT, tiny_config
+from conftest import read_scalars
 
-DEFAULT = tf.distribute.get_strategy()
 
 
 def test_labelled_mask_counts_fractions_and_is_fixed_by_seed():

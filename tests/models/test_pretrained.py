@@ -13,9 +13,8 @@ from kd_research.models import pretrained
 from kd_research.methods import base
 from kd_research.train import steps as steps_lib
 from kd_research.common.errors import UserError
-from conftest import tiny_config, load_experiment
+from conftest import DEFAULT, load_experiment, tiny_config
 
-DEFAULT = tf.distribute.get_strategy()
 
 
 @pytest.mark.parametrize("name", ["resnet50", "mobilenetv2", "efficientnetb0"])

@@ -18,40 +18,14 @@ from kd_research.train import runs
 from kd_research.train import steps
 from kd_research.train import teachers as teachers_lib
 from kd_research.common.errors import UserError
-from conftest import tiny_config
-
-DEFAULT = tf.distribute.get_strategy()
+from conftest import DEFAULT, interrupt_then_resume, read_scalars, tiny_config, weights_of
 
 
-@pytest.fixture(scope="module")
-def teacher_path(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("teacher"))
-  results = runs.train_and_evaluate(tiny_config(), workdir, "teacher", DEFAULT)
-  assert results["test_accuracy"] > 0.9  # Synthetic data is easy for the teacher.
-  return os.path.join(workdir, "model.keras")
 
-
-def weights_of(workdir):
-  model = keras.models.load_model(os.path.join(workdir, "model.keras"), compile=False)
-  return [w.numpy() for w in model.weights]
-
-
-def read_scalars(logdir):
-  from tensorboard.backend.event_processing import event_accumulator
-  acc = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
-  acc.Reload()
-  out = {}
-  for tag in acc.Tags()["tensors"]:
-    values = [(e.step, tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)]
-    if all(v.ndim == 0 for _, v in values):  # Scalars; images are string tensors.
-      out[tag] = [(step, float(v)) for step, v in values]
-  return out
-
-
-def test_distillation_run_writes_everything(tmp_path, teacher_path):
+def test_distillation_run_writes_everything(tmp_path, teacher_file):
   workdir = str(tmp_path / "kd")
   config = tiny_config()
-  results = runs.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_path,))
+  results = runs.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_file,))
   for name in ("config.json", "results.json", "model.keras", "saved_model/saved_model.pb"):
     assert os.path.exists(os.path.join(workdir, name)), name
   with open(os.path.join(workdir, "results.json")) as f:
@@ -80,7 +54,7 @@ def test_distillation_run_writes_everything(tmp_path, teacher_path):
   from kd_research.data import datasets
   val_x, _ = datasets.load_splits(config).validation
   student = keras.models.load_model(os.path.join(workdir, "model.keras"), compile=False)
-  teacher = keras.models.load_model(teacher_path, compile=False)
+  teacher = keras.models.load_model(teacher_file, compile=False)
   agree = np.mean(np.argmax(student(val_x.astype(np.float32)), 1) ==
                   np.argmax(teacher(val_x.astype(np.float32)), 1))
   assert scalars["distill/agreement"][-1][1] == pytest.approx(agree, abs=1e-6)
@@ -94,56 +68,32 @@ def test_distillation_run_writes_everything(tmp_path, teacher_path):
     assert t == pytest.approx(0.7 * d + 0.3 * c, rel=1e-4)
   # Finished runs are reported, not retrained; a different config is refused.
   mtime = os.path.getmtime(os.path.join(workdir, "model.keras"))
-  again = runs.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_path,))
+  again = runs.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_file,))
   assert again["test_accuracy"] == results["test_accuracy"]
   assert os.path.getmtime(os.path.join(workdir, "model.keras")) == mtime
   with pytest.raises(UserError, match=r"distill.temperature.start: 10.0 -> 3.0"):
     runs.train_and_evaluate(tiny_config(**{"distill.temperature.start": 3.0}), workdir,
-                            "distill", DEFAULT, (teacher_path,))
+                            "distill", DEFAULT, (teacher_file,))
 
 
-class Interrupted(Exception):
-  pass
-
-
-def interrupt_then_resume(config, workdir, teacher_path, monkeypatch, stop_after,
-                          expected_checkpoint):
-  """Stops a distillation run once it passes ``stop_after`` steps, then reruns it."""
-  original = driver.Driver._check_finite
-
-  def interrupt(self, sums, step, n):
-    original(self, sums, step, n)
-    if step + n > stop_after:
-      raise Interrupted()
-
-  monkeypatch.setattr(driver.Driver, "_check_finite", interrupt)
-  with pytest.raises(Interrupted):
-    runs.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_path,))
-  assert not os.path.exists(os.path.join(workdir, "results.json"))
-  latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-  assert latest.endswith(f"-{expected_checkpoint}")
-  monkeypatch.setattr(driver.Driver, "_check_finite", original)
-  runs.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_path,))
-
-
-def test_resume_after_interruption_matches_uninterrupted(tmp_path, teacher_path, monkeypatch):
+def test_resume_after_interruption_matches_uninterrupted(tmp_path, teacher_file, monkeypatch):
   config = tiny_config()
   full_dir, cut_dir = str(tmp_path / "full"), str(tmp_path / "cut")
-  runs.train_and_evaluate(config, full_dir, "distill", DEFAULT, (teacher_path,))
-  interrupt_then_resume(config, cut_dir, teacher_path, monkeypatch, stop_after=35,
+  runs.train_and_evaluate(config, full_dir, "distill", DEFAULT, (teacher_file,))
+  interrupt_then_resume(config, cut_dir, teacher_file, monkeypatch, stop_after=35,
                         expected_checkpoint=20)
   for a, b in zip(weights_of(full_dir), weights_of(cut_dir)):
     np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("replicas", [2, 4])
-def test_distillation_does_not_depend_on_replica_count(tmp_path, teacher_path, replicas,
+def test_distillation_does_not_depend_on_replica_count(tmp_path, teacher_file, replicas,
                                                        strategy_factory):
   config = tiny_config(**{"student.epochs": 1})
   single = runs.train_and_evaluate(config, str(tmp_path / "one"), "distill", DEFAULT,
-                                   (teacher_path,))
+                                   (teacher_file,))
   multi = runs.train_and_evaluate(config, str(tmp_path / "many"), "distill",
-                                  strategy_factory(replicas), (teacher_path,))
+                                  strategy_factory(replicas), (teacher_file,))
   assert multi["replicas"] == replicas
   one = read_scalars(str(tmp_path / "one"))
   many = read_scalars(str(tmp_path / "many"))
@@ -227,7 +177,7 @@ def test_divergence_stops_without_results(tmp_path):
   assert not os.path.exists(os.path.join(workdir, "results.json"))
 
 
-def test_schedules_and_finetune_stage_resume_exactly(tmp_path, teacher_path, monkeypatch):
+def test_schedules_and_finetune_stage_resume_exactly(tmp_path, teacher_file, monkeypatch):
   """Linear alpha 0.9 -> 0.3 over two distillation epochs, then one labels-only epoch."""
   config = tiny_config(**{"student.epochs": 3, "distill.finetune_epochs": 1,
                           "distill.alpha.start": 0.9, "distill.alpha.end": 0.3,
@@ -235,7 +185,7 @@ def test_schedules_and_finetune_stage_resume_exactly(tmp_path, teacher_path, mon
                           "distill.temperature.start": 8.0, "distill.temperature.end": 2.0,
                           "distill.temperature.kind": "cosine"})
   full_dir, cut_dir = str(tmp_path / "full"), str(tmp_path / "cut")
-  runs.train_and_evaluate(config, full_dir, "distill", DEFAULT, (teacher_path,))
+  runs.train_and_evaluate(config, full_dir, "distill", DEFAULT, (teacher_file,))
   spe, distill_steps = 1800 // 64, 2 * (1800 // 64)
   scalars = read_scalars(full_dir)
   for step, alpha in scalars["train/alpha"]:
@@ -250,7 +200,7 @@ def test_schedules_and_finetune_stage_resume_exactly(tmp_path, teacher_path, mon
   finetune_steps = [s for s in distill if s > distill_steps + 10]
   assert finetune_steps and all(distill[s] == 0 and total[s] == ce[s] for s in finetune_steps)
   # Interrupt inside the fine-tuning stage (last checkpoint at step 60 > 56), then resume.
-  interrupt_then_resume(config, cut_dir, teacher_path, monkeypatch, stop_after=65,
+  interrupt_then_resume(config, cut_dir, teacher_file, monkeypatch, stop_after=65,
                         expected_checkpoint=60)
   for a, b in zip(weights_of(full_dir), weights_of(cut_dir)):
     np.testing.assert_array_equal(a, b)

@@ -16,9 +16,8 @@ from kd_research.train import runs
 from kd_research import pipeline
 from kd_research.train import teacher_cache
 from kd_research.common.errors import UserError
-from conftest import tiny_config, load_experiment
+from conftest import DEFAULT, load_experiment, tiny_config
 
-DEFAULT = tf.distribute.get_strategy()
 
 
 def three_teacher_config(**overrides):

@@ -15,7 +15,7 @@ from kd_research.methods import kd
 from kd_research.train import teacher_sources
 from kd_research.train import steps
 from kd_research.common.errors import UserError
-from test_data import _global_batches
+from conftest import global_batches
 
 ALL = ("flip", "crop", "rotate", "cutout", "mixup")
 
@@ -43,8 +43,8 @@ def train_fn(ops, gb=16, start_step=0, **kw):
 @pytest.mark.parametrize("ops", [("flip", "crop", "rotate", "cutout", "mixup"), ("cutmix",)])
 @pytest.mark.parametrize("replicas", [2, 4])
 def test_same_augmented_batch_for_any_replica_count(ops, replicas):
-  reference = _global_batches(train_fn(ops), 1, 6)
-  got = _global_batches(train_fn(ops), replicas, 6)
+  reference = global_batches(train_fn(ops), 1, 6)
+  got = global_batches(train_fn(ops), replicas, 6)
   for a, b in zip(reference, got):
     # Pixels are 0..255; bilinear rotation on a differently sized batch differs by ~1e-4.
     np.testing.assert_allclose(a["image"], b["image"], rtol=1e-5, atol=1e-3)
@@ -52,8 +52,8 @@ def test_same_augmented_batch_for_any_replica_count(ops, replicas):
 
 
 def test_augmentation_stream_resumes():
-  full = _global_batches(train_fn(ALL), 1, 9)
-  resumed = _global_batches(train_fn(ALL, start_step=5), 1, 4)
+  full = global_batches(train_fn(ALL), 1, 9)
+  resumed = global_batches(train_fn(ALL, start_step=5), 1, 4)
   for a, b in zip(full[5:], resumed):
     np.testing.assert_allclose(a["image"], b["image"], atol=1e-6)
   # Different steps get different randomness.
@@ -61,8 +61,8 @@ def test_augmentation_stream_resumes():
 
 
 def test_mixup_mixes_images_and_labels_of_partners():
-  plain = _global_batches(train_fn(()), 1, 1)[0]
-  mixed = _global_batches(train_fn(("mixup",)), 1, 1)[0]
+  plain = global_batches(train_fn(()), 1, 1)[0]
+  mixed = global_batches(train_fn(("mixup",)), 1, 1)[0]
   labels = mixed["label"]
   np.testing.assert_allclose(labels.sum(1), 1.0, atol=1e-6)
   one_hot = np.eye(5)[plain["label"]]
@@ -80,17 +80,17 @@ def test_mixup_mixes_images_and_labels_of_partners():
 
 
 def test_flip_crop_and_cutout_geometry():
-  plain = _global_batches(train_fn(()), 1, 1)[0]["image"]
-  flipped = _global_batches(train_fn(("flip",)), 1, 1)[0]["image"]
+  plain = global_batches(train_fn(()), 1, 1)[0]["image"]
+  flipped = global_batches(train_fn(("flip",)), 1, 1)[0]["image"]
   for a, b in zip(plain, flipped):
     assert np.array_equal(a, b) or np.array_equal(a[:, ::-1], b)
   assert any(not np.array_equal(a, b) for a, b in zip(plain, flipped))
-  cropped = _global_batches(train_fn(("crop",)), 1, 1)[0]["image"]
+  cropped = global_batches(train_fn(("crop",)), 1, 1)[0]["image"]
   for a, b in zip(plain, cropped):  # Some shift (dy, dx) in [-2, 2]^2 explains the crop.
     padded = np.pad(a, [(2, 2), (2, 2), (0, 0)])
     assert any(np.array_equal(padded[2 + dy:10 + dy, 2 + dx:10 + dx], b)
                for dy in range(-2, 3) for dx in range(-2, 3))
-  cut = _global_batches(train_fn(("cutout",)), 1, 1)[0]["image"]
+  cut = global_batches(train_fn(("cutout",)), 1, 1)[0]["image"]
   changed = (cut != plain).reshape(16, -1).sum(1)
   assert np.all(changed <= 9) and np.all((cut == 0) | (cut == plain))
 
@@ -128,10 +128,10 @@ def test_teacher_and_student_receive_the_same_augmented_batch():
                                teacher_sources.live_teachers(ensemble))
   ds = strategy.distribute_datasets_from_function(train_fn(ALL))
   loop(iter(ds), tf.constant(2))
-  second = _global_batches(train_fn(ALL), 1, 2)[1]["image"]
+  second = global_batches(train_fn(ALL), 1, 2)[1]["image"]
   np.testing.assert_array_equal(teacher_seen.seen.numpy(), student_seen.seen.numpy())
   np.testing.assert_allclose(student_seen.seen.numpy(), second, atol=1e-5)
-  assert not np.allclose(second, _global_batches(train_fn(()), 1, 2)[1]["image"])
+  assert not np.allclose(second, global_batches(train_fn(()), 1, 2)[1]["image"])
 
 
 @pytest.mark.parametrize("kw,match", [
