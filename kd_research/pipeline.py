@@ -229,7 +229,6 @@ def teacher_results(path):
   run_results = os.path.join(os.path.dirname(os.path.abspath(path)), "results.json")
   if os.path.exists(run_results):
     return fileio.read_json(run_results)
-  import keras  # pylint: disable=g-import-not-at-top
   params = model_registry.load_keras(path).count_params()
   return {"params": params, "ms_per_batch_128": None, "train_seconds": None}
 

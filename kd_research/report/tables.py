@@ -114,7 +114,8 @@ def comparison(runs, root):
   """
   rows = rows_lib.rows(runs, root)
   reference = _reference(rows)
-  baselines = {rows_lib.student_key(r["config"]): r for r in rows if r["order"] == rows_lib.ROLE_ORDER["student"]}
+  students = [r for r in rows if r["order"] == rows_lib.ROLE_ORDER["student"]]
+  baselines = {rows_lib.student_key(r["config"]): r for r in students}
   lines = ["| distilled setting | gain over labels only (points) | combined std (points) "
            "| gain >= 0.5 and > combined std | share of teacher | >= 98% of teacher |",
            "|---|---|---|---|---|---|"]
@@ -157,7 +158,8 @@ def sweep_table(runs, root):
     commands = sorted({m["command"] for m in members if m["command"]})
     lines.append(
         f"| {rows_lib.describe(members[0]['config'])}{rows_lib.budget(members[0]['config'])} "
-        f"| {len(members)} | {rows_lib.mean_std([m['results']['validation_accuracy'] for m in members])} "
+        f"| {len(members)} "
+        f"| {rows_lib.mean_std([m['results']['validation_accuracy'] for m in members])} "
         f"| {', '.join(os.path.relpath(m['dir'], root) for m in members)} "
         f"| {'<br>'.join(f'`{c}`' for c in commands) or '-'} |")
   return "\n".join(lines) + "\n"

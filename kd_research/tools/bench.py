@@ -14,14 +14,12 @@ forward, plus the teachers' forward when live) against a measured 2048^2 matmul 
 
 import os
 import sys
-import time
 
 from absl import app
 from absl import flags
-import numpy as np
 
 from kd_research.common import machine
-from kd_research.tools import profiling
+from kd_research.tools import bench_runs
 
 flags.DEFINE_bool("quick", False, "Fewer and shorter windows: about a minute in total.")
 flags.DEFINE_string("rows", "a,b,c,d,e,f,g,h,i,j", "Which rows to run.")
@@ -53,244 +51,16 @@ ROW_NAMES = {
 }
 
 
-def forward_flops(model):
-  """Multiply-add FLOPs (x2) of Conv2D and Dense layers for one example."""
-  import keras  # pylint: disable=g-import-not-at-top
-  total = 0
-  for layer in model._flatten_layers(include_self=False):  # pylint: disable=protected-access
-    if isinstance(layer, keras.layers.Conv2D):
-      h, w, cout = layer.output.shape[1:]
-      total += 2 * h * w * cout * int(np.prod(layer.kernel_size)) * layer.input.shape[-1]
-    elif isinstance(layer, keras.layers.Dense):
-      total += 2 * layer.input.shape[-1] * layer.units
-  return total
-
-
-def matmul_peak(dtype, n=2048, reps=10):
-  """GFLOP/s of an n x n matmul in ``dtype`` (median of reps after warm-up)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  a = tf.cast(tf.random.normal([n, n]), dtype)
-  from kd_research.common import timing  # pylint: disable=g-import-not-at-top
-  mm = tf.function(lambda x: tf.matmul(x, x))
-  return 2 * n**3 / timing.median_seconds(lambda: mm(a).numpy(), reps, warmup=1) / 1e9
-
-
-def _data(opts, batch):
-  from kd_research.data import sources  # pylint: disable=g-import-not-at-top
-  raw = sources.load(opts.dataset)
-  n = min(len(raw.train_x), opts.examples or len(raw.train_x))
-  n = (n // batch) * batch
-  return raw.train_x[:n], raw.train_y[:n], raw.num_classes
-
-
-def _rate(times, batch, window):
-  """Median examples/s over windows of ``window`` steps from per-call end times."""
-  rates = [window * batch / (t1 - t0) for t0, t1 in zip(times[:-1], times[1:])]
-  return float(np.median(rates))
-
-
-def _models(opts, num_classes, shape, precision, teachers=1):
-  import keras  # pylint: disable=g-import-not-at-top
-  from kd_research.models import registry as model_registry  # pylint: disable=g-import-not-at-top
-  from kd_research.runtime import precision as precision_lib  # pylint: disable=g-import-not-at-top
-  precision_lib.set_policy(precision)
-  keras.utils.set_random_seed(0)
-  teacher_models = [model_registry.build(opts.teacher, shape, num_classes, opts.teacher_width)
-                    for _ in range(teachers)]
-  student = model_registry.build(opts.student, shape, num_classes, opts.student_width)
-  return teacher_models, student
-
-
-def run_fit_distiller(opts, x, y, num_classes):
-  """(a): the seed article's Distiller(keras.Model) with train_step, trained with fit."""
-  import keras  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  (teacher,), student = _models(opts, num_classes, x.shape[1:], "none")
-
-  class Distiller(keras.Model):
-    """As in the article: teacher in inference mode, KL on softened probabilities."""
-
-    def __init__(self, student, teacher):
-      super().__init__()
-      self.student, self.teacher = student, teacher
-
-    def call(self, inputs):
-      return self.student(inputs)
-
-    def train_step(self, batch):
-      images, labels = batch
-      teacher_logits = self.teacher(images, training=False)
-      with tf.GradientTape() as tape:
-        logits = self.student(images, training=True)
-        ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
-        kl = keras.losses.KLDivergence()(tf.nn.softmax(teacher_logits / 4.0),
-                                         tf.nn.softmax(logits / 4.0)) * 16.0
-        loss = 0.7 * kl + 0.3 * ce
-      grads = tape.gradient(loss, self.student.trainable_variables)
-      self.optimizer.apply_gradients(zip(grads, self.student.trainable_variables))
-      return {"loss": loss}
-
-  distiller = Distiller(student, teacher)
-  distiller.compile(optimizer=keras.optimizers.Adam())
-  return _time_fit(opts, distiller, x, y), forward_flops(student), forward_flops(teacher)
-
-
-def _time_fit(opts, model, x, y):
-  """Median examples/s of ``model.fit`` over timed windows after warm-up windows."""
-  import keras  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  times = []
-
-  class Clock(keras.callbacks.Callback):
-    def on_train_batch_end(self, batch, logs=None):
-      if batch >= opts.window and batch % opts.window == 0:
-        times.append(time.perf_counter())
-
-  steps = opts.window * (opts.windows + 2)
-  ds = tf.data.Dataset.from_tensor_slices((x.astype(np.float32), y)).repeat().batch(
-      opts.batch, drop_remainder=True).prefetch(2)
-  model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[Clock()])
-  return _rate(times, opts.batch, opts.window)
-
-
-def run_keras_distiller(opts, x, y, num_classes):
-  """(j): keras.distillation.Distiller + LogitsDistillation (T 4 with a KLDivergence()
-  instance, so that it computes KL x T^2 of the softened probabilities: Keras' default
-  string loss does not, see keras_peer.py; student loss weight 0.3, i.e. alpha 0.7 as rows
-  (a) and (b)), trained by fit: the official peer."""
-  import keras  # pylint: disable=g-import-not-at-top
-  from kd_research.tools import keras_peer  # pylint: disable=g-import-not-at-top
-  (teacher,), student = _models(opts, num_classes, x.shape[1:], "none")
-  distiller = keras_peer.distiller(teacher, student, 0.7, 4.0, kl="instance")
-  distiller.compile(optimizer=keras.optimizers.Adam(),
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-  return _time_fit(opts, distiller, x, y), forward_flops(student), forward_flops(teacher)
-
-
-def run_method(opts, x, y, num_classes, method, strategy=None, profile_dir=None):
-  """examples/s of distillation method ``method`` with a live teacher (and an op table)."""
-  del x, y, num_classes
-  overrides = {"distill.method": method}
-  if "crd" in method.split(","):  # CRD's bank covers the examples; K capped by them.
-    overrides["distill.crd.negatives"] = min(16384, (opts.examples or 10**9) - 1)
-  rate, _, _, table = run_resolved(opts, overrides, profile_dir=profile_dir, strategy=strategy)
-  return rate, table
-
-
-def _time_loop(opts, loop, iterator, profile_dir=None):
-  """(median examples/s over the timed windows after a warm-up window, op table or None)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  n = tf.constant(opts.window)
-  loop(iterator, n).numpy()  # Warm-up (trace + first window).
-  times = [time.perf_counter()]
-  for _ in range(opts.windows):
-    loop(iterator, n).numpy()
-    times.append(time.perf_counter())
-  table = None
-  if profile_dir:
-    from kd_research.report import tables  # pylint: disable=g-import-not-at-top
-    table = tables.op_time_table(profiling.family_times(profiling.op_times(
-        profiling.trace(lambda: loop(iterator, n).numpy(), profile_dir))))
-  return _rate(times, opts.batch, opts.window), table
-
-
-def bench_config(opts, overrides=(), role="distill", teachers=1):
-  """The config of a bench row: a real run's config (config.base_config) with the bench's
-  models, data size and batch, Adam at a constant 1e-3, KD alpha 0.7 / T 4 constant."""
-  from kd_research import config as config_lib  # pylint: disable=g-import-not-at-top
-  from kd_research.data import sources  # pylint: disable=g-import-not-at-top
-  available = len(sources.load(opts.dataset).train_x)
-  config = config_lib.base_config()
-  with config.unlocked():
-    config.dataset = opts.dataset
-    config.global_batch_size = opts.batch
-    # Small validation and test splits: the teachers are evaluated on them once per row.
-    config.validation_size, config.test_size = min(1000, available // 4), 500
-    config.train_size = min(opts.examples, available - config.validation_size)
-    config.teacher = config_lib.model_config(opts.teacher, opts.teacher_width)
-    config.student = config_lib.model_config(opts.student, opts.student_width, epochs=1000)
-    config.optimizer.learning_rate = config_lib.schedule(1e-3)
-    config.distill.alpha = config_lib.schedule(0.7)
-    config.distill.temperature = config_lib.schedule(4.0)
-    config.run.allow_weak_teacher = True  # Untrained teachers: speed only.
-    for name in range(1, teachers):
-      config.extra_teachers[f"t{name}"] = config_lib.model_config(opts.teacher,
-                                                                  opts.teacher_width)
-  for key, value in dict(overrides).items():
-    config = config_lib.replaced(config, **{key: value})
-  config_lib.validate(config)
-  return config
-
-
-def _teacher_files(config, count, directory):
-  """``count`` untrained teachers of config.teacher saved as .keras files (seeds 0, 1, ...)."""
-  import keras  # pylint: disable=g-import-not-at-top
-  from kd_research.data import datasets  # pylint: disable=g-import-not-at-top
-  from kd_research.models import registry as model_registry  # pylint: disable=g-import-not-at-top
-  splits = datasets.load_splits(config)
-  paths = []
-  for k in range(count):
-    keras.utils.set_random_seed(k)
-    model = model_registry.build(config.teacher.model, splits.input_shape, splits.num_classes,
-                                 config.teacher.width or None)
-    paths.append(os.path.join(directory, f"teacher{k}.keras"))
-    model.save(paths[-1])
-  return paths
-
-
-def run_resolved(opts, overrides=(), role="distill", teachers=1, profile_dir=None,
-                 strategy=None):
-  """One bench row of our loop: the run resolved exactly as ``distill`` (or ``train``)
-  resolves it (train/resolve.py), its last phase's traced loop and the run's own training
-  stream, timed over windows. Returns (examples/s, student FLOPs, teacher FLOPs, op table).
-  """
-  import tempfile  # pylint: disable=g-import-not-at-top
-  import keras  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from kd_research.data import datasets  # pylint: disable=g-import-not-at-top
-  from kd_research.runtime import precision  # pylint: disable=g-import-not-at-top
-  from kd_research.train import resolve  # pylint: disable=g-import-not-at-top
-  from kd_research.train import runs  # pylint: disable=g-import-not-at-top
-  strategy = strategy or tf.distribute.get_strategy()
-  config = bench_config(opts, overrides, role, teachers)
-  workdir = tempfile.mkdtemp(prefix="kd_bench_")
-  paths = _teacher_files(config, teachers, workdir) if role == "distill" else ()
-  precision.set_policy(config.mixed_precision)
-  try:
-    keras.utils.set_random_seed(config.student.seed)
-    run = resolve.resolve(config, os.path.join(workdir, "run"), role, strategy,
-                          datasets.load_splits(config), tuple(paths), chief=True)
-    driver = runs.make_driver(run, writer=None)
-    loop = driver.loop_for(run.phases[-1] if role != "distill" else
-                           next(p for p in run.phases if p.name == "distill"))
-    rate, table = _time_loop(opts, loop, runs.train_stream(run), profile_dir)
-  finally:
-    precision.set_policy("none")
-  live = role == "distill" and not config.distill.cache_teacher
-  teacher_flops = sum(forward_flops(m) for m in run.teachers.ensemble.models) if live else 0
-  return rate, forward_flops(run.state.model), teacher_flops, table
-
-
-def run_our_loop(opts, x, y, num_classes, precision="none", jit=False, cache=False, teachers=1,
-                 student_only=False, profile_dir=None, strategy=None):
-  """(b)-(i): our loop through the run resolver with the chosen options (see OPTIONS)."""
-  del x, y, num_classes
-  overrides = {"mixed_precision": precision, "run.jit_compile": jit,
-               "distill.cache_teacher": cache}
-  return run_resolved(opts, overrides, "student" if student_only else "distill", teachers,
-                      profile_dir, strategy)
-
-
 def _measure_methods(opts, strategy, profile_dir, profiles):
   """[{'method', 'examples_per_second', 'ratio_to_kd'}] for --methods (kd measured too)."""
   from kd_research.methods import registry as method_registry  # pylint: disable=g-import-not-at-top
   names = [m.strip() for m in opts.methods.split(",") if m.strip()]
   for name in names:
     method_registry.parse(name)  # Unknown names fail before any measurement.
-  x, y, classes = _data(opts, opts.batch)
+  x, y, classes = bench_runs.training_arrays(opts, opts.batch)
   rates = {}
   for name in (["kd"] if "kd" not in names else []) + names:
-    rates[name], table = run_method(opts, x, y, classes, name, strategy,
+    rates[name], table = bench_runs.run_method(opts, x, y, classes, name, strategy,
                                     profile_dir if name == opts.profile else None)
     if table:
       profiles[name] = table
@@ -322,14 +92,14 @@ def _check_rows(opts):
 
 def _measure(opts, rows, strategy, profile_dir):
   """{row: (examples/s, student FLOPs, teacher FLOPs, options)} and {row: op-time table}."""
-  x, y, classes = _data(opts, opts.batch)
+  x, y, classes = bench_runs.training_arrays(opts, opts.batch)
   measured, profiles = {}, {}
   for row in [r for r in rows if r != "f"]:
     if row in "aj":
-      rate, s_flops, t_flops = (run_fit_distiller if row == "a" else run_keras_distiller)(
-          opts, x, y, classes)
+      fit_row = bench_runs.run_fit_distiller if row == "a" else bench_runs.run_keras_distiller
+      rate, s_flops, t_flops = fit_row(opts, x, y, classes)
     else:
-      rate, s_flops, t_flops, table = run_our_loop(
+      rate, s_flops, t_flops, table = bench_runs.run_our_loop(
           opts, x, y, classes, profile_dir=profile_dir if row == opts.profile else None,
           strategy=strategy, **OPTIONS[row])
       if table:
@@ -342,7 +112,7 @@ def _measure(opts, rows, strategy, profile_dir):
       best["jit"] = True
     if "d" in measured and "b" in measured and measured["d"][0] > measured["b"][0]:
       best["precision"] = "bf16"
-    rate, s_flops, t_flops, _ = run_our_loop(opts, x, y, classes, strategy=strategy, **best)
+    rate, s_flops, t_flops, _ = bench_runs.run_our_loop(opts, x, y, classes, strategy=strategy, **best)
     measured["f"] = (rate, s_flops, t_flops, best)
   return measured, profiles
 
@@ -383,7 +153,7 @@ def main(argv):
   from kd_research.report import tables  # pylint: disable=g-import-not-at-top
   auto = precision.choose("auto")
   print(f"mixed_precision=auto would use {auto.used} on this machine: {auto.reason}.", flush=True)
-  peaks = {"float32": matmul_peak("float32"), "bfloat16": matmul_peak("bfloat16")}
+  peaks = {"float32": bench_runs.matmul_peak("float32"), "bfloat16": bench_runs.matmul_peak("bfloat16")}
   profile_dir = os.path.join(os.path.dirname(os.path.abspath(opts.output)), "bench_profile")
   measured, profiles = _measure(opts, rows, strategy, profile_dir)
   report = {"batch": opts.batch, "teacher": f"{opts.teacher} w{opts.teacher_width}",

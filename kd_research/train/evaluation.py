@@ -9,7 +9,6 @@ agreement with and KL to the teachers use those stored logits.
 
 import os
 
-import keras
 import numpy as np
 import tensorflow as tf
 

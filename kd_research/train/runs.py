@@ -67,7 +67,8 @@ def train_and_evaluate(config, workdir, role, strategy, teacher_paths=(), overwr
     keras.utils.set_random_seed(resolve_lib.entry_of(config, role).seed)
     try:
       with preemption.Guard(strategy) as guard:  # SIGTERM from here on: save, then stop.
-        run = resolve_lib.resolve(config, workdir, role, strategy, splits, tuple(teacher_paths), chief)
+        run = resolve_lib.resolve(config, workdir, role, strategy, splits, tuple(teacher_paths),
+                                  chief)
         results = _train(run, guard)
     finally:
       precision.set_policy("none")

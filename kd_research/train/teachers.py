@@ -4,7 +4,6 @@ import math
 import os
 import zipfile
 
-import keras
 import numpy as np
 import tensorflow as tf
 
