@@ -122,13 +122,6 @@ def test_every_experiment_refuses_unknown_presets():
 
 # --- broken teachers are refused before any student step ------------------------------------
 
-@pytest.fixture(scope="module")
-def trained_teacher(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("teacher") / "teacher")
-  runs.train_and_evaluate(tiny_config(), workdir, "teacher", DEFAULT)
-  return os.path.join(workdir, "model.keras")
-
-
 def _distill(tmp_path, teacher_path, **overrides):
   config = tiny_config(**{"teacher.path": teacher_path, "student.epochs": 1, **overrides})
   workdir = tmp_path / "kd"
@@ -136,8 +129,8 @@ def _distill(tmp_path, teacher_path, **overrides):
                                                   teacher_paths=(teacher_path,))
 
 
-def test_teacher_with_nan_weights_is_refused(tmp_path, trained_teacher):
-  model = keras.models.load_model(trained_teacher, compile=False)
+def test_teacher_with_nan_weights_is_refused(tmp_path, teacher_file):
+  model = keras.models.load_model(teacher_file, compile=False)
   kernel = model.weights[0]
   kernel.assign(np.full(kernel.shape, np.nan, np.float32))
   broken = str(tmp_path / "broken.keras")
@@ -148,8 +141,8 @@ def test_teacher_with_nan_weights_is_refused(tmp_path, trained_teacher):
   assert not (workdir / "results.json").exists() and not (workdir / "checkpoints").exists()
 
 
-def test_teacher_at_chance_is_refused_unless_allowed(tmp_path, trained_teacher):
-  model = keras.models.load_model(trained_teacher, compile=False)
+def test_teacher_at_chance_is_refused_unless_allowed(tmp_path, teacher_file):
+  model = keras.models.load_model(teacher_file, compile=False)
   for w in model.weights:  # A finite but useless teacher: constant logits.
     w.assign(np.zeros(w.shape, np.float32))
   useless = str(tmp_path / "untrained.keras")
