@@ -56,6 +56,19 @@ def tiny_config(**overrides):
   return config
 
 
+def mlp_sgd(strategy, input_shape, num_classes, width, learning_rate):
+  """The tests' MLP + SGD set-up, built in ``strategy.scope()`` from seed 0: (model,
+  optimizer built for its variables, step variable)."""
+  from kd_research.models import registry as model_registry  # pylint: disable=g-import-not-at-top
+  with strategy.scope():
+    keras.utils.set_random_seed(0)
+    model = model_registry.build("mlp", input_shape, num_classes, width)
+    optimizer = keras.optimizers.SGD(learning_rate)
+    optimizer.build(model.trainable_variables)
+    step = tf.Variable(0, dtype=tf.int64)
+  return model, optimizer, step
+
+
 @pytest.fixture
 def strategy_factory():
   """Returns make(n): default strategy for n == 1, MirroredStrategy over n logical CPUs else."""

@@ -7,13 +7,11 @@ import signal
 import subprocess
 import time
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from kd_research.common import metrics
-from kd_research.models import registry as model_registry
 from kd_research.methods import base
 from kd_research.train import runs
 from kd_research.train import steps
@@ -21,7 +19,7 @@ from kd_research.train import workdir as workdir_lib
 from kd_research.common.errors import PREEMPTED_EXIT_STATUS
 from kd_research.common.errors import Preempted
 from kd_research.common.errors import UserError
-from conftest import DEFAULT, REPO, tiny_config
+from conftest import DEFAULT, REPO, mlp_sgd, tiny_config
 from conftest import ENV, distill_cmd, weights_of
 
 
@@ -134,12 +132,7 @@ def test_one_gradient_all_reduce_per_step(monkeypatch, strategy_factory):
   labels = rng.integers(0, 3, 16).astype(np.int32)
   results = {}
   for name, strat in (("one", DEFAULT), ("two", strategy)):
-    with strat.scope():
-      keras.utils.set_random_seed(0)
-      model = model_registry.build("mlp", (4, 4, 1), 3, width=8)
-      opt = keras.optimizers.SGD(0.1)
-      opt.build(model.trainable_variables)
-      step = tf.Variable(0, dtype=tf.int64)
+    model, opt, step = mlp_sgd(strat, (4, 4, 1), 3, 8, 0.1)
     calls = _count_all_reduces(monkeypatch)
     ds = strat.experimental_distribute_dataset(
         tf.data.Dataset.from_tensors({"image": images, "label": labels}).repeat())

@@ -18,7 +18,8 @@ from kd_research.train import runs
 from kd_research.train import steps
 from kd_research.train import teachers as teachers_lib
 from kd_research.common.errors import UserError
-from conftest import DEFAULT, interrupt_then_resume, read_scalars, tiny_config, weights_of
+from conftest import (DEFAULT, interrupt_then_resume, mlp_sgd, read_scalars, tiny_config,
+                      weights_of)
 
 
 
@@ -119,12 +120,7 @@ def test_train_loop_loss_is_global_mean_on_two_replicas(strategy_factory):
   want = None
   for n in (1, 2):
     strategy = strategy_factory(n)
-    with strategy.scope():
-      keras.utils.set_random_seed(0)
-      model = model_registry.build("mlp", (4, 4, 1), 3, width=8)
-      opt = keras.optimizers.SGD(0.0)
-      opt.build(model.trainable_variables)
-      step = tf.Variable(0, dtype=tf.int64)
+    model, opt, step = mlp_sgd(strategy, (4, 4, 1), 3, 8, 0.0)
     ds = strategy.experimental_distribute_dataset(
         tf.data.Dataset.from_tensors({"image": images, "label": labels}).repeat())
     objective = base.Objective()
@@ -230,8 +226,6 @@ def test_report_groups_seeds(tmp_path):
 def test_coupled_l2_adds_l2_times_weight_to_the_gradient(strategy_factory):
   """optimizer.l2 (PyTorch SGD's weight_decay): with SGD at learning rate 1 the update
   with l2 differs from the one without by exactly l2 * w, on 1 and 2 replicas."""
-  import keras  # pylint: disable=g-import-not-at-top
-  from kd_research.models import registry as model_registry  # pylint: disable=g-import-not-at-top
   from kd_research.methods import base  # pylint: disable=g-import-not-at-top
   from kd_research.train import steps  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
@@ -240,12 +234,7 @@ def test_coupled_l2_adds_l2_times_weight_to_the_gradient(strategy_factory):
   for strategy in (DEFAULT, strategy_factory(2)):
     updates = []
     for l2 in (0.0, 0.1):
-      with strategy.scope():
-        keras.utils.set_random_seed(0)
-        model = model_registry.build("mlp", (6, 6, 1), 3, 4)
-        optimizer = keras.optimizers.SGD(1.0)
-        optimizer.build(model.trainable_variables)
-        step = tf.Variable(0, dtype=tf.int64)
+      model, optimizer, step = mlp_sgd(strategy, (6, 6, 1), 3, 4, 1.0)
       before = [w.numpy().copy() for w in model.trainable_variables]
       ds = strategy.experimental_distribute_dataset(
           tf.data.Dataset.from_tensors(batch).repeat())
