@@ -81,7 +81,7 @@ def test_bad_teacher_files(tmp_path, teacher_file):
     teachers_lib.load([str(tmp_path / "none.keras")], shape, classes)
   truncated = tmp_path / "truncated.keras"
   truncated.write_bytes(open(teacher_file, "rb").read()[:500])
-  with pytest.raises(UserError, match="cannot load teacher"):
+  with pytest.raises(UserError, match="is truncated or not a .keras file"):
     teachers_lib.load([str(truncated)], shape, classes)
   with pytest.raises(UserError, match="predicts 10 classes, but the data has 5"):
     teachers_lib.load([teacher_file], shape, 5)
@@ -124,7 +124,7 @@ def test_unreadable_data_and_unwritable_workdir(tmp_path, monkeypatch):
   monkeypatch.undo()
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
-  with pytest.raises(UserError, match="cannot be written"):
+  with pytest.raises(UserError, match="is a file, not a directory"):
     runs.train_and_evaluate(tiny_config(), str(blocker / "run"), "student", DEFAULT)
 
 
