@@ -95,7 +95,8 @@ def base_config():
       ops=(), crop_padding=2, rotation_degrees=10.0, cutout_size=8, mixup_alpha=0.2,
       cutmix_alpha=1.0))
   c.distill = ml_collections.ConfigDict(dict(
-      # kd | dkd | dist | fitnets | at | rkd | pkt | sp | crd, or several: 'kd,at' (methods.py).
+      # kd | dkd | dist | fitnets | at | rkd | pkt | sp | crd (every registered method), or
+      # several: 'kd,at'.
       method="kd",
       ce_weight=1.0,             # CE weight of the methods beyond kd (kd weighs it 1 - alpha)
       logit_standardization=False,  # Sun et al. 2024: standardised logits in kd / dkd

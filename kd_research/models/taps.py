@@ -5,7 +5,7 @@ as its logits.
 ``model`` whose outputs are the logits followed by the named layers' outputs: one
 forward pass serves the classifier and every tap. The registry's models name their
 stage outputs ``stage1``, ``stage2``, ... and the pooled feature ``pooled``
-(models.py); keras.applications teachers have ``pooled``. Any other layer of the
+(models/seed.py, cifar.py); keras.applications teachers have ``pooled``. Any other layer of the
 model's top-level graph can be named instead.
 """
 

@@ -1,7 +1,7 @@
 """Where the time goes: TF profiler trace of a callable, summarised per op type.
 
     families = profiling.family_times(profiling.op_times(profiling.trace(fn, logdir)))
-    table = report_tables.op_time_table(families)
+    table = report.tables.op_time_table(families)
 
 The trace (logdir/plugins/profile/<run>/*.xplane.pb) also opens in TensorBoard's
 profile plugin when it is installed; this module needs nothing beyond TensorFlow: it

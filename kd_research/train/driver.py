@@ -3,7 +3,7 @@
 A run is a list of ``Phase``s (head-only warm-up, distillation, labels-only
 fine-tuning, ...), each with its end step, its objective, where its teacher outputs
 come from and which variables train. The driver knows nothing of roles: whoever
-starts a run (``runs.py``) decides the phases. Between calls of the traced loop, one
+resolves a run (``resolve.py``) decides the phases. Between calls of the traced loop, one
 helper (``is_time``) gates every periodic action: logging, validation, checkpoints
 (by step and by wall time). SIGTERM saves a checkpoint at the next loop boundary and
 stops with ``errors.Preempted``.

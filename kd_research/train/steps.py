@@ -37,7 +37,7 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size, obj
                     teacher_source=None, layout=None, jit_compile=False, l2=0.0):
   """Returns ``train_loop(iterator, num_steps) -> packed sums`` (see ``train_layout``).
 
-  ``objective`` (objectives.py) gives the per-example terms from the student's logits and
+  ``objective`` (methods/base.py) gives the per-example terms from the student's logits and
   tapped features (one forward pass); ``teacher_source(batch)`` gives the teachers'
   outputs ({'logits': [K, B, C], 'features': ...}) for objectives that need them.
   ``layout`` may cover terms of other phases of the run (they sum to 0 here).
