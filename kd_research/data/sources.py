@@ -12,13 +12,12 @@ the package's modules to find them, so adding a dataset is one new file.
 """
 
 import dataclasses
-import importlib
 import os
-import pkgutil
 from typing import Callable, Optional
 
 import numpy as np
 
+from kd_research.common import plugins
 from kd_research.common.errors import UserError
 
 _PACKAGE = "kd_research.data"
@@ -57,9 +56,7 @@ def register(source):
 
 def sources():
   """{name: Source} of every registered dataset (the package's modules imported once)."""
-  package = importlib.import_module(_PACKAGE)
-  for module in pkgutil.iter_modules(package.__path__):
-    importlib.import_module(f"{_PACKAGE}.{module.name}")
+  plugins.import_all(_PACKAGE)
   return dict(sorted(_REGISTERED.items()))
 
 

@@ -10,11 +10,10 @@ A method is found by importing the package's modules (plug-ins by registration: 
 file with a ``@base.register`` class is a new method; nothing here changes).
 """
 
-import importlib
-import pkgutil
 
 import ml_collections
 
+from kd_research.common import plugins
 from kd_research.common.errors import UserError
 from kd_research.methods import base
 from kd_research.models import taps as taps_lib
@@ -24,20 +23,13 @@ _PACKAGE = "kd_research.methods"
 
 def methods():
   """{name: Method class} of every registered method, in combination order."""
-  package = importlib.import_module(_PACKAGE)
-  for module in pkgutil.iter_modules(package.__path__):
-    importlib.import_module(f"{_PACKAGE}.{module.name}")
+  plugins.import_all(_PACKAGE)
   return dict(sorted(base.REGISTERED.items(), key=lambda item: (item[1].order, item[0])))
 
 
 def names():
   """Every method's name, logit methods first."""
   return tuple(methods())
-
-
-def get(name):
-  """The Method class called ``name`` (UserError listing the valid names otherwise)."""
-  return methods()[parse(name)[0]]
 
 
 def defaults():

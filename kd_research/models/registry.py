@@ -19,10 +19,9 @@ them, so adding a family is one new file.
 """
 
 import dataclasses
-import importlib
-import pkgutil
 from typing import Callable
 
+from kd_research.common import plugins
 from kd_research.common.errors import UserError
 
 _PACKAGE = "kd_research.models"
@@ -52,9 +51,7 @@ def register(name, builder=None, pretrained=False):
 
 def families():
   """{name: Family} of every registered model (the package's modules imported once)."""
-  package = importlib.import_module(_PACKAGE)
-  for module in pkgutil.iter_modules(package.__path__):
-    importlib.import_module(f"{_PACKAGE}.{module.name}")
+  plugins.import_all(_PACKAGE)
   return dict(sorted(_REGISTERED.items()))
 
 

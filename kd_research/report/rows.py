@@ -28,8 +28,8 @@ def find_runs(root, extra_dirs=()):
   for directory, files in walked:
     if workdir_lib.CONFIG_FILE in files and results_lib.FILE in files:
       config = workdir_lib.read_identity(directory)
-      if "role" in config and results_lib.is_run_results(directory):
-        results = results_lib.read(directory)
+      results = results_lib.read_if_run(directory)
+      if "role" in config and results is not None:
         export = os.path.join(directory, "export", "export_report.json")
         runs.append({"dir": directory, "config": config, "results": results,
                      "command": run_command(directory, root),

@@ -95,10 +95,10 @@ def read(workdir):
   return data
 
 
-def is_run_results(workdir):
-  """Whether WORKDIR/results.json is a run's (not, e.g., a pipeline's summary)."""
+def read_if_run(workdir):
+  """WORKDIR/results.json when it is a run's (read once), else None (e.g. a pipeline's
+  summary, or an unreadable file)."""
   try:
-    data = fileio.read_json(path(workdir))
+    return read(workdir)
   except UserError:
-    return False
-  return isinstance(data, dict) and all(k in data for k in REQUIRED)
+    return None
