@@ -60,8 +60,11 @@ def model_config(name, width=0, epochs=1, seed=0, path="", **kwargs):
 def base_config():
   """Every field, with defaults that make a small but complete Fashion-MNIST run."""
   c = ml_collections.ConfigDict()
-  # Data (fashion_mnist | mnist | cifar10 | cifar100 | synthetic).
+  # Data: a built-in (fashion_mnist | mnist | cifar10 | cifar100 | synthetic, in memory) or
+  # a streamed source, folder:PATH | tfrecord:PATTERN | tfds:NAME[:VERSION] (docs in data/).
   c.dataset = "fashion_mnist"
+  c.image_size = 0               # file sources: resize/crop to NxN (0 = the images' own size)
+  c.data = _data_section()
   c.validation_size = 5000       # carved from the training set with validation_seed
   c.validation_seed = 0
   c.train_size = 0               # >0: use only this many training examples (quick runs)
@@ -133,6 +136,22 @@ def _pipeline_section():
       export_students=True))     # SavedModel + TFLite of each distilled student
 
 
+def _data_section():
+  """How file sources are read and viewed (ignored by the built-in in-memory datasets)."""
+  return ml_collections.ConfigDict(dict(
+      train_view="center",       # center (resize + centre crop) | inception (random-resized
+                                 # crop + flip; needs image_size)
+      crop_area_min=0.08,        # inception crop: smallest share of the image's area
+      eval_crop_fraction=0.875,  # evaluation: resize to image_size / this, centre crop
+      channels=0,                # 0: the images' own (must agree) | 1 grey | 3 RGB
+      skip_corrupt=False,        # folder: skip corrupt images (counted in results.json)
+      shuffle_buffer=10000,      # TFRecord/TFDS: records mixed after the shard interleave
+      label_offset=0,            # TFRecord: subtracted from stored labels (1 for the common
+                                 # ImageNet converters, which number classes from 1)
+      num_classes=0,             # TFRecord glob without manifest: 0 = largest label + 1
+      tfds_dir=""))              # TFDS data dir (default $TFDS_DATA_DIR, ~/tensorflow_datasets)
+
+
 def _run_section():
   """Bookkeeping and monitoring fields: they never change a run's result."""
   return ml_collections.ConfigDict(dict(
@@ -196,8 +215,10 @@ def validate(config):
 
 
 def _validate_data_and_speed(config):
-  _need(config.dataset in sources.names(),
-        f"config.dataset={config.dataset!r} is unknown; valid: {', '.join(sources.names())}.")
+  builtin = sources.spec_of(config.dataset) is None  # UserError for an unknown name
+  _need(not (builtin and config.image_size),
+        f"config.image_size={config.image_size} resizes the images of file sources (folder:, "
+        f"tfrecord:, tfds:); {config.dataset} is in memory at its own size. Drop it.")
   _need(config.mixed_precision in precision.PRECISIONS,
         f"config.mixed_precision={config.mixed_precision!r}; valid: "
         f"{', '.join(precision.PRECISIONS)} (auto: bf16 where the hardware has native bf16, "

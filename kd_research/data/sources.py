@@ -9,6 +9,10 @@ the file.
 A source is a module of this package that calls ``register(Source(...))``: idx.py
 (fashion_mnist, mnist), cifar.py (cifar10, cifar100), synthetic.py. ``sources()`` imports
 the package's modules to find them, so adding a dataset is one new file.
+
+Streamed sources are named by a spec, ``PREFIX:ARGUMENT`` (``folder:PATH``,
+``tfrecord:PATTERN``, ``tfds:NAME[:VERSION]``), and register ``SpecSource(prefix, open)``:
+``open(argument, config)`` returns ``Opened`` splits that stream from files.
 """
 
 import dataclasses
@@ -46,22 +50,70 @@ class Source:
   keras_cache_root: bool = False  # Keras unpacks this dataset directly in ~/.keras/datasets
 
 
+@dataclasses.dataclass
+class Opened:
+  """A dataset opened from files: train and test splits (data/splits.py) and what they are."""
+  train: object
+  test: object
+  num_classes: int
+  classes: tuple
+  source: str
+  skipped: dict = dataclasses.field(default_factory=dict)  # corrupt files skipped, per split
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecSource:
+  """A streamed source selected as --config.dataset=PREFIX:ARGUMENT."""
+  prefix: str
+  open: Callable[[str, object], Opened]   # (argument, run config) -> Opened
+  usage: str                              # e.g. "folder:PATH", for the error messages
+
+
 def register(source):
-  """Makes ``source`` (a Source) selectable as --config.dataset=NAME."""
-  if source.name in _REGISTERED and _REGISTERED[source.name] != source:
-    raise ValueError(f"two dataset sources are named {source.name!r}")
-  _REGISTERED[source.name] = source
+  """Makes ``source`` (a Source or SpecSource) selectable as --config.dataset."""
+  key = source.prefix + ":" if isinstance(source, SpecSource) else source.name
+  if key in _REGISTERED and _REGISTERED[key] != source:
+    raise ValueError(f"two dataset sources are named {key!r}")
+  _REGISTERED[key] = source
   return source
 
 
-def sources():
-  """{name: Source} of every registered dataset (the package's modules imported once)."""
+def _registered():
   plugins.import_all(_PACKAGE)
-  return dict(sorted(_REGISTERED.items()))
+  return _REGISTERED
+
+
+def sources():
+  """{name: Source} of every built-in (in-memory) dataset."""
+  return {k: v for k, v in sorted(_registered().items()) if isinstance(v, Source)}
+
+
+def spec_sources():
+  """{prefix: SpecSource} of every streamed source."""
+  return {v.prefix: v for v in _registered().values() if isinstance(v, SpecSource)}
 
 
 def names():
   return tuple(sources())
+
+
+def valid_names():
+  """Every accepted --config.dataset form, for error messages."""
+  return tuple(sources()) + tuple(s.usage for s in spec_sources().values())
+
+
+def spec_of(dataset):
+  """(SpecSource, argument) of a spec dataset, None for a built-in name; UserError if neither."""
+  if dataset in sources():
+    return None
+  prefix, colon, argument = dataset.partition(":")
+  streamed = spec_sources()
+  if colon and prefix in streamed:
+    if not argument:
+      raise UserError(f"config.dataset={dataset!r} lacks its argument: write "
+                      f"{streamed[prefix].usage}.")
+    return streamed[prefix], argument
+  raise UserError(f"config.dataset={dataset!r} is unknown; valid: {', '.join(valid_names())}.")
 
 
 def candidate_dirs(name, data_dir=""):
@@ -84,7 +136,7 @@ def load(name, data_dir=""):
   """Loads dataset ``name`` from the first directory that has it; see module docstring."""
   registered = sources()
   if name not in registered:
-    raise UserError(f"Unknown dataset {name!r}; valid: {', '.join(registered)}.")
+    raise UserError(f"Unknown dataset {name!r}; valid: {', '.join(valid_names())}.")
   source = registered[name]
   if not source.dir_names:
     return source.load(None)

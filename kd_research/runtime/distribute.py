@@ -154,6 +154,14 @@ def is_multi_worker(strategy):
   return resolver is not None and bool(resolver.cluster_spec().as_dict())
 
 
+def num_workers(strategy):
+  """Worker processes of ``strategy`` (chief included): the input pipelines of a run."""
+  if not is_multi_worker(strategy):
+    return 1
+  spec = strategy.cluster_resolver.cluster_spec().as_dict()
+  return len(spec.get("worker", ())) + len(spec.get("chief", ()))
+
+
 def is_chief(strategy):
   """True on the process that writes checkpoints, summaries and results."""
   if not is_multi_worker(strategy):

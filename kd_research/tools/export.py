@@ -21,6 +21,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kd_research.data import datasets
+from kd_research.data import splits as splits_lib
 from kd_research.models import registry as model_registry
 from kd_research.common import timing
 from kd_research.common import fileio
@@ -138,8 +140,9 @@ def _size(path):
   return os.path.getsize(path)
 
 
-def export_run(workdir, splits, calibration=300):
-  """Exports RUN/model.keras into RUN/export and returns the verification report."""
+def export_run(workdir, splits, calibration=300, test_limit=10000):
+  """Exports RUN/model.keras into RUN/export and returns the verification report (on the
+  test split; a streamed one is read into memory up to ``test_limit`` examples)."""
   if not results_lib.exists(workdir):
     raise UserError(f"{workdir} is not a finished run (no results.json); finish it first.")
   model_path = os.path.join(workdir, "model.keras")
@@ -149,7 +152,7 @@ def export_run(workdir, splits, calibration=300):
   fileio.check_writable(export_dir)
   model = model_registry.load_keras(model_path)
   shape = tuple(splits.input_shape)
-  images, labels = splits.test
+  images, labels = datasets.in_memory(splits.test, test_limit)
   reference = _predict(lambda x: model(x.astype(np.float32), training=False).numpy(), images,
                        500).argmax(1)
   artifacts = {}
@@ -164,7 +167,9 @@ def export_run(workdir, splits, calibration=300):
   artifacts["saved_model"] = (saved_dir,
                               lambda x: serve(images=tf.constant(x))["probabilities"].numpy())
   interpreter_class, runtime = tflite_interpreter()
-  calib = splits.train[0][np.random.default_rng(0).permutation(len(splits.train[0]))[:calibration]]
+  calib = datasets.in_memory(splits.train, 0 if isinstance(
+      splits.train, splits_lib.ArraySplit) else calibration).images
+  calib = calib[np.random.default_rng(0).permutation(len(calib))[:calibration]]
   for mode in ("float32", "float16", "int8"):
     path = os.path.join(export_dir, f"model_{mode}.tflite")
     tmp = path + ".tmp"

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from kd_research.data import datasets
+from kd_research.data import splits as splits_lib
 from kd_research.train import evaluation
 from kd_research.common import fileio
 from kd_research.train import results as results_lib
@@ -80,6 +81,9 @@ def train_and_evaluate(config, workdir, teacher_path, overwrite=False, kl="defau
     if finished is not None:
       return finished
     splits = datasets.load_splits(config)
+    if not isinstance(splits.train, splits_lib.ArraySplit):
+      raise UserError(f"keras_peer fits Keras on in-memory arrays; {config.dataset} streams "
+                      "from files. Use a built-in dataset for the Keras reference.")
     keras.utils.set_random_seed(config.student.seed)
     student = model_registry.build(config.student.model, splits.input_shape,
                                    splits.num_classes, config.student.width or None)
@@ -108,10 +112,10 @@ def _results(config, splits, student, teacher, steps, seconds, trainer):
   strategy = tf.distribute.get_strategy()
   evaluator = evaluation.Evaluator(strategy, student, splits.num_classes,
                                    config.run.eval_batch_size)
-  test = evaluator(*splits.test)
-  validation = evaluator(*splits.validation)
+  test = evaluator(splits.test)
+  validation = evaluator(splits.validation)
   teacher_test = evaluation.Evaluator(strategy, teacher, splits.num_classes,
-                                      config.run.eval_batch_size)(*splits.test)
+                                      config.run.eval_batch_size)(splits.test)
   return results_lib.RunResults(
       role="distill", trainer=trainer, model=config.student.model, width=config.student.width,
       seed=config.student.seed, params=int(student.count_params()),

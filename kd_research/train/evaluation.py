@@ -14,7 +14,6 @@ import tensorflow as tf
 
 from kd_research.models import registry as model_registry
 from kd_research.data import augment
-from kd_research.data import datasets
 from kd_research.common import fileio
 from kd_research.methods import losses
 from kd_research.common import metrics
@@ -42,10 +41,11 @@ class Evaluator:
     self.layout = steps.eval_layout(num_classes, teacher is not None)
     self.step = steps.make_eval_step(strategy, model, self.layout, teacher)
 
-  def __call__(self, images, labels, teacher_logits=None):
+  def __call__(self, split, teacher_logits=None):
+    """One exact pass over ``split`` (data/splits.py)."""
     extras = None if teacher_logits is None else {"teacher_logits": teacher_logits}
     dataset = self.strategy.distribute_datasets_from_function(
-        datasets.eval_dataset_fn(images, labels, self.global_batch_size, extras))
+        split.eval_fn(self.global_batch_size, extras))
     total = np.zeros(self.layout.size)
     for batch in dataset:
       total += self.step(batch).numpy()
@@ -98,8 +98,9 @@ def teacher_report(logits, labels, names, weights=None, temperature=1.0):
   return report
 
 
-def teacher_stability(ensemble, images, clean_logits, ops, cfg, weights, batch_size=1000):
-  """Share of images whose ensemble top-1 on an augmented view equals that on the clean image."""
+def teacher_stability(ensemble, split, clean_logits, ops, cfg, weights, batch_size=1000):
+  """Share of a split's images whose ensemble top-1 on an augmented view equals that on the
+  clean image."""
   w = losses.normalise_weights(weights, len(ensemble))
   clean = _ensemble(clean_logits, w).argmax(-1)
 
@@ -111,14 +112,14 @@ def teacher_stability(ensemble, images, clean_logits, ops, cfg, weights, batch_s
     probs = metrics.ensemble_probs(ensemble.logits(view["image"]), w)
     return tf.argmax(probs, -1, output_type=tf.int32)
 
-  same = 0
-  for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
-    batch = {"image": tf.cast(chunk, tf.float32), "label": tf.zeros([len(chunk)], tf.int32),
-             "step": tf.zeros([len(chunk)], tf.int64),
-             "position": tf.range(len(chunk), dtype=tf.int32)}
-    same += int(np.sum(view_predictions(batch).numpy() == clean[start:start + len(chunk)]))
-  return same / len(images)
+  same = start = 0
+  for chunk in split.image_batches(batch_size):
+    n = int(chunk.shape[0])
+    batch = {"image": chunk, "label": tf.zeros([n], tf.int32), "step": tf.zeros([n], tf.int64),
+             "position": tf.range(n, dtype=tf.int32)}
+    same += int(np.sum(view_predictions(batch).numpy() == clean[start:start + n]))
+    start += n
+  return same / split.num_examples
 
 
 def teacher_scalars(report):
@@ -149,7 +150,7 @@ def evaluate_saved_run(config, workdir, strategy):
     model = model_registry.load_keras(path)
   evaluator = Evaluator(strategy, model, splits.num_classes,
                         eval_batch_size(config.run.eval_batch_size, strategy))
-  result = evaluator(*splits.test)
+  result = evaluator(splits.test)
   result["test_accuracy"], result["test_count"] = result["accuracy"], result["count"]
   result["ms_per_batch_128"] = timing.inference_ms_per_batch(model, splits.input_shape)
   fileio.atomic_write_json(os.path.join(workdir, "eval.json"), result)

@@ -24,6 +24,7 @@ from kd_research.methods import base as method_base
 from kd_research.methods import losses
 from kd_research.methods import registry as method_registry
 from kd_research.models import pretrained
+from kd_research.runtime import distribute
 from kd_research.models import registry as model_registry
 from kd_research.train import driver as driver_lib
 from kd_research.train import evaluation
@@ -54,7 +55,7 @@ class Run:
   lr_fn: object
   state: object
   teachers: Optional["Teachers"]
-  train: tuple            # the training arrays (images, labels) this run iterates over
+  train: object           # the training split (data/splits.py) this run iterates over
   labelled: Optional[np.ndarray]  # distillation on a transfer set: 1 where a label exists
 
 
@@ -73,7 +74,10 @@ class Teachers:
 def resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
   """The run's schedule, teachers, training state and phases."""
   entry = entry_of(config, role)
-  spe = datasets.steps_per_epoch(len(splits.train[0]), config.global_batch_size)
+  train, labelled = datasets.transfer_set(config.labels, role, splits.train,
+                                          config.global_batch_size)
+  # The full training split sets the budget: a labels-only student cycles over its subset.
+  spe = splits.train.steps_per_epoch(config.global_batch_size, distribute.num_workers(strategy))
   total = entry.epochs * spe
   distill_steps = (entry.epochs - config.distill.finetune_epochs) * spe
   head_steps = entry.head_epochs * spe if role == "teacher" else 0
@@ -92,8 +96,8 @@ def resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
             config.distill, model, method["ensemble"].models[0],
             _normalised_weights(config, len(teacher_paths)), spe, distill_steps,
             method_base.TrainingSet(
-                len(splits.train[0]),
-                None if config.labels.count or config.labels.fraction else splits.train[1],
+                splits.train.num_examples,
+                None if config.labels.count or config.labels.fraction else splits.train.labels,
                 config.global_batch_size, entry.seed)))
     return method_registry.build_variables(method["objective"], model, method["ensemble"])
 
@@ -112,8 +116,6 @@ def resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
   logging.info("%s: %s %s, %d params, %d steps (%d/epoch), %d replica(s), %s.", workdir, role,
                entry.model, state.model.count_params(), total, spe,
                strategy.num_replicas_in_sync, splits.source)
-  train, labelled = datasets.transfer_set(config.labels, role, splits.train,
-                                      config.global_batch_size)
   return Run(config, workdir, role, strategy, splits, chief, entry, spe, phases, lr_fn, state,
               teachers, train, labelled)
 
@@ -182,26 +184,27 @@ def _teachers_once(config, workdir, ensemble, paths, splits, chief, distill_step
   cache_dir = config.run.cache_dir or os.path.join(workdir, "teacher_cache")
   outputs = {}
   for split in ("validation", "test") + (("train",) if config.distill.cache_teacher else ()):
-    images = getattr(splits, split)[0]
+    data = getattr(splits, split)
     split_taps = taps if split == "train" else ()
     if split == "train":
       teacher_cache.refuse_with_augmentation(augment.parse_ops(config.augment.ops))
+      teacher_cache.refuse_with_random_view(getattr(data, "view", None))
       teacher_cache.refuse_feature_maps(ensemble, taps)
-    digest = teacher_cache.fingerprint(paths, images, config.mixed_precision,
+    digest = teacher_cache.fingerprint(paths, data, config.mixed_precision,
                                        config.distill.combine, split_taps)
-    outputs[split] = teacher_cache.load_or_compute_outputs(cache_dir, split, ensemble, images,
+    outputs[split] = teacher_cache.load_or_compute_outputs(cache_dir, split, ensemble, data,
                                                            digest, split_taps, write=chief)
   logits = {split: value["logits"] for split, value in outputs.items()}
   final_t = float(schedules.from_config(config.distill.temperature, max(distill_steps, 1),
                                         "config.distill.temperature")(max(distill_steps, 1)))
-  labels = {"validation": splits.validation[1], "test": splits.test[1]}
+  labels = {"validation": splits.validation.labels, "test": splits.test.labels}
   report = evaluation.teacher_report({s: logits[s] for s in labels}, labels, ensemble.names,
                                      weights, final_t)
   if not config.run.allow_weak_teacher:
     teachers_lib.check_above_chance(report["validation"]["accuracy"], ensemble.paths,
-                                    splits.validation[1], splits.num_classes)
+                                    splits.validation.labels, splits.num_classes)
   if config.run.stability_ops:
     report["stability"] = evaluation.teacher_stability(
-        ensemble, splits.validation[0], logits["validation"],
+        ensemble, splits.validation, logits["validation"],
         augment.parse_ops(config.run.stability_ops), config.augment, weights)
   return Teachers(ensemble, paths, weights, logits, report, outputs.get("train"), final_t)

@@ -149,7 +149,7 @@ def train_stream(run, writer=None):
     extras.update(teacher_sources.cache_extras(run.teachers.train_outputs))
   if run.labelled is not None:
     extras["labelled"] = run.labelled
-  train_fn = functools.partial(datasets.train_dataset_fn, *run.train, config.global_batch_size,
+  train_fn = functools.partial(run.train.train_fn, config.global_batch_size,
                                seed=run.entry.seed, transform=transform, extras=extras or None,
                                threads=config.run.data_threads)
   step = run.state.current_step
@@ -160,8 +160,8 @@ def train_stream(run, writer=None):
 
 
 def _evaluate(run, evaluator, split):
-  images, labels = getattr(run.splits, split)
-  return evaluator(images, labels, run.teachers.logits[split] if run.teachers else None)
+  return evaluator(getattr(run.splits, split),
+                   run.teachers.logits[split] if run.teachers else None)
 
 
 def _log_eval(writer, step, result, prefix):

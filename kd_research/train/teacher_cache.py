@@ -19,17 +19,26 @@ import tensorflow as tf
 
 from kd_research.common import fileio
 from kd_research.common.errors import UserError
+from kd_research.data import splits as splits_lib
 
 
-def fingerprint(teacher_paths, images, mixed_precision, combine, taps=()):
-  """A hex digest of everything the cached outputs depend on (the tapped features too)."""
+def fingerprint(teacher_paths, split, mixed_precision, combine, taps=()):
+  """A hex digest of everything the cached outputs depend on (the tapped features too).
+
+  ``split`` is a data/splits.py split, or an image array (an in-memory split's images)."""
   h = hashlib.sha256()
   for path in teacher_paths:
     with open(path, "rb") as f:
       h.update(hashlib.sha256(f.read()).digest())
-  h.update(np.ascontiguousarray(images).data)
-  h.update(json.dumps([list(images.shape), str(images.dtype), mixed_precision, combine,
-                       "rescale-in-model-v1"] + ([list(taps)] if taps else [])).encode())
+  if isinstance(split, splits_lib.ArraySplit):
+    split = split.images
+  if isinstance(split, np.ndarray):  # The in-memory digest, as before streamed splits.
+    h.update(np.ascontiguousarray(split).data)
+    described = [list(split.shape), str(split.dtype)]
+  else:
+    described = [splits_lib.digest_of(split), list(split.example_shape)]
+  h.update(json.dumps(described + [mixed_precision, combine, "rescale-in-model-v1"]
+                      + ([list(taps)] if taps else [])).encode())
   return h.hexdigest()
 
 
@@ -40,6 +49,15 @@ def refuse_with_augmentation(ops):
         f"config.distill.cache_teacher=true cannot be used with random augmentation "
         f"(config.augment.ops={','.join(ops)}): the teacher must see the same augmented image "
         "as the student, which changes every step. Turn one of them off.")
+
+
+def refuse_with_random_view(view):
+  """A random training view (the inception crop) changes every step, like augmentation."""
+  if view is not None and view.train_view != "center":
+    raise UserError(
+        f"config.distill.cache_teacher=true cannot be used with config.data.train_view="
+        f"{view.train_view}: the crop changes every step and the teacher must see it. Use "
+        "train_view=center or run the teacher live.")
 
 
 def refuse_feature_maps(ensemble, taps):
@@ -54,8 +72,9 @@ def refuse_feature_maps(ensemble, taps):
             "(the teacher then runs live) or tap 'pooled'.")
 
 
-def compute_outputs(ensemble, images, taps=(), batch_size=1000):
-  """{'logits': [N, K, C], tap: [N, K, D] for each tap}, every teacher in inference mode."""
+def compute_outputs(ensemble, split, taps=(), batch_size=1000):
+  """{'logits': [N, K, C], tap: [N, K, D] for each tap}, every teacher in inference mode, on
+  ``split``'s eval view in row order (a data/splits.py split, or an image array)."""
   if taps:
     ensemble.tap(taps)
 
@@ -67,10 +86,19 @@ def compute_outputs(ensemble, images, taps=(), batch_size=1000):
     return {"logits": tf.transpose(out["logits"], [1, 0, 2]), **features}
 
   forward = tf.function(forward)
-  parts = [forward(tf.cast(images[i:i + batch_size], tf.float32))
-           for i in range(0, len(images), batch_size)]
+  parts = [forward(batch) for batch in _batches(split, batch_size)]
   return {key: np.concatenate([p[key].numpy() for p in parts]).astype(np.float32)
           for key in parts[0]}
+
+
+def _batches(split, batch_size):
+  if isinstance(split, np.ndarray):
+    return splits_lib.ArraySplit(split, np.zeros(len(split), np.int32)).image_batches(batch_size)
+  return split.image_batches(batch_size)
+
+
+def _count(split):
+  return len(split) if isinstance(split, np.ndarray) else split.num_examples
 
 
 def compute_logits(ensemble, images, batch_size=1000):
@@ -122,9 +150,10 @@ def load_or_compute_outputs(cache_dir, split, ensemble, images, digest, taps=(),
   path = cache_path(cache_dir, split, digest)
   if os.path.exists(path):
     k = len(ensemble)
-    expected = {"logits": (len(images), k, ensemble.models[0].output_shape[-1])}
+    n = _count(images)
+    expected = {"logits": (n, k, ensemble.models[0].output_shape[-1])}
     for tap in taps:
-      expected[tap] = (len(images), k) + tuple(ensemble.models[0].get_layer(tap).output.shape[1:])
+      expected[tap] = (n, k) + tuple(ensemble.models[0].get_layer(tap).output.shape[1:])
     arrays = _load(path, digest, expected)
     if arrays is not None:
       logging.info("Using cached teacher outputs %s.", path)

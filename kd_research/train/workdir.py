@@ -44,6 +44,9 @@ def run_identity(config, role, teacher_paths=()):
     identity["labels"] = labels  # Teachers always train on every label.
   if config.mixed_precision != "fp16":
     identity.pop("loss_scale")
+  if ":" not in config.dataset:  # Only file sources read these (built-ins keep old identities).
+    identity.pop("image_size")
+    identity.pop("data")
   if not config.optimizer.l2:  # Runs from before the coupled L2 option keep their identity.
     identity["optimizer"].pop("l2")
   if role == "distill":
@@ -183,6 +186,10 @@ def splits_of_run(config, workdir):
   identity = read_identity(workdir)
   config = config.copy_and_resolve_references()
   with config.unlocked():
-    for field in ("dataset", "validation_size", "validation_seed", "train_size", "test_size"):
-      config[field] = identity[field]
+    for field in ("dataset", "validation_size", "validation_seed", "train_size", "test_size",
+                  "image_size", "data"):
+      if isinstance(identity.get(field), dict):
+        config[field].update(identity[field])
+      elif field in identity:
+        config[field] = identity[field]
   return datasets.load_splits(config)
