@@ -27,6 +27,8 @@ usage: ./launch.sh COMMAND [flags]
                test split: --workdir=RUN (writes RUN/export/, export_report.json)
   multiworker  N local worker processes (MultiWorkerMirroredStrategy on 127.0.0.1):
                --num_workers=N COMMAND [flags], e.g. multiworker --num_workers=2 distill ...
+  convert      TFRecord shards + manifest from an image folder or a built-in dataset:
+               --source=folder:PATH|NAME --output=DIR --shards=N (then tfrecord:DIR)
   bench        distillation throughput: Keras-fit Distiller vs our loop variants [--quick]
   benchmark    the method benchmark campaign at its converged budget
                (experiments/method_benchmark.py; resumable: rerun to continue), then
@@ -80,10 +82,10 @@ setup() {
     get_data
     return 0
   fi
-  echo "[setup] creating $VENV and installing kd_research[${KD_TF:-cpu},test]" >&2
+  echo "[setup] creating $VENV and installing kd_research[${KD_TF:-cpu},test,tfds]" >&2
   [ -x "$PY" ] || python3 -m venv "$VENV"
   "$PY" -m pip install -q --upgrade pip >&2
-  "$PY" -m pip install -q -e ".[${KD_TF:-cpu},test]" >&2
+  "$PY" -m pip install -q -e ".[${KD_TF:-cpu},test,tfds]" >&2
   printf '%s' "$want" > "$STAMP"
   get_data
 }
@@ -186,6 +188,9 @@ case "$cmd" in
   bench)
     [ -x "$PY" ] || setup
     exec "$PY" -m kd_research.tools.bench "$@" ;;
+  convert)
+    [ -x "$PY" ] || setup
+    exec "$PY" -m kd_research.tools.convert "$@" ;;
   benchmark)
     # The method benchmark campaign (experiments/method_benchmark.py): resumable, finished
     # runs are skipped; rerun to continue. Then results/RESULTS.md and its figure.

@@ -66,8 +66,9 @@ def _scan(paths, image_scan):
   return usable
 
 
-def open_folder(path, config):
-  """The train and test FileSplits of the image folder at ``path``."""
+def list_folder(path, data_config):
+  """{'train': (paths, labels), 'test': (...)}, classes, channels, sizes and skipped counts
+  of the image folder at ``path``, every file checked (see module docstring)."""
   if not os.path.isdir(path):
     raise UserError(f"config.dataset=folder:{path}: {path} is not a directory.")
   train_dir = os.path.join(path, "train")
@@ -83,13 +84,20 @@ def open_folder(path, config):
   test_paths, test_labels, _ = _listing(test_dir, list(classes))
   image_scan = scan.ImageScan(f"folder:{path}")
   keep_train, keep_test = _scan(train_paths, image_scan), _scan(test_paths, image_scan)
-  channels, sizes, _ = image_scan.finish(config.data)
-  view = preprocess.view_from_config(config.data, config.image_size, channels, sizes)
+  channels, sizes, _ = image_scan.finish(data_config)
+  listed = {"train": (train_paths[keep_train], train_labels[keep_train]),
+            "test": (test_paths[keep_test], test_labels[keep_test])}
   skipped = {"train": int((~keep_train).sum()), "test": int((~keep_test).sum())}
-  return sources.Opened(
-      splits.FileSplit(train_paths[keep_train], train_labels[keep_train], view),
-      splits.FileSplit(test_paths[keep_test], test_labels[keep_test], view),
-      len(classes), classes, f"folder:{path}", skipped)
+  return listed, classes, channels, sizes, skipped
+
+
+def open_folder(path, config):
+  """The train and test FileSplits of the image folder at ``path``."""
+  listed, classes, channels, sizes, skipped = list_folder(path, config.data)
+  view = preprocess.view_from_config(config.data, config.image_size, channels, sizes)
+  return sources.Opened(splits.FileSplit(*listed["train"], view),
+                        splits.FileSplit(*listed["test"], view),
+                        len(classes), classes, f"folder:{path}", skipped)
 
 
 sources.register(sources.SpecSource("folder", open_folder, "folder:PATH"))

@@ -9,7 +9,8 @@ index batches without reading a single example.
 Sharded order (TFRecord shards, read sequentially): each input pipeline (one per worker)
 owns a fixed share of the shards; each epoch it visits them in a stateless permutation
 keyed on (seed, epoch), interleaves ``cycle`` of them record by record and mixes the
-records in a seeded shuffle buffer, then cuts pipeline batches. The order is a
+records in windows of ``shuffle_buffer`` by stateless permutations, then cuts pipeline
+batches. The order is a
 deterministic function of (seed, epoch, worker count), the same for any replica count on
 one worker; a resume rebuilds the epoch's stream and skips the records already consumed
 before they are parsed or decoded (read, not decoded: at most one epoch's bytes).
@@ -141,6 +142,19 @@ def _segment_records(segments):
   return records
 
 
+def window_shuffle(ds, size, key):
+  """Shuffles ``ds`` within consecutive windows of ``size`` elements, each window by a
+  stateless permutation keyed on (``key``, window number): deterministic and keyed on the
+  epoch (tf.data's shuffle takes no tensor seed), memory one window of encoded records."""
+  def mix(i, window):
+    n = tf.shape(window[0])[0]
+    perm = tf.argsort(tf.random.stateless_uniform(
+        [n], seed=key * tf.constant([1, 1000003], tf.int64) + tf.stack([0, i + 1])))
+    return tuple(tf.gather(t, perm) for t in window)
+
+  return ds.batch(size).enumerate().map(mix).unbatch()
+
+
 def sharded_examples(segments, seed, spe, pipeline_batch, first_position, start_step,
                      shuffle_buffer, cycle=16):
   """(row, record, step, position) of this pipeline from ``start_step`` on, record order."""
@@ -155,8 +169,7 @@ def sharded_examples(segments, seed, spe, pipeline_batch, first_position, start_
         records, cycle_length=min(cycle, len(segments)), block_length=1,
         num_parallel_calls=min(cycle, len(segments)), deterministic=True)
     if shuffle_buffer > 1:
-      ds = ds.shuffle(shuffle_buffer, seed=tf.cast(seed, tf.int64) * 1000003 + epoch,
-                      reshuffle_each_iteration=False)
+      ds = window_shuffle(ds, shuffle_buffer, key)
     skipped = tf.where(epoch == start_epoch, tf.constant(skip, tf.int64), tf.constant(0, tf.int64))
     ds = ds.take(per_epoch).enumerate().skip(skipped)
     return ds.map(lambda i, example: (example[0], example[1], epoch * spe + i // pipeline_batch,
