@@ -206,6 +206,60 @@ def write_fake_cifar100(directory, train=200, test=40):
       pickle.dump(batch, f)
 
 
+def write_image_folder(root, classes=3, train=30, test=9, sizes=((20, 24), (18, 18), (26, 20)),
+                       seed=0, png_every=3, mode="RGB"):
+  """A class-per-subdirectory folder of JPEG and PNG images of varied sizes whose mean
+  brightness encodes the class (learnable); returns ``root``."""
+  rng = np.random.default_rng(seed)
+  channels = {"grey": 1, "RGB": 3, "RGBA": 4}[mode]
+  for split, n in (("train", train), ("test", test)):
+    for c in range(classes):
+      directory = os.path.join(root, split, f"class_{c}")
+      os.makedirs(directory, exist_ok=True)
+      for i in range(n):
+        h, w = sizes[(i + c) % len(sizes)]
+        level = 40 + 170 * c / max(classes - 1, 1)
+        image = np.clip(rng.normal(level, 12, (h, w, channels)), 0, 255).astype(np.uint8)
+        png = i % png_every == 0 or channels == 4
+        data = (tf.io.encode_png(image) if png else tf.io.encode_jpeg(image, quality=95))
+        with open(os.path.join(directory, f"{i:04d}.{'png' if png else 'jpg'}"), "wb") as f:
+          f.write(data.numpy())
+  return root
+
+
+_TFDS_BUILDERS = {}
+
+
+def write_tfds_dataset(data_dir, dataset_name="kd_toy", train=90, test=15, size=16):
+  """Prepares a small TFDS dataset ``name`` offline in ``data_dir`` (generated images, 3
+  classes, brightness = class); returns the prepared directory."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  if dataset_name not in _TFDS_BUILDERS:
+    class Toy(tfds.core.GeneratorBasedBuilder):
+      name = dataset_name
+      VERSION = tfds.core.Version("1.0.0")
+
+      def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(size, size, 3)),
+            "label": tfds.features.ClassLabel(names=["dark", "mid", "bright"])}))
+
+      def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(train, 0),
+                "test": self._generate_examples(test, 1)}
+
+      def _generate_examples(self, n, seed):
+        rng = np.random.default_rng(seed)
+        for i in range(n):
+          image = rng.normal(40 + 85 * (i % 3), 12, (size, size, 3))
+          yield i, {"image": np.clip(image, 0, 255).astype(np.uint8), "label": i % 3}
+
+    _TFDS_BUILDERS[dataset_name] = Toy
+  builder = _TFDS_BUILDERS[dataset_name](data_dir=str(data_dir))
+  builder.download_and_prepare()
+  return builder.data_dir
+
+
 def global_batches(fn, replicas, steps, pipelines=1):
   """Concatenates the per-replica batches of every pipeline back into global batches."""
   streams = []

@@ -99,7 +99,7 @@ def names():
 
 def valid_names():
   """Every accepted --config.dataset form, for error messages."""
-  return tuple(sources()) + tuple(s.usage for s in spec_sources().values())
+  return tuple(sources()) + tuple(s.usage for _, s in sorted(spec_sources().items()))
 
 
 def spec_of(dataset):

@@ -1,0 +1,171 @@
+"""folder:, tfrecord: and tfds: sources and the converter, on generated files only."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import write_image_folder, write_tfds_dataset
+from kd_research import config as config_lib
+from kd_research.common.errors import UserError
+from kd_research.data import datasets
+from kd_research.data import image_files
+from kd_research.data import tfrecord
+from kd_research.tools import convert
+
+
+def config_for(dataset, **data):
+  config = config_lib.base_config()
+  config.dataset = dataset
+  config.validation_size = data.pop("validation_size", 6)
+  config.global_batch_size = data.pop("global_batch_size", 8)
+  config.image_size = data.pop("image_size", 16)
+  for key, value in data.items():
+    config.data[key] = value
+  return config
+
+
+def all_labels(split):
+  return np.sort(np.asarray(split.labels))
+
+
+def test_image_files_inspect_reads_mode_size_and_truncation():
+  rgb = tf.io.encode_jpeg(np.zeros((7, 9, 3), np.uint8)).numpy()
+  grey = tf.io.encode_png(np.zeros((5, 4, 1), np.uint8)).numpy()
+  rgba = tf.io.encode_png(np.zeros((3, 6, 4), np.uint8)).numpy()
+  assert image_files.inspect(rgb) == image_files.ImageInfo("jpeg", 7, 9, 3)
+  assert image_files.inspect(grey) == image_files.ImageInfo("png", 5, 4, 1)
+  assert image_files.inspect(rgba).mode == "RGBA"
+  assert "truncated JPEG" in image_files.inspect(rgb[:len(rgb) // 2])
+  assert "truncated PNG" in image_files.inspect(grey[:-12])
+  assert "not a JPEG or PNG" in image_files.inspect(b"GIF89a....")
+
+
+def test_folder_source_lists_classes_and_needs_a_size_when_sizes_vary(tmp_path):
+  root = write_image_folder(str(tmp_path / "images"))
+  with pytest.raises(UserError, match="different sizes.*config.image_size"):
+    datasets.load_splits(config_for(f"folder:{root}", image_size=0))
+  splits = datasets.load_splits(config_for(f"folder:{root}"))
+  assert splits.classes == ("class_0", "class_1", "class_2")
+  assert splits.input_shape == (16, 16, 3) and splits.num_classes == 3
+  assert (splits.train.num_examples, splits.validation.num_examples,
+          splits.test.num_examples) == (84, 6, 27)
+  together = np.sort(np.concatenate([splits.train.labels, splits.validation.labels]))
+  np.testing.assert_array_equal(together, np.repeat([0, 1, 2], 30))
+  batch = next(iter(splits.test.eval_fn(27)(tf.distribute.InputContext())))
+  assert batch["image"].shape == (27, 16, 16, 3) and batch["image"].dtype == tf.float32
+  # The brightness that encodes the class survives decode + resize + centre crop.
+  means = [float(tf.reduce_mean(batch["image"][batch["label"] == c])) for c in range(3)]
+  np.testing.assert_allclose(means, [40, 125, 210], atol=6)
+
+
+def test_folder_source_errors_name_the_file(tmp_path):
+  root = write_image_folder(str(tmp_path / "images"), sizes=((16, 16),))
+  bad = os.path.join(root, "train", "class_1", "0001.jpg")
+  with open(bad, "rb") as f:
+    data = f.read()
+  with open(bad, "wb") as f:
+    f.write(data[:len(data) // 2])
+  with pytest.raises(UserError, match="0001.jpg: a truncated JPEG.*skip_corrupt"):
+    datasets.load_splits(config_for(f"folder:{root}"))
+  splits = datasets.load_splits(config_for(f"folder:{root}", skip_corrupt=True))
+  assert splits.skipped == {"train": 1, "test": 0}
+  assert splits.train.num_examples + splits.validation.num_examples == 89
+  os.makedirs(os.path.join(root, "train", "empty_class"))
+  with pytest.raises(UserError, match="empty_class holds no image"):
+    datasets.load_splits(config_for(f"folder:{root}", skip_corrupt=True))
+  with pytest.raises(UserError, match="is missing; expected"):
+    datasets.load_splits(config_for(f"folder:{tmp_path}"))
+
+
+def test_folder_source_mixed_modes_need_channels(tmp_path):
+  root = str(tmp_path / "images")
+  write_image_folder(root, sizes=((16, 16),))
+  write_image_folder(os.path.join(root, "grey"), train=2, test=1, sizes=((16, 16),), mode="grey")
+  for split in ("train", "test"):  # grey images of class_0 among the RGB ones
+    src = os.path.join(root, "grey", split, "class_0")
+    for name in os.listdir(src):
+      os.replace(os.path.join(src, name), os.path.join(root, split, "class_0", "g" + name))
+  import shutil
+  shutil.rmtree(os.path.join(root, "grey"))
+  with pytest.raises(UserError, match="not all grey or all RGB.*grey: 3 image.*channels=3"):
+    datasets.load_splits(config_for(f"folder:{root}"))
+  splits = datasets.load_splits(config_for(f"folder:{root}", channels=3))
+  batch = next(iter(splits.test.eval_fn(10)(tf.distribute.InputContext())))
+  assert batch["image"].shape[-1] == 3
+
+
+def test_converter_round_trip_and_bad_shards(tmp_path):
+  root = write_image_folder(str(tmp_path / "images"))
+  out = str(tmp_path / "shards")
+  manifest = convert.convert(f"folder:{root}", out, shards=4)
+  counts = [s["count"] for s in manifest["splits"]["train"]["shards"]]
+  assert sum(counts) == 90 and max(counts) - min(counts) <= 1
+  assert manifest["classes"] == ["class_0", "class_1", "class_2"]
+  assert len(manifest["sizes"]) == 3 and manifest["channels"] == 3
+  with pytest.raises(UserError, match="already holds a conversion"):
+    convert.convert(f"folder:{root}", out, shards=4)
+  folder_splits = datasets.load_splits(config_for(f"folder:{root}", validation_size=0))
+  shard_splits = datasets.load_splits(config_for(f"tfrecord:{out}", validation_size=0))
+  np.testing.assert_array_equal(all_labels(shard_splits.train), all_labels(folder_splits.train))
+  assert shard_splits.classes == folder_splits.classes
+  # Same files, same eval view: the multiset of image means is the same.
+  def means(split):
+    return np.sort(np.concatenate([b.numpy().mean((1, 2, 3)) for b in split.image_batches(32)]))
+  np.testing.assert_allclose(means(shard_splits.test), means(folder_splits.test), atol=1e-3)
+  shard = os.path.join(out, manifest["splits"]["train"]["shards"][2]["file"])
+  with open(shard, "r+b") as f:
+    f.truncate(os.path.getsize(shard) - 100)
+  with pytest.raises(UserError, match=r"train-00002-of-00004.tfrecord has \d+ bytes.*truncated"):
+    datasets.load_splits(config_for(f"tfrecord:{out}"))
+
+
+def test_tfrecord_glob_without_manifest(tmp_path):
+  out = str(tmp_path / "shards")
+  convert.convert(f"folder:{write_image_folder(str(tmp_path / 'images'))}", out, shards=3)
+  os.remove(os.path.join(out, tfrecord.MANIFEST))
+  splits = datasets.load_splits(config_for(f"tfrecord:{out}/train-*", validation_size=0))
+  np.testing.assert_array_equal(all_labels(splits.train), np.repeat([0, 1, 2], 30))
+  assert splits.test.num_examples == 27 and splits.num_classes == 3
+  with pytest.raises(UserError, match=r"label 2 \(after label_offset 0\) is outside \[0, 1\]"):
+    datasets.load_splits(config_for(f"tfrecord:{out}/train-*", num_classes=2))
+  shard = os.path.join(out, "train-00001-of-00003.tfrecord")
+  with open(shard, "r+b") as f:
+    f.truncate(os.path.getsize(shard) - 5)
+  with pytest.raises(UserError, match="train-00001-of-00003.tfrecord is truncated at record"):
+    datasets.load_splits(config_for(f"tfrecord:{out}/train-*"))
+  with pytest.raises(UserError, match="has no manifest.json"):
+    datasets.load_splits(config_for(f"tfrecord:{out}"))
+
+
+def test_tfds_source_reads_a_prepared_dataset(tmp_path):
+  write_tfds_dataset(tmp_path / "tfds")
+  splits = datasets.load_splits(config_for("tfds:kd_toy", image_size=0,
+                                           tfds_dir=str(tmp_path / "tfds")))
+  assert splits.classes == ("dark", "mid", "bright") and splits.input_shape == (16, 16, 3)
+  together = np.concatenate([splits.train.labels, splits.validation.labels])
+  np.testing.assert_array_equal(np.bincount(together), [30, 30, 30])
+  batch = next(iter(splits.test.eval_fn(15)(tf.distribute.InputContext())))
+  for c in range(3):
+    assert abs(float(tf.reduce_mean(batch["image"][batch["label"] == c])) - 40 - 85 * c) < 4
+  with pytest.raises(UserError, match="'kd_missing' is not prepared in .*tfds build kd_missing"):
+    datasets.load_splits(config_for("tfds:kd_missing", tfds_dir=str(tmp_path / "tfds")))
+
+
+def test_unknown_spec_and_image_size_on_builtins_are_refused():
+  with pytest.raises(UserError, match="valid: .*folder:PATH, tfds:NAME.*, tfrecord:PATTERN"):
+    config_lib.validate(config_for("s3:bucket"))
+  with pytest.raises(UserError, match="config.image_size=16 resizes the images of file"):
+    config_lib.validate(config_for("synthetic"))
+  with pytest.raises(UserError, match="lacks its argument"):
+    config_lib.validate(config_for("folder:"))
+
+
+def test_manifest_format_is_checked(tmp_path):
+  os.makedirs(tmp_path / "d")
+  with open(tmp_path / "d" / tfrecord.MANIFEST, "w") as f:
+    json.dump({"format": "other"}, f)
+  with pytest.raises(UserError, match="is not a kd_research.tfrecord/1 manifest"):
+    datasets.load_splits(config_for(f"tfrecord:{tmp_path / 'd'}"))
