@@ -297,7 +297,8 @@ def distill_cmd(workdir, teacher_file, method="kd"):
 # The fast tier (./launch.sh test --fast) leaves these out: whole runs in subprocesses or
 # several processes, real-data end to end, and every test that needs a trained teacher.
 SLOW_MODULES = {"test_e2e_fashion_mnist", "test_distribute", "test_reliability", "test_driver",
-                "test_pipeline", "test_cli", "test_keras_peer", "test_export"}
+                "test_pipeline", "test_cli", "test_keras_peer", "test_export",
+                "test_streamed_runs"}
 SLOW_FIXTURES = {"teacher_file", "conv_teacher"}
 
 

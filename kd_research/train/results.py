@@ -53,6 +53,8 @@ class RunResults:
   test_agreement: Optional[float] = None
   teacher_test_accuracy: Optional[float] = None
   trainer: Optional[str] = None     # set when a peer framework trained it (keras_peer)
+  # File sources: the examples per split and the corrupt images skipped (data.skip_corrupt).
+  data: Optional[dict] = None
 
   def as_dict(self):
     """The JSON object written to results.json (None fields left out), schema first."""

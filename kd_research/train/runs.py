@@ -39,6 +39,9 @@ from kd_research.train import workdir as workdir_lib
 ROLES = ("teacher", "student", "distill")
 
 
+CLASSES_FILE = "classes.json"
+
+
 def train_and_evaluate(config, workdir, role, strategy, teacher_paths=(), overwrite=False):
   """Trains one model (``role``: teacher | student | distill) in ``workdir``; returns results."""
   if role not in ROLES:
@@ -61,6 +64,9 @@ def train_and_evaluate(config, workdir, role, strategy, teacher_paths=(), overwr
       return finished
     _check_strategy(config, strategy)
     splits = datasets.load_splits(config)
+    if chief and splits.classes:  # A file source: which label is which class.
+      fileio.atomic_write_json(os.path.join(workdir, CLASSES_FILE),
+                               {"source": splits.source, "classes": list(splits.classes)})
     if config.deterministic:
       tf.config.experimental.enable_op_determinism()
     precision.set_policy(choice.used)
@@ -199,6 +205,10 @@ def _final_results(run, evaluator, last_validation):
       # Connectors and other objective variables: trained, never exported.
       extra_params=int(sum(np.prod(v.shape) for v in extra)),
       extra_trainable_params=int(sum(np.prod(v.shape) for v in extra if v.trainable)))
+  if run.splits.classes:  # A file source.
+    results.data = {"examples": {name: getattr(run.splits, name).num_examples
+                                 for name in ("train", "validation", "test")},
+                    "skipped_corrupt": dict(run.splits.skipped)}
   if run.teachers:
     results.method = run.config.distill.method
     results.teachers = run.teachers.report

@@ -1,0 +1,123 @@
+"""Whole runs on streamed file sources: folder:, tfrecord: and tfds: end to end from the
+command line, a SIGKILL mid-run resumed bit-identical, 1/2/4 replicas alike, 2 workers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import DEFAULT, ENV, REPO, tiny_config, weights_of, write_image_folder
+from conftest import write_tfds_dataset
+from kd_research.tools import convert
+from kd_research.train import runs
+
+STREAMED = {"image_size": 12, "validation_size": 12, "global_batch_size": 12,
+            "run.eval_batch_size": 24, "data.train_view": "inception",
+            "optimizer.learning_rate.start": 0.01}
+
+
+def flags(values):
+  return [f"--config.{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  """An image folder (3 classes, brightness = class), its TFRecord conversion, a TFDS copy
+  of the same kind of data, and a teacher trained on the shards."""
+  root = tmp_path_factory.mktemp("streamed")
+  folder = write_image_folder(str(root / "images"), train=36)
+  convert.convert(f"folder:{folder}", str(root / "shards"), shards=4)
+  write_tfds_dataset(root / "tfds")
+  teacher_dir = str(root / "teacher")
+  config = tiny_config(**{**STREAMED, "dataset": f"tfrecord:{root / 'shards'}",
+                          "teacher.epochs": 16, "data.train_view": "center"})
+  result = runs.train_and_evaluate(config, teacher_dir, "teacher", DEFAULT)
+  assert result["test_accuracy"] > 0.9, result["test_accuracy"]  # chance is 1/3
+  return {"folder": f"folder:{folder}", "tfrecord": f"tfrecord:{root / 'shards'}",
+          "tfds": "tfds:kd_toy", "tfds_dir": str(root / "tfds"),
+          "teacher": os.path.join(teacher_dir, "model.keras")}
+
+
+def distill_args(data, dataset, workdir, **extra):
+  values = dict(STREAMED, dataset=dataset, **{"teacher.path": data["teacher"],
+                                             "data.tfds_dir": data["tfds_dir"]}, **extra)
+  return [sys.executable, "-m", "kd_research.main", "distill",
+          "--experiment=fashion_mnist:tiny", f"--workdir={workdir}"] + flags(values)
+
+
+@pytest.mark.parametrize("kind", ["folder", "tfrecord", "tfds"])
+def test_distill_end_to_end_from_each_source(tmp_path, data, kind):
+  done = subprocess.run(distill_args(data, data[kind], tmp_path / "run"), cwd=REPO, env=ENV,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.load(open(tmp_path / "run" / "results.json"))
+  assert results["dataset"] == data[kind]
+  assert results["data"]["examples"]["validation"] == 12
+  assert results["test_count"] == (27 if kind != "tfds" else 15)
+  assert results["teacher_test_accuracy"] > 0.6
+  classes = json.load(open(tmp_path / "run" / "classes.json"))["classes"]
+  assert classes == (["class_0", "class_1", "class_2"] if kind != "tfds"
+                     else ["dark", "mid", "bright"])
+
+
+def test_sigkill_mid_run_resumes_bit_identical_on_shards(tmp_path, data):
+  extra = {"student.epochs": 12, "run.checkpoint_every_steps": 8, "run.steps_per_loop": 2,
+           "deterministic": "true", "augment.ops": "('flip','cutout')"}
+  full, cut = tmp_path / "full", tmp_path / "cut"
+  done = subprocess.run(distill_args(data, data["tfrecord"], full, **extra), cwd=REPO, env=ENV,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  proc = subprocess.Popen(distill_args(data, data["tfrecord"], cut, **extra), cwd=REPO,
+                          env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt_dir = str(cut / "checkpoints")
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    latest = tf.train.latest_checkpoint(ckpt_dir) if os.path.isdir(ckpt_dir) else None
+    if latest and int(latest.rsplit("-", 1)[1]) >= 20:  # mid-epoch (8 steps per epoch)
+      break
+    time.sleep(0.01)
+  assert proc.poll() is None, "the run finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = int(tf.train.latest_checkpoint(ckpt_dir).rsplit("-", 1)[1])
+  resumed = subprocess.run(distill_args(data, data["tfrecord"], cut, **extra), cwd=REPO,
+                           env=ENV, capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "Resumed" in resumed.stderr
+  diffs = [float(np.max(np.abs(a - b))) for a, b in zip(weights_of(full), weights_of(cut))]
+  print(f"streamed: killed after checkpoint {killed_at} of 96; max |dw| {max(diffs)}")
+  assert max(diffs) == 0.0
+
+
+@pytest.mark.parametrize("replicas", [2, 4])
+def test_replica_count_does_not_change_a_streamed_run(tmp_path, data, strategy_factory,
+                                                      replicas):
+  config = tiny_config(**STREAMED, dataset=data["tfrecord"],
+                       **{"student.epochs": 2, "teacher.path": data["teacher"]})
+  one = runs.train_and_evaluate(config, str(tmp_path / "one"), "distill", DEFAULT,
+                                (data["teacher"],))
+  many = runs.train_and_evaluate(config, str(tmp_path / "many"), "distill",
+                                 strategy_factory(replicas), (data["teacher"],))
+  diffs = [float(np.max(np.abs(a - b))) for a, b in
+           zip(weights_of(str(tmp_path / "one")), weights_of(str(tmp_path / "many")))]
+  print(f"streamed, 1 vs {replicas} replicas: max |dw| {max(diffs):.2e}")
+  assert max(diffs) < 1e-5
+  assert many["test_loss"] == pytest.approx(one["test_loss"], rel=1e-5)
+
+
+def test_two_workers_train_on_shards(tmp_path, data):
+  args = distill_args(data, data["tfrecord"], tmp_path / "mw")
+  args[3:3] = ["multiworker", "--num_workers=2"]
+  done = subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.load(open(tmp_path / "mw" / "results.json"))
+  assert results["replicas"] == 2 and results["test_count"] == 27
+  # 4 shards of 27, one cut to 15 by the validation carve: the worker with 27 + 15 records
+  # sets the epoch at 42 // 6 = 7 steps (single-worker runs: 96 // 12 = 8).
+  assert results["steps"] == 2 * 7
