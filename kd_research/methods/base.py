@@ -16,7 +16,7 @@ the modules; nothing else lists methods.
 """
 
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -38,12 +38,19 @@ def register(cls):
 
 @dataclasses.dataclass
 class TrainingSet:
-  """What the training array looks like to a method that indexes it (CRD): its size,
-  labels (None when the transfer set hides some), the global batch size and the seed."""
+  """What the training split looks like to a method that indexes it (CRD): its size, its
+  labels (None when the transfer set hides some), the global batch size and the seed.
+
+  ``labels_of()`` gives the labels on demand: a streamed split reads them in a pass over
+  its records, which only a method that asks for them should pay."""
   num_examples: int
-  labels: Optional[np.ndarray]
+  labels_of: Optional[Callable[[], np.ndarray]]
   global_batch_size: int
   seed: int
+
+  @property
+  def labels(self):
+    return None if self.labels_of is None else self.labels_of()
 
 
 @dataclasses.dataclass

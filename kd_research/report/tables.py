@@ -58,6 +58,24 @@ def method_bench_table(rows):
     lines.append(f"| {r['method']} | {r['examples_per_second']:,.0f} | {r['ratio_to_kd']:.2f}x |")
   return "\n".join(lines)
 
+def data_bench_table(data):
+  """Markdown tables of the input-pipeline benchmark (tools/bench_data.py)."""
+  lines = ["| source | examples/s on one core |", "|---|---|"]
+  lines += [f"| {r['source']} | {r['examples_per_second_per_core']:,.0f} |"
+            for r in data["sources"]]
+  lines += ["", "| training | examples/s |", "|---|---|"]
+  lines += [f"| {name} | {rate:,.0f} |" for name, rate in data["training"].items()]
+  lines += [f"| {role}: streamed / in memory | {ratio:.3f} |"
+            for role, ratio in data["training_ratio"].items()]
+  jpeg = data["jpeg"]
+  lines += ["", f"| JPEG pipeline ({jpeg['image']}), one core | images/s |", "|---|---|",
+            f"| raw tf.io.decode_jpeg | {jpeg['raw_decode_per_core']:,.1f} |",
+            f"| decode + inception crop + flip + resize 224 | "
+            f"{jpeg['training_pipeline_per_core']:,.1f} |",
+            f"| ratio | {jpeg['ratio']:.2f} |",
+            f"| cores to feed ResNet-18 at 3,000 images/s | "
+            f"{jpeg['cores_for_resnet18_at_3000']:.0f} |"]
+  return "\n".join(lines)
 
 
 def _extra(row):

@@ -40,6 +40,9 @@ flags.DEFINE_integer("replicas", 1, "Replicas for our loop's rows: > 1 runs them
 flags.DEFINE_string("methods", "", "Also one row per distillation method (comma-separated, e.g. "
                     "kd,dkd,dist,fitnets,at,rkd,pkt,sp): examples/s with a live teacher, "
                     "relative to kd, same models; --profile=NAME traces that method's window.")
+flags.DEFINE_bool("data", False, "Also the input-pipeline rows: each source's examples/s on "
+                  "one core, streamed vs in-memory training, the JPEG pipeline vs raw decode "
+                  "(tools/bench_data.py); --rows= (empty) runs them alone.")
 flags.DEFINE_string("profile", "", "Also trace one window of this row (b-i) with the TF profiler "
                     "and print where the time goes per op type (trace kept next to --output).")
 
@@ -165,13 +168,21 @@ def main(argv):
   if opts.methods:
     report["methods"] = _measure_methods(opts, strategy, profile_dir, profiles)
     report["methods_table"] = tables.method_bench_table(report["methods"])
+  if opts.data:
+    from kd_research.tools import bench_data  # pylint: disable=g-import-not-at-top
+    report["data"] = bench_data.measure(opts)
+    report["data_table"] = tables.data_bench_table(report["data"])
   print(f"\n{machine.summary(report['machine'])}; mixed_precision=auto -> {auto.used}")
   print(f"batch {opts.batch}, {opts.replicas} replica(s), teacher {report['teacher']}, student "
         f"{report['student']}; matmul peak {peaks['float32']:.0f} GFLOP/s fp32, "
         f"{peaks['bfloat16']:.0f} bf16\n")
-  print(report["table"])
+  if report["rows"]:
+    print(report["table"])
   if opts.methods:
     print(f"\ndistillation methods, live teacher, relative to kd:\n\n{report['methods_table']}")
+  if opts.data:
+    print(f"\ninput pipeline (one core = a tf.data pool of one thread):\n\n"
+          f"{report['data_table']}")
   for row, op_table in profiles.items():
     print(f"\nwhere the time goes in row ({row}), one profiled window of {opts.window} steps "
           f"(trace in {profile_dir}):\n\n{op_table}")

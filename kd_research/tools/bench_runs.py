@@ -159,11 +159,14 @@ def bench_config(opts, overrides=(), role="distill", teachers=1):
   """The config of a bench row: a real run's config (config.base_config) with the bench's
   models, data size and batch, Adam at a constant 1e-3, KD alpha 0.7 / T 4 constant."""
   from kd_research import config as config_lib  # pylint: disable=g-import-not-at-top
-  from kd_research.data import sources  # pylint: disable=g-import-not-at-top
-  available = len(sources.load(opts.dataset).train_x)
+  from kd_research.data import datasets  # pylint: disable=g-import-not-at-top
+  overrides = dict(overrides)
   config = config_lib.base_config()
+  with config.unlocked():  # The data first: its size decides the splits below.
+    config.dataset = overrides.pop("dataset", opts.dataset)
+    config.image_size = overrides.pop("image_size", 0)
+  available = datasets.open_source(config).train.num_examples
   with config.unlocked():
-    config.dataset = opts.dataset
     config.global_batch_size = opts.batch
     # Small validation and test splits: the teachers are evaluated on them once per row.
     config.validation_size, config.test_size = min(1000, available // 4), 500
@@ -177,7 +180,7 @@ def bench_config(opts, overrides=(), role="distill", teachers=1):
     for name in range(1, teachers):
       config.extra_teachers[f"t{name}"] = config_lib.model_config(opts.teacher,
                                                                   opts.teacher_width)
-  for key, value in dict(overrides).items():
+  for key, value in overrides.items():
     config = config_lib.replaced(config, **{key: value})
   config_lib.validate(config)
   return config

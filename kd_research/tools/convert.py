@@ -29,13 +29,6 @@ from kd_research.data import folder
 from kd_research.data import sources
 from kd_research.data import tfrecord
 
-flags.DEFINE_string("source", None, "folder:PATH or a built-in dataset name.")
-flags.DEFINE_string("output", None, "Output directory (created; must hold no manifest yet).")
-flags.DEFINE_integer("shards", 8, "Shards per split (the test split gets fewer when small).")
-flags.DEFINE_integer("seed", 0, "Seed of the example order across the shards.")
-flags.DEFINE_bool("skip_corrupt", False, "Skip corrupt images (counted in the manifest) "
-                  "instead of stopping at the first.")
-flags.DEFINE_string("data_dir", "", "Where to look for a built-in dataset first.")
 MAX_SIZES = 16  # distinct image sizes recorded: enough to tell fixed from varied
 
 
@@ -71,8 +64,10 @@ def _folder(path, skip_corrupt):
   return {split: of(*listed[split]) for split in listed}, classes, channels, skipped
 
 
-def _write_split(output, split, read, n, shards, seed, channels, sizes, skip_corrupt):
-  """Writes one split's shards; returns their manifest entries and the skipped count."""
+def write_split(output, split, read, n, shards, seed, channels, sizes, skip_corrupt=False,
+                check_decode=True):
+  """Writes one split's shards from ``read(i) -> (encoded, label)``; returns their manifest
+  entries and the skipped count. ``sizes`` collects the decoded image sizes."""
   shards = max(1, min(shards, n))
   order = np.random.default_rng(seed).permutation(n)
   entries, skipped = [], 0
@@ -82,6 +77,10 @@ def _write_split(output, split, read, n, shards, seed, channels, sizes, skip_cor
     with tf.io.TFRecordWriter(path + ".tmp") as writer:
       for i in order[s::shards]:
         encoded, label = read(int(i))
+        if not check_decode:  # Generated images (the benchmarks): known to decode.
+          writer.write(_example(encoded, label))
+          count += 1
+          continue
         try:
           shape = tf.io.decode_image(encoded, channels=channels, expand_animations=False).shape
         except tf.errors.InvalidArgumentError as e:
@@ -99,15 +98,18 @@ def _write_split(output, split, read, n, shards, seed, channels, sizes, skip_cor
   return entries, skipped
 
 
-def _verified(output, entries):
+def verified(output, entries):
   """Reads every shard back: its record count must equal what was written."""
   for entry in entries:
     path = os.path.join(output, entry["file"])
     found = sum(1 for _ in tfrecord.read_records(path))
     if found != entry["count"]:
       raise UserError(f"{path}: wrote {entry['count']} records but read back {found}.")
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-      entry.update(bytes=os.path.getsize(path), sha256=hashlib.sha256(f.read()).hexdigest())
+      for chunk in iter(lambda: f.read(1 << 22), b""):
+        digest.update(chunk)
+    entry.update(bytes=os.path.getsize(path), sha256=digest.hexdigest())
   return entries
 
 
@@ -127,20 +129,35 @@ def convert(source, output, shards, seed=0, skip_corrupt=False, data_dir=""):
                     f"{', '.join(sources.names())}.")
   fileio.check_writable(output)
   os.makedirs(output, exist_ok=True)
-  manifest = {"format": tfrecord.MANIFEST_FORMAT, "source": source,
-              "keys": list(tfrecord.KEY_CONVENTIONS[0]), "label_offset": 0,
-              "classes": list(classes), "num_classes": len(classes), "channels": int(channels),
-              "splits": {}, "skipped": dict(skipped)}
+  manifest = new_manifest(source, classes, channels, skipped)
   sizes = set()
   for split, (read, n) in splits.items():
-    entries, bad = _write_split(output, split, read, n, shards, seed, int(channels), sizes,
-                                skip_corrupt)
-    entries = _verified(output, entries)
-    count = sum(e["count"] for e in entries)
-    if count + bad != n:
-      raise UserError(f"{split}: {n} examples in the source, {count} written + {bad} skipped.")
-    manifest["splits"][split] = {"count": count, "shards": entries}
-    manifest["skipped"][split] = manifest["skipped"].get(split, 0) + bad
+    entries, bad = write_split(output, split, read, n, shards, seed, int(channels), sizes,
+                               skip_corrupt)
+    add_split(manifest, output, split, entries, n, bad)
+  return write_manifest(manifest, output, sizes)
+
+
+def new_manifest(source, classes, channels, skipped=None):
+  """The manifest's fields before any split is written."""
+  return {"format": tfrecord.MANIFEST_FORMAT, "source": source,
+          "keys": list(tfrecord.KEY_CONVENTIONS[0]), "label_offset": 0,
+          "classes": list(classes), "num_classes": len(classes), "channels": int(channels),
+          "splits": {}, "skipped": dict(skipped or {})}
+
+
+def add_split(manifest, output, split, entries, n, bad=0):
+  """Reads the split's shards back (``verified``) and adds them to ``manifest``."""
+  entries = verified(output, entries)
+  count = sum(e["count"] for e in entries)
+  if count + bad != n:
+    raise UserError(f"{split}: {n} examples in the source, {count} written + {bad} skipped.")
+  manifest["splits"][split] = {"count": count, "shards": entries}
+  manifest["skipped"][split] = manifest["skipped"].get(split, 0) + bad
+
+
+def write_manifest(manifest, output, sizes):
+  """Writes DIR/manifest.json last (atomically): the conversion's commit point."""
   manifest["sizes"] = sorted([list(s) for s in sizes])
   fileio.atomic_write_json(os.path.join(output, tfrecord.MANIFEST), manifest)
   return manifest
@@ -164,5 +181,17 @@ def main(argv):
         f"{manifest['skipped']}; manifest {os.path.join(flags_.output, tfrecord.MANIFEST)}")
 
 
+def define_flags():
+  """The command's flags (defined only when it runs: the module is also a library)."""
+  flags.DEFINE_string("source", None, "folder:PATH or a built-in dataset name.")
+  flags.DEFINE_string("output", None, "Output directory (created; must hold no manifest yet).")
+  flags.DEFINE_integer("shards", 8, "Shards per split (the test split gets fewer when small).")
+  flags.DEFINE_integer("seed", 0, "Seed of the example order across the shards.")
+  flags.DEFINE_bool("skip_corrupt", False, "Skip corrupt images (counted in the manifest) "
+                    "instead of stopping at the first.")
+  flags.DEFINE_string("data_dir", "", "Where to look for a built-in dataset first.")
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

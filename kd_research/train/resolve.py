@@ -97,7 +97,8 @@ def resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
             _normalised_weights(config, len(teacher_paths)), spe, distill_steps,
             method_base.TrainingSet(
                 splits.train.num_examples,
-                None if config.labels.count or config.labels.fraction else splits.train.labels,
+                None if config.labels.count or config.labels.fraction
+                else lambda: splits.train.labels,
                 config.global_batch_size, entry.seed)))
     return method_registry.build_variables(method["objective"], model, method["ensemble"])
 
