@@ -78,6 +78,18 @@ def data_bench_table(data):
   return "\n".join(lines)
 
 
+def memory_table(memory):
+  """Resident memory over one streamed epoch (tools/bench_data.memory_curve)."""
+  lines = [f"{memory['examples']:,} examples of {memory['image']}: "
+           f"{memory['shard_bytes'] / 1e6:,.0f} MB in shards, "
+           f"{memory['decoded_bytes'] / 1e6:,.0f} MB decoded; {memory['steps']:,} steps in "
+           f"{memory['seconds']:.0f} s ({memory['examples_per_second']:,.0f} examples/s); "
+           f"RSS before the run {memory['rss_before_mb']:,.0f} MB, peak "
+           f"{memory['rss_peak_mb']:,.0f} MB", "", "| seconds | RSS MB |", "|---|---|"]
+  lines += [f"| {t:.0f} | {r:,} |" for t, r in memory["rss_curve_mb"]]
+  return "\n".join(lines)
+
+
 def _extra(row):
   """' (+192 extra)': parameters of connectors, trained but not exported."""
   return f" (+{row['extra']:,} extra)" if row.get("extra") else ""

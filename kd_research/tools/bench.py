@@ -43,6 +43,9 @@ flags.DEFINE_string("methods", "", "Also one row per distillation method (comma-
 flags.DEFINE_bool("data", False, "Also the input-pipeline rows: each source's examples/s on "
                   "one core, streamed vs in-memory training, the JPEG pipeline vs raw decode "
                   "(tools/bench_data.py); --rows= (empty) runs them alone.")
+flags.DEFINE_integer("memory_examples", 0, "Also train one epoch on this many generated "
+                     "records streamed from TFRecord shards and print the resident memory over "
+                     "the run (the data issue asks for >= 1,000,000).")
 flags.DEFINE_string("profile", "", "Also trace one window of this row (b-i) with the TF profiler "
                     "and print where the time goes per op type (trace kept next to --output).")
 
@@ -172,6 +175,10 @@ def main(argv):
     from kd_research.tools import bench_data  # pylint: disable=g-import-not-at-top
     report["data"] = bench_data.measure(opts)
     report["data_table"] = tables.data_bench_table(report["data"])
+  if opts.memory_examples:
+    from kd_research.tools import bench_data  # pylint: disable=g-import-not-at-top
+    report["memory"] = bench_data.memory_curve(opts.memory_examples)
+    report["memory_table"] = tables.memory_table(report["memory"])
   print(f"\n{machine.summary(report['machine'])}; mixed_precision=auto -> {auto.used}")
   print(f"batch {opts.batch}, {opts.replicas} replica(s), teacher {report['teacher']}, student "
         f"{report['student']}; matmul peak {peaks['float32']:.0f} GFLOP/s fp32, "
@@ -183,6 +190,8 @@ def main(argv):
   if opts.data:
     print(f"\ninput pipeline (one core = a tf.data pool of one thread):\n\n"
           f"{report['data_table']}")
+  if opts.memory_examples:
+    print(f"\nresident memory, one epoch streamed:\n\n{report['memory_table']}")
   for row, op_table in profiles.items():
     print(f"\nwhere the time goes in row ({row}), one profiled window of {opts.window} steps "
           f"(trace in {profile_dir}):\n\n{op_table}")

@@ -196,3 +196,84 @@ def measure(opts):
           "models": {"teacher": f"{opts.teacher} w{opts.teacher_width}",
                      "student": f"{opts.student} w{opts.student_width}"},
           "workdir": workdir}
+
+
+def _rss_mb():
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmRSS:"):
+        return int(line.split()[1]) / 1024
+  return float("nan")
+
+
+class RssSampler:
+  """Samples this process's resident memory every ``period`` seconds in a thread."""
+
+  def __init__(self, period=0.5):
+    import threading  # pylint: disable=g-import-not-at-top
+    self.period, self.samples = period, []
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, daemon=True)
+
+  def _run(self):
+    start = time.perf_counter()
+    while not self._stop.is_set():
+      self.samples.append((time.perf_counter() - start, _rss_mb()))
+      self._stop.wait(self.period)
+
+  def __enter__(self):
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()
+
+
+def write_png_shards(output, n, size=16, shards=32, test=10000, pool=4096):
+  """``n`` training records (and ``test``) of ``size``^2 PNGs, from a pool of ``pool``
+  generated images, as converter shards with a manifest; returns the shards' bytes."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from kd_research.tools import convert  # pylint: disable=g-import-not-at-top
+  encoded = [tf.io.encode_png(image).numpy() for image in _images(pool, size, size)]
+  os.makedirs(output, exist_ok=True)
+  manifest = convert.new_manifest("generated", [str(c) for c in range(10)], 3)
+  for split, count in (("train", n), ("test", test)):
+    read = lambda i: (encoded[(i * 7919) % pool], i % 10)  # pylint: disable=cell-var-from-loop
+    entries, _ = convert.write_split(output, split, read, count, shards, 0, 3, set(),
+                                     check_decode=False)
+    convert.add_split(manifest, output, split, entries, count)
+  convert.write_manifest(manifest, output, {(size, size)})
+  return sum(e["bytes"] for s in manifest["splits"].values() for e in s["shards"])
+
+
+def memory_curve(n, size=16, batch=512):
+  """Trains one epoch on ``n`` streamed records and samples RSS over the run."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from kd_research import config as config_lib  # pylint: disable=g-import-not-at-top
+  from kd_research.train import runs  # pylint: disable=g-import-not-at-top
+  workdir = tempfile.mkdtemp(prefix="kd_bench_memory_")
+  shards = os.path.join(workdir, "shards")
+  data_bytes = write_png_shards(shards, n, size)
+  config = config_lib.base_config()
+  config.dataset, config.validation_size, config.global_batch_size = (
+      f"tfrecord:{shards}", 10000, batch)
+  config.student = config_lib.model_config("mlp", width=64, epochs=1)
+  config.run.steps_per_loop, config.run.log_every_steps = 100, 500
+  config.run.checkpoint_every_steps = 10**6
+  print(f"  memory: {n:,} records of {size}x{size} PNG ({data_bytes / 1e6:.0f} MB in shards, "
+        f"{n * size * size * 3 / 1e6:.0f} MB decoded); training one epoch", flush=True)
+  before = _rss_mb()
+  start = time.perf_counter()
+  with RssSampler() as sampler:
+    result = runs.train_and_evaluate(config, os.path.join(workdir, "run"), "student",
+                                     tf.distribute.get_strategy())
+  seconds = time.perf_counter() - start
+  samples = sampler.samples
+  step = max(1, len(samples) // 20)
+  return {"examples": n, "image": f"{size}x{size}x3 PNG", "shard_bytes": data_bytes,
+          "decoded_bytes": n * size * size * 3, "rss_before_mb": before,
+          "rss_curve_mb": [(round(t, 1), round(r)) for t, r in samples[::step]],
+          "rss_peak_mb": max(r for _, r in samples), "seconds": seconds,
+          "steps": result["steps"], "examples_per_second": result["steps"] * batch / seconds,
+          "workdir": workdir}
