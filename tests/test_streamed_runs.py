@@ -121,3 +121,22 @@ def test_two_workers_train_on_shards(tmp_path, data):
   # 4 shards of 27, one cut to 15 by the validation carve: the worker with 27 + 15 records
   # sets the epoch at 42 // 6 = 7 steps (single-worker runs: 96 // 12 = 8).
   assert results["steps"] == 2 * 7
+
+
+@pytest.mark.parametrize("method", ["kd", "rkd"])  # rkd also caches the 'pooled' feature
+def test_teacher_cache_on_shards_matches_the_live_teacher(tmp_path, data, method):
+  import glob
+  results = {}
+  for cache in (False, True):
+    config = tiny_config(**{**STREAMED, "dataset": data["tfrecord"],
+                            "data.train_view": "center", "student.epochs": 2,
+                            "distill.method": method, "distill.cache_teacher": cache})
+    results[cache] = runs.train_and_evaluate(config, str(tmp_path / f"c{cache}"), "distill",
+                                             DEFAULT, (data["teacher"],))
+  cached = glob.glob(str(tmp_path / "cTrue" / "teacher_cache" / "train-*" / "*.f32"))
+  assert len(cached) == (2 if method == "rkd" else 1)  # row files, not an in-memory npz
+  diffs = [float(np.max(np.abs(a - b))) for a, b in
+           zip(weights_of(str(tmp_path / "cFalse")), weights_of(str(tmp_path / "cTrue")))]
+  print(f"streamed {method}: cached vs live teacher max |dw| {max(diffs):.2e}")
+  assert max(diffs) < 1e-5
+  assert results[True]["test_loss"] == pytest.approx(results[False]["test_loss"], rel=1e-5)

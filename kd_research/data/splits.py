@@ -19,17 +19,27 @@ import tensorflow as tf
 
 from kd_research.common.errors import UserError
 from kd_research.data import preprocess
+from kd_research.data import row_files
 from kd_research.data import streams
 
 
+def _rows(value):
+  """gather(index) of an extra: rows of an in-memory array (a graph constant) or of a
+  row_files.RowFile (read from its file per batch: O(batch) memory)."""
+  if isinstance(value, row_files.RowFile):
+    return value.gather
+  constant = tf.constant(value)
+  return lambda index: tf.gather(constant, index)
+
+
 def _gather_extras(extras):
-  """A batch map adding each extra array's rows at the batch's 'index'."""
-  tensors = {key: tf.constant(value) for key, value in (extras or {}).items()}
+  """A batch map adding each extra's rows at the batch's 'index'."""
+  gathers = {key: _rows(value) for key, value in (extras or {}).items()}
 
   def fn(batch):
     out = dict(batch)
-    for key, value in tensors.items():
-      out[key] = tf.gather(value, batch["index"])
+    for key, gather in gathers.items():
+      out[key] = gather(batch["index"])
     return out
 
   return fn

@@ -20,6 +20,7 @@ from kd_research import config as config_lib
 from kd_research.common import schedules
 from kd_research.data import augment
 from kd_research.data import datasets
+from kd_research.data import splits as splits_lib
 from kd_research.methods import base as method_base
 from kd_research.methods import losses
 from kd_research.methods import registry as method_registry
@@ -193,8 +194,11 @@ def _teachers_once(config, workdir, ensemble, paths, splits, chief, distill_step
       teacher_cache.refuse_feature_maps(ensemble, taps)
     digest = teacher_cache.fingerprint(paths, data, config.mixed_precision,
                                        config.distill.combine, split_taps)
-    outputs[split] = teacher_cache.load_or_compute_outputs(cache_dir, split, ensemble, data,
-                                                           digest, split_taps, write=chief)
+    # A streamed training split's cache stays in files, read per batch (O(batch) memory).
+    load = (teacher_cache.load_or_compute_rows
+            if split == "train" and not isinstance(data, splits_lib.ArraySplit)
+            else teacher_cache.load_or_compute_outputs)
+    outputs[split] = load(cache_dir, split, ensemble, data, digest, split_taps, write=chief)
   logits = {split: value["logits"] for split, value in outputs.items()}
   final_t = float(schedules.from_config(config.distill.temperature, max(distill_steps, 1),
                                         "config.distill.temperature")(max(distill_steps, 1)))

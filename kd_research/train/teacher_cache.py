@@ -12,6 +12,7 @@ precision, combine mode and taps; any mismatch or a corrupt file means a recompu
 import hashlib
 import json
 import os
+import tempfile
 
 from absl import logging
 import numpy as np
@@ -19,6 +20,7 @@ import tensorflow as tf
 
 from kd_research.common import fileio
 from kd_research.common.errors import UserError
+from kd_research.data import row_files
 from kd_research.data import splits as splits_lib
 
 
@@ -72,9 +74,8 @@ def refuse_feature_maps(ensemble, taps):
             "(the teacher then runs live) or tap 'pooled'.")
 
 
-def compute_outputs(ensemble, split, taps=(), batch_size=1000):
-  """{'logits': [N, K, C], tap: [N, K, D] for each tap}, every teacher in inference mode, on
-  ``split``'s eval view in row order (a data/splits.py split, or an image array)."""
+def output_batches(ensemble, split, taps=(), batch_size=1000):
+  """The teachers' outputs on ``split`` batch by batch ({key: [b, K, D]} numpy)."""
   if taps:
     ensemble.tap(taps)
 
@@ -86,9 +87,15 @@ def compute_outputs(ensemble, split, taps=(), batch_size=1000):
     return {"logits": tf.transpose(out["logits"], [1, 0, 2]), **features}
 
   forward = tf.function(forward)
-  parts = [forward(batch) for batch in _batches(split, batch_size)]
-  return {key: np.concatenate([p[key].numpy() for p in parts]).astype(np.float32)
-          for key in parts[0]}
+  for batch in _batches(split, batch_size):
+    yield {key: value.numpy().astype(np.float32) for key, value in forward(batch).items()}
+
+
+def compute_outputs(ensemble, split, taps=(), batch_size=1000):
+  """{'logits': [N, K, C], tap: [N, K, D] for each tap}, every teacher in inference mode, on
+  ``split``'s eval view in row order (a data/splits.py split, or an image array)."""
+  parts = list(output_batches(ensemble, split, taps, batch_size))
+  return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
 def _batches(split, batch_size):
@@ -140,6 +147,62 @@ def load_or_compute(cache_dir, split, ensemble, images, digest, write=True):
   return load_or_compute_outputs(cache_dir, split, ensemble, images, digest, (), write)["logits"]
 
 
+def _expected_shapes(ensemble, n, taps):
+  k = len(ensemble)
+  expected = {"logits": (n, k, ensemble.models[0].output_shape[-1])}
+  for tap in taps:
+    expected[tap] = (n, k) + tuple(ensemble.models[0].get_layer(tap).output.shape[1:])
+  return expected
+
+
+def _load_rows(directory, digest, expected):
+  """{key: RowFile} of a complete row-file cache with this fingerprint, else None."""
+  try:
+    with open(os.path.join(directory, "cache.json")) as f:
+      meta = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if meta.get("fingerprint") != digest:
+    logging.info("Teacher cache %s is stale (fingerprint changed); recomputing.", directory)
+    return None
+  files = {key: row_files.RowFile(os.path.join(directory, f"{key}.f32"), shape)
+           for key, shape in expected.items()}
+  for key, rows in files.items():
+    ok = (os.path.exists(rows.path) and os.path.getsize(rows.path) == rows.expected_bytes()
+          and all(np.all(np.isfinite(c)) for c in rows.chunks()))
+    if not ok:
+      logging.warning("Teacher cache %s: %s is truncated or has non-finite values; "
+                      "recomputing.", directory, key)
+      return None
+  return files
+
+
+def load_or_compute_rows(cache_dir, split_name, ensemble, split, digest, taps=(), write=True):
+  """Like ``load_or_compute_outputs`` for a streamed split, as RowFiles read per batch.
+
+  RUN/teacher_cache/<split>-<fingerprint[:16]>/: one raw float32 file per output (rows in
+  the split's row order) and cache.json with the fingerprint, written last. Memory while
+  computing and training: one batch."""
+  directory = os.path.join(cache_dir, f"{split_name}-{digest[:16]}")
+  expected = _expected_shapes(ensemble, split.num_examples, taps)
+  files = _load_rows(directory, digest, expected)
+  if files is not None:
+    logging.info("Using cached teacher outputs %s.", directory)
+    return files
+  if not write:  # Not the chief: compute a private copy, as the in-memory cache does.
+    directory = tempfile.mkdtemp(prefix="kd_teacher_rows_")
+  os.makedirs(directory, exist_ok=True)
+  files = row_files.write_rows(
+      {key: os.path.join(directory, f"{key}.f32") for key in expected},
+      output_batches(ensemble, split, taps))
+  for key, rows in files.items():
+    if rows.shape != expected[key]:
+      raise ValueError(f"teacher cache {key}: wrote {rows.shape}, expected {expected[key]}")
+  fileio.atomic_write_json(os.path.join(directory, "cache.json"), {
+      "fingerprint": digest, "shapes": {k: list(v) for k, v in expected.items()}})
+  return files
+
+
 def load_or_compute_outputs(cache_dir, split, ensemble, images, digest, taps=(), write=True):
   """Cached {'logits', tap...} for ``split`` when the fingerprint matches, else computed.
 
@@ -149,12 +212,7 @@ def load_or_compute_outputs(cache_dir, split, ensemble, images, digest, taps=(),
   """
   path = cache_path(cache_dir, split, digest)
   if os.path.exists(path):
-    k = len(ensemble)
-    n = _count(images)
-    expected = {"logits": (n, k, ensemble.models[0].output_shape[-1])}
-    for tap in taps:
-      expected[tap] = (n, k) + tuple(ensemble.models[0].get_layer(tap).output.shape[1:])
-    arrays = _load(path, digest, expected)
+    arrays = _load(path, digest, _expected_shapes(ensemble, _count(images), taps))
     if arrays is not None:
       logging.info("Using cached teacher outputs %s.", path)
       return arrays

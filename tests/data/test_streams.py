@@ -3,6 +3,7 @@ resume, the same global batches for 1, 2 and 4 replicas, and under several worke
 example once per epoch with each worker reading only its own shards."""
 
 import collections
+import os
 
 import numpy as np
 import pytest
@@ -96,3 +97,18 @@ def test_center_view_of_the_stream_equals_the_eval_view(sources):
   batch = batches(split, 1)[0]
   evaluated = np.concatenate([b.numpy() for b in split.image_batches(32)])
   np.testing.assert_array_equal(batch["image"], evaluated[batch["index"]])
+
+
+def test_row_file_reads_the_rows_asked_for(tmp_path):
+  from kd_research.data import row_files
+  rng = np.random.default_rng(0)
+  array = rng.normal(size=(50, 2, 3)).astype(np.float32)
+  files = row_files.write_rows({"x": str(tmp_path / "x.f32")},
+                               ({"x": array[i:i + 16]} for i in range(0, 50, 16)))
+  rows = files["x"]
+  assert rows.shape == (50, 2, 3) and os.path.getsize(rows.path) == rows.expected_bytes()
+  index = tf.constant([49, 0, 7, 7, 23], tf.int64)
+  np.testing.assert_array_equal(rows.gather(index).numpy(), array[index.numpy()])
+  ds = tf.data.Dataset.from_tensor_slices(tf.reshape(tf.range(50, dtype=tf.int64), [5, 10]))
+  got = np.concatenate([b.numpy() for b in ds.map(rows.gather)])
+  np.testing.assert_array_equal(got, array)
