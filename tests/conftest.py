@@ -135,6 +135,26 @@ def interrupt_then_resume(config, workdir, teacher_path, monkeypatch, stop_after
   runs.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_path,))
 
 
+def kill_after_checkpoint(cmd, checkpoint_dir, at_least, timeout=240):
+  """Starts ``cmd``, SIGKILLs it once a checkpoint of step >= ``at_least`` exists; returns
+  the newest checkpoint's step after the kill."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    latest = (tf.train.latest_checkpoint(checkpoint_dir) if os.path.isdir(checkpoint_dir)
+              else None)
+    if latest and int(latest.rsplit("-", 1)[1]) >= at_least:
+      break
+    time.sleep(0.01)
+  assert proc.poll() is None, "the run finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  return int(tf.train.latest_checkpoint(checkpoint_dir).rsplit("-", 1)[1])
+
+
 @pytest.fixture(scope="session")
 def conv_teacher(tmp_path_factory):
   """A small convolutional teacher with stage taps (resnet_seed w8 on the synthetic data)."""

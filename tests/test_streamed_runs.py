@@ -3,16 +3,15 @@ command line, a SIGKILL mid-run resumed bit-identical, 1/2/4 replicas alike, 2 w
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import DEFAULT, ENV, REPO, tiny_config, weights_of, write_image_folder
+from conftest import DEFAULT, ENV, REPO, kill_after_checkpoint, tiny_config, weights_of
+from conftest import write_image_folder
 from conftest import write_tfds_dataset
 from kd_research.tools import convert
 from kd_research.train import runs
@@ -73,19 +72,9 @@ def test_sigkill_mid_run_resumes_bit_identical_on_shards(tmp_path, data):
   done = subprocess.run(distill_args(data, data["tfrecord"], full, **extra), cwd=REPO, env=ENV,
                         capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
-  proc = subprocess.Popen(distill_args(data, data["tfrecord"], cut, **extra), cwd=REPO,
-                          env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  ckpt_dir = str(cut / "checkpoints")
-  deadline = time.time() + 240
-  while time.time() < deadline and proc.poll() is None:
-    latest = tf.train.latest_checkpoint(ckpt_dir) if os.path.isdir(ckpt_dir) else None
-    if latest and int(latest.rsplit("-", 1)[1]) >= 20:  # mid-epoch (8 steps per epoch)
-      break
-    time.sleep(0.01)
-  assert proc.poll() is None, "the run finished before it could be killed"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  killed_at = int(tf.train.latest_checkpoint(ckpt_dir).rsplit("-", 1)[1])
+  # Killed mid-epoch (8 steps per epoch) after a checkpoint of step >= 20.
+  killed_at = kill_after_checkpoint(distill_args(data, data["tfrecord"], cut, **extra),
+                                    str(cut / "checkpoints"), 20)
   resumed = subprocess.run(distill_args(data, data["tfrecord"], cut, **extra), cwd=REPO,
                            env=ENV, capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-3000:]

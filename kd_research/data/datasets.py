@@ -122,11 +122,6 @@ def transfer_set(labels, role, train, global_batch_size):
   return train.rows(np.flatnonzero(keep)), None
 
 
-def steps_per_epoch(num_examples, global_batch_size):
-  """Full global batches per epoch (the remainder is dropped, reshuffled next epoch)."""
-  return num_examples // global_batch_size
-
-
 def train_dataset_fn(images, labels, global_batch_size, seed, start_step=0, extras=None,
                      transform=None, threads=0):
   """The training stream of in-memory arrays (splits.ArraySplit.train_fn)."""

@@ -12,7 +12,7 @@ position (training) or weight (evaluation, 0 on padding), plus ``extras`` gather
 import dataclasses
 import functools
 import hashlib
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -54,12 +54,34 @@ def _finish(ds, extras, transform, threads):
   return ds.with_options(streams.options(threads)).prefetch(tf.data.AUTOTUNE)
 
 
-def _permutation_carve(split, count, seed):
-  order = np.random.default_rng(seed).permutation(split.num_examples)
-  return split.rows(order[:count]), split.rows(order[count:])
+def _image_of(example):
+  return example["image"]
 
 
-class ArraySplit(NamedTuple):
+def _weighted(example):
+  """An evaluation example of weight 1, with the fields the padding has."""
+  return {"index": example["index"], "label": example["label"], "image": example["image"],
+          "weight": tf.constant(1.0)}
+
+
+class RandomAccess:
+  """What random-access splits share: rows by index, a seeded carve, the indexed order's
+  epoch length. Subclasses give ``num_examples`` and ``rows(index)``."""
+
+  def carve(self, count, seed):
+    order = np.random.default_rng(seed).permutation(self.num_examples)
+    return self.rows(order[:count]), self.rows(order[count:])
+
+  def head(self, n):
+    return self.rows(np.arange(n))
+
+  def steps_per_epoch(self, global_batch_size, num_pipelines=1):
+    del num_pipelines  # Every pipeline takes its slice of the same global batches.
+    return self.num_examples // global_batch_size
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArraySplit(RandomAccess):
   """Decoded images in memory (the built-in datasets): today's exact streams."""
   images: np.ndarray
   labels: np.ndarray
@@ -74,15 +96,6 @@ class ArraySplit(NamedTuple):
 
   def rows(self, index):
     return ArraySplit(self.images[index], self.labels[index])
-
-  def carve(self, count, seed):
-    return _permutation_carve(self, count, seed)
-
-  def head(self, n):
-    return self.rows(np.arange(n))
-
-  def steps_per_epoch(self, global_batch_size, num_pipelines=1):
-    return self.num_examples // global_batch_size
 
   def digest(self, h):
     h.update(np.ascontiguousarray(self.images).data)
@@ -120,8 +133,8 @@ class ArraySplit(NamedTuple):
       yield tf.cast(self.images[start:start + batch_size], tf.float32)
 
 
-@dataclasses.dataclass(frozen=True)
-class FileSplit:
+@dataclasses.dataclass(frozen=True, eq=False)
+class FileSplit(RandomAccess):
   """One image file per example (an image folder): random access, the indexed order."""
   paths: np.ndarray     # str
   labels: np.ndarray    # int32
@@ -137,15 +150,6 @@ class FileSplit:
 
   def rows(self, index):
     return FileSplit(self.paths[index], self.labels[index], self.view)
-
-  def carve(self, count, seed):
-    return _permutation_carve(self, count, seed)
-
-  def head(self, n):
-    return self.rows(np.arange(n))
-
-  def steps_per_epoch(self, global_batch_size, num_pipelines=1):
-    return self.num_examples // global_batch_size
 
   def digest(self, h):
     h.update("\n".join(self.paths.tolist()).encode())
@@ -308,18 +312,17 @@ class ShardSplit:
 
     def fn(input_context):
       padded = -(-n // global_batch_size) * global_batch_size
-      real = self._eval_examples().map(lambda e: dict(e, weight=tf.constant(1.0)))
+      real = self._eval_examples().map(_weighted)
       pad = tf.data.Dataset.range(padded - n).map(lambda i: {
           "index": tf.constant(0, tf.int64), "label": tf.constant(0, tf.int32),
           "image": tf.zeros(shape, tf.float32), "weight": tf.constant(0.0)})
-      batches = real.map(lambda e: {k: e[k] for k in ("index", "label", "image", "weight")})
-      batches = batches.concatenate(pad).batch(global_batch_size)
+      batches = real.concatenate(pad).batch(global_batch_size)
       ds = streams.replica_slices(batches, input_context, global_batch_size)
       return ds.map(_gather_extras(extras)).with_options(streams.options()).prefetch(2)
     return fn
 
   def image_batches(self, batch_size):
-    ds = self._eval_examples().map(lambda e: e["image"]).batch(batch_size)
+    ds = self._eval_examples().map(_image_of).batch(batch_size)
     yield from ds.with_options(streams.options()).prefetch(2)
 
 

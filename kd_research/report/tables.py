@@ -74,7 +74,7 @@ def data_bench_table(data):
             f"{jpeg['training_pipeline_per_core']:,.1f} |",
             f"| ratio | {jpeg['ratio']:.2f} |",
             f"| cores to feed ResNet-18 at 3,000 images/s | "
-            f"{jpeg['cores_for_resnet18_at_3000']:.0f} |"]
+            f"{jpeg['cores_for_resnet18_at_3000']:.1f} |"]
   return "\n".join(lines)
 
 

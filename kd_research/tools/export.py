@@ -152,7 +152,8 @@ def export_run(workdir, splits, calibration=300, test_limit=10000):
   fileio.check_writable(export_dir)
   model = model_registry.load_keras(model_path)
   shape = tuple(splits.input_shape)
-  images, labels = datasets.in_memory(splits.test, test_limit)
+  test = datasets.in_memory(splits.test, test_limit)
+  images, labels = test.images, test.labels
   reference = _predict(lambda x: model(x.astype(np.float32), training=False).numpy(), images,
                        500).argmax(1)
   artifacts = {}

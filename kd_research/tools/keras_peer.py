@@ -88,14 +88,14 @@ def train_and_evaluate(config, workdir, teacher_path, overwrite=False, kl="defau
     student = model_registry.build(config.student.model, splits.input_shape,
                                    splits.num_classes, config.student.width or None)
     teacher = teachers_lib.load_teacher(teacher_path, splits.input_shape, splits.num_classes)
-    steps_per_epoch = datasets.steps_per_epoch(len(splits.train[0]), config.global_batch_size)
+    steps_per_epoch = splits.train.steps_per_epoch(config.global_batch_size)
     total = steps_per_epoch * config.student.epochs
     lr = schedules.from_config(config.optimizer.learning_rate, total,
                                "config.optimizer.learning_rate")
     model = distiller(teacher, student, alpha, temperature, kl)
     model.compile(optimizer=optimizers.make_optimizer(config.optimizer, lr),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    images, labels = splits.train
+    images, labels = splits.train.images, splits.train.labels
     stream = (tf.data.Dataset.from_tensor_slices((images.astype(np.float32), labels))
               .shuffle(len(images), seed=config.student.seed, reshuffle_each_iteration=True)
               .batch(config.global_batch_size, drop_remainder=True).prefetch(2))

@@ -65,9 +65,9 @@ def test_cifar10_python_batches(tmp_path):
 def test_validation_split_is_disjoint_and_sized():
   config = tiny_config(validation_size=300, train_size=1000)
   splits = datasets.load_splits(config)
-  assert len(splits.validation[0]) == 300 and len(splits.train[0]) == 1000
-  train_rows = {r.tobytes() for r in splits.train[0]}
-  assert not any(r.tobytes() in train_rows for r in splits.validation[0])
+  assert len(splits.validation.images) == 300 and len(splits.train.images) == 1000
+  train_rows = {r.tobytes() for r in splits.train.images}
+  assert not any(r.tobytes() in train_rows for r in splits.validation.images)
   with pytest.raises(UserError, match="train_size"):
     datasets.load_splits(tiny_config(train_size=10**6))
   with pytest.raises(UserError, match="validation_size"):

@@ -46,7 +46,7 @@ def test_artifacts_written_and_reported(exported):
 def test_outputs_match_keras(exported):
   workdir, splits, report = exported
   model = keras.models.load_model(os.path.join(workdir, "model.keras"), compile=False)
-  images = splits.test[0][:64]
+  images = splits.test.images[:64]
   want = tf.nn.softmax(model(images.astype(np.float32))).numpy()
   loaded = tf.saved_model.load(os.path.join(workdir, "export", "saved_model"))
   got = loaded.signatures["serving_default"](images=tf.constant(images))["probabilities"].numpy()

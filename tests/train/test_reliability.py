@@ -3,9 +3,7 @@
 import hashlib
 import json
 import os
-import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -16,7 +14,8 @@ from kd_research.common import fileio
 from kd_research.train import runs
 from kd_research.train import teachers as teachers_lib
 from kd_research.common.errors import UserError
-from conftest import DEFAULT, ENV, REPO, distill_cmd, tiny_config, weights_of
+from conftest import DEFAULT, ENV, REPO, distill_cmd, kill_after_checkpoint, tiny_config
+from conftest import weights_of
 
 
 
@@ -28,19 +27,8 @@ def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path, teacher_file, met
   done = subprocess.run(distill_cmd(full, teacher_file, method), cwd=REPO, env=ENV,
                         capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
-  proc = subprocess.Popen(distill_cmd(cut, teacher_file, method), cwd=REPO, env=ENV,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpt_dir = os.path.join(cut, "checkpoints")
-  deadline = time.time() + 240
-  while time.time() < deadline and proc.poll() is None:
-    latest = tf.train.latest_checkpoint(ckpt_dir) if os.path.isdir(ckpt_dir) else None
-    if latest and int(latest.rsplit("-", 1)[1]) >= 40:
-      break
-    time.sleep(0.02)
-  assert proc.poll() is None, "the run finished before it could be killed"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  killed_at = int(tf.train.latest_checkpoint(ckpt_dir).rsplit("-", 1)[1])
+  killed_at = kill_after_checkpoint(distill_cmd(cut, teacher_file, method), ckpt_dir, 40)
   assert 40 <= killed_at < 4 * 28
   assert not os.path.exists(os.path.join(cut, "results.json"))
   resumed = subprocess.run(distill_cmd(cut, teacher_file, method), cwd=REPO, env=ENV,

@@ -65,7 +65,7 @@ def test_teacher_report_matches_numpy(multi_run):
   # The ensemble and agreement from the teachers' saved models, in NumPy.
   from kd_research.data import datasets
   splits = datasets.load_splits(tiny_config())
-  images, labels = splits.test
+  images, labels = splits.test.images, splits.test.labels
   probs = []
   for stage in ("teacher", "teacher_b", "teacher_c"):
     model = keras.models.load_model(os.path.join(workdir, stage, "model.keras"), compile=False)
