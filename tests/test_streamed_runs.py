@@ -63,6 +63,16 @@ def test_distill_end_to_end_from_each_source(tmp_path, data, kind):
   classes = json.load(open(tmp_path / "run" / "classes.json"))["classes"]
   assert classes == (["class_0", "class_1", "class_2"] if kind != "tfds"
                      else ["dark", "mid", "bright"])
+  if kind == "folder":  # eval and export find the run's streamed data from its config.json
+    out = {}
+    for command in ("eval", "export"):
+      done = subprocess.run([sys.executable, "-m", "kd_research.main", command,
+                             "--experiment=fashion_mnist:tiny", f"--workdir={tmp_path / 'run'}"],
+                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+      assert done.returncode == 0, done.stderr[-3000:]
+      out[command] = done.stdout
+    assert f"test accuracy {100 * results['test_accuracy']:.2f}% over 27" in out["eval"]
+    assert "| tflite_int8 |" in out["export"]
 
 
 def test_sigkill_mid_run_resumes_bit_identical_on_shards(tmp_path, data):

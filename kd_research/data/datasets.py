@@ -70,8 +70,9 @@ def load_splits(config):
 
 
 def in_memory(split, limit=0):
-  """An ArraySplit of ``split``'s eval view (its first ``limit`` examples when > 0): for the
-  tools that need arrays (export's TFLite check). In-memory splits are returned as they are."""
+  """An ArraySplit of ``split``'s eval view as uint8 pixels, like the built-ins' (its first
+  ``limit`` examples when > 0): for the tools that need arrays (export's checks of the
+  uint8 serving signature). In-memory splits are returned as they are."""
   if isinstance(split, splits_lib.ArraySplit):
     return split.head(min(limit, split.num_examples)) if limit else split
   n = min(limit, split.num_examples) if limit else split.num_examples
@@ -81,7 +82,8 @@ def in_memory(split, limit=0):
     count += len(images[-1])
     if count >= n:
       break
-  return splits_lib.ArraySplit(np.concatenate(images)[:n], np.asarray(split.labels)[:n])
+  pixels = np.clip(np.round(np.concatenate(images)[:n]), 0, 255).astype(np.uint8)
+  return splits_lib.ArraySplit(pixels, np.asarray(split.labels)[:n])
 
 
 def labelled_mask(num_examples, count=0, fraction=0.0, seed=0):

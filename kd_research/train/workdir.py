@@ -187,7 +187,7 @@ def splits_of_run(config, workdir):
   config = config.copy_and_resolve_references()
   with config.unlocked():
     for field in ("dataset", "validation_size", "validation_seed", "train_size", "test_size",
-                  "image_size", "data"):
+                  "image_size", "data", "global_batch_size"):
       if isinstance(identity.get(field), dict):
         config[field].update(identity[field])
       elif field in identity:
