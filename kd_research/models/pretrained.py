@@ -19,13 +19,14 @@ from kd_research.common.errors import UserError
 from kd_research.models import registry
 
 APPLICATIONS = {
-    "resnet50": ("ResNet50", "resnet50", 224),
+    "resnet50_keras": ("ResNet50", "resnet50", 224),  # resnet50: the torchvision layout
     "mobilenetv2": ("MobileNetV2", "mobilenet_v2", 224),
     "efficientnetb0": ("EfficientNetB0", "efficientnet", 224),
 }
 # The backbone layers whose outputs are the stage taps stage1..stage4 (strides 4, 8, 16, 32).
 STAGE_LAYERS = {
-    "resnet50": ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
+    "resnet50_keras": ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out",
+                       "conv5_block3_out"),
     "mobilenetv2": ("block_2_add", "block_5_add", "block_12_add", "out_relu"),
     "efficientnetb0": ("block2b_add", "block3b_add", "block5c_add", "top_activation"),
 }

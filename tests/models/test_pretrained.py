@@ -17,7 +17,7 @@ from conftest import DEFAULT, load_experiment, tiny_config
 
 
 
-@pytest.mark.parametrize("name", ["resnet50", "mobilenetv2", "efficientnetb0"])
+@pytest.mark.parametrize("name", ["resnet50_keras", "mobilenetv2", "efficientnetb0"])
 def test_application_teachers_build_at_small_size(name):
   model = model_registry.build(name, (28, 28, 1), 10, image_size=32)
   out = model(np.random.default_rng(0).uniform(0, 255, (2, 28, 28, 1)).astype(np.float32))

@@ -1,0 +1,37 @@
+"""The ImageNet family: published parameter counts, PyTorch conventions, taps, any input."""
+
+import numpy as np
+import pytest
+
+from kd_research.models import imagenet
+from kd_research.models import registry
+
+
+def trainable(model):
+  return int(sum(np.prod(w.shape) for w in model.trainable_weights))
+
+
+@pytest.mark.parametrize("name", sorted(imagenet.PUBLISHED_PARAMS))
+def test_parameter_counts_at_1000_classes_equal_the_published_ones(name):
+  model = registry.build(name, (224, 224, 3), 1000)
+  assert trainable(model) == imagenet.PUBLISHED_PARAMS[name]
+  assert model.get_layer("pooled").output.shape[-1] == (2048 if name == "resnet50" else
+                                                         1024 if name == "mobilenetv1" else 512)
+  strides = [224 // model.get_layer(f"stage{i}").output.shape[1] for i in range(1, 5)]
+  assert strides == [4, 8, 16, 32]
+
+
+def test_pytorch_conventions_and_any_input():
+  import keras
+  model = registry.build("resnet18", (64, 48, 1), 7)
+  bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+  assert bns and all(l.momentum == 0.9 and l.epsilon == 1e-5 for l in bns)
+  convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+  # Kaiming normal, fan-out: std sqrt(2 / (k * k * out)) for the stem's 7x7x64 kernel.
+  stem = convs[0].kernel.numpy()
+  assert stem.std() == pytest.approx(np.sqrt(2 / (7 * 7 * 64)), rel=0.05)
+  logits = model.get_layer("logits")
+  bound = 1 / np.sqrt(512)
+  assert np.abs(logits.kernel.numpy()).max() <= bound and np.abs(logits.bias.numpy()).max() > 0
+  out = model(np.full((2, 64, 48, 1), 128.0, np.float32))
+  assert out.shape == (2, 7) and np.all(np.isfinite(out))
