@@ -139,3 +139,28 @@ def test_teacher_cache_on_shards_matches_the_live_teacher(tmp_path, data, method
   print(f"streamed {method}: cached vs live teacher max |dw| {max(diffs):.2e}")
   assert max(diffs) < 1e-5
   assert results[True]["test_loss"] == pytest.approx(results[False]["test_loss"], rel=1e-5)
+
+
+def test_imagenet_benchmark_mini_on_a_generated_jpeg_folder(tmp_path, data):
+  """The ImageNet protocol end to end (torchvision-layout resnet18 teacher, MobileNet-V1
+  student, SGD + coupled L2, piecewise lr, inception crop seen by teacher and student, kd
+  and dkd students) on the generated image folder."""
+  done = subprocess.run([sys.executable, "-m", "kd_research.main", "pipeline",
+                         "--experiment=imagenet_benchmark:mini", f"--workdir={tmp_path}/run",
+                         f"--config.dataset={data['folder']}"], cwd=REPO, env=ENV,
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.load(open(tmp_path / "run" / "results.json"))
+  assert set(results) == {"teacher", "student_baseline", "student_kd_kd", "student_kd_dkd"}
+  assert results["student_kd_dkd"]["test_count"] == 27
+  identity = json.load(open(tmp_path / "run" / "student_kd_kd" / "seed_0" / "config.json"))
+  assert identity["model"]["model"] == "mobilenetv1" and identity["optimizer"]["l2"] == 1e-4
+  assert identity["data"]["train_view"] == "inception" and identity["image_size"] == 32
+  assert identity["distill"]["alpha"]["start"] == 0.5
+  report = subprocess.run([sys.executable, "-m", "kd_research.main", "report",
+                           f"--workdir={tmp_path}/run", f"--output={tmp_path}/report.md",
+                           "--claims=imagenet_benchmark"], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+  assert report.returncode == 0, report.stderr[-3000:]
+  text = open(tmp_path / "report.md").read()
+  assert "NOT measured here" in text and "| ResNet-34 -> ResNet-18 | 73.31 | 69.76 | 71.03 (a)" in text
