@@ -107,7 +107,10 @@ def base_config():
       teacher_weights=(),        # one per teacher; empty = uniform
       finetune_epochs=0,         # final labels-only epochs (distill, then fine-tune)
       finetune_lr_factor=1.0,    # learning-rate factor for the fine-tuning stage
-      cache_teacher=False))      # teacher-output cache (no random augmentation)
+      # Teacher-output cache: the training split's outputs, or with augmentation / random
+      # crops the outputs on every training view (train/view_cache.py), stored as
+      # cache_dtype (float32: exact; float16: half the disk).
+      cache_teacher=False, cache_dtype="float32"))
   c.distill.update(methods_lib.defaults())  # per-method sections: distill.dkd, .at, ...
   c.run = _run_section()
   c.distribution = ml_collections.ConfigDict(dict(
@@ -201,13 +204,15 @@ def validate(config):
   schedules.from_config(config.optimizer.learning_rate, 1000, "config.optimizer.learning_rate")
   for role, entry in model_entries(config):
     _validate_model(role, entry)
+  mixing = tuple(set(augment.parse_ops(config.augment.ops)) & set(augment.MIXING))
   _validate_distill(config.distill, 1 + len(config.extra_teachers), config.student.epochs,
-                    "config.distill")
+                    "config.distill", mixing)
   for name in config.pipeline.variants:
     for candidate, extra in [(None, None)] + list(config.pipeline.candidates.get(name, {}).items()):
       variant = apply_variant(config, name, extra)
       _validate_distill(variant.distill, 1 + len(config.extra_teachers), config.student.epochs,
-                        f"variant {name}" + (f", candidate {candidate}" if candidate else ""))
+                        f"variant {name}" + (f", candidate {candidate}" if candidate else ""),
+                        mixing)
   unknown = sorted(set(config.pipeline.candidates) - set(config.pipeline.variants))
   _need(not unknown, f"config.pipeline.candidates names {unknown}, which are not variants; "
         f"variants: {', '.join(config.pipeline.variants) or 'none'}.")
@@ -282,15 +287,21 @@ def _validate_model(role, entry):
         f"config.{role}.finetune_lr_factor must be > 0, got {entry.finetune_lr_factor}.")
 
 
-def _validate_distill(d, num_teachers, student_epochs, where):
+def _validate_distill(d, num_teachers, student_epochs, where, mixing=()):
   from kd_research.methods import losses  # pylint: disable=g-import-not-at-top
   names = methods_lib.parse(d.method)
+  _need(not (mixing and "dkd" in names),
+        f"{where}.method={d.method!r} with config.augment.ops={','.join(mixing)}: DKD splits "
+        "the target class from the rest, and mixed images have two. Drop mixup/cutmix or use "
+        "another method (kd, dist, ...).")
   uncacheable = methods_lib.uncacheable(d)
   _need(not (d.cache_teacher and uncacheable),
         f"{where}.cache_teacher=true cannot serve method(s) {', '.join(uncacheable)}: they read "
         "the teachers' feature maps, and the cache holds their logits and vector features "
         "('pooled') only. Turn the cache off (the teacher then runs live), or use a logit "
         "method (kd, dkd, dist) or rkd / pkt / crd with teacher_tap='pooled'.")
+  _need(d.cache_dtype in ("float32", "float16"),
+        f"{where}.cache_dtype={d.cache_dtype!r}; valid: float32 (exact), float16.")
   _need(not d.logit_standardization or {"kd", "dkd"} & set(names),
         f"{where}.logit_standardization modifies kd or dkd; method is {d.method!r}.")
   methods_lib.validate(d, where, student_epochs)

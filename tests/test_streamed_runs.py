@@ -122,21 +122,25 @@ def test_two_workers_train_on_shards(tmp_path, data):
   assert results["steps"] == 2 * 7
 
 
-@pytest.mark.parametrize("method", ["kd", "rkd"])  # rkd also caches the 'pooled' feature
-def test_teacher_cache_on_shards_matches_the_live_teacher(tmp_path, data, method):
+@pytest.mark.parametrize("method,view", [("kd", "center"), ("rkd", "center"),
+                                         ("kd", "inception")])
+def test_teacher_cache_on_shards_matches_the_live_teacher(tmp_path, data, method, view):
+  """rkd also caches the 'pooled' feature; the inception crop changes every step, so its
+  cache holds the teacher's outputs per training view."""
   import glob
   results = {}
   for cache in (False, True):
     config = tiny_config(**{**STREAMED, "dataset": data["tfrecord"],
-                            "data.train_view": "center", "student.epochs": 2,
+                            "data.train_view": view, "student.epochs": 2,
                             "distill.method": method, "distill.cache_teacher": cache})
     results[cache] = runs.train_and_evaluate(config, str(tmp_path / f"c{cache}"), "distill",
                                              DEFAULT, (data["teacher"],))
-  cached = glob.glob(str(tmp_path / "cTrue" / "teacher_cache" / "train-*" / "*.f32"))
+  kind = "train" if view == "center" else "views"
+  cached = glob.glob(str(tmp_path / "cTrue" / "teacher_cache" / f"{kind}-*" / "*.rows"))
   assert len(cached) == (2 if method == "rkd" else 1)  # row files, not an in-memory npz
   diffs = [float(np.max(np.abs(a - b))) for a, b in
            zip(weights_of(str(tmp_path / "cFalse")), weights_of(str(tmp_path / "cTrue")))]
-  print(f"streamed {method}: cached vs live teacher max |dw| {max(diffs):.2e}")
+  print(f"streamed {method}, {view} view: cached vs live teacher max |dw| {max(diffs):.2e}")
   assert max(diffs) < 1e-5
   assert results[True]["test_loss"] == pytest.approx(results[False]["test_loss"], rel=1e-5)
 

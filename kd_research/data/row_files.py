@@ -16,11 +16,13 @@ import tensorflow as tf
 
 
 class RowFile:
-  """Rows of a raw float32 [N, ...] array in ``path`` (see module docstring)."""
+  """Rows of a raw [N, ...] array in ``path`` (see module docstring), stored as ``dtype``
+  (float32, or float16 at half the disk) and read as float32."""
 
-  def __init__(self, path, shape):
+  def __init__(self, path, shape, dtype="float32"):
     self.path, self.shape = path, tuple(int(d) for d in shape)
-    self.row_bytes = 4 * int(np.prod(self.shape[1:]))
+    self.dtype = np.dtype(dtype)
+    self.row_bytes = self.dtype.itemsize * int(np.prod(self.shape[1:]))
     self._fd = None
 
   def __len__(self):
@@ -33,7 +35,8 @@ class RowFile:
     if self._fd is None:
       self._fd = os.open(self.path, os.O_RDONLY)
     parts = [os.pread(self._fd, self.row_bytes, int(i) * self.row_bytes) for i in index]
-    return np.frombuffer(b"".join(parts), np.float32).reshape((len(index),) + self.shape[1:])
+    rows = np.frombuffer(b"".join(parts), self.dtype).reshape((len(index),) + self.shape[1:])
+    return rows.astype(np.float32)
 
   def gather(self, index):
     """[B, ...] float32 rows at ``index`` ([B] int64 tensor), in the graph."""
@@ -50,21 +53,35 @@ class RowFile:
         data = f.read(rows * self.row_bytes)
         if not data:
           return
-        yield np.frombuffer(data, np.float32).reshape((-1,) + self.shape[1:])
+        yield np.frombuffer(data, self.dtype).reshape((-1,) + self.shape[1:])
 
   def __getstate__(self):  # The descriptor is per process.
     return dict(self.__dict__, _fd=None)
 
 
-def write_rows(paths, batches):
-  """Writes float32 ``batches`` ({key: [n_i, ...]} per batch) to ``paths[key]``, each file
-  atomically (temporary name, then renamed); returns {key: RowFile}."""
+class ViewRows:
+  """Rows per training *view*: row ``step * global_batch + position``, the view of the
+  example at ``position`` of the global batch of ``step`` (a deterministic function of the
+  seeds, see data/streams.py and data/augment.py), whatever the replica count."""
+
+  def __init__(self, rows, global_batch_size):
+    self.rows, self.global_batch_size = rows, int(global_batch_size)
+    self.shape = rows.shape
+
+  def gather_batch(self, batch):
+    view = batch["step"] * self.global_batch_size + tf.cast(batch["position"], tf.int64)
+    return self.rows.gather(view)
+
+
+def write_rows(paths, batches, dtype="float32"):
+  """Writes ``batches`` ({key: [n_i, ...]} per batch) as ``dtype`` to ``paths[key]``, each
+  file atomically (temporary name, then renamed); returns {key: RowFile}."""
   files = {key: open(path + ".tmp", "wb") for key, path in paths.items()}
   count, tails = 0, {}
   try:
     for batch in batches:
       for key, value in batch.items():
-        value = np.ascontiguousarray(value, np.float32)
+        value = np.ascontiguousarray(value, dtype)
         files[key].write(value.tobytes())
         tails[key] = value.shape[1:]
       count += len(next(iter(batch.values())))
@@ -73,4 +90,5 @@ def write_rows(paths, batches):
       f.close()
   for key, path in paths.items():
     os.replace(path + ".tmp", path)
-  return {key: RowFile(path, (count,) + tuple(tails.get(key, ()))) for key, path in paths.items()}
+  return {key: RowFile(path, (count,) + tuple(tails.get(key, ())), dtype)
+          for key, path in paths.items()}

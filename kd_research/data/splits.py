@@ -24,22 +24,25 @@ from kd_research.data import streams
 
 
 def _rows(value):
-  """gather(index) of an extra: rows of an in-memory array (a graph constant) or of a
-  row_files.RowFile (read from its file per batch: O(batch) memory)."""
+  """gather(batch) of an extra: rows at the batch's examples ('index') of an in-memory
+  array (a graph constant) or a row_files.RowFile (read per batch: O(batch) memory), or
+  rows at its views (step, position) of a row_files.ViewRows."""
+  if isinstance(value, row_files.ViewRows):
+    return value.gather_batch
   if isinstance(value, row_files.RowFile):
-    return value.gather
+    return lambda batch: value.gather(batch["index"])
   constant = tf.constant(value)
-  return lambda index: tf.gather(constant, index)
+  return lambda batch: tf.gather(constant, batch["index"])
 
 
 def _gather_extras(extras):
-  """A batch map adding each extra's rows at the batch's 'index'."""
+  """A batch map adding each extra's rows (see ``_rows``)."""
   gathers = {key: _rows(value) for key, value in (extras or {}).items()}
 
   def fn(batch):
     out = dict(batch)
     for key, gather in gathers.items():
-      out[key] = gather(batch["index"])
+      out[key] = gather(batch)
     return out
 
   return fn

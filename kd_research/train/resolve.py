@@ -34,6 +34,7 @@ from kd_research.train import state as state_lib
 from kd_research.train import teacher_cache
 from kd_research.train import teacher_sources
 from kd_research.train import teachers as teachers_lib
+from kd_research.train import view_cache
 
 
 def entry_of(config, role):
@@ -68,7 +69,8 @@ class Teachers:
   weights: Optional[list]
   logits: dict
   report: dict
-  train_outputs: Optional[dict]  # the cache: {'logits': [N, K, C], tap: [N, K, D]}
+  # The cache: {'logits': [N, K, C], tap: [N, K, D]} (arrays or row files), or per view.
+  train_outputs: Optional[dict]
   final_temperature: float
 
 
@@ -120,6 +122,17 @@ def resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
                strategy.num_replicas_in_sync, splits.source)
   return Run(config, workdir, role, strategy, splits, chief, entry, spe, phases, lr_fn, state,
               teachers, train, labelled)
+
+
+def augmentation(config, seed, splits, ops=None):
+  """The run's batch augmentation (augment.augment_batch with its config and ``seed``), or
+  None without ops: the training stream's and the view cache's, one definition."""
+  ops = augment.parse_ops(config.augment.ops) if ops is None else ops
+  if not ops:
+    return None
+  return functools.partial(augment.augment_batch, ops=ops, cfg=config.augment, seed=seed,
+                           num_classes=splits.num_classes,
+                           global_batch_size=config.global_batch_size)
 
 
 def _build_model(entry, splits):
@@ -189,9 +202,17 @@ def _teachers_once(config, workdir, ensemble, paths, splits, chief, distill_step
     data = getattr(splits, split)
     split_taps = taps if split == "train" else ()
     if split == "train":
-      teacher_cache.refuse_with_augmentation(augment.parse_ops(config.augment.ops))
-      teacher_cache.refuse_with_random_view(getattr(data, "view", None))
       teacher_cache.refuse_feature_maps(ensemble, taps)
+      ops = augment.parse_ops(config.augment.ops)
+      if view_cache.needed(ops, getattr(data, "view", None)):  # Views change every step.
+        seed = config.student.seed
+        outputs[split] = view_cache.load_or_compute(
+            cache_dir, ensemble, data, augmentation(config, seed, splits, ops), seed,
+            distill_steps, config.global_batch_size,
+            view_cache.fingerprint(paths, data, config, seed, distill_steps, taps), taps,
+            write=chief, dtype=config.distill.cache_dtype,
+            steps_per_epoch=data.steps_per_epoch(config.global_batch_size))
+        continue
     digest = teacher_cache.fingerprint(paths, data, config.mixed_precision,
                                        config.distill.combine, split_taps)
     # A streamed training split's cache stays in files, read per batch (O(batch) memory).
@@ -199,7 +220,7 @@ def _teachers_once(config, workdir, ensemble, paths, splits, chief, distill_step
             if split == "train" and not isinstance(data, splits_lib.ArraySplit)
             else teacher_cache.load_or_compute_outputs)
     outputs[split] = load(cache_dir, split, ensemble, data, digest, split_taps, write=chief)
-  logits = {split: value["logits"] for split, value in outputs.items()}
+  logits = {split: outputs[split]["logits"] for split in ("validation", "test")}
   final_t = float(schedules.from_config(config.distill.temperature, max(distill_steps, 1),
                                         "config.distill.temperature")(max(distill_steps, 1)))
   labels = {"validation": splits.validation.labels, "test": splits.test.labels}

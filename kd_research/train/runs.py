@@ -147,9 +147,7 @@ def train_stream(run, writer=None):
   config, splits = run.config, run.splits
   per_replica = config.global_batch_size // run.strategy.num_replicas_in_sync
   ops = augment.validate(config.augment, splits.input_shape, per_replica)
-  transform = (functools.partial(augment.augment_batch, ops=ops, cfg=config.augment,
-                                 seed=run.entry.seed, num_classes=splits.num_classes,
-                                 global_batch_size=config.global_batch_size) if ops else None)
+  transform = resolve_lib.augmentation(config, run.entry.seed, splits, ops)
   extras = {}
   if run.teachers and run.teachers.train_outputs is not None:
     extras.update(teacher_sources.cache_extras(run.teachers.train_outputs))

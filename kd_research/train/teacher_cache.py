@@ -44,24 +44,6 @@ def fingerprint(teacher_paths, split, mixed_precision, combine, taps=()):
   return h.hexdigest()
 
 
-def refuse_with_augmentation(ops):
-  """The cache is only valid when every epoch feeds the teacher the same images."""
-  if ops:
-    raise UserError(
-        f"config.distill.cache_teacher=true cannot be used with random augmentation "
-        f"(config.augment.ops={','.join(ops)}): the teacher must see the same augmented image "
-        "as the student, which changes every step. Turn one of them off.")
-
-
-def refuse_with_random_view(view):
-  """A random training view (the inception crop) changes every step, like augmentation."""
-  if view is not None and view.train_view != "center":
-    raise UserError(
-        f"config.distill.cache_teacher=true cannot be used with config.data.train_view="
-        f"{view.train_view}: the crop changes every step and the teacher must see it. Use "
-        "train_view=center or run the teacher live.")
-
-
 def refuse_feature_maps(ensemble, taps):
   """Only vector features (e.g. ``pooled``) are small enough to cache."""
   for model in ensemble.models:
@@ -74,8 +56,8 @@ def refuse_feature_maps(ensemble, taps):
             "(the teacher then runs live) or tap 'pooled'.")
 
 
-def output_batches(ensemble, split, taps=(), batch_size=1000):
-  """The teachers' outputs on ``split`` batch by batch ({key: [b, K, D]} numpy)."""
+def output_batches(ensemble, images, taps=()):
+  """The teachers' outputs on an iterable of image batches ({key: [b, K, D]} numpy)."""
   if taps:
     ensemble.tap(taps)
 
@@ -87,14 +69,14 @@ def output_batches(ensemble, split, taps=(), batch_size=1000):
     return {"logits": tf.transpose(out["logits"], [1, 0, 2]), **features}
 
   forward = tf.function(forward)
-  for batch in _batches(split, batch_size):
+  for batch in images:
     yield {key: value.numpy().astype(np.float32) for key, value in forward(batch).items()}
 
 
 def compute_outputs(ensemble, split, taps=(), batch_size=1000):
   """{'logits': [N, K, C], tap: [N, K, D] for each tap}, every teacher in inference mode, on
   ``split``'s eval view in row order (a data/splits.py split, or an image array)."""
-  parts = list(output_batches(ensemble, split, taps, batch_size))
+  parts = list(output_batches(ensemble, _batches(split, batch_size), taps))
   return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
@@ -113,7 +95,7 @@ def compute_logits(ensemble, images, batch_size=1000):
   return compute_outputs(ensemble, images, (), batch_size)["logits"]
 
 
-def _load(path, digest, expected_shapes):
+def _load(path, digest, expected):
   """The cached arrays {key: array} when the file reads, matches ``digest`` and has the
   expected shapes with finite values; None otherwise (then recomputed)."""
   try:
@@ -121,14 +103,14 @@ def _load(path, digest, expected_shapes):
       if str(f["fingerprint"]) != digest:
         logging.info("Teacher cache %s is stale (fingerprint changed); recomputing.", path)
         return None
-      arrays = {key: f[_npz_key(key)] for key in expected_shapes}
+      arrays = {key: f[_npz_key(key)] for key in expected}
   except Exception as e:  # A truncated or corrupt npz raises many types.
     logging.warning("Teacher cache %s is unreadable (%s); recomputing.", path, e)
     return None
   for key, value in arrays.items():
-    if value.shape != expected_shapes[key] or not np.all(np.isfinite(value)):
+    if value.shape != expected[key] or not np.all(np.isfinite(value)):
       logging.warning("Teacher cache %s: %s has shape %s (want %s) or non-finite values; "
-                      "recomputing.", path, key, value.shape, expected_shapes[key])
+                      "recomputing.", path, key, value.shape, expected[key])
       return None
   return arrays
 
@@ -147,7 +129,7 @@ def load_or_compute(cache_dir, split, ensemble, images, digest, write=True):
   return load_or_compute_outputs(cache_dir, split, ensemble, images, digest, (), write)["logits"]
 
 
-def _expected_shapes(ensemble, n, taps):
+def expected_shapes(ensemble, n, taps):
   k = len(ensemble)
   expected = {"logits": (n, k, ensemble.models[0].output_shape[-1])}
   for tap in taps:
@@ -155,7 +137,7 @@ def _expected_shapes(ensemble, n, taps):
   return expected
 
 
-def _load_rows(directory, digest, expected):
+def _load_rows(directory, digest, expected, dtype):
   """{key: RowFile} of a complete row-file cache with this fingerprint, else None."""
   try:
     with open(os.path.join(directory, "cache.json")) as f:
@@ -165,7 +147,7 @@ def _load_rows(directory, digest, expected):
   if meta.get("fingerprint") != digest:
     logging.info("Teacher cache %s is stale (fingerprint changed); recomputing.", directory)
     return None
-  files = {key: row_files.RowFile(os.path.join(directory, f"{key}.f32"), shape)
+  files = {key: row_files.RowFile(os.path.join(directory, f"{key}.rows"), shape, dtype)
            for key, shape in expected.items()}
   for key, rows in files.items():
     ok = (os.path.exists(rows.path) and os.path.getsize(rows.path) == rows.expected_bytes()
@@ -177,30 +159,38 @@ def _load_rows(directory, digest, expected):
   return files
 
 
-def load_or_compute_rows(cache_dir, split_name, ensemble, split, digest, taps=(), write=True):
-  """Like ``load_or_compute_outputs`` for a streamed split, as RowFiles read per batch.
+def rows_cache(directory, digest, expected, outputs, write=True, dtype="float32"):
+  """{key: RowFile} of the cache in ``directory``: loaded when complete and matching
+  ``digest``, else written from ``outputs`` (an iterable of {key: [b, ...]} batches, the
+  teachers run lazily) and checked against the ``expected`` shapes.
 
-  RUN/teacher_cache/<split>-<fingerprint[:16]>/: one raw float32 file per output (rows in
-  the split's row order) and cache.json with the fingerprint, written last. Memory while
-  computing and training: one batch."""
-  directory = os.path.join(cache_dir, f"{split_name}-{digest[:16]}")
-  expected = _expected_shapes(ensemble, split.num_examples, taps)
-  files = _load_rows(directory, digest, expected)
+  One raw file per output (``<key>.rows``, rows in order) and cache.json with the
+  fingerprint, written last. Memory while computing and training: one batch."""
+  files = _load_rows(directory, digest, expected, dtype)
   if files is not None:
     logging.info("Using cached teacher outputs %s.", directory)
     return files
   if not write:  # Not the chief: compute a private copy, as the in-memory cache does.
     directory = tempfile.mkdtemp(prefix="kd_teacher_rows_")
   os.makedirs(directory, exist_ok=True)
-  files = row_files.write_rows(
-      {key: os.path.join(directory, f"{key}.f32") for key in expected},
-      output_batches(ensemble, split, taps))
+  files = row_files.write_rows({key: os.path.join(directory, f"{key}.rows") for key in expected},
+                               outputs, dtype)
   for key, rows in files.items():
     if rows.shape != expected[key]:
       raise ValueError(f"teacher cache {key}: wrote {rows.shape}, expected {expected[key]}")
   fileio.atomic_write_json(os.path.join(directory, "cache.json"), {
-      "fingerprint": digest, "shapes": {k: list(v) for k, v in expected.items()}})
+      "fingerprint": digest, "dtype": str(np.dtype(dtype)),
+      "shapes": {k: list(v) for k, v in expected.items()}})
   return files
+
+
+def load_or_compute_rows(cache_dir, split_name, ensemble, split, digest, taps=(), write=True):
+  """Like ``load_or_compute_outputs`` for a streamed split, as RowFiles read per batch:
+  RUN/teacher_cache/<split>-<fingerprint[:16]>/ (see ``rows_cache``)."""
+  directory = os.path.join(cache_dir, f"{split_name}-{digest[:16]}")
+  expected = expected_shapes(ensemble, split.num_examples, taps)
+  return rows_cache(directory, digest, expected,
+                    output_batches(ensemble, _batches(split, 1000), taps), write)
 
 
 def load_or_compute_outputs(cache_dir, split, ensemble, images, digest, taps=(), write=True):
@@ -212,7 +202,7 @@ def load_or_compute_outputs(cache_dir, split, ensemble, images, digest, taps=(),
   """
   path = cache_path(cache_dir, split, digest)
   if os.path.exists(path):
-    arrays = _load(path, digest, _expected_shapes(ensemble, _count(images), taps))
+    arrays = _load(path, digest, expected_shapes(ensemble, _count(images), taps))
     if arrays is not None:
       logging.info("Using cached teacher outputs %s.", path)
       return arrays

@@ -1,0 +1,76 @@
+"""The teacher-output cache that works with augmentation: outputs per training *view*.
+
+Our views are stateless: the example at (step, position of the global batch) is a function
+of the order seed and the epoch (data/streams.py), and its crop, flip, Cutout, Mixup or
+CutMix a function of (seed, step, position) (data/augment.py, data/preprocess.py). So the
+teachers' outputs on every view a run will train on are known before it starts: one pass
+over the distillation steps' training stream (the same stream, augmented, one global batch
+per step) computes them into row files, row ``step * global_batch + position``
+(row_files.ViewRows), and the student's stream reads its rows by (step, position): memory
+one batch, results independent of the replica count.
+
+Which students share a cache: those whose views are the same, i.e. the same teachers,
+data and split, student seed (it seeds both the order and the augmentation), global batch,
+augmentation config, training view, distillation steps, precision and combine mode: the
+methods and candidates of a sweep at one seed share one cache (in a shared
+``config.run.cache_dir``); another seed, batch or budget makes another one. The
+fingerprint holds all of these. The pass costs one teacher forward per example-epoch,
+once; the storage is printed before it is written.
+"""
+
+import hashlib
+import itertools
+import json
+import os
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from kd_research.data import row_files
+from kd_research.train import teacher_cache
+
+DTYPES = ("float32", "float16")
+
+
+def needed(ops, view):
+  """True when the training views change from epoch to epoch (augmentation, random crop)."""
+  return bool(ops) or (view is not None and view.train_view != "center")
+
+
+def fingerprint(teacher_paths, split, config, seed, steps, taps=()):
+  """A hex digest of everything the views and the teachers' outputs on them depend on."""
+  h = hashlib.sha256()
+  for path in teacher_paths:
+    with open(path, "rb") as f:
+      h.update(hashlib.sha256(f.read()).digest())
+  split.digest(h)
+  h.update(json.dumps([config.augment.to_dict(), int(seed), int(steps),
+                       int(config.global_batch_size), config.mixed_precision,
+                       config.distill.combine, config.distill.cache_dtype, list(taps),
+                       "views-v1"], sort_keys=True, default=str).encode())
+  return h.hexdigest()
+
+
+def storage_bytes(expected, dtype):
+  """Bytes of the cache's row files (``expected``: {key: shape})."""
+  return sum(int(np.prod(shape)) for shape in expected.values()) * np.dtype(dtype).itemsize
+
+
+def load_or_compute(cache_dir, ensemble, split, transform, seed, steps, global_batch_size,
+                    digest, taps=(), write=True, dtype="float32", steps_per_epoch=None):
+  """{key: ViewRows} of the teachers' outputs on the first ``steps`` global batches of
+  ``split``'s training stream (``transform``: the run's augmentation)."""
+  directory = os.path.join(cache_dir, f"views-{digest[:16]}")
+  expected = teacher_cache.expected_shapes(ensemble, steps * global_batch_size, taps)
+  size = storage_bytes(expected, dtype)
+  per_epoch = size * (steps_per_epoch or steps) / max(steps, 1)
+  logging.info("Teacher view cache %s: %d steps x %d views, %s, %.1f MB (%.1f MB per epoch).",
+               directory, steps, global_batch_size, dtype, size / 1e6, per_epoch / 1e6)
+  stream = split.train_fn(global_batch_size, seed, transform=transform)(
+      tf.distribute.InputContext())
+  images = (batch["image"] for batch in itertools.islice(iter(stream), steps))
+  files = teacher_cache.rows_cache(directory, digest, expected,
+                                   teacher_cache.output_batches(ensemble, images, taps),
+                                   write, dtype)
+  return {key: row_files.ViewRows(rows, global_batch_size) for key, rows in files.items()}
