@@ -110,7 +110,8 @@ def base_config():
       # Teacher-output cache: the training split's outputs, or with augmentation / random
       # crops the outputs on every training view (train/view_cache.py), stored as
       # cache_dtype (float32: exact; float16: half the disk).
-      cache_teacher=False, cache_dtype="float32"))
+      # cache_topk > 0: per-view logits as their top k + the tail's mass (FKD's compression).
+      cache_teacher=False, cache_dtype="float32", cache_topk=0))
   c.distill.update(methods_lib.defaults())  # per-method sections: distill.dkd, .at, ...
   c.run = _run_section()
   c.distribution = ml_collections.ConfigDict(dict(
@@ -300,6 +301,8 @@ def _validate_distill(d, num_teachers, student_epochs, where, mixing=()):
         "the teachers' feature maps, and the cache holds their logits and vector features "
         "('pooled') only. Turn the cache off (the teacher then runs live), or use a logit "
         "method (kd, dkd, dist) or rkd / pkt / crd with teacher_tap='pooled'.")
+  _need(isinstance(d.cache_topk, int) and d.cache_topk >= 0,
+        f"{where}.cache_topk must be an integer >= 0 (0: full logits), got {d.cache_topk!r}.")
   _need(d.cache_dtype in ("float32", "float16"),
         f"{where}.cache_dtype={d.cache_dtype!r}; valid: float32 (exact), float16.")
   _need(not d.logit_standardization or {"kd", "dkd"} & set(names),

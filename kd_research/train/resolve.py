@@ -211,7 +211,8 @@ def _teachers_once(config, workdir, ensemble, paths, splits, chief, distill_step
             distill_steps, config.global_batch_size,
             view_cache.fingerprint(paths, data, config, seed, distill_steps, taps), taps,
             write=chief, dtype=config.distill.cache_dtype,
-            steps_per_epoch=data.steps_per_epoch(config.global_batch_size))
+            steps_per_epoch=data.steps_per_epoch(config.global_batch_size),
+            topk=config.distill.cache_topk)
         continue
     digest = teacher_cache.fingerprint(paths, data, config.mixed_precision,
                                        config.distill.combine, split_taps)

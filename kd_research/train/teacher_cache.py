@@ -138,7 +138,9 @@ def expected_shapes(ensemble, n, taps):
 
 
 def _load_rows(directory, digest, expected, dtype):
-  """{key: RowFile} of a complete row-file cache with this fingerprint, else None."""
+  """{key: RowFile} of a complete row-file cache with this fingerprint, else None
+  (``dtype``: one for every key, or {key: dtype})."""
+  dtypes = dtype if isinstance(dtype, dict) else {key: dtype for key in expected}
   try:
     with open(os.path.join(directory, "cache.json")) as f:
       meta = json.load(f)
@@ -147,7 +149,7 @@ def _load_rows(directory, digest, expected, dtype):
   if meta.get("fingerprint") != digest:
     logging.info("Teacher cache %s is stale (fingerprint changed); recomputing.", directory)
     return None
-  files = {key: row_files.RowFile(os.path.join(directory, f"{key}.rows"), shape, dtype)
+  files = {key: row_files.RowFile(os.path.join(directory, f"{key}.rows"), shape, dtypes[key])
            for key, shape in expected.items()}
   for key, rows in files.items():
     ok = (os.path.exists(rows.path) and os.path.getsize(rows.path) == rows.expected_bytes()
@@ -179,7 +181,7 @@ def rows_cache(directory, digest, expected, outputs, write=True, dtype="float32"
     if rows.shape != expected[key]:
       raise ValueError(f"teacher cache {key}: wrote {rows.shape}, expected {expected[key]}")
   fileio.atomic_write_json(os.path.join(directory, "cache.json"), {
-      "fingerprint": digest, "dtype": str(np.dtype(dtype)),
+      "fingerprint": digest, "dtypes": {key: rows.dtype.name for key, rows in files.items()},
       "shapes": {k: list(v) for k, v in expected.items()}})
   return files
 

@@ -27,6 +27,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from kd_research.common.errors import UserError
 from kd_research.data import row_files
 from kd_research.train import teacher_cache
 
@@ -47,8 +48,9 @@ def fingerprint(teacher_paths, split, config, seed, steps, taps=()):
   split.digest(h)
   h.update(json.dumps([config.augment.to_dict(), int(seed), int(steps),
                        int(config.global_batch_size), config.mixed_precision,
-                       config.distill.combine, config.distill.cache_dtype, list(taps),
-                       "views-v1"], sort_keys=True, default=str).encode())
+                       config.distill.combine, config.distill.cache_dtype,
+                       config.distill.cache_topk, list(taps), "views-v1"], sort_keys=True,
+                      default=str).encode())
   return h.hexdigest()
 
 
@@ -57,20 +59,50 @@ def storage_bytes(expected, dtype):
   return sum(int(np.prod(shape)) for shape in expected.values()) * np.dtype(dtype).itemsize
 
 
+def _compressed(expected, k):
+  """The shapes stored for top-k logits: values, indices and the tail's log-sum-exp."""
+  n, teachers, classes = expected.pop("logits")
+  if not 0 < k < classes:
+    raise UserError(f"config.distill.cache_topk={k} must be in [1, {classes - 1}] for "
+                    f"{classes} classes (0 stores the full logits).")
+  return {"topk_values": (n, teachers, k), "topk_indices": (n, teachers, k),
+          "tail_lse": (n, teachers, 1), **expected}
+
+
+def _top_k_batches(outputs, k):
+  for batch in outputs:
+    values, indices, tail = row_files.top_k(tf.constant(batch.pop("logits")), k)
+    yield {"topk_values": values.numpy(), "topk_indices": indices.numpy(),
+           "tail_lse": tail.numpy(), **batch}
+
+
 def load_or_compute(cache_dir, ensemble, split, transform, seed, steps, global_batch_size,
-                    digest, taps=(), write=True, dtype="float32", steps_per_epoch=None):
+                    digest, taps=(), write=True, dtype="float32", steps_per_epoch=None,
+                    topk=0):
   """{key: ViewRows} of the teachers' outputs on the first ``steps`` global batches of
-  ``split``'s training stream (``transform``: the run's augmentation)."""
+  ``split``'s training stream (``transform``: the run's augmentation); with ``topk`` the
+  logits are stored as their top k (row_files.TopKViewRows)."""
   directory = os.path.join(cache_dir, f"views-{digest[:16]}")
   expected = teacher_cache.expected_shapes(ensemble, steps * global_batch_size, taps)
-  size = storage_bytes(expected, dtype)
+  classes = expected["logits"][-1]
+  if topk:
+    expected = _compressed(expected, topk)
+  dtypes = {key: "int32" if key == "topk_indices" else dtype for key in expected}
+  size = sum(storage_bytes({key: shape}, dtypes[key]) for key, shape in expected.items())
   per_epoch = size * (steps_per_epoch or steps) / max(steps, 1)
-  logging.info("Teacher view cache %s: %d steps x %d views, %s, %.1f MB (%.1f MB per epoch).",
-               directory, steps, global_batch_size, dtype, size / 1e6, per_epoch / 1e6)
+  logging.info("Teacher view cache %s: %d steps x %d views, %s%s, %.1f MB (%.1f MB per "
+               "epoch).", directory, steps, global_batch_size, dtype,
+               f", top {topk} logits" if topk else "", size / 1e6, per_epoch / 1e6)
   stream = split.train_fn(global_batch_size, seed, transform=transform)(
       tf.distribute.InputContext())
   images = (batch["image"] for batch in itertools.islice(iter(stream), steps))
+  outputs = teacher_cache.output_batches(ensemble, images, taps)
   files = teacher_cache.rows_cache(directory, digest, expected,
-                                   teacher_cache.output_batches(ensemble, images, taps),
-                                   write, dtype)
-  return {key: row_files.ViewRows(rows, global_batch_size) for key, rows in files.items()}
+                                   _top_k_batches(outputs, topk) if topk else outputs,
+                                   write, dtypes)
+  views = {key: row_files.ViewRows(rows, global_batch_size) for key, rows in files.items()
+           if key in ("logits",) + tuple(taps)}
+  if topk:
+    views["logits"] = row_files.TopKViewRows(files["topk_values"], files["topk_indices"],
+                                             files["tail_lse"], classes, global_batch_size)
+  return views
