@@ -6,7 +6,9 @@ Rows (same models, data and batch): (a) keras.Model Distiller with overridden tr
 trained by fit (the reference); (b) our loop, float32, live teacher; (c) (b) + XLA;
 (d) (b) + mixed bfloat16; (e) (b) + teacher-output cache; (f) the best combination;
 (g) student-only training; (h) 3 teachers live; (i) 3 teachers cached; (j) Keras' own
-keras.distillation.Distiller with LogitsDistillation (Keras >= 3.12), trained by fit.
+keras.distillation.Distiller with LogitsDistillation (Keras >= 3.12), trained by fit;
+(k) (b) with flip + crop augmentation; (l) (k) from the teacher cache of its augmented views
+(its one-off build time is printed apart); (m) (g) with flip + crop.
 Each figure is the median examples/second over several timed windows after warm-up.
 GFLOP/s counts convolution and dense FLOPs per example (student forward + backward = 3x
 forward, plus the teachers' forward when live) against a measured 2048^2 matmul peak.
@@ -54,6 +56,8 @@ ROW_NAMES = {
     "c": "our loop + XLA jit", "d": "our loop + mixed bf16", "e": "our loop + teacher cache",
     "f": "best combination", "g": "student only (floor)", "h": "our loop, 3 teachers live",
     "i": "our loop, 3 teachers cached", "j": "keras.distillation Distiller (fit), fp32",
+    "k": "augmented (flip, crop), live teacher", "l": "augmented, cached views",
+    "m": "augmented, student only (floor)",
 }
 
 
@@ -77,7 +81,8 @@ def _measure_methods(opts, strategy, profile_dir, profiles):
 
 OPTIONS = {"b": {}, "c": {"jit": True}, "d": {"precision": "bf16"}, "e": {"cache": True},
            "g": {"student_only": True}, "h": {"teachers": 3},
-           "i": {"teachers": 3, "cache": True}}
+           "i": {"teachers": 3, "cache": True}, "k": {"augment": True},
+           "l": {"augment": True, "cache": True}, "m": {"augment": True, "student_only": True}}
 
 
 def _check_rows(opts):

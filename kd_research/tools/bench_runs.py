@@ -155,7 +155,7 @@ def _time_loop(opts, loop, iterator, profile_dir=None):
   return _rate(times, opts.batch, opts.window), table
 
 
-def bench_config(opts, overrides=(), role="distill", teachers=1):
+def bench_config(opts, overrides=(), role="distill", teachers=1, needed_steps=0):
   """The config of a bench row: a real run's config (config.base_config) with the bench's
   models, data size and batch, Adam at a constant 1e-3, KD alpha 0.7 / T 4 constant."""
   from kd_research import config as config_lib  # pylint: disable=g-import-not-at-top
@@ -172,7 +172,11 @@ def bench_config(opts, overrides=(), role="distill", teachers=1):
     config.validation_size, config.test_size = min(1000, available // 4), 500
     config.train_size = min(opts.examples, available - config.validation_size)
     config.teacher = config_lib.model_config(opts.teacher, opts.teacher_width)
-    config.student = config_lib.model_config(opts.student, opts.student_width, epochs=1000)
+    # A long budget (the timed windows end long before it), or with ``needed_steps`` (the
+    # view cache is built for the whole budget) just enough epochs to cover them.
+    spe = max(1, (config.train_size or available - config.validation_size) // opts.batch)
+    epochs = -(-needed_steps // spe) if needed_steps else 1000
+    config.student = config_lib.model_config(opts.student, opts.student_width, epochs=epochs)
     config.optimizer.learning_rate = config_lib.schedule(1e-3)
     config.distill.alpha = config_lib.schedule(0.7)
     config.distill.temperature = config_lib.schedule(4.0)
@@ -216,14 +220,21 @@ def run_resolved(opts, overrides=(), role="distill", teachers=1, profile_dir=Non
   from kd_research.train import resolve  # pylint: disable=g-import-not-at-top
   from kd_research.train import runs  # pylint: disable=g-import-not-at-top
   strategy = strategy or tf.distribute.get_strategy()
-  config = bench_config(opts, overrides, role, teachers)
+  overrides = dict(overrides)
+  views = overrides.get("distill.cache_teacher") and overrides.get("augment.ops")
+  needed = opts.window * (opts.windows + 3) if views else 0  # warm-up, windows, profile
+  config = bench_config(opts, overrides, role, teachers, needed)
   workdir = tempfile.mkdtemp(prefix="kd_bench_")
   paths = _teacher_files(config, teachers, workdir) if role == "distill" else ()
   precision.set_policy(config.mixed_precision)
   try:
     keras.utils.set_random_seed(config.student.seed)
+    start = time.perf_counter()
     run = resolve.resolve(config, os.path.join(workdir, "run"), role, strategy,
                           datasets.load_splits(config), tuple(paths), chief=True)
+    if views:
+      print(f"  the view cache of {needed} steps took {time.perf_counter() - start:.1f} s to "
+            "build (with the teacher checks), once", flush=True)
     driver = runs.make_driver(run, writer=None)
     loop = driver.loop_for(run.phases[-1] if role != "distill" else
                            next(p for p in run.phases if p.name == "distill"))
@@ -236,10 +247,12 @@ def run_resolved(opts, overrides=(), role="distill", teachers=1, profile_dir=Non
 
 
 def run_our_loop(opts, x, y, num_classes, precision="none", jit=False, cache=False, teachers=1,
-                 student_only=False, profile_dir=None, strategy=None):
-  """(b)-(i): our loop through the run resolver with the chosen options (see OPTIONS)."""
+                 student_only=False, profile_dir=None, strategy=None, augment=False):
+  """(b)-(i), (k)-(m): our loop through the run resolver with the chosen options (OPTIONS)."""
   del x, y, num_classes
   overrides = {"mixed_precision": precision, "run.jit_compile": jit,
                "distill.cache_teacher": cache}
+  if augment:
+    overrides["augment.ops"] = ("flip", "crop")
   return run_resolved(opts, overrides, "student" if student_only else "distill", teachers,
                       profile_dir, strategy)
