@@ -57,6 +57,17 @@ def _finish(ds, extras, transform, threads):
   return ds.with_options(streams.options(threads)).prefetch(tf.data.AUTOTUNE)
 
 
+def _train_view(view, seed):
+  """image_fn(encoded, example) of the training view, keyed on (step, position)."""
+  return lambda encoded, e: preprocess.train_image(encoded, view, seed, e["step"],
+                                                   e["position"])
+
+
+def _eval_view(view):
+  """image_fn(encoded, example) of the evaluation view."""
+  return lambda encoded, e: preprocess.eval_image(encoded, view)
+
+
 def _image_of(example):
   return example["image"]
 
@@ -170,14 +181,12 @@ class FileSplit(RandomAccess):
 
   def train_fn(self, global_batch_size, seed, start_step=0, extras=None, transform=None,
                threads=0):
-    view = self.view
 
     def fn(input_context):
       per_replica = streams.per_replica_batch(input_context, global_batch_size)
       batches = streams.indexed_batches(self.num_examples, global_batch_size, seed, start_step)
       ds = streams.replica_slices(batches, input_context, global_batch_size).unbatch()
-      load = self._load(lambda encoded, e: preprocess.train_image(
-          encoded, view, seed, e["step"], e["position"]))
+      load = self._load(_train_view(self.view, seed))
       ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
       return _finish(ds.batch(per_replica, drop_remainder=True), extras, transform, threads)
     return fn
@@ -188,14 +197,14 @@ class FileSplit(RandomAccess):
       batches = tf.data.Dataset.from_tensor_slices({"index": rows, "weight": weight})
       per_replica = streams.per_replica_batch(input_context, global_batch_size)
       ds = streams.replica_slices(batches, input_context, global_batch_size).unbatch()
-      ds = ds.map(self._load(lambda encoded, e: preprocess.eval_image(encoded, self.view)),
+      ds = ds.map(self._load(_eval_view(self.view)),
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
       ds = ds.batch(per_replica, drop_remainder=True)
       return ds.map(_gather_extras(extras)).with_options(streams.options()).prefetch(2)
     return fn
 
   def image_batches(self, batch_size):
-    load = self._load(lambda encoded, e: preprocess.eval_image(encoded, self.view))
+    load = self._load(_eval_view(self.view))
     ds = tf.data.Dataset.range(self.num_examples).map(lambda i: load({"index": i}),
                                                        num_parallel_calls=tf.data.AUTOTUNE,
                                                        deterministic=True)
@@ -286,7 +295,6 @@ class ShardSplit:
 
   def train_fn(self, global_batch_size, seed, start_step=0, extras=None, transform=None,
                threads=0):
-    view = self.view
 
     def fn(input_context):
       per_replica = streams.per_replica_batch(input_context, global_batch_size)
@@ -299,15 +307,14 @@ class ShardSplit:
       ds = streams.sharded_examples(
           streams.pipeline_segments(self.segments, input_context), seed, spe, pipeline_batch,
           first, start_step, self.shuffle_buffer)
-      decode = self._decode(lambda encoded, e: preprocess.train_image(
-          encoded, view, seed, e["step"], e["position"]))
+      decode = self._decode(_train_view(self.view, seed))
       ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
       return _finish(ds.batch(per_replica, drop_remainder=True), extras, transform, threads)
     return fn
 
   def _eval_examples(self):
     return streams.canonical_records(self.segments).map(
-        self._decode(lambda encoded, e: preprocess.eval_image(encoded, self.view)),
+        self._decode(_eval_view(self.view)),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
   def eval_fn(self, global_batch_size, extras=None):
