@@ -83,7 +83,21 @@ def describe(config):
                 + (" + ls" if d.get("logit_standardization") and method == "kd" else ""))
     label += f", fine-tune {d['finetune_epochs']} ep" if d["finetune_epochs"] else ""
     label += f", {config['trainer']} Distiller (fit)" if config.get("trainer") else ""
+    label += _cache_form(config)
   return label
+
+
+def _cache_form(config):
+  """', cached views (float16, top 3)': how a run with augmentation got its teacher outputs
+  ('' for a live teacher, and for the plain cache without augmentation, as before)."""
+  d = config["distill"]
+  views = config.get("augment", {}).get("ops") or config.get("data", {}).get(
+      "train_view", "center") != "center"
+  if not (d.get("cache_teacher") and views) and not d.get("cache_topk"):
+    return ""
+  form = [d.get("cache_dtype", "float32")] + ([f"top {d['cache_topk']}"]
+                                               if d.get("cache_topk") else [])
+  return f", cached views ({', '.join(form)})"
 
 
 def budget(config):
