@@ -14,7 +14,9 @@ PRESETS = {"fashion_mnist": ["quick", "full", "tiny"], "cifar10_seed": [None, "m
            "method_benchmark": ["article", "resnet", "curve", "short", "long", "why", "tiny"],
            "cifar100_benchmark": ["resnet32x4_resnet8x4", "wrn_40_2_wrn_16_2",
                                   "resnet56_resnet20", "vgg13_vgg8", "vgg13_mobilenetv2",
-                                  "mini"]}
+                                  "mini"],
+           "imagenet_benchmark": ["resnet34_resnet18", "resnet50_mobilenetv1", "mini"],
+           "fashion_mnist_view_cache": [None]}
 
 
 def test_every_experiment_module_is_covered():
@@ -56,3 +58,17 @@ def test_cifar100_protocol_and_claimed_table():
   assert resnet.pipeline.variants.kd.alpha == 0.9
   for figure in ("79.42", "72.50", "75.51", "76.32", "71.97"):
     assert figure in cifar100_benchmark.CLAIMED_TABLE
+
+
+def test_imagenet_protocol_and_claimed_table():
+  from experiments import imagenet_benchmark  # pylint: disable=g-import-not-at-top
+  config = load_experiment("imagenet_benchmark", "resnet50_mobilenetv1")
+  assert (config.teacher.model, config.student.model) == ("resnet50", "mobilenetv1")
+  assert config.optimizer.name == "sgd" and config.optimizer.l2 == 1e-4
+  assert config.image_size == 224 and config.data.train_view == "inception"
+  lr = config.optimizer.learning_rate  # 0.1 at batch 256, x0.1 at epochs 30, 60, 90 of 100
+  assert lr["values"] == pytest.approx((0.1, 0.01, 0.001, 0.0001))
+  assert lr["boundaries"] == pytest.approx((0.3, 0.6, 0.9))
+  assert imagenet_benchmark.learning_rate(512)["start"] == pytest.approx(0.2)
+  for figure in ("71.03 (a)", "71.70 (a)", "72.05 (a)", "72.07 (b)", "73.31", "68.87"):
+    assert figure in imagenet_benchmark.CLAIMED_TABLE

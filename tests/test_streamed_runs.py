@@ -94,7 +94,7 @@ def test_sigkill_mid_run_resumes_bit_identical_on_shards(tmp_path, data):
   assert max(diffs) == 0.0
 
 
-@pytest.mark.parametrize("replicas", [2, 4])
+@pytest.mark.parametrize("replicas", [4])  # 1, 2, 4 alike batch for batch: test_streams.py
 def test_replica_count_does_not_change_a_streamed_run(tmp_path, data, strategy_factory,
                                                       replicas):
   config = tiny_config(**STREAMED, dataset=data["tfrecord"],
@@ -147,16 +147,16 @@ def test_teacher_cache_on_shards_matches_the_live_teacher(tmp_path, data, method
 
 def test_imagenet_benchmark_mini_on_a_generated_jpeg_folder(tmp_path, data):
   """The ImageNet protocol end to end (torchvision-layout resnet18 teacher, MobileNet-V1
-  student, SGD + coupled L2, piecewise lr, inception crop seen by teacher and student, kd
-  and dkd students) on the generated image folder."""
+  student, SGD + coupled L2, piecewise lr, inception crop seen by teacher and student, a
+  kd student) on the generated image folder."""
   done = subprocess.run([sys.executable, "-m", "kd_research.main", "pipeline",
                          "--experiment=imagenet_benchmark:mini", f"--workdir={tmp_path}/run",
                          f"--config.dataset={data['folder']}"], cwd=REPO, env=ENV,
                         capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   results = json.load(open(tmp_path / "run" / "results.json"))
-  assert set(results) == {"teacher", "student_baseline", "student_kd_kd", "student_kd_dkd"}
-  assert results["student_kd_dkd"]["test_count"] == 27
+  assert set(results) == {"teacher", "student_baseline", "student_kd_kd"}
+  assert results["student_kd_kd"]["test_count"] == 27
   identity = json.load(open(tmp_path / "run" / "student_kd_kd" / "seed_0" / "config.json"))
   assert identity["model"]["model"] == "mobilenetv1" and identity["optimizer"]["l2"] == 1e-4
   assert identity["data"]["train_view"] == "inception" and identity["image_size"] == 32

@@ -185,11 +185,11 @@ def measure(opts):
   """Every input-pipeline figure; returns the report's 'data' section."""
   quick = opts.quick
   workdir = tempfile.mkdtemp(prefix="kd_bench_data_")
-  rows = source_rows(workdir, 1000 if quick else 4000, 64, 56)
+  rows = source_rows(workdir, 400 if quick else 4000, 64, 56)
   image_size = 32
-  train_specs, _ = prepare(os.path.join(workdir, "train"), 4096 if quick else 8192, 36)
+  train_specs, _ = prepare(os.path.join(workdir, "train"), 2048 if quick else 8192, 36)
   rates = training_ratio(opts, train_specs, image_size)
-  jpeg = jpeg_rows(workdir, 64 if quick else 256)
+  jpeg = jpeg_rows(workdir, 32 if quick else 256)
   ratios = {role: rates[f"{role}, tfrecord: streamed"] / rates[f"{role}, in memory"]
             for role in ("student", "distill")}
   return {"sources": rows, "training": rates, "training_ratio": ratios, "jpeg": jpeg,
