@@ -80,17 +80,12 @@ def test_bench_quick_smoke(tmp_path):
   out = run_main_module("kd_research.tools.bench", "--quick", "--dataset=synthetic",
                         "--teacher=mlp", "--teacher_width=64", "--student=mlp",
                         "--student_width=16", f"--output={tmp_path}/bench.json",
-                        "--profile=b", "--rows=a,b,c,d,e,f,g,h,i,j,k,l,m", "--data")
+                        "--profile=b", "--rows=a,b,c,d,e,f,g,h,i,j,k,l,m")
   assert out.returncode == 0, out.stderr[-3000:]
   report = json.load(open(tmp_path / "bench.json"))
   assert [r["row"] for r in report["rows"]] == list("abcdefghijklm")
   assert "the view cache of" in out.stdout  # row (l) builds its cache apart from the timing
-  data = report["data"]  # the input-pipeline rows
-  assert [r["source"] for r in data["sources"]] == ["in memory (decoded)", "folder:",
-                                                    "tfrecord:", "tfds:"]
-  assert all(r["examples_per_second_per_core"] > 0 for r in data["sources"])
-  assert set(data["training_ratio"]) == {"student", "distill"}
-  assert data["jpeg"]["raw_decode_per_core"] > 0 and "| ratio |" in report["data_table"]
+
   assert all(r["examples_per_second"] > 0 and r["gflops"] > 0 for r in report["rows"])
   assert "| (f) | best combination" in out.stdout
   # The profiled row: MLPs spend op time in MatMul (forward and backward). The table groups
