@@ -97,22 +97,7 @@ def base_config():
   c.augment = ml_collections.ConfigDict(dict(
       ops=(), crop_padding=2, rotation_degrees=10.0, cutout_size=8, mixup_alpha=0.2,
       cutmix_alpha=1.0))
-  c.distill = ml_collections.ConfigDict(dict(
-      # kd | dkd | dist | fitnets | at | rkd | pkt | sp | crd (every registered method), or
-      # several: 'kd,at'.
-      method="kd",
-      ce_weight=1.0,             # CE weight of the methods beyond kd (kd weighs it 1 - alpha)
-      logit_standardization=False,  # Sun et al. 2024: standardised logits in kd / dkd
-      alpha=schedule(0.7), temperature=schedule(10.0), combine="prob_mean",
-      teacher_weights=(),        # one per teacher; empty = uniform
-      finetune_epochs=0,         # final labels-only epochs (distill, then fine-tune)
-      finetune_lr_factor=1.0,    # learning-rate factor for the fine-tuning stage
-      # Teacher-output cache: the training split's outputs, or with augmentation / random
-      # crops the outputs on every training view (train/view_cache.py), stored as
-      # cache_dtype (float32: exact; float16: half the disk).
-      # cache_topk > 0: per-view logits as their top k + the tail's mass (FKD's compression).
-      cache_teacher=False, cache_dtype="float32", cache_topk=0))
-  c.distill.update(methods_lib.defaults())  # per-method sections: distill.dkd, .at, ...
+  c.distill = _distill_section()
   c.run = _run_section()
   c.distribution = ml_collections.ConfigDict(dict(
       strategy="default",
@@ -138,6 +123,27 @@ def _pipeline_section():
       candidates=ml_collections.ConfigDict(),
       sweep_dir="",              # default: <parent of WORKDIR>_sweep/<name of WORKDIR>
       export_students=True))     # SavedModel + TFLite of each distilled student
+
+
+def _distill_section():
+  """The distillation fields, with every registered method's own section (distill.dkd, ...)."""
+  distill = ml_collections.ConfigDict(dict(
+      # kd | dkd | dist | fitnets | at | rkd | pkt | sp | crd (every registered method), or
+      # several: 'kd,at'.
+      method="kd",
+      ce_weight=1.0,             # CE weight of the methods beyond kd (kd weighs it 1 - alpha)
+      logit_standardization=False,  # Sun et al. 2024: standardised logits in kd / dkd
+      alpha=schedule(0.7), temperature=schedule(10.0), combine="prob_mean",
+      teacher_weights=(),        # one per teacher; empty = uniform
+      finetune_epochs=0,         # final labels-only epochs (distill, then fine-tune)
+      finetune_lr_factor=1.0,    # learning-rate factor for the fine-tuning stage
+      # Teacher-output cache: the training split's outputs, or with augmentation / random
+      # crops the outputs on every training view (train/view_cache.py), stored as
+      # cache_dtype (float32: exact; float16: half the disk).
+      # cache_topk > 0: per-view logits as their top k + the tail's mass (FKD's compression).
+      cache_teacher=False, cache_dtype="float32", cache_topk=0))
+  distill.update(methods_lib.defaults())  # per-method sections: distill.dkd, .at, ...
+  return distill
 
 
 def _data_section():
