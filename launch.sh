@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # kd_research entry point. ./launch.sh help lists the commands.
 set -euo pipefail
+# Users' own model modules (--config.student.model=package.module:function) import from the
+# directory this script was called from, as they would from a Python prompt there.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 cd "$(dirname "$0")"
 
 VENV="${KD_VENV:-.venv}"

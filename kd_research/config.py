@@ -12,12 +12,15 @@ run's result (its identity, ``workdir.run_identity``); the sections ``run``
 entries (``distill.alpha.start``, ``.end``, ``.kind``, ...); lists are tuples.
 """
 
+import os
+
 import ml_collections
 
 from kd_research.data import augment
 from kd_research.data import sources
 from kd_research.methods import registry as methods_lib
 from kd_research.models import registry as model_registry
+from kd_research.models import user as user_models
 from kd_research.runtime import precision
 from kd_research.common import schedules
 from kd_research.common.errors import UserError
@@ -28,7 +31,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 # Sections that never change a run's result (left out of its identity).
 NOT_IDENTITY = ("run", "distribution", "pipeline")
 _MODEL_FIELDS = ("model", "width", "sync_bn", "epochs", "seed", "path", "image_size", "weights",
-                 "head_epochs", "unfreeze_top", "finetune_lr_factor")
+                 "head_epochs", "unfreeze_top", "finetune_lr_factor", "kwargs", "init")
 
 
 def schedule(start, kind="constant", end=None, warmup_steps=0, warmup_from=0.0,
@@ -44,12 +47,18 @@ def schedule(start, kind="constant", end=None, warmup_steps=0, warmup_from=0.0,
 def model_config(name, width=0, epochs=1, seed=0, path="", **kwargs):
   """One model entry: registry name, width (0 = model default), BN sync, epochs, seed, path.
 
+  ``model`` may also be the user's ``package.module:function`` (models/user.py), called with
+  the data's input_shape and num_classes and ``kwargs`` (a JSON object). ``init``: a
+  ``.keras`` file to start training from (its architecture and weights; ``model`` then
+  only names it). ``path`` (teachers): a trained ``.keras`` file used instead of training.
+
   keras.applications teachers also use image_size (0 = 224), weights ('' | 'imagenet' |
   file), head_epochs (head-only warm-up before unfreezing), unfreeze_top (backbone layers
   to unfreeze; 0 = all) and finetune_lr_factor (learning-rate factor after unfreezing).
   """
   entry = dict(model=name, width=width, sync_bn=False, epochs=epochs, seed=seed, path=path,
-               image_size=0, weights="", head_epochs=0, unfreeze_top=0, finetune_lr_factor=0.1)
+               image_size=0, weights="", head_epochs=0, unfreeze_top=0, finetune_lr_factor=0.1,
+               kwargs="", init="")
   unknown = set(kwargs) - set(entry)
   if unknown:
     raise ValueError(f"model_config got unknown fields {sorted(unknown)}")
@@ -279,9 +288,16 @@ def _validate_model(role, entry):
   for field in _MODEL_FIELDS:
     _need(field in entry, f"config.{role} lacks the field {field!r}; build entries with "
           "config.model_config(...).")
-  _need(entry.model in model_registry.names(),
-        f"config.{role}.model={entry.model!r} is unknown; "
-        f"valid models: {', '.join(model_registry.names())}.")
+  _need(entry.init or entry.path or model_registry.is_known(entry.model),
+        f"config.{role}.model={entry.model!r} is unknown; valid models: "
+        f"{', '.join(model_registry.names())}, or your own package.module:function.")
+  kwargs = user_models.parse_kwargs(entry.kwargs, f"config.{role}.kwargs")
+  _need(not kwargs or user_models.is_spec(entry.model),
+        f"config.{role}.kwargs={entry.kwargs!r} is for a user model (package.module:function); "
+        f"{entry.model} is a registry model (its options: width, sync_bn).")
+  _need(not entry.init or (entry.init.endswith(".keras") and os.path.isfile(entry.init)),
+        f"config.{role}.init={entry.init!r}: a starting point must be an existing .keras "
+        "file.")
   _need(entry.epochs >= 1, f"config.{role}.epochs must be a positive integer, got {entry.epochs}.")
   _need(entry.width >= 0, f"config.{role}.width must be >= 0 (0 = default), got {entry.width}.")
   _need(0 <= entry.head_epochs < entry.epochs or entry.head_epochs == 0,

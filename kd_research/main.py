@@ -27,6 +27,8 @@ flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints, T
                     "events, results. Rerunning the same command resumes here.")
 flags.DEFINE_enum("role", "student", ("teacher", "student"), "For 'train': which model of the "
                   "config to train on labels only.")
+flags.DEFINE_bool("verbose", False, "Show TensorFlow's and the libraries' INFO and WARNING "
+                  "lines with absl's full prefixes (quiet by default: the run's own lines).")
 flags.DEFINE_bool("overwrite", False, "Discard a different or finished run in --workdir.")
 flags.DEFINE_enum("keras_kl", "default", ("default", "instance"), "For 'keras_peer': Keras' "
                   "LogitsDistillation loss as a user calls it (default) or with a "
@@ -143,6 +145,8 @@ def main(argv):
   if not flags.FLAGS.workdir:
     sys.stderr.write("error: --workdir is required (the run directory).\n")
     sys.exit(2)
+  from kd_research.common import console  # pylint: disable=g-import-not-at-top
+  console.configure(flags.FLAGS.verbose)
   config = flags.FLAGS.config
   config.run.experiment = flags.FLAGS.experiment or flags.FLAGS["config"].config_filename
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -273,6 +277,10 @@ TOOLS = {"report": report_command, "multiworker": multiworker_command}
 
 def run():
   """Console entry point (also used by ``python -m kd_research.main``)."""
+  from kd_research.common import console  # pylint: disable=g-import-not-at-top
+  if len(sys.argv) > 1 and sys.argv[1] in COMMANDS and not {"-h", "--help", "--helpfull"} & set(
+      sys.argv):  # Before the experiment's config imports it: quiet unless --verbose.
+    console.import_tensorflow(console.verbose_requested(sys.argv))
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "Experiment config file and preset, "
                                   "e.g. experiments/fashion_mnist.py:quick.", lock_config=True)

@@ -10,12 +10,17 @@ from kd_research.common.errors import UserError
 
 def atomic_write_text(path, text):
   """Writes ``text`` to a temporary file in the same directory, fsyncs, then renames."""
+  atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path, data):
+  """Writes ``data`` to a temporary file in the same directory, fsyncs, then renames."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".")
   try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)

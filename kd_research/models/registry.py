@@ -19,10 +19,12 @@ them, so adding a family is one new file.
 """
 
 import dataclasses
+import os
 from typing import Callable
 
 from kd_research.common import plugins
 from kd_research.common.errors import UserError
+from kd_research.models import user
 
 _PACKAGE = "kd_research.models"
 _REGISTERED = {}
@@ -73,12 +75,35 @@ def load_keras(path):
   return keras.models.load_model(path, compile=False, safe_mode=True)
 
 
+def is_known(name):
+  """A registered name, or a user's ``package.module:function`` (checked when built)."""
+  return user.is_spec(name) or name in families()
+
+
+def load_start(path, input_shape, num_classes, where):
+  """A student's starting point from a ``.keras`` file (safe mode), checked against the data."""
+  if not str(path).endswith(".keras") or not os.path.isfile(path):
+    raise UserError(f"{where}={path!r}: a student's starting point is an existing .keras file.")
+  try:
+    model = load_keras(path)
+  except Exception as e:  # Keras raises many types on a corrupt or foreign file.
+    raise UserError(f"{where}: cannot load {path}: {type(e).__name__}: {e}") from None
+  user.check_against_data(model, f"{where} ({path})", input_shape, num_classes)
+  return model
+
+
 def build(name, input_shape, num_classes, width=None, sync_bn=False, image_size=None,
-          weights=""):
+          weights="", kwargs=None):
   """Builds the registered model ``name`` for images of ``input_shape`` and ``num_classes``.
 
-  ``image_size`` and ``weights`` apply to the pretrained backbones only.
+  ``image_size`` and ``weights`` apply to the pretrained backbones only; a user's
+  ``module:function`` (models/user.py) gets ``kwargs`` instead of width and BN sync.
   """
+  if user.is_spec(name):
+    return user.build(name, input_shape, num_classes, kwargs or {})
+  if kwargs:
+    raise UserError(f"model {name} is a registry model; kwargs {sorted(kwargs)} are for user "
+                    "models (package.module:function). Its options are width and sync_bn.")
   registered = families()
   if name not in registered:
     raise UserError(f"Unknown model {name!r}; valid models: {', '.join(registered)}.")

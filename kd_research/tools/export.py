@@ -21,12 +21,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kd_research.common import console
 from kd_research.data import datasets
 from kd_research.data import splits as splits_lib
 from kd_research.models import registry as model_registry
 from kd_research.common import timing
 from kd_research.common import fileio
 from kd_research.train import results as results_lib
+from kd_research.train import workdir as workdir_lib
 from kd_research.common.errors import UserError
 
 
@@ -77,7 +79,8 @@ def _configure_and_convert(converter, mode, calibration_images):
         yield [image[None].astype(np.float32)]
 
     converter.representative_dataset = representative
-  return converter.convert()
+  with console.native_output_captured(console.quiet()):  # The converter's settings dump.
+    return converter.convert()
 
 
 def tflite_interpreter():
@@ -100,7 +103,8 @@ class TFLiteRunner:
 
   def __init__(self, path, interpreter_class=None):
     interpreter_class = interpreter_class or tflite_interpreter()[0]
-    self.interpreter = interpreter_class(model_path=path, num_threads=2)
+    with console.native_output_captured(console.quiet()):  # "Created ... XNNPACK delegate".
+      self.interpreter = interpreter_class(model_path=path, num_threads=2)
     self._batch = None
 
   def __call__(self, images):
@@ -108,7 +112,8 @@ class TFLiteRunner:
     inp = interp.get_input_details()[0]
     if self._batch != len(images):
       interp.resize_tensor_input(inp["index"], [len(images), *images.shape[1:]])
-      interp.allocate_tensors()
+      with console.native_output_captured(console.quiet()):  # The delegate's INFO line.
+        interp.allocate_tensors()
       self._batch = len(images)
       inp = interp.get_input_details()[0]
     if inp["dtype"] == np.uint8:
@@ -150,6 +155,7 @@ def export_run(workdir, splits, calibration=300, test_limit=10000):
     raise UserError(f"{workdir} has no model.keras to export.")
   export_dir = os.path.join(workdir, "export")
   fileio.check_writable(export_dir)
+  workdir_lib.import_user_modules(workdir)
   model = model_registry.load_keras(model_path)
   shape = tuple(splits.input_shape)
   test = datasets.in_memory(splits.test, test_limit)

@@ -18,6 +18,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from kd_research.common import console
 from kd_research.methods import base
 from kd_research.train import optimizers
 from kd_research.runtime import preemption
@@ -156,9 +157,11 @@ class Driver:
       metrics.update({"train/skipped_steps": sums["skipped"], "train/loss_scale": loss_scale})
     self.writer.scalars(step, metrics)
     eta = (self.total_steps - step) * seconds / max(sums["steps"], 1)
-    logging.info("%s step %d/%d  loss %.4f  acc %.4f  %.0f ex/s  ETA %.0f s", phase.name, step,
-                 self.total_steps, metrics["train/loss_total"], metrics["train/accuracy"],
-                 metrics["train/examples_per_second"], eta)
+    shown = (metrics["train/loss_total"], metrics["train/accuracy"],
+             metrics["train/examples_per_second"], eta)
+    if not console.show_progress(phase.name, step, self.total_steps, *shown):
+      logging.info("%s step %d/%d  loss %.4f  acc %.4f  %.0f ex/s  ETA %.0f s", phase.name,
+                   step, self.total_steps, *shown)
     self._window = _Window(self.layout)
 
   def _check_finite(self, sums, step, n):

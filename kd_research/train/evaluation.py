@@ -146,6 +146,7 @@ def evaluate_saved_run(config, workdir, strategy):
     raise UserError(f"{workdir} has no model.keras: it is not a finished run (train, distill or "
                     "a pipeline stage directory such as WORKDIR/student_kd).")
   splits = workdir_lib.splits_of_run(config, workdir)
+  workdir_lib.import_user_modules(workdir)
   with strategy.scope():
     model = model_registry.load_keras(path)
   evaluator = Evaluator(strategy, model, splits.num_classes,

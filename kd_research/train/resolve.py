@@ -27,6 +27,7 @@ from kd_research.methods import registry as method_registry
 from kd_research.models import pretrained
 from kd_research.runtime import distribute
 from kd_research.models import registry as model_registry
+from kd_research.models import user as user_models
 from kd_research.train import driver as driver_lib
 from kd_research.train import evaluation
 from kd_research.train import optimizers
@@ -77,6 +78,8 @@ class Teachers:
 def resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
   """The run's schedule, teachers, training state and phases."""
   entry = entry_of(config, role)
+  # User models' modules first: custom layers they register must exist before any load.
+  user_models.import_modules(e.model for _, e in config_lib.model_entries(config))
   train, labelled = datasets.transfer_set(config.labels, role, splits.train,
                                           config.global_batch_size)
   # The full training split sets the budget: a labels-only student cycles over its subset.
@@ -106,7 +109,7 @@ def resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
     return method_registry.build_variables(method["objective"], model, method["ensemble"])
 
   state = state_lib.build(
-      strategy, functools.partial(_build_model, entry, splits), functools.partial(
+      strategy, functools.partial(_build_model, entry, splits, role), functools.partial(
           optimizers.make_optimizer, config.optimizer, lr_fn,
           (config.loss_scale.initial, config.loss_scale.growth_steps)
           if config.mixed_precision == "fp16" else None),
@@ -135,11 +138,19 @@ def augmentation(config, seed, splits, ops=None):
                            global_batch_size=config.global_batch_size)
 
 
-def _build_model(entry, splits):
+def _build_model(entry, splits, role):
   """The model, with every variable that will ever train trainable (the optimizer is built
-  for them before tracing; pretrained backbones are frozen again by their phases)."""
-  model = model_registry.build(entry.model, splits.input_shape, splits.num_classes, entry.width,
-                       entry.sync_bn, entry.image_size, entry.weights)
+  for them before tracing; pretrained backbones are frozen again by their phases). An
+  entry with ``init`` starts from that file."""
+  if entry.get("init"):
+    where = f"config.{'teacher' if role == 'teacher' else 'student'}.init"
+    model = model_registry.load_start(entry.init, splits.input_shape, splits.num_classes, where)
+    model.trainable = True
+    return model
+  model = model_registry.build(
+      entry.model, splits.input_shape, splits.num_classes, entry.width, entry.sync_bn,
+      entry.image_size, entry.weights,
+      user_models.parse_kwargs(entry.get("kwargs", ""), f"config.{role}.kwargs"))
   pretrained.set_trainable(model, "finetune", entry.unfreeze_top, bool(entry.weights))
   return model
 

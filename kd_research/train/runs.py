@@ -50,7 +50,8 @@ def train_and_evaluate(config, workdir, role, strategy, teacher_paths=(), overwr
   # 'auto' resolves before identity, loss scaling and cache fingerprint use it: a run resumed
   # on another kind of CPU is refused rather than silently continued in another precision.
   choice = precision.choose(config.mixed_precision)
-  logging.info("Precision: %s (%s: %s).", choice.used, choice.requested, choice.reason)
+  if choice.requested != "none":  # Said only where a choice was made.
+    logging.info("Precision: %s (%s: %s).", choice.used, choice.requested, choice.reason)
   if choice.requested != choice.used:
     config = config_lib.replaced(config, mixed_precision=choice.used)
   identity = workdir_lib.run_identity(config, role, teacher_paths)

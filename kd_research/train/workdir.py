@@ -23,6 +23,7 @@ from kd_research import config as config_lib
 from kd_research.common import fileio
 from kd_research.train import results as results_lib
 from kd_research.methods import registry as methods_lib
+from kd_research.models import user as user_models
 from kd_research.common.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -38,6 +39,11 @@ def run_identity(config, role, teacher_paths=()):
               if k not in config_lib.NOT_IDENTITY + _MODEL_ENTRIES}
   entry = config.teacher if role == "teacher" else config.student
   identity["model"] = {k: v for k, v in entry.to_dict().items() if k != "path"}
+  for field in ("kwargs", "init"):  # Runs from before user models keep their identity.
+    if not entry.get(field):
+      identity["model"].pop(field, None)
+  if entry.get("init"):  # A starting point: the file's contents, not its name.
+    identity["model"]["init"] = user_models.file_digest(entry.init)
   identity["role"] = role
   labels = identity.pop("labels")
   if role != "teacher" and (labels["count"] or labels["fraction"]):
@@ -174,6 +180,13 @@ class RunLock:
 
   def __exit__(self, *exc):
     self._file.close()
+
+
+def import_user_modules(workdir):
+  """Imports the module of the run's user model (``package.module:function``), so that the
+  custom layers it registers exist before its model.keras is loaded in safe mode."""
+  if os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    user_models.import_modules([read_identity(workdir).get("model", {}).get("model", "")])
 
 
 def splits_of_run(config, workdir):

@@ -1,0 +1,107 @@
+"""The user's own models: ``package.module:function`` specs through the CLI, their checks.
+
+The module ``tests/user_model_module.py`` stands for a researcher's file: a function that
+builds a Keras model (with a custom registered layer and named taps). Whole runs go
+through ``./launch.sh`` from the directory holding the module (it must import from there).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import ENV, REPO, tiny_config
+import user_model_module
+from kd_research import config as config_lib
+from kd_research.common.errors import UserError
+from kd_research.models import registry
+from kd_research.models import user as user_models
+
+MODULE = os.path.join(REPO, "tests", "user_model_module.py")
+
+
+def launch(cwd, *args):
+  return subprocess.run([os.path.join(REPO, "launch.sh"), *args], cwd=cwd, env=ENV,
+                        capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_user_model_as_teacher_and_student_through_launch_sh(tmp_path):
+  shutil.copy(MODULE, tmp_path / "my_models.py")
+  run = tmp_path / "runs" / "user"
+  result = launch(tmp_path, "pipeline", "--experiment=fashion_mnist:tiny", f"--workdir={run}",
+                  "--config.teacher.model=my_models:small_cnn",
+                  "--config.student.model=my_models:small_cnn",
+                  '--config.student.kwargs={"filters": 4}',
+                  "--config.distill.method=kd,rkd")  # rkd taps the user model's 'pooled'.
+  assert result.returncode == 0, result.stderr[-3000:]
+  teacher = json.load(open(run / "teacher" / "results.json"))
+  student = json.load(open(run / "student_kd" / "results.json"))
+  # Independent counts: the same function built here, in this process.
+  assert teacher["params"] == user_model_module.small_cnn((28, 28, 1), 10).count_params()
+  assert student["params"] == user_model_module.small_cnn((28, 28, 1), 10, 4).count_params()
+  assert teacher["model"] == "my_models:small_cnn" and student["test_accuracy"] > 0.3
+  config = json.load(open(run / "student_kd" / "config.json"))
+  assert json.loads(config["model"]["kwargs"]) == {"filters": 4}
+  model = registry.load_keras(str(run / "student_kd" / "model.keras"))  # safe mode
+  assert type(model.get_layer("scaled")).__name__ == "Scale"
+  assert model.count_params() == student["params"]
+  report = json.load(open(run / "student_kd" / "export" / "export_report.json"))
+  assert {"saved_model", "tflite_float32", "tflite_int8"} <= set(report["artifacts"])
+  assert report["artifacts"]["tflite_float32"]["agreement_with_keras"] > 0.99
+  # A fresh process loads the custom layer through the run's own config (eval imports it).
+  evaluated = launch(tmp_path, "eval", f"--workdir={run / 'student_kd'}")
+  assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+  assert json.load(open(run / "student_kd" / "eval.json"))["accuracy"] == pytest.approx(
+      student["test_accuracy"], abs=1e-6)
+
+
+def test_a_user_model_is_built_with_the_data_shape_and_kwargs():
+  model = registry.build("user_model_module:small_cnn", (12, 12, 3), 5, kwargs={"filters": 2})
+  assert model.input_shape == (None, 12, 12, 3) and model.output_shape == (None, 5)
+  assert model.get_layer("stage1").filters == 2
+
+
+@pytest.mark.parametrize("spec, kwargs, message", [
+    ("no_such_module_kd:build", {}, "cannot import module 'no_such_module_kd'"),
+    ("user_model_module:missing", {}, "its functions: small_cnn"),
+    ("user_model_module:small_cnn", {"depth": 3}, "kwargs ['depth'] failed"),
+])
+def test_bad_user_models_are_named(spec, kwargs, message):
+  with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    registry.build(spec, (12, 12, 3), 5, kwargs=kwargs)
+
+
+def test_a_user_model_that_does_not_fit_the_data_is_refused(monkeypatch):
+  monkeypatch.setattr(user_model_module, "wrong", lambda input_shape, num_classes:
+                      user_model_module.small_cnn(input_shape, num_classes + 1), raising=False)
+  with pytest.raises(UserError, match="the data has 5 classes"):
+    registry.build("user_model_module:wrong", (12, 12, 3), 5)
+  monkeypatch.setattr(user_model_module, "wrong", lambda input_shape, num_classes: "a model")
+  with pytest.raises(UserError, match="returned a str, not a keras.Model"):
+    registry.build("user_model_module:wrong", (12, 12, 3), 5)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"student.kwargs": "{depth: 3}"}, "is not JSON"),
+    ({"student.kwargs": "[3]"}, "must be a JSON object"),
+    ({"student.kwargs": '{"width": 3}'}, "is for a user model"),
+    ({"student.init": "/nonexistent/start.keras"}, "must be an existing .keras file"),
+    ({"student.model": "resnet_sed"}, "or your own package.module:function"),
+])
+def test_bad_model_entries_are_refused_before_any_run(overrides, message):
+  with pytest.raises(UserError, match=message):
+    config_lib.validate(tiny_config(**overrides))
+
+
+def test_kwargs_and_init_are_absent_from_old_identities(tmp_path):
+  """Runs that set neither keep the identity they had before these fields existed."""
+  from kd_research.train import workdir
+  identity = workdir.run_identity(tiny_config(), "student")
+  assert "kwargs" not in identity["model"] and "init" not in identity["model"]
+  start = tmp_path / "start.keras"
+  registry.build("mlp", (28, 28, 1), 10, width=8).save(start)
+  identity = workdir.run_identity(tiny_config(**{"student.init": str(start)}), "student")
+  assert identity["model"]["init"] == user_models.file_digest(start)
