@@ -30,6 +30,10 @@ usage: ./launch.sh COMMAND [flags]
                test split: --workdir=RUN (writes RUN/export/, export_report.json)
   multiworker  N local worker processes (MultiWorkerMirroredStrategy on 127.0.0.1):
                --num_workers=N COMMAND [flags], e.g. multiworker --num_workers=2 distill ...
+  slurm        submit a campaign plan (pipeline ... --plan writes WORKDIR/plan.json) to Slurm
+               as job arrays with dependencies: --plan=WORKDIR [--sbatch="--partition=..."];
+               rerun to submit what is left (finished runs are skipped)
+  job          one job of a plan (what each Slurm array task runs): --plan=WORKDIR --job=ID
   convert      TFRecord shards + manifest from an image folder or a built-in dataset:
                --source=folder:PATH|NAME --output=DIR --shards=N (then tfrecord:DIR)
   bench        distillation throughput: Keras-fit Distiller vs our loop variants [--quick]
@@ -208,6 +212,9 @@ case "$cmd" in
   multiworker)
     [ -x "$PY" ] || setup
     exec "$PY" -m kd_research.main multiworker "$@" ;;
+  slurm|job)
+    [ -x "$PY" ] || setup
+    exec "$PY" -m kd_research.main "$cmd" "$@" ;;
   tensorboard)
     [ -x "$PY" ] || setup
     logdir="runs"; port=6006

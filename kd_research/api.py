@@ -1,7 +1,7 @@
 """The Python API: train a teacher, distil a student, evaluate, export and report from Python.
 
     import kd_research as kd
-    teacher = kd.train(model="resnet_seed", data="fashion_mnist", workdir="runs/nb/teacher")
+    teacher = kd.train_teacher("resnet_seed", data="fashion_mnist", workdir="runs/nb/teacher")
     student = kd.distill(student=my_keras_model, teacher=teacher, method="dkd",
                          workdir="runs/nb/dkd", overrides={"distill.dkd.beta": 4.0})
     student.test_accuracy, student.model()
@@ -105,11 +105,23 @@ def make_config(experiment=None, overrides=None):
   return c
 
 
-def train(model, data=None, *, workdir, role="teacher", epochs=None, seed=None,
-          experiment=None, overrides=None, overwrite=False, verbose=False):
-  """Trains ``model`` on labels (``role``: teacher | student); returns its RunResult."""
-  if role not in ("teacher", "student"):
-    raise UserError(f"role={role!r}; valid: teacher, student.")
+def train_teacher(model, data=None, *, workdir, epochs=None, seed=None, experiment=None,
+                  overrides=None, overwrite=False, verbose=False):
+  """Trains a teacher ``model`` on labels; returns its RunResult."""
+  return _train_on_labels("teacher", model, data, workdir, epochs, seed, experiment, overrides,
+                          overwrite, verbose)
+
+
+def train_student(model, data=None, *, workdir, epochs=None, seed=None, experiment=None,
+                  overrides=None, overwrite=False, verbose=False):
+  """Trains a student ``model`` on labels alone (the baseline a distilled student is
+  compared with; on a transfer set, the labelled subset); returns its RunResult."""
+  return _train_on_labels("student", model, data, workdir, epochs, seed, experiment, overrides,
+                          overwrite, verbose)
+
+
+def _train_on_labels(role, model, data, workdir, epochs, seed, experiment, overrides,
+                     overwrite, verbose):
   c = _with_data(make_config(experiment, overrides), data, workdir)
   c = _with_model(c, role, model, workdir, epochs, seed)
   return _execute(c, workdir, role, (), overwrite, verbose)
@@ -173,7 +185,7 @@ def pipeline_run(experiment, workdir, overrides=None, overwrite=False, verbose=F
 def _execute(c, workdir, role, teacher_paths, overwrite, verbose):
   console.configure(verbose)
   config_lib.validate(c)
-  _record(workdir, f"kd_research.{'distill' if role == 'distill' else 'train'}"
+  _record(workdir, f"kd_research.{'distill' if role == 'distill' else 'train_' + role}"
           f"(workdir={workdir!r})")
   strategy = distribute.make_strategy(c.distribution)
   results = runs.train_and_evaluate(c, workdir, role, strategy, teacher_paths=teacher_paths,
@@ -284,4 +296,4 @@ def _teacher_file(teacher, workdir):
   if isinstance(teacher, str) and teacher.endswith(".keras"):
     return teacher
   raise UserError(f"teacher {teacher!r}: give a trained teacher (the RunResult of "
-                  "kd_research.train, a .keras file or a keras.Model).")
+                  "kd_research.train_teacher, a .keras file or a keras.Model).")

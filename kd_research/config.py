@@ -113,6 +113,7 @@ def base_config():
       num_cpu_devices=2,         # mirrored on a machine without GPUs: logical CPU replicas
       cross_device_ops="auto",   # auto | nccl | hierarchical_copy | reduce_to_one (mirrored)
       cluster="tf_config",       # multi_worker cluster spec: tf_config | slurm
+      slurm_port_base=8888,      # cluster=slurm: task k of a node listens on this + k
       collective_timeout_seconds=120.0))  # a dead peer becomes an error after this long
   c.pipeline = _pipeline_section()
   return c

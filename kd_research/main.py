@@ -29,6 +29,9 @@ flags.DEFINE_enum("role", "student", ("teacher", "student"), "For 'train': which
                   "config to train on labels only.")
 flags.DEFINE_bool("verbose", False, "Show TensorFlow's and the libraries' INFO and WARNING "
                   "lines with absl's full prefixes (quiet by default: the run's own lines).")
+flags.DEFINE_bool("plan", False, "For 'pipeline': write the campaign as WORKDIR/plan.json "
+                  "(independent jobs with dependencies, for `./launch.sh slurm`) instead of "
+                  "running it.")
 flags.DEFINE_bool("overwrite", False, "Discard a different or finished run in --workdir.")
 flags.DEFINE_enum("keras_kl", "default", ("default", "instance"), "For 'keras_peer': Keras' "
                   "LogitsDistillation loss as a user calls it (default) or with a "
@@ -112,6 +115,13 @@ def _run(command, config, workdir):
     report = export.export_run(workdir, workdir_lib.splits_of_run(config, workdir))
     from kd_research.report import tables  # pylint: disable=g-import-not-at-top
     print(tables.export_table(report))
+    return
+  elif command == "pipeline" and flags.FLAGS.plan:
+    from kd_research import campaign  # pylint: disable=g-import-not-at-top
+    path = campaign.write_plan(config, workdir, " ".join(sys.argv[1:]))
+    print(campaign.summary(campaign.read_plan(path)))
+    print(f"plan: {path}\nsubmit it: ./launch.sh slurm --plan={workdir} "
+          "[--sbatch=\"--partition=... --gres=gpu:1\"]")
     return
   elif command == "pipeline":
     _, table = pipeline.run(config, workdir, strategy, overwrite=overwrite)
@@ -272,13 +282,60 @@ def _parse_tool_flags(argv, defaults, usage):
   return {name: values[name].value for name in defaults}
 
 
-TOOLS = {"report": report_command, "multiworker": multiworker_command}
+def job_command(argv):
+  """``job --plan=P (--job=ID | --group=G --task=N)``: one job of a campaign plan; exit status."""
+  from kd_research import campaign  # pylint: disable=g-import-not-at-top
+  from kd_research.common import console  # pylint: disable=g-import-not-at-top
+  from kd_research.common.errors import UserError  # pylint: disable=g-import-not-at-top
+  usage = "usage: job --plan=WORKDIR|PLAN.json (--job=ID | --group=NAME --task=N)\n"
+  values = _parse_tool_flags(argv, dict(plan=None, job=None, group=None, task=None), usage)
+  if values is None or not values["plan"] or not (values["job"] or values["group"]):
+    sys.stderr.write("" if values is None else "error: --plan and --job or --group are "
+                     "required.\n" + usage)
+    return 2
+  console.configure(console.verbose_requested())
+  try:
+    plan = campaign.read_plan(values["plan"])
+    job = values["job"] or campaign.job_of_task(plan, values["group"], int(values["task"] or 0))
+    result = campaign.run_job(plan, job)
+  except (UserError, ValueError) as e:
+    sys.stderr.write(f"error: {e}\n")
+    return 1
+  print(result if isinstance(result, str) else
+        f"job {job}: test accuracy {100 * result['test_accuracy']:.2f}%")
+  return 0
+
+
+def slurm_command(argv):
+  """``slurm --plan=P [--sbatch="ARGS"]``: submits what is left of a plan; exit status."""
+  import shlex  # pylint: disable=g-import-not-at-top
+  from kd_research import slurm  # pylint: disable=g-import-not-at-top
+  from kd_research.common.errors import UserError  # pylint: disable=g-import-not-at-top
+  usage = 'usage: ./launch.sh slurm --plan=WORKDIR|PLAN.json [--sbatch="--partition=..."]\n'
+  values = _parse_tool_flags(argv, dict(plan=None, sbatch=""), usage)
+  if values is None or not values["plan"]:
+    sys.stderr.write("" if values is None else "error: --plan is required.\n" + usage)
+    return 2
+  try:
+    submitted = slurm.submit(values["plan"], shlex.split(values["sbatch"]))
+  except UserError as e:
+    sys.stderr.write(f"error: {e}\n")
+    return 1
+  for group, job_id, tasks in submitted:
+    print(f"{group}: Slurm job {job_id}, {len(tasks)} task(s)")
+  if not submitted:
+    print("nothing left to run: every job of the plan has finished.")
+  return 0
+
+
+TOOLS = {"report": report_command, "multiworker": multiworker_command, "job": job_command,
+         "slurm": slurm_command}
 
 
 def run():
   """Console entry point (also used by ``python -m kd_research.main``)."""
   from kd_research.common import console  # pylint: disable=g-import-not-at-top
-  if len(sys.argv) > 1 and sys.argv[1] in COMMANDS and not {"-h", "--help", "--helpfull"} & set(
+  if len(sys.argv) > 1 and sys.argv[1] in COMMANDS + ("job",) and not {"-h", "--help", "--helpfull"} & set(
       sys.argv):  # Before the experiment's config imports it: quiet unless --verbose.
     console.import_tensorflow(console.verbose_requested(sys.argv))
   from ml_collections import config_flags

@@ -67,20 +67,59 @@ def seed_runs(config, stage_dir):
           for seed in config.pipeline.seeds]
 
 
+def teacher_runs(config, workdir):
+  """[(name, stage dir or None, model file, config)] of every teacher, primary first: a
+  given file (config path) has no stage; the others train in WORKDIR/teacher[_NAME]."""
+  out = []
+  for name, entry in config_lib.teacher_entries(config):
+    if entry.path:
+      out.append((name, None, entry.path, None))
+      continue
+    stage = os.path.join(workdir, "teacher" if name == "teacher" else f"teacher_{name}")
+    out.append((name, stage, os.path.join(stage, "model.keras"),
+                config_lib.with_teacher(config, entry)))
+  return out
+
+
 def train_teachers(config, workdir, strategy, overwrite=False):
   """Trains every teacher without a path; returns their model files, primary first."""
   paths = []
-  for name, entry in config_lib.teacher_entries(config):
-    if entry.path:
-      logging.info("Using the given teacher %s for %s.", entry.path, name)
-      paths.append(entry.path)
-      continue
-    stage = "teacher" if name == "teacher" else f"teacher_{name}"
-    runs.train_and_evaluate(config_lib.with_teacher(config, entry),
-                            os.path.join(workdir, stage), "teacher", strategy,
-                            overwrite=overwrite)
-    paths.append(os.path.join(workdir, stage, "model.keras"))
+  for name, stage, path, teacher_config in teacher_runs(config, workdir):
+    if stage is None:
+      logging.info("Using the given teacher %s for %s.", path, name)
+    else:
+      runs.train_and_evaluate(teacher_config, stage, "teacher", strategy, overwrite=overwrite)
+    paths.append(path)
   return paths
+
+
+def with_shared_cache(config, workdir):
+  """The students share one teacher-output cache (WORKDIR/teacher_cache) unless one is set."""
+  if config.run.cache_dir:
+    return config
+  return _copy(config, **{"run.cache_dir": os.path.join(workdir, "teacher_cache")})
+
+
+def student_runs(config, workdir, paths, chosen=None):
+  """[(stage, run config, run dir, role, teacher paths)] of every student run: the
+  labels-only baseline's seeds, then each distilled stage's (kd_stages)."""
+  stages = [("student_baseline", config, [])] + kd_stages(config, paths, chosen)
+  return [(stage, run_config, run_dir, "distill" if stage_paths else "student", stage_paths)
+          for stage, stage_config, stage_paths in stages
+          for run_config, run_dir in seed_runs(stage_config, os.path.join(workdir, stage))]
+
+
+def run_student(config, run_config, run_dir, role, stage_paths, strategy, chosen_dir=None,
+                overwrite=False):
+  """One student run of the pipeline (adopting the chosen candidate's identical run, and
+  exporting a distilled student): its results."""
+  if not overwrite and not distribute.is_multi_worker(strategy):  # Workers would race.
+    adopt_candidate_run(chosen_dir, run_dir, run_config, role, stage_paths)
+  result = runs.train_and_evaluate(run_config, run_dir, role, strategy, tuple(stage_paths),
+                                   overwrite)
+  if stage_paths and config.pipeline.export_students:
+    export_once(run_dir, run_config)
+  return result
 
 
 def run(config, workdir, strategy, overwrite=False):
@@ -89,27 +128,19 @@ def run(config, workdir, strategy, overwrite=False):
   Returns ({stage: results aggregated over seeds}, the results.md table).
   """
   paths = train_teachers(config, workdir, strategy, overwrite)
-  if not config.run.cache_dir:  # The students share one teacher-output cache.
-    config = _copy(config, **{"run.cache_dir": os.path.join(workdir, "teacher_cache")})
+  config = with_shared_cache(config, workdir)
   chosen, chosen_dirs = select_candidates(config, workdir, paths, strategy, overwrite)
-  stages = [("student_baseline", config, [])] + kd_stages(config, paths, chosen)
-  results = {}
-  for stage, stage_config, stage_paths in stages:
-    role = "distill" if stage_paths else "student"
-    per_seed = []
-    for run_config, run_dir in seed_runs(stage_config, os.path.join(workdir, stage)):
-      if not overwrite and not distribute.is_multi_worker(strategy):  # Workers would race.
-        adopt_candidate_run(chosen_dirs.get(stage.removeprefix("student_kd_")), run_dir, run_config,
-                            role, stage_paths)
-      per_seed.append(runs.train_and_evaluate(run_config, run_dir, role, strategy,
-                                              tuple(stage_paths), overwrite))
-      if stage_paths and config.pipeline.export_students:
-        _export_once(run_dir, run_config)
-    results[stage] = aggregate(per_seed)
+  per_stage = {}
+  for stage, run_config, run_dir, role, stage_paths in student_runs(config, workdir, paths,
+                                                                    chosen):
+    per_stage.setdefault(stage, (stage_paths, []))[1].append(run_student(
+        config, run_config, run_dir, role, stage_paths, strategy,
+        chosen_dirs.get(stage.removeprefix("student_kd_")), overwrite))
+  results = {stage: aggregate(seeds) for stage, (_, seeds) in per_stage.items()}
   for name, path in zip(_teacher_stages(config), paths):
     results[name] = teacher_results(path)
   if len(paths) > 1:
-    widest = max(stages, key=lambda s: len(s[2]))[0]
+    widest = max(per_stage, key=lambda stage: len(per_stage[stage][0]))
     results["teacher_ensemble"] = ensemble_results(
         results[widest]["teachers"], [results[n] for n in _teacher_stages(config)])
   table = pages.render_pipeline(workdir, config.run.experiment or "pipeline", config.dataset,
@@ -138,7 +169,6 @@ def select_candidates(config, workdir, paths, strategy, overwrite=False):
   """
   if not config.pipeline.candidates:
     return {}, {}
-  seed = (config.pipeline.seeds or (config.student.seed,))[0]
   root = sweep_dir(config, workdir)
   command = os.path.join(workdir, "command.txt")
   if os.path.exists(command):  # The sweep's runs were made by the pipeline's command.
@@ -148,13 +178,10 @@ def select_candidates(config, workdir, paths, strategy, overwrite=False):
   chosen, chosen_dirs, record = {}, {}, {}
   for variant, candidates in config.pipeline.candidates.items():
     scores = {}
-    for name, extra in sorted(candidates.items()):
-      stage = kd_stages(config, paths, {variant: extra.to_dict()})
-      _, run_config, run_paths = next(s for s in stage if s[0] == f"student_kd_{variant}")
-      result = runs.train_and_evaluate(
-          _copy(run_config, **{"student.seed": seed}),
-          os.path.join(root, f"{variant}_{name}"), "distill", strategy, tuple(run_paths),
-          overwrite)
+    for _, name, run_config, run_dir, run_paths in candidate_runs(config, workdir, paths,
+                                                                  variant):
+      result = runs.train_and_evaluate(run_config, run_dir, "distill", strategy,
+                                       tuple(run_paths), overwrite)
       scores[name] = result["validation_accuracy"]
     best = max(sorted(scores), key=lambda n: scores[n])  # max keeps the first of ties.
     chosen[variant] = candidates[best].to_dict()
@@ -163,6 +190,20 @@ def select_candidates(config, workdir, paths, strategy, overwrite=False):
     logging.info("Variant %s: candidate %s chosen on validation (%s).", variant, best, scores)
   fileio.atomic_write_json(os.path.join(root, "selection.json"), record)
   return chosen, chosen_dirs
+
+
+def candidate_runs(config, workdir, paths, variant=None):
+  """[(variant, candidate, run config, run dir, teacher paths)] of the sweep: every
+  candidate of ``variant`` (None: of every variant), once, with the first student seed."""
+  seed = (config.pipeline.seeds or (config.student.seed,))[0]
+  out = []
+  for name in ([variant] if variant else list(config.pipeline.candidates)):
+    for candidate, extra in sorted(config.pipeline.candidates[name].items()):
+      stage = kd_stages(config, paths, {name: extra.to_dict()})
+      _, run_config, run_paths = next(s for s in stage if s[0] == f"student_kd_{name}")
+      out.append((name, candidate, _copy(run_config, **{"student.seed": seed}),
+                  os.path.join(sweep_dir(config, workdir), f"{name}_{candidate}"), run_paths))
+  return out
 
 
 def adopt_candidate_run(candidate_dir, run_dir, run_config, role, teacher_paths):
@@ -197,7 +238,7 @@ def _teacher_stages(config):
           for n, _ in config_lib.teacher_entries(config)]
 
 
-def _export_once(run_dir, run_config):
+def export_once(run_dir, run_config):
   """SavedModel + TFLite of a finished student (skipped when its export report exists)."""
   from kd_research.tools import export  # pylint: disable=g-import-not-at-top
   if not os.path.exists(os.path.join(run_dir, "export", "export_report.json")):

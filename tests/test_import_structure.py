@@ -2,7 +2,7 @@
 
 Layers, bottom to top (a module may import its own layer and the ones below):
 common, runtime, data, models, methods, config.py, train, report, tools, pipeline.py,
-api.py (the Python API), main.py. config.py sits below train/ because every run resolves its config; train/ holds
+campaign.py (plans of jobs), slurm.py (their submission), api.py (the Python API), main.py. config.py sits below train/ because every run resolves its config; train/ holds
 the run-directory format (workdir.py, results.py) that report/ and tools/ read.
 Plug-ins (methods, model families, dataset sources) are found with importlib by their
 registries: those are not static imports and are not counted.
@@ -15,7 +15,7 @@ from conftest import REPO
 
 PACKAGE = os.path.join(REPO, "kd_research")
 LAYERS = ("common", "runtime", "data", "models", "methods", "config", "train", "report",
-          "tools", "pipeline", "api", "main")
+          "tools", "pipeline", "campaign", "slurm", "api", "main")
 
 
 def modules():

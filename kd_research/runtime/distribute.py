@@ -7,6 +7,7 @@ thing a run does.
 
 import json
 import os
+import shutil
 import sys
 import subprocess
 
@@ -116,6 +117,21 @@ class _Watchdog:
     self._proc.wait()
 
 
+def _slurm_resolver(port_base):
+  """TensorFlow's resolver for the Slurm step this process is a task of.
+
+  With GPUs (nvidia-smi present) it counts them and gives each task its share through
+  CUDA_VISIBLE_DEVICES. Without, TF 2.21's resolver divides by zero GPUs per task
+  (``range(0, 0, 0)``): CPU workers get one nominal device slot per task instead, with
+  CUDA_VISIBLE_DEVICES left alone.
+  """
+  resolver_class = tf.distribute.cluster_resolver.SlurmClusterResolver
+  if shutil.which("nvidia-smi"):
+    return resolver_class(port_base=port_base)
+  return resolver_class(port_base=port_base, gpus_per_node=1 << 16, gpus_per_task=1,
+                        auto_set_gpu=False)
+
+
 def make_strategy(dist):
   """Builds the tf.distribute strategy of ``config.distribution`` (``dist``)."""
   name = dist.strategy
@@ -131,7 +147,7 @@ def make_strategy(dist):
         devices=devices, cross_device_ops=_cross_device_ops(dist.cross_device_ops))
   if name == "multi_worker":
     if dist.cluster == "slurm":
-      resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
+      resolver = _slurm_resolver(dist.get("slurm_port_base", 8888))
     elif dist.cluster == "tf_config":
       parse_tf_config()
       resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()

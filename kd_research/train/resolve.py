@@ -78,8 +78,10 @@ class Teachers:
 def resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
   """The run's schedule, teachers, training state and phases."""
   entry = entry_of(config, role)
-  # User models' modules first: custom layers they register must exist before any load.
-  user_models.import_modules(e.model for _, e in config_lib.model_entries(config))
+  # User models' modules first (the run's own, and a distillation's teachers'): custom
+  # layers they register must exist before any load.
+  user_models.import_modules([entry.model] + ([e.model for _, e in config_lib.teacher_entries(
+      config)] if role == "distill" else []))
   train, labelled = datasets.transfer_set(config.labels, role, splits.train,
                                           config.global_batch_size)
   # The full training split sets the budget: a labels-only student cycles over its subset.
