@@ -91,8 +91,13 @@ setup() {
   fi
   echo "[setup] creating $VENV and installing kd_research[${KD_TF:-cpu},test,tfds]" >&2
   [ -x "$PY" ] || python3 -m venv "$VENV"
-  "$PY" -m pip install -q --upgrade pip >&2
-  "$PY" -m pip install -q -e ".[${KD_TF:-cpu},test,tfds]" >&2
+  # pip's own notices go to a log, shown only if the installation fails.
+  if ! { "$PY" -m pip install -q --upgrade pip &&
+         "$PY" -m pip install -q -e ".[${KD_TF:-cpu},test,tfds]"; } > "$VENV/setup.log" 2>&1; then
+    cat "$VENV/setup.log" >&2
+    echo "[setup] installation failed (log above, also in $VENV/setup.log)" >&2
+    exit 1
+  fi
   printf '%s' "$want" > "$STAMP"
   get_data
 }
@@ -176,11 +181,11 @@ cmd="${1:-help}"
 case "$cmd" in
   setup) setup ;;
   quickstart)
-    setup
     start=$(date +%s)
+    setup
     "$PY" -m kd_research.main pipeline --experiment=fashion_mnist:fewlabels \
       --workdir="${KD_QUICKSTART_DIR:-runs/quickstart}" "$@"
-    echo "quickstart wall time: $(( $(date +%s) - start )) s" ;;
+    echo "quickstart wall time: $(( $(date +%s) - start )) s (setup included)" ;;
   test)
     setup
     if [ "${1:-}" = "--fast" ]; then

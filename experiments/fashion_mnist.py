@@ -6,13 +6,13 @@ Presets (the argument after the colon):
          al.: the teacher trains on every label; the students have labels for 200 training
          images (20 per class on average), and the distilled one learns from the teacher's
          soft labels on all 55,000 (a transfer set). Measured: labels only ~69%, distilled
-         ~72.6% (alpha 0.5, T 2 chosen on the validation split; README).
+         ~72.6% (alpha 0.5, T 2 chosen on the validation split; docs/research.md).
   quick  ./launch.sh pipeline --experiment=fashion_mnist:quick --workdir=runs/quick.
          resnet_seed width 16 teacher (174K params), cnn_seed
          width 16 student (24K params), 2 epochs each, T=2, alpha=0.5, teacher-output cache.
          About 4-6 minutes on 2 CPU cores. Measured: teacher ~90%, student ~75%, and
          distillation does NOT help this tiny, under-trained student with every label (see
-         README).
+         docs/research.md).
   full   ./launch.sh pipeline --experiment=fashion_mnist:full --workdir=runs/fmnist_full
          resnet_seed width 32 teacher (690K params, 15 epochs), cnn_seed width 32 student
          (93K params, 15 epochs), T=4, alpha=0.7. About 2 hours on 2 CPU cores.

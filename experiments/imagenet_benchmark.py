@@ -34,7 +34,7 @@ R50 -> MV1; 100 epochs 2.3 and 1.5 EFLOP. At an assumed sustained 100 TFLOP/s (m
 precision on an A100-class GPU) that is about 6.4 and 4.2 GPU-hours of arithmetic per run;
 in practice ImageNet ResNet-18 runs are bound by the input: the step wants some 3,000
 images/s per GPU, and our inception pipeline measured 1,412 images/s per core on generated
-500x375 JPEGs (README: bench --data), so 2-3 cores per GPU on those and more on natural
+500x375 JPEGs (docs/research.md: bench --data), so 2-3 cores per GPU on those and more on natural
 JPEGs, which decode slower (about 110 KB each): budget 4-8 cores per GPU. One GPU then
 needs about 12 hours per R34 -> R18 run (1.28M x 100 / 3,000 images/s), 8 GPUs about 1.5
 hours with 32-64 cores. A pair preset is 2 + 5 methods = 7 runs: about 4 GPU-days.

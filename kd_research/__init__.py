@@ -10,8 +10,8 @@ import sys
 
 __version__ = "0.1.0"
 
-API = ("train_teacher", "train_student", "distill", "evaluate", "export", "compare", "pipeline_run", "make_config",
-       "RunResult", "UserError")
+API = ("train_teacher", "train_student", "distill", "evaluate", "export", "compare",
+       "pipeline_run", "make_config", "RunResult", "UserError")
 __all__ = list(API)
 
 

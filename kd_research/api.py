@@ -27,6 +27,7 @@ deletes them.
 import dataclasses
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 
@@ -258,9 +259,10 @@ def _import_path(function):
   if not module or module == "__main__" or "<" in name or "." in name:
     return None
   try:
-    return f"{module}:{name}" if getattr(importlib.import_module(module), name) is function else None
+    found = getattr(importlib.import_module(module), name)
   except (ImportError, AttributeError):
     return None
+  return f"{module}:{name}" if found is function else None
 
 
 def _splits_shape(c):

@@ -126,6 +126,9 @@ def _run(command, config, workdir):
   elif command == "pipeline":
     _, table = pipeline.run(config, workdir, strategy, overwrite=overwrite)
     print(table)
+    print(f"Files: {os.path.join(workdir, 'results.md')} (this table); one directory per run "
+          f"below {workdir} (model.keras, export/, results.json); TensorBoard: "
+          f"./launch.sh tensorboard --logdir={workdir}")
     return
   else:
     results = evaluation.evaluate_saved_run(config, workdir, strategy)
@@ -335,8 +338,9 @@ TOOLS = {"report": report_command, "multiworker": multiworker_command, "job": jo
 def run():
   """Console entry point (also used by ``python -m kd_research.main``)."""
   from kd_research.common import console  # pylint: disable=g-import-not-at-top
-  if len(sys.argv) > 1 and sys.argv[1] in COMMANDS + ("job",) and not {"-h", "--help", "--helpfull"} & set(
-      sys.argv):  # Before the experiment's config imports it: quiet unless --verbose.
+  asks_help = {"-h", "--help", "--helpfull"} & set(sys.argv)
+  if len(sys.argv) > 1 and sys.argv[1] in COMMANDS + ("job",) and not asks_help:
+    # Before the experiment's config imports it: quiet unless --verbose.
     console.import_tensorflow(console.verbose_requested(sys.argv))
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "Experiment config file and preset, "

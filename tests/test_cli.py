@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -99,3 +100,29 @@ def test_bench_quick_smoke(tmp_path):
   assert bad.returncode == 2 and "--profile='g'" in bad.stderr
 
 
+
+
+CHATTER = ("oneDNN", "cpu_feature_guard", "Sharding callback", "Assets written",
+           "fingerprint", "XNNPACK", "fully_quantize", "absl::InitializeLog")
+
+
+def test_a_pipeline_prints_its_own_lines_only_unless_verbose(tmp_path):
+  """Quiet by default: no TensorFlow/TFLite chatter (the pipeline exports a student, so
+  the converter and interpreter run), the table last with where its files are; --verbose
+  brings absl's prefixed records back."""
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  quiet = subprocess.run([sys.executable, "-m", "kd_research.main", "pipeline",
+                          "--experiment=fashion_mnist:tiny", f"--workdir={tmp_path}/q"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert quiet.returncode == 0, quiet.stderr[-2000:]
+  printed = quiet.stdout + quiet.stderr
+  assert not [c for c in CHATTER if c in printed], printed[:3000]
+  assert "teacher finished: test accuracy" in quiet.stderr
+  assert quiet.stdout.rstrip().splitlines()[-1].startswith("Files: ")
+  assert len(printed.splitlines()) < 60, printed
+  verbose = subprocess.run([sys.executable, "-m", "kd_research.main", "train",
+                            "--experiment=fashion_mnist:tiny", f"--workdir={tmp_path}/v",
+                            "--verbose"], cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=300)
+  assert verbose.returncode == 0, verbose.stderr[-2000:]
+  assert "oneDNN" in verbose.stderr and "] student finished" in verbose.stderr

@@ -105,3 +105,44 @@ def test_kwargs_and_init_are_absent_from_old_identities(tmp_path):
   registry.build("mlp", (28, 28, 1), 10, width=8).save(start)
   identity = workdir.run_identity(tiny_config(**{"student.init": str(start)}), "student")
   assert identity["model"]["init"] == user_models.file_digest(start)
+
+
+@pytest.mark.slow
+def test_the_python_api_with_arrays_a_spec_teacher_and_a_keras_model_student(tmp_path):
+  """kd_research.train_teacher / distill / evaluate / compare from Python: the same run
+  directories and guarantees as the CLI (results.json is what the call returned, a
+  rerun reports the finished run, the student object's architecture is what trained)."""
+  import keras
+  import numpy as np
+  import kd_research as kd
+  rng = np.random.default_rng(0)
+  prototypes = rng.uniform(0, 255, (3, 12, 12, 1))
+
+  def draw(n):
+    y = rng.integers(0, 3, n)
+    return np.clip(prototypes[y] * .6 + rng.normal(0, 40, (n, 12, 12, 1)) + 50, 0, 255), y
+
+  data = (*draw(600), *draw(100))  # float pixels in [0, 255], int64 labels
+  small = {"validation_size": 100, "global_batch_size": 50,
+           "optimizer.learning_rate.start": 0.02}
+  teacher = kd.train_teacher("user_model_module:small_cnn", data=data, epochs=4,
+                             workdir=str(tmp_path / "teacher"), overrides=small)
+  assert teacher.results == json.load(open(tmp_path / "teacher" / "results.json"))
+  inputs = keras.Input((12, 12, 1))
+  hidden = keras.layers.Dense(16, activation="relu", name="pooled")(
+      keras.layers.Flatten()(keras.layers.Rescaling(1 / 255.0)(inputs)))
+  student_model = keras.Model(inputs, keras.layers.Dense(3)(hidden), name="api_mlp")
+  student = kd.distill(student_model, teacher, data=data, method="kd,rkd", epochs=2,
+                       workdir=str(tmp_path / "kd"), overrides=small)
+  assert student.results["role"] == "distill" and student.results["model"] == "api_mlp"
+  assert student.results["params"] == student_model.count_params()
+  assert student.model().count_params() == student_model.count_params()
+  again = kd.distill(student_model, teacher, data=data, method="kd,rkd", epochs=2,
+                     workdir=str(tmp_path / "kd"), overrides=small)
+  assert again.results == student.results  # reported, not retrained
+  evaluated = kd.evaluate(student)
+  assert evaluated["accuracy"] == pytest.approx(student.test_accuracy, abs=1e-6)
+  table = kd.compare(str(tmp_path))
+  assert f"{100 * student.test_accuracy:.2f}%" in table and (tmp_path / "report.md").exists()
+  with pytest.raises(kd.UserError, match="no field"):
+    kd.make_config(overrides={"distill.no_such_field": 1})

@@ -25,7 +25,7 @@ import numpy as np
 
 from kd_research.tools import bench_runs
 
-RESNET18_RATE = 3000.0  # images/s a GPU trains ResNet-18 at (the README's sizing figure)
+RESNET18_RATE = 3000.0  # images/s a GPU trains ResNet-18 at (the sizing figure of docs/research.md)
 
 
 def _images(n, height, width, seed=0):
