@@ -124,11 +124,14 @@ def _run(command, config, workdir):
           "[--sbatch=\"--partition=... --gres=gpu:1\"]")
     return
   elif command == "pipeline":
-    _, table = pipeline.run(config, workdir, strategy, overwrite=overwrite)
-    print(table)
-    print(f"Files: {os.path.join(workdir, 'results.md')} (this table); one directory per run "
-          f"below {workdir} (model.keras, export/, results.json); TensorBoard: "
-          f"./launch.sh tensorboard --logdir={workdir}")
+    results, _ = pipeline.run(config, workdir, strategy, overwrite=overwrite)
+    from kd_research.report import tables  # pylint: disable=g-import-not-at-top
+    print(f"\n{config.run.experiment or 'pipeline'} on {config.dataset}:\n"
+          f"{tables.terminal_summary(results)}\n")
+    print(f"Files: {os.path.join(workdir, 'results.md')} (the full table: validation, "
+          "latency, int8 TFLite, commands);\n  one directory per run below "
+          f"{workdir} (model.keras, export/, results.json, TensorBoard events);\n"
+          f"  ./launch.sh tensorboard --logdir={workdir}")
     return
   else:
     results = evaluation.evaluate_saved_run(config, workdir, strategy)

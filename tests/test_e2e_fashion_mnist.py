@@ -17,7 +17,7 @@ def test_pipeline_on_real_fashion_mnist(tmp_path):
                  "--config.teacher.epochs=3", "--config.student.epochs=3",
                  "--config.run.log_every_steps=50")
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "| distill: mlp w32, 1 teacher(s), alpha 0.5, T 2, " in out.stdout
+  assert "vs labels only" in out.stdout and "results.md (the full table" in out.stdout
   stages = {}
   for stage in ("teacher", "student_baseline", "student_kd"):
     run = os.path.join(workdir, stage)
@@ -30,6 +30,8 @@ def test_pipeline_on_real_fashion_mnist(tmp_path):
     acc.Reload()
     assert "eval/accuracy" in acc.Tags()["tensors"]
   assert stages["teacher"]["test_accuracy"] > 0.75
+  for stage, row in stages.items():  # The terminal summary prints what results.json holds.
+    assert f"{100 * row['test_accuracy']:.2f}%" in out.stdout.split(stage, 1)[1].splitlines()[0]
   assert stages["student_kd"]["test_accuracy"] > 0.6  # Far above the 10% of chance.
   assert stages["student_kd"]["teacher_test_accuracy"] == stages["teacher"]["test_accuracy"]
   summary = json.load(open(os.path.join(workdir, "results.json")))

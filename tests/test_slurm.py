@@ -119,66 +119,50 @@ def _wait_for_queue(env, timeout=900):
 
 
 @pytest.mark.slow
-def test_a_planned_campaign_runs_as_dependent_job_arrays(slurm, tmp_path):
+def test_a_planned_campaign_runs_as_dependent_job_arrays_and_resubmits_what_is_left(
+    slurm, tmp_path):
+  """teacher + 2 students: `pipeline --plan`, then `slurm`. The teacher's model module is
+  missing at first, so its task fails and its dependants are cancelled (afterok) while the
+  baseline runs; with the module back, `slurm` submits exactly what is left, the campaign
+  completes, a third `slurm` submits nothing and the sequential pipeline finds every run
+  finished (the jobs trained the pipeline's own runs)."""
+  module = tmp_path / "my_models.py"
+  shutil.copy(os.path.join(REPO, "tests", "user_model_module.py"), module)
   work = tmp_path / "campaign"
-  planned = _launch(slurm, tmp_path, "pipeline", "--experiment=fashion_mnist:tiny",
-                    f"--workdir={work}", "--plan")
+  args = ("--experiment=fashion_mnist:tiny", f"--workdir={work}",
+          "--config.teacher.model=my_models:small_cnn")
+  planned = _launch(slurm, tmp_path, "pipeline", *args, "--plan")
   assert planned.returncode == 0, planned.stderr[-2000:]
   plan = json.load(open(work / "plan.json"))
   assert [g["name"] for g in plan["groups"]] == ["teachers", "baseline", "students", "report"]
   assert {j["id"]: j["after"] for j in plan["jobs"]}["student_kd"] == ["teacher"]
-  submitted = _launch(slurm, tmp_path, "slurm", f"--plan={work}", "--sbatch=--cpus-per-task=1")
-  assert submitted.returncode == 0, submitted.stderr[-2000:]
-  assert submitted.stdout.count("Slurm job") == 4, submitted.stdout
-  _wait_for_queue(slurm)
-  logs = "\n".join(p.read_text()[-1500:] for p in sorted((work / "slurm_logs").iterdir()))
-  for run in ("teacher", "student_baseline", "student_kd"):
-    assert (work / run / "results.json").exists(), logs
-  assert (work / "results.md").exists(), logs
-  # The students started only after the teacher had finished (afterok).
-  teacher_done = os.path.getmtime(work / "teacher" / "results.json")
-  assert os.path.getmtime(work / "student_kd" / "config.json") >= teacher_done
-  # Rerun: nothing left, nothing submitted.
-  again = _launch(slurm, tmp_path, "slurm", f"--plan={work}")
-  assert again.returncode == 0 and "nothing left to run" in again.stdout, again.stdout
-  # The same runs as the sequential pipeline: it finds every one finished.
-  stamp = {r: os.path.getmtime(work / r / "results.json")
-           for r in ("teacher", "student_baseline", "student_kd")}
-  sequential = _launch(slurm, tmp_path, "pipeline", "--experiment=fashion_mnist:tiny",
-                       f"--workdir={work}")
-  assert sequential.returncode == 0, sequential.stderr[-2000:]
-  assert sequential.stderr.count("already finished") == 3, sequential.stderr
-  assert stamp == {r: os.path.getmtime(work / r / "results.json") for r in stamp}
-
-
-@pytest.mark.slow
-def test_a_failed_job_is_resubmitted_with_what_is_left(slurm, tmp_path):
-  """A teacher whose model module has gone fails its array task and its dependants never
-  start (afterok); with the module back, `slurm` again submits exactly the unfinished jobs."""
-  module = tmp_path / "my_models.py"
-  shutil.copy(os.path.join(REPO, "tests", "user_model_module.py"), module)
-  work = tmp_path / "c"
-  planned = _launch(slurm, tmp_path, "pipeline", "--experiment=fashion_mnist:tiny",
-                    f"--workdir={work}", "--plan", "--config.teacher.model=my_models:small_cnn")
-  assert planned.returncode == 0, planned.stderr[-2000:]
   module.rename(tmp_path / "elsewhere.py")
-  first = _launch(slurm, tmp_path, "slurm", f"--plan={work}")
-  assert first.returncode == 0, first.stderr
-  _wait_for_queue(slurm)  # The teacher fails, the students are cancelled, the baseline runs.
+  first = _launch(slurm, tmp_path, "slurm", f"--plan={work}", "--sbatch=--cpus-per-task=1")
+  assert first.returncode == 0 and first.stdout.count("Slurm job") == 4, first.stdout
+  _wait_for_queue(slurm)
   assert not (work / "teacher" / "results.json").exists()
-  assert not (work / "student_kd").exists()
+  assert not (work / "student_kd").exists()  # cancelled, never started
   assert (work / "student_baseline" / "results.json").exists()
   logs = "".join(p.read_text() for p in (work / "slurm_logs").iterdir())
-  assert "cannot import module 'my_models'" in logs  # The task's own error, in its log.
-  baseline_stamp = os.path.getmtime(work / "student_baseline" / "results.json")
+  assert "cannot import module 'my_models'" in logs  # the task's own error, in its log
+  stamp = {"student_baseline": os.path.getmtime(work / "student_baseline" / "results.json")}
   (tmp_path / "elsewhere.py").rename(module)
   second = _launch(slurm, tmp_path, "slurm", f"--plan={work}")
   assert second.returncode == 0, second.stderr
   assert "baseline" not in second.stdout and second.stdout.count("Slurm job") == 3
   _wait_for_queue(slurm)
+  logs = "\n".join(p.read_text()[-1500:] for p in sorted((work / "slurm_logs").iterdir()))
+  assert (work / "results.md").exists(), logs
   assert json.load(open(work / "teacher" / "results.json"))["model"] == "my_models:small_cnn"
-  assert (work / "student_kd" / "results.json").exists() and (work / "results.md").exists()
-  assert os.path.getmtime(work / "student_baseline" / "results.json") == baseline_stamp
+  teacher_done = os.path.getmtime(work / "teacher" / "results.json")
+  assert os.path.getmtime(work / "student_kd" / "config.json") >= teacher_done  # afterok
+  again = _launch(slurm, tmp_path, "slurm", f"--plan={work}")
+  assert again.returncode == 0 and "nothing left to run" in again.stdout, again.stdout
+  stamp.update({r: os.path.getmtime(work / r / "results.json") for r in ("teacher", "student_kd")})
+  sequential = _launch(slurm, tmp_path, "pipeline", *args)
+  assert sequential.returncode == 0, sequential.stderr[-2000:]
+  assert sequential.stderr.count("already finished") == 3, sequential.stderr
+  assert stamp == {r: os.path.getmtime(work / r / "results.json") for r in stamp}
 
 
 @pytest.mark.slow

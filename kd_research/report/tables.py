@@ -193,3 +193,23 @@ def sweep_table(runs, root):
         f"| {', '.join(os.path.relpath(m['dir'], root) for m in members)} "
         f"| {'<br>'.join(f'`{c}`' for c in commands) or '-'} |")
   return "\n".join(lines) + "\n"
+
+
+def terminal_summary(results):
+  """The pipeline's result for a terminal (results.md holds the full table): one row per
+  stage, 80 columns wide: test accuracy (mean +- std over seeds), parameters, and for a
+  distilled stage its gain over the labels-only student."""
+  baseline = results.get("student_baseline", {}).get("test_accuracy")
+  lines = [f"{'run':<26} {'test accuracy':>16} {'params':>12}  vs labels only",
+           "-" * 78]
+  for stage in sorted(results, key=lambda s: (not s.startswith("teacher"), s)):
+    row = results[stage]
+    if row.get("test_accuracy") is None:
+      continue
+    std = row.get("test_accuracy_std")
+    accuracy = f"{100 * row['test_accuracy']:.2f}%" + (f" +- {100 * std:.2f}" if std else "")
+    gain = ""
+    if stage.startswith("student_kd") and baseline is not None:
+      gain = f"{100 * (row['test_accuracy'] - baseline):+.2f} points"
+    lines.append(f"{stage:<26} {accuracy:>16} {row.get('params') or 0:>12,}  {gain}")
+  return "\n".join(lines)
