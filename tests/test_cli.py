@@ -118,7 +118,8 @@ def test_a_pipeline_prints_its_own_lines_only_unless_verbose(tmp_path):
   printed = quiet.stdout + quiet.stderr
   assert not [c for c in CHATTER if c in printed], printed[:3000]
   assert "teacher finished: test accuracy" in quiet.stderr
-  assert quiet.stdout.rstrip().splitlines()[-1].startswith("Files: ")
+  last = quiet.stdout.rstrip().splitlines()
+  assert last[-3].startswith("Files: ") and "vs labels only" in quiet.stdout
   assert len(printed.splitlines()) < 60, printed
   verbose = subprocess.run([sys.executable, "-m", "kd_research.main", "train",
                             "--experiment=fashion_mnist:tiny", f"--workdir={tmp_path}/v",
