@@ -142,6 +142,10 @@ def test_the_python_api_with_arrays_a_spec_teacher_and_a_keras_model_student(tmp
   assert again.results == student.results  # reported, not retrained
   evaluated = kd.evaluate(student)
   assert evaluated["accuracy"] == pytest.approx(student.test_accuracy, abs=1e-6)
+  baseline = kd.train_student("user_model_module:small_cnn", data=data, epochs=1,
+                              workdir=str(tmp_path / "labels"), overrides=small, seed=3)
+  assert baseline.results["model"] == "user_model_module:small_cnn"
+  assert baseline.results["seed"] == 3 and baseline.results["role"] == "student"
   table = kd.compare(str(tmp_path))
   assert f"{100 * student.test_accuracy:.2f}%" in table and (tmp_path / "report.md").exists()
   with pytest.raises(kd.UserError, match="no field"):

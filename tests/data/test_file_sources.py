@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import write_image_folder, write_tfds_dataset
+from conftest import tiny_config, write_image_folder, write_tfds_dataset
 from kd_research import config as config_lib
 from kd_research.common.errors import UserError
 from kd_research.data import datasets
@@ -155,7 +155,7 @@ def test_tfds_source_reads_a_prepared_dataset(tmp_path):
 
 
 def test_unknown_spec_and_image_size_on_builtins_are_refused():
-  with pytest.raises(UserError, match="valid: .*folder:PATH, tfds:NAME.*, tfrecord:PATTERN"):
+  with pytest.raises(UserError, match="valid: .*folder:PATH, npz:PATH, tfds:NAME.*, tfrecord:PATTERN"):
     config_lib.validate(config_for("s3:bucket"))
   with pytest.raises(UserError, match="config.image_size=16 resizes the images of file"):
     config_lib.validate(config_for("synthetic"))
@@ -187,3 +187,30 @@ def test_converter_from_a_builtin_is_lossless(tmp_path):
   got, want = canonical(images, streamed.test.labels), canonical(raw.test_x, raw.test_y)
   np.testing.assert_array_equal(got[0], want[0])
   np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_npz_arrays_source_round_trip_and_bad_files(tmp_path):
+  """npz:PATH (what the Python API writes for arrays): the same pixels and labels back,
+  float pixels rounded, [N, H, W] given a channel; bad files are named."""
+  from kd_research.data import arrays
+  rng = np.random.default_rng(0)
+  x = rng.uniform(0, 255, (40, 6, 6))
+  y = rng.integers(0, 4, 40)
+  path = arrays.write(str(tmp_path), x, y, x[:10], y[:10], classes=("a", "b", "c", "d"))
+  assert path == arrays.write(str(tmp_path), x, y, x[:10], y[:10], classes=("a", "b", "c", "d"))
+  config = tiny_config(dataset=f"npz:{path}", validation_size=8, global_batch_size=8)
+  splits = datasets.load_splits(config)
+  assert splits.input_shape == (6, 6, 1) and splits.num_classes == 4
+  assert splits.classes == ("a", "b", "c", "d") and splits.source == f"npz:{path}"
+  got = np.concatenate([splits.validation.images, splits.train.images])
+  assert sorted(map(bytes, got)) == sorted(map(bytes, np.round(x).astype(np.uint8)[..., None]))
+  np.savez(tmp_path / "partial.npz", x_train=x, y_train=y)
+  with pytest.raises(UserError, match="lacks x_test, y_test"):
+    datasets.load_splits(tiny_config(dataset=f"npz:{tmp_path / 'partial.npz'}"))
+  (tmp_path / "broken.npz").write_bytes(b"not a zip")
+  with pytest.raises(UserError, match="not a readable .npz file"):
+    datasets.load_splits(tiny_config(dataset=f"npz:{tmp_path / 'broken.npz'}"))
+  with pytest.raises(UserError, match=r"pixel values must lie in \[0, 255\]"):
+    arrays.write(str(tmp_path), x * 2, y, x, y)
+  with pytest.raises(UserError, match="not one-hot"):
+    arrays.write(str(tmp_path), x, np.eye(4)[y], x, y)
