@@ -192,7 +192,7 @@ case "$cmd" in
       shift
       "$PY" -m pytest -q -m "not slow" "$@"  # The units: the edit-test loop.
     else
-      "$PY" -m pytest -q "$@"
+      "$PY" -m pytest -q --durations=15 "$@"
     fi ;;
   train|distill|pipeline|eval|export|keras_peer)
     [ -x "$PY" ] || setup
