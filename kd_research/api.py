@@ -153,8 +153,8 @@ def evaluate(run, verbose=False):
   """A finished run's model on its whole test split (RUN/eval.json); the result dict."""
   workdir = _workdir_of(run)
   console.configure(verbose)
-  return evaluation.evaluate_saved_run(make_config(), workdir, distribute.make_strategy(
-      make_config().distribution))
+  c = make_config()  # Its defaults only: the run's own config.json decides the data.
+  return evaluation.evaluate_saved_run(c, workdir, distribute.make_strategy(c.distribution))
 
 
 def export(run, verbose=False):
@@ -177,7 +177,7 @@ def pipeline_run(experiment, workdir, overrides=None, overwrite=False, verbose=F
   c = make_config(experiment, overrides)
   console.configure(verbose)
   config_lib.validate(c)
-  _record(workdir, f"kd_research.pipeline_run({experiment!r}, {workdir!r})")
+  fileio.record_command(workdir, f"kd_research.pipeline_run({experiment!r}, {workdir!r})")
   _, table = pipeline.run(c, workdir, distribute.make_strategy(c.distribution),
                           overwrite=overwrite)
   return table
@@ -186,17 +186,12 @@ def pipeline_run(experiment, workdir, overrides=None, overwrite=False, verbose=F
 def _execute(c, workdir, role, teacher_paths, overwrite, verbose):
   console.configure(verbose)
   config_lib.validate(c)
-  _record(workdir, f"kd_research.{'distill' if role == 'distill' else 'train_' + role}"
-          f"(workdir={workdir!r})")
+  call = "distill" if role == "distill" else f"train_{role}"
+  fileio.record_command(workdir, f"kd_research.{call}(workdir={workdir!r})")
   strategy = distribute.make_strategy(c.distribution)
   results = runs.train_and_evaluate(c, workdir, role, strategy, teacher_paths=teacher_paths,
                                     overwrite=overwrite)
   return RunResult(workdir, dict(results))
-
-
-def _record(workdir, call):
-  fileio.check_writable(workdir)
-  fileio.atomic_write_text(os.path.join(workdir, "command.txt"), call + "\n")
 
 
 def _workdir_of(run):

@@ -142,10 +142,8 @@ def _run(command, config, workdir):
 def _record_command(workdir):
   """Writes the command line that produced the run into WORKDIR/command.txt (for reports)."""
   from kd_research.common import fileio
-  fileio.check_writable(workdir)  # A clear error (not a traceback) for an unusable path.
   args = [a for a in sys.argv[1:] if not a.startswith("--config=")]
-  fileio.atomic_write_text(os.path.join(workdir, "command.txt"), fileio.portable_command(
-      "./launch.sh " + " ".join(args)) + "\n")
+  fileio.record_command(workdir, "./launch.sh " + " ".join(args))
 
 
 def main(argv):

@@ -30,6 +30,13 @@ def atomic_write_bytes(path, data):
     raise
 
 
+def record_command(workdir, command):
+  """Writes the command (or Python call) that produced a run into WORKDIR/command.txt, which
+  the reports show; an unusable workdir is a clear error, not a traceback."""
+  check_writable(workdir)
+  atomic_write_text(os.path.join(workdir, "command.txt"), portable_command(command) + "\n")
+
+
 def atomic_write_json(path, obj):
   """JSON version of ``atomic_write_text`` (sorted keys, indented)."""
   atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
