@@ -30,7 +30,11 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 DEFAULT = tf.distribute.get_strategy()
 # CRD: the memory banks, Z and the embedding heads must resume exactly too.
 METHOD_FLAGS = {"kd": [], "crd": ["--config.distill.method=crd",
-                                  "--config.distill.crd.negatives=64"]}
+                                  "--config.distill.crd.negatives=64"],
+                # Every trainable part of the feature methods in one run (conv teacher).
+                "features": ["--config.distill.method=ofd,reviewkd,vid,nst,cc",
+                             "--config.student.model=cnn_seed", "--config.student.width=4",
+                             "--config.distill.reviewkd.warmup_epochs=1"]}
 
 
 def load_experiment(name, arg=None):
@@ -169,6 +173,7 @@ def method_config(method, **overrides):
   return tiny_config(**{"student.model": "cnn_seed", "student.width": 4, "student.epochs": 1,
                         "distill.method": method, "run.allow_weak_teacher": True,
                         "distill.dkd.warmup_epochs": 1, "distill.crd.negatives": 64,
+                        "distill.reviewkd.warmup_epochs": 1,
                         **overrides})
 
 

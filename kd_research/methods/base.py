@@ -63,6 +63,7 @@ class BuildContext:
   steps_per_epoch: int
   distill_steps: int
   training_set: Optional[TrainingSet] = None
+  teachers: tuple = ()     # every teacher model (OFD reads each one's BatchNorm)
 
   def section(self, name):
     return self.distill[name]
@@ -104,6 +105,12 @@ def global_mean(x):
   if ctx is not None and ctx.num_replicas_in_sync > 1:
     total, count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [total, count])
   return total / count
+
+
+def ramp(step, steps):
+  """min(step / steps, 1) as float32: a loss ramped in linearly over ``steps`` (DKD's and
+  ReviewKD's warm-up)."""
+  return tf.minimum(tf.cast(step, tf.float32) / max(float(steps), 1.0), 1.0)
 
 
 def labelled_cross_entropy(batch, logits):
@@ -215,6 +222,24 @@ class FeatureMethod(TeacherWeighted):
   @classmethod
   def reads_teacher_maps(cls, section):
     return section.teacher_tap != "pooled"
+
+
+class OwnsModules:
+  """Mixin for a method that owns Keras modules (connectors, regressors, fusion modules) in
+  ``self.modules`` and plain variables in ``self.owned``: trained with the student, in its
+  checkpoint (BatchNorm statistics too), never exported."""
+
+  modules = ()
+  owned = ()
+
+  @property
+  def trainable_variables(self):
+    return ([v for m in self.modules for v in m.trainable_variables]
+            + [v for v in self.owned if v.trainable])
+
+  @property
+  def variables(self):
+    return [v for m in self.modules for v in m.variables] + list(self.owned)
 
 
 class RelationalMethod(FeatureMethod):

@@ -53,5 +53,4 @@ class DKD(base.TeacherWeighted):
     tckd, nckd = dkd_terms(ls.maybe_standardize(student["logits"], self.standardize),
                            ls.maybe_standardize(teacher["logits"][k], self.standardize),
                            batch["label"], self.t)
-    ramp = tf.minimum(tf.cast(step, tf.float32) / max(float(self.warmup_steps), 1.0), 1.0)
-    return ramp * (self.alpha * tckd + self.beta * nckd)
+    return base.ramp(step, self.warmup_steps) * (self.alpha * tckd + self.beta * nckd)

@@ -13,7 +13,13 @@ Input shape and class count come from the data (28x28x1 and 32x32x3 both work); 
 final pooling is global average pooling, which equals the references' fixed-size
 average pooling on 32x32 inputs. ``width`` scales every channel count by
 ``width / default`` (``None`` is the published model). Taps: ``stage1``, ``stage2``, ...
-after each stage (the references' feature list) and ``pooled`` before the classifier.
+after each stage (the references' feature list) and ``pooled`` before the classifier;
+``stage<i>_preact``, the tensor whose ReLU is the stage's output (mdistiller's
+``preact_feats``), for every family but ShuffleNetV2, with ``stage<i>_preact_bn`` the
+BatchNorm that shapes it (OFD's margin): the residual branch's last BN for ResNets, the
+BN of the next pre-activation block (or the final BN) for WRN, the block's BN for VGG,
+the projection BN of the stage's last block for MobileNetV2 (a linear bottleneck: its
+pre-activation is the stage output itself).
 """
 
 import keras
@@ -41,7 +47,8 @@ def _resnet(name, depth, filters, input_shape, num_classes, width, sync_bn):
   for stage, stage_filters in enumerate(filters[1:]):
     for block in range(blocks):
       stride = 2 if stage > 0 and block == 0 else 1
-      x = parts.residual_block(x, stage_filters, stride, sync_bn)
+      last = f"stage{stage + 1}" if block == blocks - 1 else None
+      x = parts.residual_block(x, stage_filters, stride, sync_bn, last)
     x = parts.tap(x, f"stage{stage + 1}")
   x = parts.tap(keras.layers.GlobalAveragePooling2D()(x), "pooled")
   return keras.Model(inputs, parts.logits(x, num_classes), name=name)
@@ -55,10 +62,13 @@ def _resnet_builder(name, depth, filters):
   return builder
 
 
-def _wrn_block(x, filters, stride, sync_bn):
+def _wrn_block(x, filters, stride, sync_bn, previous=None):
   """Pre-activation block: BN-ReLU-conv3x3-BN-ReLU-conv3x3, 1x1 conv shortcut (no BN) when
-  the shape changes, taken from the activated input as in the reference."""
-  activated = keras.layers.ReLU()(parts.batch_norm(sync_bn)(x))
+  the shape changes, taken from the activated input as in the reference. ``previous``: the
+  stage whose output enters (first block of a stage): its pre-activation is this block's
+  first BN output (as mdistiller's ``block.layer[0].bn1(f)``)."""
+  normalised = parts.batch_norm(sync_bn, name=parts.preact_bn_name(previous))(x)
+  activated = keras.layers.ReLU()(parts.preact_tap(normalised, previous))
   same = stride == 1 and x.shape[-1] == filters
   y = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(activated)
   y = keras.layers.ReLU()(parts.batch_norm(sync_bn)(y))
@@ -77,10 +87,12 @@ def _wrn(name, depth, factor, input_shape, num_classes, width, sync_bn):
   x = keras.layers.Conv2D(channels[0], 3, padding="same", use_bias=False)(x)
   for stage, filters in enumerate(channels[1:]):
     for block in range(blocks):
-      x = _wrn_block(x, filters, 2 if stage > 0 and block == 0 else 1, sync_bn)
+      previous = f"stage{stage}" if stage > 0 and block == 0 else None
+      x = _wrn_block(x, filters, 2 if stage > 0 and block == 0 else 1, sync_bn, previous)
     if stage < 2:
       x = parts.tap(x, f"stage{stage + 1}")
-  x = parts.tap(keras.layers.ReLU()(parts.batch_norm(sync_bn)(x)), "stage3")
+  x = parts.batch_norm(sync_bn, name=parts.preact_bn_name("stage3"))(x)
+  x = parts.tap(keras.layers.ReLU()(parts.preact_tap(x, "stage3")), "stage3")
   x = parts.tap(keras.layers.GlobalAveragePooling2D()(x), "pooled")
   return keras.Model(inputs, parts.logits(x, num_classes), name=name)
 
@@ -98,10 +110,13 @@ def _vgg(name, config, input_shape, num_classes, width, sync_bn):
   inputs = keras.Input(shape=input_shape)
   x = keras.layers.Rescaling(1.0 / 255)(inputs)
   for index, block in enumerate(config):
-    for filters in block:
+    stage = f"stage{index + 1}"
+    for position, filters in enumerate(block):
       x = keras.layers.Conv2D(_scaled(filters, width, 64), 3, padding="same")(x)
-      x = keras.layers.ReLU()(parts.batch_norm(sync_bn)(x))
-    x = parts.tap(x, f"stage{index + 1}")
+      last = stage if position == len(block) - 1 else None
+      x = parts.batch_norm(sync_bn, name=parts.preact_bn_name(last))(x)
+      x = keras.layers.ReLU()(parts.preact_tap(x, last))
+    x = parts.tap(x, stage)
     if index < 3:
       x = keras.layers.MaxPooling2D()(x)
   x = parts.tap(keras.layers.GlobalAveragePooling2D()(x), "pooled")
@@ -119,15 +134,19 @@ def _vgg_builder(name):
   return builder
 
 
-def _inverted_residual(x, filters, stride, expansion, sync_bn):
-  """1x1 expand-BN-ReLU, 3x3 depthwise-BN-ReLU, 1x1 project-BN; identity add when shapes match."""
+def _inverted_residual(x, filters, stride, expansion, sync_bn, stage=None):
+  """1x1 expand-BN-ReLU, 3x3 depthwise-BN-ReLU, 1x1 project-BN; identity add when shapes
+  match. ``stage`` (a stage's last block): the projection BN is ``<stage>_preact_bn`` and
+  the output (linear: no ReLU follows) is tapped as ``<stage>_preact`` too."""
   expanded = x.shape[-1] * expansion
   y = keras.layers.Conv2D(expanded, 1, use_bias=False)(x)
   y = keras.layers.ReLU()(parts.batch_norm(sync_bn)(y))
   y = keras.layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False)(y)
   y = keras.layers.ReLU()(parts.batch_norm(sync_bn)(y))
-  y = parts.batch_norm(sync_bn)(keras.layers.Conv2D(filters, 1, use_bias=False)(y))
-  return keras.layers.Add()([x, y]) if stride == 1 and x.shape[-1] == filters else y
+  y = parts.batch_norm(sync_bn, name=parts.preact_bn_name(stage))(
+      keras.layers.Conv2D(filters, 1, use_bias=False)(y))
+  out = keras.layers.Add()([x, y]) if stride == 1 and x.shape[-1] == filters else y
+  return parts.preact_tap(out, stage)
 
 
 def mobilenetv2_cifar(input_shape, num_classes, width=None, sync_bn=False):
@@ -147,8 +166,9 @@ def mobilenetv2_cifar(input_shape, num_classes, width=None, sync_bn=False):
   x = keras.layers.ReLU()(parts.batch_norm(sync_bn)(x))
   for index, (expansion, channels, repeats, stride) in enumerate(setting):
     for repeat in range(repeats):
+      last = taps_after.get(index) if repeat == repeats - 1 else None
       x = _inverted_residual(x, max(1, int(channels * multiplier)), stride if repeat == 0 else 1,
-                             expansion, sync_bn)
+                             expansion, sync_bn, last)
     if index in taps_after:
       x = parts.tap(x, taps_after[index])
   last = int(1280 * multiplier) if multiplier > 1.0 else 1280

@@ -13,7 +13,9 @@ init); BN scale 1, offset 0; the classifier PyTorch's Linear init (uniform withi
 padding, then a 'valid' convolution or pooling), not Keras' 'same', so every stride-2 layer
 sees the same pixels as the reference. Inputs are raw pixels in [0, 255], normalised inside
 by the ImageNet mean and std (grey inputs by their mean). Any input size and class count;
-taps ``stage1``..``stage4`` (the four stages' outputs) and ``pooled``.
+taps ``stage1``..``stage4`` (the four stages' outputs) and ``pooled``, and each stage's
+pre-activation ``stage<i>_preact`` (the sum before the last ReLU; for MobileNet-V1 the BN
+output before it) with ``stage<i>_preact_bn`` the BatchNorm that shapes it.
 """
 
 import math
@@ -26,7 +28,13 @@ from kd_research.models import registry
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5  # PyTorch's momentum 0.1, eps 1e-5
-KAIMING_FAN_OUT = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+
+
+def kaiming_fan_out():
+  """torchvision's conv init, a new initializer per layer: an unseeded Keras initializer
+  draws its seed once, when it is created, and gives every layer of the same shape the same
+  values; created in the builder, its seed follows keras.utils.set_random_seed."""
+  return keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
 
 
 def batch_norm(sync_bn, name=None):
@@ -41,14 +49,17 @@ def conv(x, filters, kernel, stride=1, depthwise=False):
     x = keras.layers.ZeroPadding2D(kernel // 2)(x)
   if depthwise:
     return keras.layers.DepthwiseConv2D(kernel, strides=stride, use_bias=False,
-                                        depthwise_initializer=KAIMING_FAN_OUT)(x)
+                                        depthwise_initializer=kaiming_fan_out())(x)
   return keras.layers.Conv2D(filters, kernel, strides=stride, use_bias=False,
-                             kernel_initializer=KAIMING_FAN_OUT)(x)
+                             kernel_initializer=kaiming_fan_out())(x)
 
 
-def conv_bn(x, filters, kernel, sync_bn, stride=1, relu=True, depthwise=False):
-  x = batch_norm(sync_bn)(conv(x, filters, kernel, stride, depthwise))
-  return keras.layers.ReLU()(x) if relu else x
+def conv_bn(x, filters, kernel, sync_bn, stride=1, relu=True, depthwise=False, stage=None):
+  """conv - BN (- ReLU); ``stage``: the BN is ``<stage>_preact_bn`` and, with ``relu``, its
+  output is tapped as ``<stage>_preact``."""
+  x = batch_norm(sync_bn, parts.preact_bn_name(stage))(conv(x, filters, kernel, stride,
+                                                           depthwise))
+  return keras.layers.ReLU()(parts.preact_tap(x, stage)) if relu else x
 
 
 def torch_linear(x, num_classes):
@@ -83,19 +94,21 @@ def _shortcut(x, filters, stride, sync_bn):
   return conv_bn(x, filters, 1, sync_bn, stride=stride, relu=False)
 
 
-def basic_block(x, filters, stride, sync_bn):
+def basic_block(x, filters, stride, sync_bn, stage=None):
+  """3x3 - 3x3 + shortcut, ReLU; ``stage``: the sum is tapped as ``<stage>_preact``."""
   y = conv_bn(x, filters, 3, sync_bn, stride=stride)
-  y = conv_bn(y, filters, 3, sync_bn, relu=False)
-  return keras.layers.ReLU()(keras.layers.Add()([y, _shortcut(x, filters, stride, sync_bn)]))
+  y = conv_bn(y, filters, 3, sync_bn, relu=False, stage=stage)
+  out = keras.layers.Add()([y, _shortcut(x, filters, stride, sync_bn)])
+  return keras.layers.ReLU()(parts.preact_tap(out, stage))
 
 
-def bottleneck(x, filters, stride, sync_bn):
+def bottleneck(x, filters, stride, sync_bn, stage=None):
   """1x1 (filters) - 3x3/stride (filters) - 1x1 (4 x filters), projection when needed."""
   y = conv_bn(x, filters, 1, sync_bn)
   y = conv_bn(y, filters, 3, sync_bn, stride=stride)
-  y = conv_bn(y, 4 * filters, 1, sync_bn, relu=False)
+  y = conv_bn(y, 4 * filters, 1, sync_bn, relu=False, stage=stage)
   shortcut = _shortcut(x, 4 * filters, stride, sync_bn)
-  return keras.layers.ReLU()(keras.layers.Add()([y, shortcut]))
+  return keras.layers.ReLU()(parts.preact_tap(keras.layers.Add()([y, shortcut]), stage))
 
 
 def _resnet(name, block, layers, input_shape, num_classes, width, sync_bn):
@@ -105,7 +118,8 @@ def _resnet(name, block, layers, input_shape, num_classes, width, sync_bn):
   x = _stem(x, base, sync_bn)
   for stage, blocks in enumerate(layers):
     for i in range(blocks):
-      x = block(x, base * 2**stage, 2 if stage > 0 and i == 0 else 1, sync_bn)
+      last = f"stage{stage + 1}" if i == blocks - 1 else None
+      x = block(x, base * 2**stage, 2 if stage > 0 and i == 0 else 1, sync_bn, last)
     x = parts.tap(x, f"stage{stage + 1}")
   x = parts.tap(keras.layers.GlobalAveragePooling2D()(x), "pooled")
   return keras.Model(inputs, torch_linear(x, num_classes), name=name)
@@ -133,9 +147,11 @@ def mobilenetv1(input_shape, num_classes, width=None, sync_bn=False):
   x = conv_bn(x, max(1, round(32 * scale)), 3, sync_bn, stride=2)
   for i, (filters, stride) in enumerate(MOBILENET_BLOCKS, 1):
     x = conv_bn(x, None, 3, sync_bn, stride=stride, depthwise=True)
-    x = conv_bn(x, max(1, round(filters * scale)), 1, sync_bn)
-    if i in MOBILENET_STAGE_ENDS:
-      x = parts.tap(x, f"stage{MOBILENET_STAGE_ENDS.index(i) + 1}")
+    stage = (f"stage{MOBILENET_STAGE_ENDS.index(i) + 1}" if i in MOBILENET_STAGE_ENDS
+             else None)
+    x = conv_bn(x, max(1, round(filters * scale)), 1, sync_bn, stage=stage)
+    if stage:
+      x = parts.tap(x, stage)
   x = parts.tap(keras.layers.GlobalAveragePooling2D()(x), "pooled")
   return keras.Model(inputs, torch_linear(x, num_classes), name="mobilenetv1")
 

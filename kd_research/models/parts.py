@@ -1,7 +1,7 @@
 """Building blocks shared by the model families (seed.py) and the CIFAR family
-(cifar.py): feature taps, the float32 logits head, BatchNorm, the basic residual
-block, and the two weightless layers ShuffleNetV2 needs (saved and loaded by name, so
-``.keras`` files load with safe_mode)."""
+(cifar.py): feature taps (with the stages' pre-activation taps), the float32 logits head,
+BatchNorm, the basic residual block, and the two weightless layers ShuffleNetV2 needs
+(saved and loaded by name, so ``.keras`` files load with safe_mode)."""
 
 import keras
 from keras import ops
@@ -22,19 +22,33 @@ def tap(x, name):
   return keras.layers.Identity(name=name)(x)
 
 
-def residual_block(x, filters, stride, sync_bn):
+def preact_bn_name(stage):
+  """The name of the BatchNorm whose scale and offset shape ``stage``'s pre-activation
+  (OFD reads its margin from them), or None when ``stage`` is None."""
+  return f"{stage}_preact_bn" if stage else None
+
+
+def preact_tap(x, stage):
+  """Names ``stage``'s pre-activation ``<stage>_preact``: the tensor the stage's last ReLU
+  takes (an Identity layer like ``tap``: the model's numerics and weights are unchanged)."""
+  return tap(x, f"{stage}_preact") if stage else x
+
+
+def residual_block(x, filters, stride, sync_bn, stage=None):
   """conv3x3-BN-ReLU-conv3x3-BN + shortcut, ReLU; 1x1 conv + BN projection when the shape
-  changes (the seed article added the input unchanged, which breaks on such blocks)."""
+  changes (the seed article added the input unchanged, which breaks on such blocks).
+  ``stage`` (the last block of a stage): the sum before the ReLU is tapped as
+  ``<stage>_preact`` and the residual branch's last BatchNorm named ``<stage>_preact_bn``."""
   shortcut = x
   y = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
   y = batch_norm(sync_bn)(y)
   y = keras.layers.ReLU()(y)
   y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
-  y = batch_norm(sync_bn)(y)
+  y = batch_norm(sync_bn, name=preact_bn_name(stage))(y)
   if stride != 1 or x.shape[-1] != filters:
     shortcut = keras.layers.Conv2D(filters, 1, strides=stride, use_bias=False)(x)
     shortcut = batch_norm(sync_bn)(shortcut)
-  return keras.layers.ReLU()(keras.layers.Add()([y, shortcut]))
+  return keras.layers.ReLU()(preact_tap(keras.layers.Add()([y, shortcut]), stage))
 
 
 @keras.saving.register_keras_serializable(package="kd_research")

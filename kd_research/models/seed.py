@@ -18,9 +18,10 @@ def resnet_seed(input_shape, num_classes, width=None, sync_bn=False):
   x = keras.layers.Rescaling(1.0 / 255)(inputs)
   for index, (filters, stride) in enumerate(((width, 1), (width, 1), (2 * width, 2),
                                              (2 * width, 1), (4 * width, 2), (4 * width, 1))):
-    x = parts.residual_block(x, filters, stride, sync_bn)
-    if index % 2:
-      x = parts.tap(x, f"stage{index // 2 + 1}")
+    stage = f"stage{index // 2 + 1}" if index % 2 else None
+    x = parts.residual_block(x, filters, stride, sync_bn, stage)
+    if stage:
+      x = parts.tap(x, stage)
   x = parts.tap(keras.layers.GlobalAveragePooling2D()(x), "pooled")
   return keras.Model(inputs, parts.logits(x, num_classes), name="resnet_seed")
 
@@ -33,10 +34,14 @@ def cnn_seed(input_shape, num_classes, width=None, sync_bn=False):
   inputs = keras.Input(shape=input_shape)
   x = keras.layers.Rescaling(1.0 / 255)(inputs)
   x = keras.layers.Conv2D(width, 3, activation="relu")(x)
+  # The stage-ending convolutions apply their ReLU as a layer of its own, after the max
+  # pooling for stage1 (max and ReLU commute exactly), so that the pre-activations can be
+  # tapped (stage1_preact, stage2_preact); the same weights and outputs as conv(relu).
+  x = keras.layers.MaxPooling2D()(keras.layers.Conv2D(2 * width, 3)(x))
+  x = parts.tap(keras.layers.ReLU()(parts.preact_tap(x, "stage1")), "stage1")
   x = keras.layers.Conv2D(2 * width, 3, activation="relu")(x)
-  x = parts.tap(keras.layers.MaxPooling2D()(x), "stage1")
-  x = keras.layers.Conv2D(2 * width, 3, activation="relu")(x)
-  x = parts.tap(keras.layers.Conv2D(2 * width, 3, activation="relu")(x), "stage2")
+  x = keras.layers.Conv2D(2 * width, 3)(x)
+  x = parts.tap(keras.layers.ReLU()(parts.preact_tap(x, "stage2")), "stage2")
   x = parts.tap(keras.layers.GlobalAveragePooling2D()(x), "pooled")
   return keras.Model(inputs, parts.logits(x, num_classes), name="cnn_seed")
 

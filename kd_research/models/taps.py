@@ -6,7 +6,9 @@ as its logits.
 forward pass serves the classifier and every tap. The registry's models name their
 stage outputs ``stage1``, ``stage2``, ... and the pooled feature ``pooled``
 (models/seed.py, cifar.py); keras.applications teachers have ``pooled``. Any other layer of the
-model's top-level graph can be named instead.
+model's top-level graph can be named instead. Most registry models also tap each stage's
+pre-activation, ``stage<i>_preact`` (the tensor whose ReLU is the stage output: OFD and
+ReviewKD read it), and name ``stage<i>_preact_bn`` the BatchNorm that shapes it.
 """
 
 import keras
@@ -18,6 +20,33 @@ def stage_names(model):
   """The model's stage taps in order (``stage1``, ``stage2``, ...), possibly empty."""
   names = {layer.name for layer in model.layers}
   return tuple(f"stage{i}" for i in range(1, 100) if f"stage{i}" in names)
+
+
+def preact(stage):
+  """The pre-activation tap of ``stage`` ('stage2' -> 'stage2_preact')."""
+  return f"{stage}_preact"
+
+
+def require_preact(model, stages, what, method):
+  """The pre-activation taps of ``stages`` on ``model``; UserError naming the model and
+  the method when it has none (user models can name their own layers this way)."""
+  names = {layer.name for layer in model.layers}
+  missing = [s for s in stages if preact(s) not in names]
+  if missing:
+    raise UserError(
+        f"config.distill.method={method} reads the {what}'s pre-activation taps, and model "
+        f"{model.name} has no {', '.join(preact(s) for s in missing)}. The registry's ResNets, "
+        "WRNs, VGGs, MobileNets, resnet_seed and cnn_seed have them (a model file saved before "
+        "they existed does not: retrain it); in your own model name the tensor before a "
+        "stage's last ReLU '<stage>_preact' (e.g. keras.layers.Identity(name='stage2_preact')).")
+  return [preact(s) for s in stages]
+
+
+def preact_batch_norm(model, stage):
+  """The BatchNormalization layer named ``<stage>_preact_bn`` of ``model``, or None."""
+  names = {layer.name for layer in model.layers}
+  name = f"{stage}_preact_bn"
+  return model.get_layer(name) if name in names else None
 
 
 def resolve(model, name, what):

@@ -107,7 +107,8 @@ def resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
                 splits.train.num_examples,
                 None if config.labels.count or config.labels.fraction
                 else lambda: splits.train.labels,
-                config.global_batch_size, entry.seed)))
+                config.global_batch_size, entry.seed),
+            tuple(method["ensemble"].models)))
     return method_registry.build_variables(method["objective"], model, method["ensemble"])
 
   state = state_lib.build(

@@ -19,10 +19,14 @@ from conftest import weights_of
 
 
 
-# CRD: the memory banks, Z and the embedding heads must resume exactly too.
+# CRD: the memory banks, Z and the embedding heads must resume exactly too; 'features'
+# (ofd, reviewkd, vid, nst, cc together, a conv teacher): OFD's connectors, ReviewKD's
+# fusion modules, VID's regressors and variances.
 
-@pytest.mark.parametrize("method", ["kd", "crd"])
-def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path, teacher_file, method):
+@pytest.mark.parametrize("method,teacher", [("kd", "teacher_file"), ("crd", "teacher_file"),
+                                            ("features", "conv_teacher")])
+def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path, request, method, teacher):
+  teacher_file = request.getfixturevalue(teacher)
   full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
   done = subprocess.run(distill_cmd(full, teacher_file, method), cwd=REPO, env=ENV,
                         capture_output=True, text=True, timeout=300)
@@ -44,7 +48,9 @@ def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path, teacher_file, met
   readers = [tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(d, "checkpoints")))
              for d in (full, cut)]
   names = [n for n in readers[0].get_variable_to_shape_map() if n.startswith("objective/")]
-  assert bool(names) == (method == "crd")  # CRD's heads, banks and Z are checkpointed.
+  assert bool(names) == (method != "kd")  # The objectives' variables are checkpointed.
+  if method == "features":
+    assert any("vid" in n for n in names) and len(names) > 20, names
   for name in names:
     np.testing.assert_array_equal(readers[0].get_tensor(name), readers[1].get_tensor(name))
 
