@@ -6,6 +6,7 @@ pairs, hyper-parameters chosen on validation, 3 seeds each.
     ./launch.sh pipeline --experiment=method_benchmark:resnet --workdir=runs/benchmark/resnet
     ./launch.sh report --workdir=runs/benchmark --sweep=runs/benchmark_sweep \\
         --output=results/RESULTS.md --figure=results/results_methods.svg
+    ./launch.sh benchmark_features  # only the feature methods below, kd and the baselines
 
 Each pipeline trains its teacher, runs every method's candidates once (seed 0) in
 runs/benchmark_sweep/<pair>/ and keeps the one with the best *validation* accuracy
@@ -26,13 +27,18 @@ resnet pair's students (a larger network, and BatchNorm) converge sooner: 20 epo
 and RKD/PKT/CRD read the teacher-output cache; the methods on feature maps (FitNets, AT,
 SP) run the teacher live. CRD uses 4,096 negatives (16,384 in the reference; the CPU cost
 of the bank's gather grows with K). DKD's warm-up is 3 epochs (20 of 240 in the reference:
-a similar share of 40 or 20 epochs).
+a similar share of 40 or 20 epochs); ReviewKD's is 3 epochs too (20 of 240 in mdistiller).
 
 Presets:
   article  the seed article's pair, resnet_seed w16 (174K) -> cnn_seed w16 (24K): kd,
-           kd + logit standardization, dkd, dist, fitnets, at, rkd, pkt, sp, crd.
+           kd + logit standardization, dkd, dist, fitnets, at, rkd, pkt, sp, crd, ofd,
+           reviewkd, vid, nst, cc.
   resnet   a same-family pair of the standard benchmark at half width, resnet56 w8
-           (0.22M) -> resnet20 w8 (0.07M): kd, dkd, fitnets, crd.
+           (0.22M) -> resnet20 w8 (0.07M): kd, dkd, fitnets, crd, ofd, reviewkd, vid,
+           nst, cc.
+  article_features, resnet_features  the same pairs and protocol with kd and the feature
+           methods added last (ofd, reviewkd, vid, nst, cc) only: their runs are the full
+           presets' runs (same identities), so the full campaign later skips them.
   curve    the article pair's labels-only student at twice the budget (is it converged?).
   short    the previous, *unconverged* protocol (Adam 1e-3, 20 epochs for teacher and
            students) on the article pair, all methods: the budget at which plain KD lost
@@ -48,7 +54,8 @@ import ml_collections
 
 from kd_research import config as config_lib
 
-PRESETS = ("article", "resnet", "curve", "short", "long", "why", "tiny")
+PRESETS = ("article", "resnet", "article_features", "resnet_features", "curve", "short",
+           "long", "why", "tiny")
 
 # {method variant: its fixed settings}; candidates below are tried on validation.
 _ARTICLE_METHODS = {
@@ -62,7 +69,16 @@ _ARTICLE_METHODS = {
     "pkt": dict(method="pkt"),
     "sp": dict(method="sp"),
     "crd": dict(method="crd", crd=dict(negatives=4096)),
+    "ofd": dict(method="ofd"),
+    "reviewkd": dict(method="reviewkd", reviewkd=dict(warmup_epochs=3)),
+    "vid": dict(method="vid"),
+    "nst": dict(method="nst"),
+    "cc": dict(method="cc"),
 }
+# Methods that read teacher feature maps run the teacher live (the cache holds logits and
+# the pooled feature).
+_MAP_METHODS = ("fitnets", "at", "sp", "ofd", "reviewkd", "vid", "nst")
+_FEATURE_METHODS = ("ofd", "reviewkd", "vid", "nst", "cc")
 # The reference weight first (RepDistiller / mdistiller / the paper), then weaker ones: at
 # short budgets the feature terms of the reference weights swamp the CE term.
 _CANDIDATES = {
@@ -79,8 +95,14 @@ _CANDIDATES = {
     "pkt": {"w30000": dict(pkt=dict(weight=30000.0)), "w3000": dict(pkt=dict(weight=3000.0))},
     "sp": {"w3000": dict(sp=dict(weight=3000.0)), "w300": dict(sp=dict(weight=300.0))},
     "crd": {"w08": dict(crd=dict(weight=0.8)), "w02": dict(crd=dict(weight=0.2))},
+    "ofd": {"w1e-3": dict(ofd=dict(weight=1e-3)), "w1e-4": dict(ofd=dict(weight=1e-4))},
+    "reviewkd": {"w5": dict(reviewkd=dict(weight=5.0)), "w1": dict(reviewkd=dict(weight=1.0))},
+    "vid": {"w1": dict(vid=dict(weight=1.0)), "w01": dict(vid=dict(weight=0.1))},
+    "nst": {"w50": dict(nst=dict(weight=50.0)), "w5": dict(nst=dict(weight=5.0))},
+    # No reference weight for the paper's form of CC (methods/cc.py): the default, then 10x.
+    "cc": {"w100": dict(cc=dict(weight=100.0)), "w1000": dict(cc=dict(weight=1000.0))},
 }
-_RESNET_METHODS = ("kd", "dkd", "fitnets", "crd")
+_RESNET_METHODS = ("kd", "dkd", "fitnets", "crd") + _FEATURE_METHODS
 # Learning rate and epochs (teacher and students) of each protocol.
 _CONVERGED = dict(learning_rate=1e-2, epochs=40)
 _SHORT = dict(learning_rate=1e-3, epochs=20)
@@ -109,22 +131,24 @@ def get_config(arg="article"):
   c.teacher = config_lib.model_config("resnet_seed", width=16, seed=0)
   c.student = config_lib.model_config("cnn_seed", width=16, seed=0)
   methods = dict(_ARTICLE_METHODS)
-  if arg == "resnet":
+  if arg in ("resnet", "resnet_features"):
     c.teacher = config_lib.model_config("resnet56", width=8, seed=0)
     c.student = config_lib.model_config("resnet20", width=8, seed=0)
     methods = {name: _ARTICLE_METHODS[name] for name in _RESNET_METHODS}
+  if arg.endswith("_features"):
+    methods = {name: methods[name] for name in ("kd",) + _FEATURE_METHODS}
   if arg in ("short", "long", "why"):
     methods["dkd"] = dict(method="dkd", dkd=dict(warmup_epochs=1))
     _set_protocol(c, **_SHORT, student_epochs=40 if arg == "long" else None)
   else:  # Nearly converged: resnet20 by 20 epochs (+0.63 at 40), cnn_seed by 40 (+0.77 at 80).
     _set_protocol(c, **_CONVERGED,
-                  student_epochs={"curve": 80, "resnet": 20}.get(arg))
-  # The teacher-output cache: logits, and the pooled feature RKD, PKT and CRD read; the
-  # methods on feature maps (fitnets, at, sp) run the teacher live.
+                  student_epochs={"curve": 80, "resnet": 20, "resnet_features": 20}.get(arg))
+  # The teacher-output cache: logits, and the pooled feature RKD, PKT, CRD and CC read; the
+  # methods on feature maps run the teacher live.
   c.distill.cache_teacher = True
   c.pipeline.seeds = (0, 1, 2)
   for name, settings in methods.items():
-    maps = settings["method"] in ("fitnets", "at", "sp")
+    maps = settings["method"] in _MAP_METHODS
     c.pipeline.variants[name] = dict(settings, **({"cache_teacher": False} if maps else {}))
     c.pipeline.candidates[name] = _CANDIDATES[name]
   if arg == "why":  # kd alone, with the short protocol's validation choice.

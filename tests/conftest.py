@@ -34,7 +34,8 @@ METHOD_FLAGS = {"kd": [], "crd": ["--config.distill.method=crd",
                 # Every trainable part of the feature methods in one run (conv teacher).
                 "features": ["--config.distill.method=ofd,reviewkd,vid,nst,cc",
                              "--config.student.model=cnn_seed", "--config.student.width=4",
-                             "--config.distill.reviewkd.warmup_epochs=1"]}
+                             "--config.distill.reviewkd.warmup_epochs=1",
+                             "--config.run.allow_weak_teacher=true"]}
 
 
 def load_experiment(name, arg=None):

@@ -49,8 +49,8 @@ def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path, request, method, 
              for d in (full, cut)]
   names = [n for n in readers[0].get_variable_to_shape_map() if n.startswith("objective/")]
   assert bool(names) == (method != "kd")  # The objectives' variables are checkpointed.
-  if method == "features":
-    assert any("vid" in n for n in names) and len(names) > 20, names
+  if method == "features":  # Connectors, fusion modules, regressors, variances, BN stats.
+    assert len(names) > 40, names
   for name in names:
     np.testing.assert_array_equal(readers[0].get_tensor(name), readers[1].get_tensor(name))
 
