@@ -40,6 +40,9 @@ usage: ./launch.sh COMMAND [flags]
   benchmark    the method benchmark campaign at its converged budget
                (experiments/method_benchmark.py; resumable: rerun to continue), then
                results/RESULTS.md and its figure
+  benchmark_features  only the feature methods (ofd, reviewkd, vid, nst, cc), kd and the
+               baselines of that campaign, on both pairs (the same runs: the full campaign
+               skips them later), then results/RESULTS_FEATURES.md and its figure
   benchmark_short  the same at the earlier unconverged budget where plain KD lost, and the
                "why" axes: results/RESULTS_SHORT.md, results/RESULTS_WHY.md
   report       compare finished runs below --workdir=DIR (seeds grouped as mean +- std)
@@ -149,6 +152,17 @@ benchmark_campaign() {
   echo "benchmark: results/RESULTS.md and results/results_methods.svg written"
 }
 
+# The feature methods' part of the campaign above (method_benchmark:*_features).
+benchmark_features_campaign() {
+  local root="${KD_BENCHMARK_DIR:-runs/benchmark}"
+  local run=("$PY" -m kd_research.main)
+  "${run[@]}" pipeline --experiment=method_benchmark:article_features --workdir="$root/article" "$@"
+  "${run[@]}" pipeline --experiment=method_benchmark:resnet_features --workdir="$root/resnet" "$@"
+  "${run[@]}" report --workdir="$root" --sweep="${root}_sweep" \
+    --output=results/RESULTS_FEATURES.md --figure=results/results_methods_features.svg > /dev/null
+  echo "benchmark_features: results/RESULTS_FEATURES.md and its figure written"
+}
+
 # The previous, unconverged protocol (method_benchmark:short) where plain KD lost, and the
 # axes of results/RESULTS_WHY.md.
 benchmark_short_campaign() {
@@ -208,6 +222,9 @@ case "$cmd" in
     # runs are skipped; rerun to continue. Then results/RESULTS.md and its figure.
     [ -x "$PY" ] || setup
     benchmark_campaign "$@" ;;
+  benchmark_features)
+    [ -x "$PY" ] || setup
+    benchmark_features_campaign "$@" ;;
   benchmark_short)
     [ -x "$PY" ] || setup
     benchmark_short_campaign "$@" ;;

@@ -52,10 +52,15 @@ class CC(base.RelationalMethod):
     self.gamma, self.taylor_order = gamma, taylor_order
 
   @classmethod
+  def validate(cls, distill, where, active, student_epochs):
+    s = distill.cc
+    base.require(int(s.taylor_order) == s.taylor_order and s.taylor_order >= 0,
+                 f"{where}.cc.taylor_order={s.taylor_order} must be a whole number >= 0.")
+    base.require(s.gamma > 0, f"{where}.cc.gamma={s.gamma} must be > 0.")
+
+  @classmethod
   def from_config(cls, ctx):
     s = ctx.section(cls.name)
-    base.require(int(s.taylor_order) == s.taylor_order and s.taylor_order >= 0,
-                 f"config.distill.cc.taylor_order={s.taylor_order} must be a whole number >= 0.")
     return cls(s.weight, ctx.distill.ce_weight, ctx.teacher_weights, ctx.tap_pair(s),
                s.gamma, int(s.taylor_order))
 

@@ -87,6 +87,17 @@ def stage_pairs(student, teacher, method):
   return pairs
 
 
+def preact_pairs(student, teacher, method, student_preact):
+  """``stage_pairs`` with the teacher's pre-activation taps, and the student's too when
+  ``student_preact`` (OFD; ReviewKD reads the student's stage outputs)."""
+  pairs = stage_pairs(student, teacher, method)
+  s_taps = [a for a, _ in pairs]
+  if student_preact:
+    s_taps = taps_lib.require_preact(student, s_taps, "student", method)
+  return list(zip(s_taps, taps_lib.require_preact(teacher, [b for _, b in pairs], "teacher",
+                                                  method)))
+
+
 def per_example_mean(x):
   """Mean over every axis but the first: [B, ...] -> [B]."""
   return tf.reduce_mean(tf.reshape(x, [tf.shape(x)[0], -1]), -1)

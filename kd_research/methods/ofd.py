@@ -88,14 +88,11 @@ class OFD(base.OwnsModules, base.FeatureMethod):
   @classmethod
   def from_config(cls, ctx):
     s = ctx.section(cls.name)
-    stages = maps.stage_pairs(ctx.student, ctx.teacher, cls.name)
-    student_taps = taps_lib.require_preact(ctx.student, [a for a, _ in stages], "student",
-                                           cls.name)
-    teacher_taps = taps_lib.require_preact(ctx.teacher, [b for _, b in stages], "teacher",
-                                           cls.name)
-    margins = [teacher_margins(t, [b for _, b in stages]) for t in ctx.teachers or (ctx.teacher,)]
+    stages = [b for _, b in maps.stage_pairs(ctx.student, ctx.teacher, cls.name)]
+    margins = [teacher_margins(t, stages) for t in ctx.teachers or (ctx.teacher,)]
     return cls(s.weight, ctx.distill.ce_weight, ctx.teacher_weights,
-               list(zip(student_taps, teacher_taps)), margins, s.kernel_size)
+               maps.preact_pairs(ctx.student, ctx.teacher, cls.name, student_preact=True),
+               margins, s.kernel_size)
 
   @classmethod
   def reads_teacher_maps(cls, section):

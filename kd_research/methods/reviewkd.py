@@ -21,7 +21,6 @@ import tensorflow as tf
 
 from kd_research.methods import base
 from kd_research.methods import maps
-from kd_research.models import taps as taps_lib
 
 
 def hcl(student_map, teacher_map):
@@ -89,13 +88,18 @@ class ReviewKD(base.OwnsModules, base.FeatureMethod):
     self.warmup_steps, self.max_mid, self.modules = warmup_steps, max_mid, []
 
   @classmethod
+  def validate(cls, distill, where, active, student_epochs):
+    s = distill.reviewkd
+    base.require(s.warmup_epochs >= 0 and s.max_mid_channels >= 1,
+                 f"{where}.reviewkd: warmup_epochs={s.warmup_epochs} must be >= 0 and "
+                 f"max_mid_channels={s.max_mid_channels} >= 1.")
+
+  @classmethod
   def from_config(cls, ctx):
     s = ctx.section(cls.name)
-    stages = maps.stage_pairs(ctx.student, ctx.teacher, cls.name)
-    teacher_taps = taps_lib.require_preact(ctx.teacher, [b for _, b in stages], "teacher",
-                                           cls.name)
     # Deepest level first: pooled, then the stages from the last.
-    pairs = [("pooled", "pooled")] + list(zip([a for a, _ in stages], teacher_taps))[::-1]
+    pairs = [("pooled", "pooled")] + maps.preact_pairs(ctx.student, ctx.teacher, cls.name,
+                                                       student_preact=False)[::-1]
     return cls(s.weight, ctx.distill.ce_weight, ctx.teacher_weights, pairs,
                s.warmup_epochs * ctx.steps_per_epoch, s.max_mid_channels)
 

@@ -58,10 +58,14 @@ class VID(base.OwnsModules, base.FeatureMethod):
     self.init_variance, self.eps, self.modules, self.owned = init_variance, eps, [], []
 
   @classmethod
+  def validate(cls, distill, where, active, student_epochs):
+    s = distill.vid
+    base.require(s.init_variance > s.eps > 0, f"{where}.vid.init_variance={s.init_variance} "
+                 f"must exceed {where}.vid.eps={s.eps}, which must be > 0.")
+
+  @classmethod
   def from_config(cls, ctx):
     s = ctx.section(cls.name)
-    base.require(s.init_variance > s.eps, f"config.distill.vid.init_variance="
-                 f"{s.init_variance} must exceed config.distill.vid.eps={s.eps}.")
     return cls(s.weight, ctx.distill.ce_weight, ctx.teacher_weights,
                maps.stage_pairs(ctx.student, ctx.teacher, cls.name), s.init_variance, s.eps)
 

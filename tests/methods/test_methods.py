@@ -133,6 +133,16 @@ def test_methods_refuse_what_they_cannot_do(conv_teacher, tmp_path):
   with pytest.raises(UserError, match="needs feature maps"):
     runs.train_and_evaluate(method_config("at", **{"student.model": "mlp"}),
                             str(tmp_path / "mlp"), "distill", DEFAULT, (conv_teacher,))
+  for name in ("ofd", "reviewkd", "vid", "nst"):  # They read teacher maps: no cache.
+    with pytest.raises(UserError, match=r"cannot serve method\(s\) " + name):
+      config_lib.validate(method_config(name, **{"distill.cache_teacher": True}))
+  with pytest.raises(UserError, match="method=ofd needs feature maps"):
+    runs.train_and_evaluate(method_config("ofd", **{"student.model": "mlp"}),
+                            str(tmp_path / "ofd_mlp"), "distill", DEFAULT, (conv_teacher,))
+  with pytest.raises(UserError, match="vid.init_variance=1e-06 must exceed"):
+    config_lib.validate(method_config("vid", **{"distill.vid.init_variance": 1e-6}))
+  with pytest.raises(UserError, match="cc.taylor_order=-1 must be a whole number"):
+    config_lib.validate(method_config("cc", **{"distill.cc.taylor_order": -1}))
   with pytest.raises(UserError, match="has no layer 'nope'"):
     runs.train_and_evaluate(method_config("pkt", **{"distill.pkt.student_tap": "nope"}),
                             str(tmp_path / "tap"), "distill", DEFAULT, (conv_teacher,))

@@ -35,3 +35,20 @@ def test_pytorch_conventions_and_any_input():
   assert np.abs(logits.kernel.numpy()).max() <= bound and np.abs(logits.bias.numpy()).max() > 0
   out = model(np.full((2, 64, 48, 1), 128.0, np.float32))
   assert out.shape == (2, 7) and np.all(np.isfinite(out))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv1"])
+def test_initial_weights_follow_the_seed_and_differ_between_layers(name):
+  """An unseeded Keras initializer shared by every layer draws its seed once, at creation:
+  every conv of the same shape then started from the same kernel (15 identical pairs in
+  resnet18), whatever keras.utils.set_random_seed said."""
+  import keras
+  def kernels(seed):
+    keras.utils.set_random_seed(seed)
+    model = registry.build(name, (64, 64, 3), 10, width=8)
+    return [w.numpy() for w in model.weights if "kernel" in w.path and w.ndim == 4]
+  first, again, other = kernels(0), kernels(0), kernels(1)
+  assert all(np.array_equal(a, b) for a, b in zip(first, again))
+  assert not any(np.array_equal(a, b) for a, b in zip(first, other))
+  assert not any(a.shape == b.shape and np.array_equal(a, b)
+                 for i, a in enumerate(first) for b in first[:i])

@@ -84,3 +84,43 @@ def test_shufflenet_saves_and_loads_with_safe_mode(tmp_path):
   loaded = keras.models.load_model(path, safe_mode=True, compile=False)
   x = np.random.default_rng(0).uniform(0, 255, (2, 28, 28, 1)).astype(np.float32)
   np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
+
+
+PREACT_MODELS = [n for n in model_registry.names() if n not in (
+    "shufflenetv2", "mlp", "efficientnetb0", "mobilenetv2", "resnet50_keras")]
+
+
+@pytest.mark.parametrize("name", PREACT_MODELS)
+def test_preactivation_taps_feed_the_stage_outputs(name):
+  """stage<i>_preact is the tensor whose ReLU is stage i (MobileNetV2: the stage output
+  itself, a linear bottleneck; WRN stages 1-2: the next block's first BN, so no identity),
+  and stage<i>_preact_bn is a BatchNorm (cnn_seed has none)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from kd_research.models import taps  # pylint: disable=g-import-not-at-top
+  shape = (64, 64, 3) if name in ("resnet18", "resnet34", "resnet50", "mobilenetv1") else (
+      32, 32, 3)
+  model = model_registry.build(name, shape, 10, 8 if name in ("resnet18", "resnet34",
+                                                               "resnet50", "mobilenetv1") else None)
+  stages = taps.stage_names(model)
+  names = taps.require_preact(model, stages, "model", "ofd")
+  outputs = taps.feature_model(model, list(stages) + names)(
+      np.random.default_rng(0).uniform(0, 255, (2,) + shape).astype(np.float32), training=False)
+  for i, stage in enumerate(stages):
+    out, pre = np.asarray(outputs[1 + i]), np.asarray(outputs[1 + len(stages) + i])
+    assert out.shape == pre.shape
+    wrn_inner = name.startswith("wrn") and stage != stages[-1]
+    if name == "mobilenetv2_cifar":
+      np.testing.assert_array_equal(out, pre)
+    elif not wrn_inner:
+      np.testing.assert_array_equal(out, np.maximum(pre, 0.0))
+      assert pre.min() < 0  # A real pre-activation, not the ReLU's output.
+    bn = taps.preact_batch_norm(model, stage)
+    assert (bn is None) == (name == "cnn_seed")
+    assert bn is None or isinstance(bn, keras.layers.BatchNormalization)
+
+
+def test_models_without_preactivation_taps_are_named_in_the_error():
+  from kd_research.models import taps  # pylint: disable=g-import-not-at-top
+  model = model_registry.build("shufflenetv2", (32, 32, 3), 10, width=8)
+  with pytest.raises(UserError, match=r"shufflenetv2 has no stage1_preact.*Identity"):
+    taps.require_preact(model, ["stage1"], "teacher", "ofd")
