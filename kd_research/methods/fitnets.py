@@ -19,7 +19,7 @@ def hint(student_feature, teacher_feature):
 
 
 @base.register
-class FitNets(base.FeatureMethod):
+class FitNets(base.OwnsModules, base.FeatureMethod):
   """weight * hint + ce_weight * CE; 1x1 conv + BN connectors for maps, linear for vectors."""
 
   name, order = "fitnets", 3
@@ -31,7 +31,7 @@ class FitNets(base.FeatureMethod):
   def __init__(self, weight, ce_weight, teacher_weights, pairs,
                connector_fn=connectors.connector, hint_epochs=0):
     super().__init__(weight, ce_weight, teacher_weights, pairs)
-    self.connector_fn, self.connectors, self.hint_epochs = connector_fn, [], hint_epochs
+    self.connector_fn, self.modules, self.hint_epochs = connector_fn, [], hint_epochs
 
   @classmethod
   def from_config(cls, ctx):
@@ -52,20 +52,12 @@ class FitNets(base.FeatureMethod):
 
   def build(self, student_shapes, teacher_shapes):
     (s_tap, t_tap), = self.pairs
-    self.connectors = [self.connector_fn(student_shapes[s_tap], shapes[t_tap], f"hint{k}")
-                       for k, shapes in enumerate(teacher_shapes)]
-
-  @property
-  def trainable_variables(self):
-    return [v for c in self.connectors for v in c.trainable_variables]
-
-  @property
-  def variables(self):
-    return [v for c in self.connectors for v in c.variables]
+    self.modules = [self.connector_fn(student_shapes[s_tap], shapes[t_tap], f"hint{k}")
+                    for k, shapes in enumerate(teacher_shapes)]
 
   def method_loss(self, batch, student, teacher, k, step):
     (s_tap, t_tap), = self.pairs
-    projected = self.connectors[k](student["features"][s_tap], training=True)
+    projected = self.modules[k](student["features"][s_tap], training=True)
     return hint(projected, teacher["features"][k][t_tap])
 
   def first_stage(self):
