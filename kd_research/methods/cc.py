@@ -25,8 +25,12 @@ def correlation(local, glob, gamma, order):
   a = tf.math.l2_normalize(base.flatten(local), -1, epsilon=1e-12)
   b = tf.math.l2_normalize(base.flatten(glob), -1, epsilon=1e-12)
   similarity = tf.matmul(a, b, transpose_b=True)
-  series = tf.add_n([(2.0 * gamma) ** p / math.factorial(p) * tf.pow(similarity, float(p))
-                     for p in range(order + 1)])
+  # Powers by repeated products, not tf.pow: pow's gradient at s^0 is 0 * s^-1, NaN where a
+  # row is all zeros (a dead pooled feature early in training) and s = 0.
+  power, series = tf.ones_like(similarity), tf.zeros_like(similarity)
+  for p in range(order + 1):
+    series += (2.0 * gamma) ** p / math.factorial(p) * power
+    power *= similarity
   return math.exp(-2.0 * gamma) * series
 
 

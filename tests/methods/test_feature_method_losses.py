@@ -205,3 +205,15 @@ def test_cc_matches_numpy_and_splits_over_replicas():
       fs[:, None] / np.linalg.norm(fs, axis=1)[:, None, None]
       - fs[None] / np.linalg.norm(fs, axis=1)[None, :, None], axis=-1)))
   np.testing.assert_allclose(cc_lib.correlation(fs, fs, 0.4, 12).numpy(), exact, atol=1e-6)
+
+
+def test_cc_gradient_is_finite_for_an_all_zero_feature_row():
+  """A dead pooled feature (all zeros after ReLU) gives similarity 0; tf.pow's gradient of
+  s^0 there is 0 * inf = NaN, which diverged a benchmark run at its first steps."""
+  fs, ft = _rng_maps(8, [(6, 5), (6, 7)])
+  fs[2] = 0.0
+  s = tf.Variable(fs)
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_mean(cc_lib.cc(s, ft, s, ft))
+  grad = tape.gradient(loss, s).numpy()
+  assert np.all(np.isfinite(grad)) and np.isfinite(loss.numpy())
