@@ -9,6 +9,14 @@ with max pooling, global average pooling, one linear layer), mobilenetv2_cifar (
 et al. 2018 at width 0.5 and expansion 6, RepDistiller's ``mobile_half``) and
 shufflenetv2 (Ma et al. 2018 at net size 1, CIFAR stem).
 
+PyTorch's conventions, as the references (pytorch_layers.py): BatchNorm momentum 0.1 in
+PyTorch's sense (Keras ``momentum=0.9``), epsilon 1e-5, scale 1, offset 0; symmetric
+padding on stride-2 layers; each definition's own initialisers: Kaiming-normal fan-out
+convolutions for the ResNets, WRNs, VGGs and MobileNetV2 (VGG's conv biases 0), PyTorch's
+default Conv2d init for ShuffleNetV2 (its definition sets none); the classifier PyTorch's
+Linear init (ResNets, ShuffleNetV2), with a zero bias (WRN), or N(0, 0.01) with a zero bias
+(VGG, MobileNetV2).
+
 Input shape and class count come from the data (28x28x1 and 32x32x3 both work); the
 final pooling is global average pooling, which equals the references' fixed-size
 average pooling on 32x32 inputs. ``width`` scales every channel count by
@@ -25,6 +33,7 @@ pre-activation is the stage output itself).
 import keras
 
 from kd_research.models import parts
+from kd_research.models import pytorch_layers
 from kd_research.models import registry
 
 
@@ -42,16 +51,15 @@ def _resnet(name, depth, filters, input_shape, num_classes, width, sync_bn):
   filters = [_scaled(f, width, filters[0]) for f in filters]
   inputs = keras.Input(shape=input_shape)
   x = keras.layers.Rescaling(1.0 / 255)(inputs)
-  x = keras.layers.Conv2D(filters[0], 3, padding="same", use_bias=False)(x)
-  x = keras.layers.ReLU()(parts.batch_norm(sync_bn)(x))
+  x = pytorch_layers.conv_bn(x, filters[0], 3, sync_bn)
   for stage, stage_filters in enumerate(filters[1:]):
     for block in range(blocks):
       stride = 2 if stage > 0 and block == 0 else 1
       last = f"stage{stage + 1}" if block == blocks - 1 else None
-      x = parts.residual_block(x, stage_filters, stride, sync_bn, last)
+      x = pytorch_layers.basic_block(x, stage_filters, stride, sync_bn, last)
     x = parts.tap(x, f"stage{stage + 1}")
   x = parts.tap(keras.layers.GlobalAveragePooling2D()(x), "pooled")
-  return keras.Model(inputs, parts.logits(x, num_classes), name=name)
+  return keras.Model(inputs, pytorch_layers.linear(x, num_classes), name=name)
 
 
 def _resnet_builder(name, depth, filters):
@@ -67,14 +75,12 @@ def _wrn_block(x, filters, stride, sync_bn, previous=None):
   the shape changes, taken from the activated input as in the reference. ``previous``: the
   stage whose output enters (first block of a stage): its pre-activation is this block's
   first BN output (as mdistiller's ``block.layer[0].bn1(f)``)."""
-  normalised = parts.batch_norm(sync_bn, name=parts.preact_bn_name(previous))(x)
+  normalised = pytorch_layers.batch_norm(sync_bn, name=parts.preact_bn_name(previous))(x)
   activated = keras.layers.ReLU()(parts.preact_tap(normalised, previous))
   same = stride == 1 and x.shape[-1] == filters
-  y = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(activated)
-  y = keras.layers.ReLU()(parts.batch_norm(sync_bn)(y))
-  y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
-  shortcut = x if same else keras.layers.Conv2D(filters, 1, strides=stride, use_bias=False)(
-      activated)
+  y = pytorch_layers.conv_bn(activated, filters, 3, sync_bn, stride=stride)
+  y = pytorch_layers.conv(y, filters, 3)
+  shortcut = x if same else pytorch_layers.conv(activated, filters, 1, stride=stride)
   return keras.layers.Add()([shortcut, y])
 
 
@@ -84,17 +90,17 @@ def _wrn(name, depth, factor, input_shape, num_classes, width, sync_bn):
   channels = [_scaled(c, width, 16) for c in (16, 16 * factor, 32 * factor, 64 * factor)]
   inputs = keras.Input(shape=input_shape)
   x = keras.layers.Rescaling(1.0 / 255)(inputs)
-  x = keras.layers.Conv2D(channels[0], 3, padding="same", use_bias=False)(x)
+  x = pytorch_layers.conv(x, channels[0], 3)
   for stage, filters in enumerate(channels[1:]):
     for block in range(blocks):
       previous = f"stage{stage}" if stage > 0 and block == 0 else None
       x = _wrn_block(x, filters, 2 if stage > 0 and block == 0 else 1, sync_bn, previous)
     if stage < 2:
       x = parts.tap(x, f"stage{stage + 1}")
-  x = parts.batch_norm(sync_bn, name=parts.preact_bn_name("stage3"))(x)
+  x = pytorch_layers.batch_norm(sync_bn, name=parts.preact_bn_name("stage3"))(x)
   x = parts.tap(keras.layers.ReLU()(parts.preact_tap(x, "stage3")), "stage3")
   x = parts.tap(keras.layers.GlobalAveragePooling2D()(x), "pooled")
-  return keras.Model(inputs, parts.logits(x, num_classes), name=name)
+  return keras.Model(inputs, pytorch_layers.linear(x, num_classes, "zero_bias"), name=name)
 
 
 def _wrn_builder(name, depth, factor):
@@ -112,15 +118,14 @@ def _vgg(name, config, input_shape, num_classes, width, sync_bn):
   for index, block in enumerate(config):
     stage = f"stage{index + 1}"
     for position, filters in enumerate(block):
-      x = keras.layers.Conv2D(_scaled(filters, width, 64), 3, padding="same")(x)
       last = stage if position == len(block) - 1 else None
-      x = parts.batch_norm(sync_bn, name=parts.preact_bn_name(last))(x)
-      x = keras.layers.ReLU()(parts.preact_tap(x, last))
+      x = pytorch_layers.conv_bn(x, _scaled(filters, width, 64), 3, sync_bn, stage=last,
+                                 use_bias=True)
     x = parts.tap(x, stage)
     if index < 3:
       x = keras.layers.MaxPooling2D()(x)
   x = parts.tap(keras.layers.GlobalAveragePooling2D()(x), "pooled")
-  return keras.Model(inputs, parts.logits(x, num_classes), name=name)
+  return keras.Model(inputs, pytorch_layers.linear(x, num_classes, "normal"), name=name)
 
 
 _VGG = {"vgg8": ((64,), (128,), (256,), (512,), (512,)),
@@ -138,13 +143,10 @@ def _inverted_residual(x, filters, stride, expansion, sync_bn, stage=None):
   """1x1 expand-BN-ReLU, 3x3 depthwise-BN-ReLU, 1x1 project-BN; identity add when shapes
   match. ``stage`` (a stage's last block): the projection BN is ``<stage>_preact_bn`` and
   the output (linear: no ReLU follows) is tapped as ``<stage>_preact`` too."""
-  expanded = x.shape[-1] * expansion
-  y = keras.layers.Conv2D(expanded, 1, use_bias=False)(x)
-  y = keras.layers.ReLU()(parts.batch_norm(sync_bn)(y))
-  y = keras.layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False)(y)
-  y = keras.layers.ReLU()(parts.batch_norm(sync_bn)(y))
-  y = parts.batch_norm(sync_bn, name=parts.preact_bn_name(stage))(
-      keras.layers.Conv2D(filters, 1, use_bias=False)(y))
+  y = pytorch_layers.conv_bn(x, x.shape[-1] * expansion, 1, sync_bn)
+  y = pytorch_layers.conv_bn(y, None, 3, sync_bn, stride=stride, depthwise=True)
+  y = pytorch_layers.batch_norm(sync_bn, name=parts.preact_bn_name(stage))(
+      pytorch_layers.conv(y, filters, 1))
   out = keras.layers.Add()([x, y]) if stride == 1 and x.shape[-1] == filters else y
   return parts.preact_tap(out, stage)
 
@@ -161,9 +163,7 @@ def mobilenetv2_cifar(input_shape, num_classes, width=None, sync_bn=False):
   taps_after = {1: "stage1", 2: "stage2", 4: "stage3", 6: "stage4"}
   inputs = keras.Input(shape=input_shape)
   x = keras.layers.Rescaling(1.0 / 255)(inputs)
-  x = keras.layers.Conv2D(max(1, int(32 * multiplier)), 3, strides=2, padding="same",
-                          use_bias=False)(x)
-  x = keras.layers.ReLU()(parts.batch_norm(sync_bn)(x))
+  x = pytorch_layers.conv_bn(x, max(1, int(32 * multiplier)), 3, sync_bn, stride=2)
   for index, (expansion, channels, repeats, stride) in enumerate(setting):
     for repeat in range(repeats):
       last = taps_after.get(index) if repeat == repeats - 1 else None
@@ -172,19 +172,16 @@ def mobilenetv2_cifar(input_shape, num_classes, width=None, sync_bn=False):
     if index in taps_after:
       x = parts.tap(x, taps_after[index])
   last = int(1280 * multiplier) if multiplier > 1.0 else 1280
-  x = keras.layers.Conv2D(last, 1, use_bias=False)(x)
-  x = keras.layers.ReLU()(parts.batch_norm(sync_bn)(x))
+  x = pytorch_layers.conv_bn(x, last, 1, sync_bn)
   x = parts.tap(keras.layers.GlobalAveragePooling2D()(x), "pooled")
-  return keras.Model(inputs, parts.logits(x, num_classes), name="mobilenetv2_cifar")
+  return keras.Model(inputs, pytorch_layers.linear(x, num_classes, "normal"),
+                     name="mobilenetv2_cifar")
 
 
 def _conv_bn(x, filters, kernel, sync_bn, stride=1, relu=True, depthwise=False):
-  if depthwise:
-    x = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False)(x)
-  else:
-    x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False)(x)
-  x = parts.batch_norm(sync_bn)(x)
-  return keras.layers.ReLU()(x) if relu else x
+  """conv - BN (- ReLU) with PyTorch's default Conv2d init (the reference sets none)."""
+  return pytorch_layers.conv_bn(x, filters, kernel, sync_bn, stride=stride, relu=relu,
+                                depthwise=depthwise, init="default")
 
 
 def _shuffle_basic(x, sync_bn):
@@ -224,7 +221,7 @@ def shufflenetv2(input_shape, num_classes, width=None, sync_bn=False):
     x = parts.tap(x, f"stage{index + 1}")
   x = _conv_bn(x, _scaled(1024, width, 116), 1, sync_bn)
   x = parts.tap(keras.layers.GlobalAveragePooling2D()(x), "pooled")
-  return keras.Model(inputs, parts.logits(x, num_classes), name="shufflenetv2")
+  return keras.Model(inputs, pytorch_layers.linear(x, num_classes), name="shufflenetv2")
 
 
 # The family, one line per model.
