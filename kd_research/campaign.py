@@ -138,7 +138,9 @@ def run_job(plan, job_id, overwrite=False):
         config, workdir, paths) if d == job["run_dir"]]
     return runs.train_and_evaluate(run_config, job["run_dir"], "distill", strategy,
                                    tuple(run_paths), overwrite)
-  chosen, chosen_dirs = pipeline.select_candidates(config, workdir, paths, strategy)
+  chosen, chosen_dirs = None, {}
+  if job["group"] == "students":  # The baseline needs neither the teacher nor the sweep.
+    chosen, chosen_dirs = pipeline.select_candidates(config, workdir, paths, strategy)
   for stage, run_config, run_dir, role, stage_paths in pipeline.student_runs(
       config, workdir, paths, chosen):
     if run_dir == job["run_dir"]:

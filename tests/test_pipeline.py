@@ -218,3 +218,26 @@ def test_learning_curve_table_reads_validation_accuracy_from_events(tmp_path):
   assert "2 epochs, lr 0.01 (2 seeds)" in text and "3 epochs, lr 0.01 (1 seed)" in text
   runs[0]["config"] = dict(runs[0]["config"], role="distill")
   assert "2 seeds" not in report_curves.section([runs[:2]])
+
+
+def test_a_plan_runs_its_baseline_before_the_teacher_and_sweep_exist(tmp_path):
+  """The plan gives the baseline group no dependency, so its jobs must run first: they
+  train the labels-only student without reading the teacher or the sweep (the students'
+  jobs select the candidates)."""
+  from kd_research import campaign  # pylint: disable=g-import-not-at-top
+  config = tiny_config(**{"pipeline.seeds": (0,), "pipeline.export_students": False})
+  with config.unlocked():
+    config.pipeline.variants = ml_collections.ConfigDict({"kd": {"method": "kd"}})
+    config.pipeline.candidates = ml_collections.ConfigDict(
+        {"kd": {"low": {"alpha": 0.1}, "high": {"alpha": 0.9}}})
+  workdir = str(tmp_path / "bench" / "pair")
+  plan = campaign.read_plan(campaign.write_plan(config, workdir))
+  groups = {g["name"]: g for g in plan["groups"]}
+  assert groups["baseline"]["after"] == []
+  (baseline,) = [j for j in plan["jobs"] if j["group"] == "baseline"]
+  campaign.run_job(plan, baseline["id"])
+  assert os.path.exists(os.path.join(baseline["run_dir"], "results.json")), baseline
+  assert not os.path.exists(os.path.join(workdir, "teacher"))
+  assert not os.path.exists(str(tmp_path / "bench_sweep"))
+  with pytest.raises(UserError, match="needs teacher"):
+    campaign.run_job(plan, campaign.job_of_task(plan, "students", 0))
