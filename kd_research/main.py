@@ -229,16 +229,20 @@ def _parse_flags(argv):
 
 
 def report_command(argv):
-  """``report --workdir=DIR [--output=F] [--sweep=DIR] [--claims=EXP] [--figure=F.svg]``:
+  """``report --workdir=DIR [--output=F] [--sweep=DIR] [--claims=EXP] [--figure=F.svg]``,
+  or ``report --curves=DIR --output=F`` (validation curves, one column per subdirectory):
   exit status."""
   from kd_research.report import pages  # pylint: disable=g-import-not-at-top
   from kd_research.common.errors import UserError  # pylint: disable=g-import-not-at-top
   usage = ("usage: report --workdir=DIR [--output=FILE] [--sweep=DIR] "
-           "[--claims=EXPERIMENT] [--figure=FILE.svg]\n")
+           "[--claims=EXPERIMENT] [--figure=FILE.svg]\n"
+           "       report --curves=DIR --output=FILE\n")
   values = _parse_tool_flags(argv, dict(workdir=None, output=None, sweep=None, claims=None,
-                                        figure=None), usage)
+                                        figure=None, curves=None), usage)
   if values is None:
     return 2
+  if values["curves"]:
+    return _curves_report(values, "./launch.sh report " + " ".join(argv), usage)
   if not values["workdir"]:
     sys.stderr.write("error: --workdir=DIR is required (a directory of runs).\n" + usage)
     return 2
@@ -249,6 +253,27 @@ def report_command(argv):
   except UserError as e:
     sys.stderr.write(f"error: {e}\n")
     return 1 if "no finished runs" in str(e) else 2
+  print(text)
+  return 0
+
+
+def _curves_report(values, command, usage):
+  """``report --curves=DIR --output=FILE``: the curve comparison page; exit status."""
+  from kd_research.common import fileio  # pylint: disable=g-import-not-at-top
+  from kd_research.common.errors import UserError  # pylint: disable=g-import-not-at-top
+  from kd_research.report import curves  # pylint: disable=g-import-not-at-top
+  others = [f"--{k}" for k in ("workdir", "sweep", "claims", "figure") if values[k]]
+  if others or not values["output"] or not os.path.isdir(values["curves"]):
+    sys.stderr.write(f"error: --curves=DIR (an existing directory; got {values['curves']!r}) "
+                     "takes --output=FILE and no "
+                     f"{', '.join(others) or '--workdir/--sweep/--claims/--figure'}.\n{usage}")
+    return 2
+  try:
+    text = curves.comparison_page(values["curves"], command)
+  except UserError as e:
+    sys.stderr.write(f"error: {e}\n")
+    return 1
+  fileio.atomic_write_text(values["output"], text)
   print(text)
   return 0
 

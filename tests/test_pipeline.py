@@ -241,3 +241,36 @@ def test_a_plan_runs_its_baseline_before_the_teacher_and_sweep_exist(tmp_path):
   assert not os.path.exists(str(tmp_path / "bench_sweep"))
   with pytest.raises(UserError, match="needs teacher"):
     campaign.run_job(plan, campaign.job_of_task(plan, "students", 0))
+
+
+def test_report_curves_compares_the_validation_curves_of_subdirectories(tmp_path, capsys):
+  """`report --curves=DIR --output=F`: one column per subdirectory of DIR (its runs are the
+  seeds), each epoch's validation accuracy as the run's events hold it, the final test
+  accuracy, the runs' commands; bad flags exit 2 naming what is wrong."""
+  from kd_research.report import curves as report_curves  # pylint: disable=g-import-not-at-top
+  from kd_research.train import runs as runs_lib  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "compare"
+  for name, epochs in (("first", 2), ("second", 3)):
+    config = tiny_config(**{"student.epochs": epochs, "run.eval_every_epochs": 1})
+    runs_lib.train_and_evaluate(config, str(root / name / "seed_0"), "student",
+                                tf.distribute.get_strategy())
+  page = tmp_path / "page.md"
+  assert main_lib.report_command([f"--curves={root}", f"--output={page}"]) == 0
+  text = page.read_text()
+  assert "| epoch | first (1 seed) | second (1 seed) |" in text
+  for name, epochs in (("first", 2), ("second", 3)):
+    run_dir = str(root / name / "seed_0")
+    per_step = report_curves.validation_curve(run_dir)
+    assert len(per_step) == epochs
+    results = json.load(open(os.path.join(run_dir, "results.json")))
+    assert f"{name} {100 * results['test_accuracy']:.2f}%" in text
+  last = [line for line in text.splitlines() if line.startswith("| 3 |")][0]
+  assert last.split(" | ")[1] == ""  # the 2-epoch column has no third epoch
+  capsys.readouterr()
+  assert main_lib.report_command([f"--curves={tmp_path / 'nope'}", f"--output={page}"]) == 2
+  assert main_lib.report_command([f"--curves={root}", f"--workdir={root}",
+                                  f"--output={page}"]) == 2
+  assert "--workdir" in capsys.readouterr().err
+  (root / "empty").mkdir()
+  assert main_lib.report_command([f"--curves={root}", f"--output={page}"]) == 1
+  assert "empty holds no finished run" in capsys.readouterr().err
