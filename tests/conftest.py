@@ -31,6 +31,9 @@ DEFAULT = tf.distribute.get_strategy()
 # CRD: the memory banks, Z and the embedding heads must resume exactly too.
 METHOD_FLAGS = {"kd": [], "crd": ["--config.distill.method=crd",
                                   "--config.distill.crd.negatives=64"],
+                # CTKD's learnable temperature (and the optimizer's slots for it).
+                "ctkd": ["--config.distill.ctkd.enabled=true",
+                         "--config.distill.ctkd.decay_epochs=2"],
                 # Every trainable part of the feature methods in one run (conv teacher).
                 "features": ["--config.distill.method=ofd,reviewkd,vid,nst,cc",
                              "--config.student.model=cnn_seed", "--config.student.width=4",

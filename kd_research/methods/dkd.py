@@ -9,6 +9,7 @@ beta 8, T 4, warm-up 20 epochs).
 import tensorflow as tf
 
 from kd_research.methods import base
+from kd_research.methods import ctkd
 from kd_research.methods import logit_standardization as ls
 
 
@@ -29,7 +30,7 @@ def dkd_terms(student_logits, teacher_logits, labels, temperature):
 
 
 @base.register
-class DKD(base.TeacherWeighted):
+class DKD(ctkd.OwnsTemperature, base.TeacherWeighted):
   """ramp * (alpha TCKD + beta NCKD), ramp = min(step / warmup_steps, 1) (mdistiller ramps
   the loss in over its first epochs)."""
 
@@ -40,17 +41,21 @@ class DKD(base.TeacherWeighted):
   def __init__(self, alpha, beta, temperature, warmup_steps, ce_weight, teacher_weights,
                standardize=False):
     super().__init__(1.0, ce_weight, teacher_weights)
-    self.alpha, self.beta, self.t = alpha, beta, temperature
+    self.alpha, self.beta, self.temperature = alpha, beta, temperature
     self.warmup_steps, self.standardize = warmup_steps, standardize
 
   @classmethod
   def from_config(cls, ctx):
     s = ctx.section(cls.name)
-    return cls(s.alpha, s.beta, s.temperature, s.warmup_epochs * ctx.steps_per_epoch,
+    return cls(s.alpha, s.beta, ctkd.temperature(ctx, s.temperature),
+               s.warmup_epochs * ctx.steps_per_epoch,
                ctx.distill.ce_weight, ctx.teacher_weights, ctx.distill.logit_standardization)
 
   def method_loss(self, batch, student, teacher, k, step):
     tckd, nckd = dkd_terms(ls.maybe_standardize(student["logits"], self.standardize),
                            ls.maybe_standardize(teacher["logits"][k], self.standardize),
-                           batch["label"], self.t)
+                           batch["label"], ctkd.value(self.temperature, step))
     return base.ramp(step, self.warmup_steps) * (self.alpha * tckd + self.beta * nckd)
+
+  def scalars(self, step):
+    return self.temperature_scalars(step)

@@ -9,13 +9,15 @@ import tensorflow as tf
 
 from kd_research.common import schedules
 from kd_research.methods import base
+from kd_research.methods import ctkd
 from kd_research.methods import logit_standardization as ls
 from kd_research.methods import losses
 
 
 @base.register
-class HintonKD(base.Method):
-  """The KD objective; ``standardize``: logit standardization of both networks' logits."""
+class HintonKD(ctkd.OwnsTemperature, base.Method):
+  """The KD objective; ``standardize``: logit standardization of both networks' logits;
+  ``temperature`` a schedule or CTKD's learnable temperature (ctkd.py)."""
 
   name, order = "kd", 0
   terms_names = ("total", "distill", "ce")
@@ -33,8 +35,8 @@ class HintonKD(base.Method):
     temperature = schedules.from_config(distill.temperature, ctx.distill_steps,
                                         "config.distill.temperature")
     temperature.check_range(0.0, float("inf"), low_inclusive=False, what_range="T > 0")
-    return cls(alpha, temperature, distill.combine, ctx.teacher_weights,
-               distill.logit_standardization)
+    return cls(alpha, ctkd.temperature(ctx, temperature), distill.combine,
+               ctx.teacher_weights, distill.logit_standardization)
 
   def terms(self, batch, student, teacher, step):
     logits, teacher_logits = student["logits"], teacher["logits"]
@@ -47,4 +49,6 @@ class HintonKD(base.Method):
     return {"total": alpha * distill + (1.0 - alpha) * ce, "distill": distill, "ce": ce}
 
   def scalars(self, step):
+    if self._learnable():
+      return {"alpha": float(self.alpha(step)), **self.temperature_scalars(step)}
     return {"alpha": float(self.alpha(step)), "temperature": float(self.temperature(step))}

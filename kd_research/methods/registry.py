@@ -4,7 +4,7 @@
 method's hyper-parameters live in ``config.distill.<name>`` (its ``defaults``, with their
 source in ``reference``). Methods beyond KD add ``weight * loss`` to ``ce_weight * CE``;
 with ``kd`` in the list, KD's own ``alpha`` weighs its CE term instead.
-``logit_standardization`` modifies kd and dkd.
+``logit_standardization`` and ``ctkd`` (a learnable temperature, ctkd.py) modify kd and dkd.
 
 A method is found by importing the package's modules (plug-ins by registration: a new
 file with a ``@base.register`` class is a new method; nothing here changes).
@@ -16,9 +16,11 @@ import ml_collections
 from kd_research.common import plugins
 from kd_research.common.errors import UserError
 from kd_research.methods import base
+from kd_research.methods import ctkd
 from kd_research.models import taps as taps_lib
 
 _PACKAGE = "kd_research.methods"
+MODIFIER = "ctkd"  # config.distill.ctkd: CTKD's learnable temperature for kd / dkd
 
 
 def methods():
@@ -38,6 +40,7 @@ def defaults():
   for name, cls in methods().items():
     if cls.defaults is not None:
       d[name] = dict(cls.defaults)
+  d[MODIFIER] = dict(ctkd.DEFAULTS)  # Not a method: it modifies kd / dkd (ctkd.py).
   return d
 
 
@@ -74,6 +77,7 @@ def validate(distill, where, student_epochs):
   active = set(parse(distill.method))
   for name, cls in methods().items():
     cls.validate(distill, where, name in active, student_epochs)
+  ctkd.validate(distill, where, active)
 
 
 def build(distill, method_names, context):

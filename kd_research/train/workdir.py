@@ -61,6 +61,8 @@ def run_identity(config, role, teacher_paths=()):
     for name in methods_lib.names():  # Only the sections of the methods the run uses.
       if name not in active:
         identity["distill"].pop(name, None)
+    if not config.distill[methods_lib.MODIFIER].enabled:  # Runs from before CTKD, too.
+      identity["distill"].pop(methods_lib.MODIFIER, None)
   else:
     identity.pop("distill")
   identity["format"] = FORMAT

@@ -21,9 +21,11 @@ from conftest import weights_of
 
 # CRD: the memory banks, Z and the embedding heads must resume exactly too; 'features'
 # (ofd, reviewkd, vid, nst, cc together, a conv teacher): OFD's connectors, ReviewKD's
-# fusion modules, VID's regressors and variances.
+# fusion modules, VID's regressors and variances; 'ctkd': kd with CTKD's learnable
+# temperature.
 
 @pytest.mark.parametrize("method,teacher", [("kd", "teacher_file"), ("crd", "teacher_file"),
+                                            ("ctkd", "teacher_file"),
                                             ("features", "conv_teacher")])
 def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path, request, method, teacher):
   teacher_file = request.getfixturevalue(teacher)
