@@ -41,7 +41,8 @@ flags.DEFINE_integer("replicas", 1, "Replicas for our loop's rows: > 1 runs them
                      "the batch stays global.")
 flags.DEFINE_string("methods", "", "Also one row per distillation method (comma-separated, e.g. "
                     "kd,dkd,dist,fitnets,at,rkd,pkt,sp): examples/s with a live teacher, "
-                    "relative to kd, same models; --profile=NAME traces that method's window.")
+                    "relative to kd, same models; a row may add modifiers: kd+ctkd, dkd+ls; "
+                    "--profile=NAME traces that method's window.")
 flags.DEFINE_bool("data", False, "Also the input-pipeline rows: each source's examples/s on "
                   "one core, streamed vs in-memory training, the JPEG pipeline vs raw decode "
                   "(tools/bench_data.py); --rows= (empty) runs them alone.")
@@ -63,10 +64,9 @@ ROW_NAMES = {
 
 def _measure_methods(opts, strategy, profile_dir, profiles):
   """[{'method', 'examples_per_second', 'ratio_to_kd'}] for --methods (kd measured too)."""
-  from kd_research.methods import registry as method_registry  # pylint: disable=g-import-not-at-top
   names = [m.strip() for m in opts.methods.split(",") if m.strip()]
   for name in names:
-    method_registry.parse(name)  # Unknown names fail before any measurement.
+    bench_runs.method_overrides(name)  # Unknown names fail before any measurement.
   x, y, classes = bench_runs.training_arrays(opts, opts.batch)
   rates = {}
   for name in (["kd"] if "kd" not in names else []) + names:

@@ -128,11 +128,32 @@ def run_keras_distiller(opts, x, y, num_classes):
   return _time_fit(opts, distiller, x, y), forward_flops(student), forward_flops(teacher)
 
 
-def run_method(opts, x, y, num_classes, method, strategy=None, profile_dir=None):
-  """examples/s of distillation method ``method`` with a live teacher (and an op table)."""
-  del x, y, num_classes
+# Modifiers a --methods row may add to its method: 'kd+ctkd', 'dkd+ls', 'kd+ls+ctkd'.
+MODIFIERS = {"ctkd": {"distill.ctkd.enabled": True},
+             "ls": {"distill.logit_standardization": True}}
+
+
+def method_overrides(row):
+  """The config overrides of a --methods row 'METHOD[+MODIFIER...]' (UserError if unknown)."""
+  from kd_research.common.errors import UserError  # pylint: disable=g-import-not-at-top
+  from kd_research.methods import registry as method_registry  # pylint: disable=g-import-not-at-top
+  method, *modifiers = row.split("+")
+  method_registry.parse(method)
+  bad = [m for m in modifiers if m not in MODIFIERS]
+  if bad:
+    raise UserError(f"--methods row {row!r}: unknown modifier(s) {bad}; valid: "
+                    f"{', '.join(MODIFIERS)} (e.g. kd+ctkd).")
   overrides = {"distill.method": method}
-  if "crd" in method.split(","):  # CRD's bank covers the examples; K capped by them.
+  for modifier in modifiers:
+    overrides.update(MODIFIERS[modifier])
+  return overrides
+
+
+def run_method(opts, x, y, num_classes, method, strategy=None, profile_dir=None):
+  """examples/s of --methods row ``method`` with a live teacher (and an op table)."""
+  del x, y, num_classes
+  overrides = method_overrides(method)
+  if "crd" in overrides["distill.method"].split(","):  # CRD's bank covers the examples; K capped by them.
     overrides["distill.crd.negatives"] = min(16384, (opts.examples or 10**9) - 1)
   rate, _, _, table = run_resolved(opts, overrides, profile_dir=profile_dir, strategy=strategy)
   return rate, table

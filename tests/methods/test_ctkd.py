@@ -119,3 +119,13 @@ def test_ctkd_config_is_checked_and_left_out_of_identities_when_off():
     bad = tiny_config(**{"distill.ctkd.enabled": True, **overrides})
     with pytest.raises(UserError, match=message):
       config_lib.validate(bad)
+
+
+def test_bench_rows_take_the_ctkd_modifier():
+  from kd_research.tools import bench_runs  # pylint: disable=g-import-not-at-top
+  assert bench_runs.method_overrides("dkd+ctkd") == {"distill.method": "dkd",
+                                                     "distill.ctkd.enabled": True}
+  with pytest.raises(UserError, match="unknown modifier.*valid: ctkd, ls"):
+    bench_runs.method_overrides("kd+nope")
+  with pytest.raises(UserError, match="unknown method"):
+    bench_runs.method_overrides("nope+ctkd")
