@@ -68,6 +68,9 @@ def jobs(config, workdir):
 def write_plan(config, workdir, command=""):
   """Writes WORKDIR/plan.json (the config, the jobs, their groups); returns its path."""
   config_lib.validate(config)
+  if config.pipeline.chain:
+    raise UserError("config.pipeline.chain: a chain's members run one after the other; "
+                    "run it with `pipeline` (no --plan), which resumes a stopped chain.")
   all_jobs = jobs(config, workdir)
   groups = []
   for name in GROUPS:

@@ -132,6 +132,7 @@ def _pipeline_section():
       # dir; the variant's final runs use the candidate with the best validation accuracy.
       candidates=ml_collections.ConfigDict(),
       sweep_dir="",              # default: <parent of WORKDIR>_sweep/<name of WORKDIR>
+      chain=(),                  # networks between teacher and students (chains.py)
       export_students=True))     # SavedModel + TFLite of each distilled student
 
 

@@ -1,4 +1,5 @@
-"""The seed's experiment as stages: teacher(s) -> labels-only student -> distilled student(s).
+"""The seed's experiment as stages: teacher(s) -> labels-only student -> distilled student(s),
+with a distillation chain between them when config.pipeline.chain names one (chains.py).
 
 Each stage is a normal run in its own sub-directory of the pipeline workdir (once per
 student seed in config.pipeline.seeds), so rerunning the pipeline skips finished
@@ -13,8 +14,9 @@ from absl import logging
 import ml_collections
 import numpy as np
 
-from kd_research.models import registry as model_registry
+from kd_research import chains
 from kd_research import config as config_lib
+from kd_research.models import registry as model_registry
 from kd_research.runtime import distribute
 from kd_research.common import fileio
 from kd_research.report import pages
@@ -93,6 +95,16 @@ def train_teachers(config, workdir, strategy, overwrite=False):
   return paths
 
 
+def train_chain(config, workdir, teacher_paths, strategy, overwrite=False):
+  """Trains (or finds finished) every member of config.pipeline.chain (chains.py), each
+  from the one before; returns {member stage: its results}."""
+  results = {}
+  for run_dir, run_config, paths in chains.member_runs(config, workdir, teacher_paths):
+    results[os.path.basename(run_dir)] = runs.train_and_evaluate(
+        run_config, run_dir, "distill", strategy, tuple(paths), overwrite)
+  return results
+
+
 def with_shared_cache(config, workdir):
   """The students share one teacher-output cache (WORKDIR/teacher_cache) unless one is set."""
   if config.run.cache_dir:
@@ -127,7 +139,10 @@ def run(config, workdir, strategy, overwrite=False):
 
   Returns ({stage: results aggregated over seeds}, the results.md table).
   """
-  paths = train_teachers(config, workdir, strategy, overwrite)
+  chains.validate(config)
+  teacher_paths = train_teachers(config, workdir, strategy, overwrite)
+  chain_results = train_chain(config, workdir, teacher_paths, strategy, overwrite)
+  paths = chains.last_teachers(config, workdir, teacher_paths)
   config = with_shared_cache(config, workdir)
   chosen, chosen_dirs = select_candidates(config, workdir, paths, strategy, overwrite)
   per_stage = {}
@@ -137,14 +152,15 @@ def run(config, workdir, strategy, overwrite=False):
         config, run_config, run_dir, role, stage_paths, strategy,
         chosen_dirs.get(stage.removeprefix("student_kd_")), overwrite))
   results = {stage: aggregate(seeds) for stage, (_, seeds) in per_stage.items()}
-  for name, path in zip(_teacher_stages(config), paths):
+  results.update(chain_results)
+  for name, path in zip(_teacher_stages(config), teacher_paths):
     results[name] = teacher_results(path)
   if len(paths) > 1:
     widest = max(per_stage, key=lambda stage: len(per_stage[stage][0]))
     results["teacher_ensemble"] = ensemble_results(
         results[widest]["teachers"], [results[n] for n in _teacher_stages(config)])
   table = pages.render_pipeline(workdir, config.run.experiment or "pipeline", config.dataset,
-                                 paths)
+                                 teacher_paths)
   fileio.atomic_write_text(os.path.join(workdir, "results.md"), table)
   fileio.atomic_write_json(os.path.join(workdir, "results.json"), results)
   return results, table

@@ -274,3 +274,36 @@ def test_report_curves_compares_the_validation_curves_of_subdirectories(tmp_path
   (root / "empty").mkdir()
   assert main_lib.report_command([f"--curves={root}", f"--output={page}"]) == 1
   assert "empty holds no finished run" in capsys.readouterr().err
+
+
+def test_a_chain_distils_each_member_from_the_one_before_and_resumes_between_stages(
+    tmp_path):
+  """teacher -> mlp@32 -> student (born-again generation) -> the students: each member's
+  config.json names the previous member's model as its teacher, the students learn from
+  the last; a chain stopped between stages continues there (finished members untouched)."""
+  from kd_research import chains  # pylint: disable=g-import-not-at-top
+  config = tiny_config(**{"pipeline.chain": ("mlp@32", "student"), "student.width": 16})
+  workdir = str(tmp_path / "p")
+  strategy = tf.distribute.get_strategy()
+  results, _ = pipeline.run(config, workdir, strategy)
+  first, second = os.path.join(workdir, "chain1_mlp_w32"), os.path.join(workdir, "chain2_mlp_w16")
+  assert {"chain1_mlp_w32", "chain2_mlp_w16", "student_kd", "teacher"} <= set(results)
+  def teachers_of(run_dir):
+    return json.load(open(os.path.join(run_dir, "config.json")))["teachers"]
+  assert teachers_of(first) == [os.path.realpath(os.path.join(workdir, "teacher", "model.keras"))]
+  assert teachers_of(second) == [os.path.realpath(os.path.join(first, "model.keras"))]
+  assert teachers_of(os.path.join(workdir, "student_kd")) == [
+      os.path.realpath(os.path.join(second, "model.keras"))]
+  assert json.load(open(os.path.join(first, "config.json")))["model"]["width"] == 32
+  assert results["chain2_mlp_w16"]["params"] == results["student_kd"]["params"]
+  stamp = os.path.getmtime(os.path.join(first, "results.json"))
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(second)  # Stopped after the first member.
+  shutil.rmtree(os.path.join(workdir, "student_kd"))
+  pipeline.run(config, workdir, strategy)
+  assert os.path.getmtime(os.path.join(first, "results.json")) == stamp
+  assert os.path.exists(os.path.join(second, "results.json"))
+  assert os.path.exists(os.path.join(workdir, "student_kd", "results.json"))
+  for bad, message in ((("nope",), "unknown model 'nope'"), (("mlp@x",), "positive integer")):
+    with pytest.raises(UserError, match=message):
+      chains.validate(tiny_config(**{"pipeline.chain": bad}))

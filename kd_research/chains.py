@@ -1,0 +1,81 @@
+"""Distillation chains, a training scheme of the pipeline: teacher -> generation 1 -> ... ->
+the students, each network distilled from the one before it.
+
+``config.pipeline.chain`` lists the intermediate networks, each ``MODEL`` or
+``MODEL@WIDTH``, or ``student`` for the students' own architecture:
+
+- teacher-assistant chains (Mirzadeh et al., AAAI 2020): ``--config.pipeline.chain=resnet32``
+  puts a resnet32 assistant between a resnet56 teacher and resnet20 students;
+- born-again networks (Furlanello et al., ICML 2018): ``--config.pipeline.chain=student,student``
+  trains two generations of the student's architecture, each from the one before, and the
+  pipeline's students are the third generation;
+- self-distillation from a trained teacher of the same architecture (Yuan et al., CVPR 2020):
+  the pipeline with a teacher of the student's architecture and no chain at all.
+
+Each member is a distillation run in WORKDIR/chain<k>_<model>[_w<width>] with the pipeline's
+distillation settings (config.distill, not the variants) and the students' epochs and seed
+(``config.student``), its teachers the previous member (the first member: every teacher).
+Rerunning the pipeline skips finished members and resumes an interrupted one, so a chain
+stopped between stages continues from there. The pipeline's students (labels-only, kd stages,
+sweep) then learn from the last member.
+"""
+
+import os
+
+import ml_collections
+
+from kd_research import config as config_lib
+from kd_research.common.errors import UserError
+from kd_research.models import registry as model_registry
+
+STUDENT = "student"
+
+
+def parse_member(spec, student):
+  """(model, width) of chain entry ``spec`` ('MODEL', 'MODEL@WIDTH' or 'student')."""
+  spec = str(spec).strip()
+  if spec == STUDENT:
+    return student.model, student.width
+  model, _, width = spec.partition("@")
+  if width and not width.isdigit():
+    raise UserError(f"config.pipeline.chain entry {spec!r}: the width after '@' must be a "
+                    "positive integer (e.g. resnet32@8).")
+  return model, int(width) if width else None
+
+
+def entries(chain):
+  """The chain's entries: the tuple's items, each split at commas (the command line's
+  ``--config.pipeline.chain=resnet32@8,student`` arrives as one string in the tuple)."""
+  return [part.strip() for item in chain for part in str(item).split(",") if part.strip()]
+
+
+def validate(config):
+  """Checks config.pipeline.chain before any run (UserError naming the entry)."""
+  for spec in entries(config.pipeline.chain):
+    model, _ = parse_member(spec, config.student)
+    if not model or (":" not in model and model not in model_registry.names()):
+      raise UserError(f"config.pipeline.chain entry {spec!r}: unknown model {model!r}; valid: "
+                      f"student, a registered model ({', '.join(model_registry.names())}) "
+                      "or module:function, optionally @WIDTH.")
+
+
+def member_runs(config, workdir, teacher_paths):
+  """[(run dir, run config, teacher paths)] of every chain member, in order."""
+  out, paths = [], list(teacher_paths)
+  for index, spec in enumerate(entries(config.pipeline.chain), 1):
+    model, width = parse_member(spec, config.student)
+    name = f"chain{index}_{model.replace(':', '.')}" + (f"_w{width}" if width else "")
+    changes = {"student.model": model, "student.width": width}
+    if index > 1:  # One teacher from here on: the previous member.
+      changes.update(extra_teachers=ml_collections.ConfigDict(),
+                     **{"distill.teacher_weights": ()})
+    out.append((os.path.join(os.path.abspath(workdir), name),
+                config_lib.replaced(config, **changes), paths))
+    paths = [os.path.join(out[-1][0], "model.keras")]
+  return out
+
+
+def last_teachers(config, workdir, teacher_paths):
+  """The teachers of the pipeline's students: the last member's model, or the teachers."""
+  members = member_runs(config, workdir, teacher_paths)
+  return [os.path.join(members[-1][0], "model.keras")] if members else list(teacher_paths)
