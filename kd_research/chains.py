@@ -18,6 +18,11 @@ distillation settings (config.distill, not the variants) and the students' epoch
 Rerunning the pipeline skips finished members and resumes an interrupted one, so a chain
 stopped between stages continues from there. The pipeline's students (labels-only, kd stages,
 sweep) then learn from the last member.
+
+After the students, ``ensemble_of_generations`` evaluates the born-again ensemble (BANE in
+Furlanello et al.): the uniform average of the softmax outputs of every chain member and of
+the first distilled student, on the validation and test splits, with each generation's own
+accuracy beside it.
 """
 
 import os
@@ -27,6 +32,10 @@ import ml_collections
 from kd_research import config as config_lib
 from kd_research.common.errors import UserError
 from kd_research.models import registry as model_registry
+from kd_research.train import evaluation
+from kd_research.train import teacher_cache
+from kd_research.train import teachers as teachers_lib
+from kd_research.train import workdir as workdir_lib
 
 STUDENT = "student"
 
@@ -79,3 +88,36 @@ def last_teachers(config, workdir, teacher_paths):
   """The teachers of the pipeline's students: the last member's model, or the teachers."""
   members = member_runs(config, workdir, teacher_paths)
   return [os.path.join(members[-1][0], "model.keras")] if members else list(teacher_paths)
+
+
+def ensemble_of_generations(config, workdir, teacher_paths, student_dir):
+  """The born-again ensemble of the chain's members and the student run in ``student_dir``:
+  {generations, test/validation accuracy and ECE of the ensemble, each generation's test
+  accuracy}; None without a chain. Uniform weights, softmax at T = 1 (Furlanello et al.)."""
+  members = [run_dir for run_dir, _, _ in member_runs(config, workdir, teacher_paths)]
+  if not members:
+    return None
+  run_dirs = members + [student_dir]
+  splits = workdir_lib.splits_of_run(config, student_dir)
+  ensemble = teachers_lib.load([os.path.join(d, "model.keras") for d in run_dirs],
+                               splits.input_shape, splits.num_classes)
+  names = [os.path.relpath(d, os.path.abspath(workdir)) for d in run_dirs]
+  evaluated = {split: getattr(splits, split) for split in ("validation", "test")}
+  report = evaluation.teacher_report(
+      {split: teacher_cache.compute_outputs(ensemble, data)["logits"]
+       for split, data in evaluated.items()},
+      {split: data.labels for split, data in evaluated.items()}, names)
+  return {"generations": names,
+          "generation_test_accuracy": dict(zip(names, report["test"]["accuracy"])),
+          "test_accuracy": report["test"]["ensemble_accuracy"],
+          "test_ece": report["test"]["ensemble_ece"],
+          "validation_accuracy": report["validation"]["ensemble_accuracy"]}
+
+
+def ensemble_summary(result):
+  """One Markdown paragraph of ``ensemble_of_generations``' result, for results.md."""
+  listing = ", ".join(f"{name} {100 * acc:.2f}%"
+                      for name, acc in result["generation_test_accuracy"].items())
+  return (f"\nEnsemble of generations (uniform average of softmax outputs): test accuracy "
+          f"{100 * result['test_accuracy']:.2f}%, validation {100 * result['validation_accuracy']:.2f}%; "
+          f"each generation's test accuracy: {listing}.\n")

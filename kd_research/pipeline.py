@@ -121,6 +121,12 @@ def student_runs(config, workdir, paths, chosen=None):
           for run_config, run_dir in seed_runs(stage_config, os.path.join(workdir, stage))]
 
 
+def first_distilled_run(config, workdir, paths, chosen=None):
+  """The run dir of the first distilled student (first kd stage, first seed), or None."""
+  return next((run_dir for _, _, run_dir, role, _ in student_runs(config, workdir, paths, chosen)
+               if role == "distill"), None)
+
+
 def run_student(config, run_config, run_dir, role, stage_paths, strategy, chosen_dir=None,
                 overwrite=False):
   """One student run of the pipeline (adopting the chosen candidate's identical run, and
@@ -153,6 +159,8 @@ def run(config, workdir, strategy, overwrite=False):
         chosen_dirs.get(stage.removeprefix("student_kd_")), overwrite))
   results = {stage: aggregate(seeds) for stage, (_, seeds) in per_stage.items()}
   results.update(chain_results)
+  generations = chains.ensemble_of_generations(config, workdir, teacher_paths,
+                                               first_distilled_run(config, workdir, paths, chosen))
   for name, path in zip(_teacher_stages(config), teacher_paths):
     results[name] = teacher_results(path)
   if len(paths) > 1:
@@ -161,6 +169,9 @@ def run(config, workdir, strategy, overwrite=False):
         results[widest]["teachers"], [results[n] for n in _teacher_stages(config)])
   table = pages.render_pipeline(workdir, config.run.experiment or "pipeline", config.dataset,
                                  teacher_paths)
+  if generations:
+    results["chain_ensemble"] = generations
+    table += chains.ensemble_summary(generations)
   fileio.atomic_write_text(os.path.join(workdir, "results.md"), table)
   fileio.atomic_write_json(os.path.join(workdir, "results.json"), results)
   return results, table

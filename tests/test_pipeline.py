@@ -13,6 +13,8 @@ from kd_research import config as config_lib
 from kd_research import main as main_lib
 from kd_research import pipeline
 from kd_research.common.errors import UserError
+from kd_research.models import registry as model_registry
+from kd_research.train import workdir as workdir_lib
 from conftest import tiny_config
 
 
@@ -296,6 +298,19 @@ def test_a_chain_distils_each_member_from_the_one_before_and_resumes_between_sta
       os.path.realpath(os.path.join(second, "model.keras"))]
   assert json.load(open(os.path.join(first, "config.json")))["model"]["width"] == 32
   assert results["chain2_mlp_w16"]["params"] == results["student_kd"]["params"]
+  bane = results["chain_ensemble"]  # The born-again ensemble, against Keras predict + NumPy.
+  assert bane["generations"] == ["chain1_mlp_w32", "chain2_mlp_w16", "student_kd"]
+  test = workdir_lib.splits_of_run(config, os.path.join(workdir, "student_kd")).test
+  images = np.concatenate([np.asarray(b) for b in test.image_batches(1000)])
+  probs = [tf.nn.softmax(model_registry.load_keras(os.path.join(workdir, name, "model.keras"))
+                         .predict(images, verbose=0).astype(np.float64)).numpy()
+           for name in bane["generations"]]
+  for name, p in zip(bane["generations"], probs):
+    assert bane["generation_test_accuracy"][name] == pytest.approx(
+        np.mean(p.argmax(-1) == test.labels), abs=1e-4)
+  assert bane["test_accuracy"] == pytest.approx(
+      np.mean(np.mean(probs, 0).argmax(-1) == test.labels), abs=1e-4)
+  assert "Ensemble of generations" in open(os.path.join(workdir, "results.md")).read()
   stamp = os.path.getmtime(os.path.join(first, "results.json"))
   import shutil  # pylint: disable=g-import-not-at-top
   shutil.rmtree(second)  # Stopped after the first member.
