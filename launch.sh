@@ -147,6 +147,13 @@ benchmark_campaign() {
       --config.student.epochs=40 --config.student.seed=$seed \
       --workdir="$root/resnet_curve/seed_$seed" "$@"
   done
+  for pair in article resnet; do  # One born-again generation: students of the kd student.
+    for seed in 0 1 2; do
+      "${run[@]}" distill --experiment=method_benchmark:${pair}_born_again \
+        --config.teacher.path="$root/$pair/student_kd_kd/seed_0/model.keras" \
+        --config.student.seed=$seed --workdir="$root/${pair}_born_again/seed_$seed" "$@"
+    done
+  done
   "${run[@]}" report --workdir="$root" --sweep="${root}_sweep" --output=results/RESULTS.md \
     --figure=results/results_methods.svg > /dev/null
   echo "benchmark: results/RESULTS.md and results/results_methods.svg written"

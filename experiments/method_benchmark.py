@@ -32,13 +32,18 @@ a similar share of 40 or 20 epochs); ReviewKD's is 3 epochs too (20 of 240 in md
 Presets:
   article  the seed article's pair, resnet_seed w16 (174K) -> cnn_seed w16 (24K): kd,
            kd + logit standardization, dkd, dist, fitnets, at, rkd, pkt, sp, crd, ofd,
-           reviewkd, vid, nst, cc.
+           reviewkd, vid, nst, cc, kd + ctkd, dkd + ctkd.
   resnet   a same-family pair of the standard benchmark at half width, resnet56 w8
            (0.22M) -> resnet20 w8 (0.07M): kd, dkd, fitnets, crd, ofd, reviewkd, vid,
-           nst, cc.
+           nst, cc, kd + ctkd, dkd + ctkd.
   article_features, resnet_features  the same pairs and protocol with kd and the feature
            methods added last (ofd, reviewkd, vid, nst, cc) only: their runs are the full
            presets' runs (same identities), so the full campaign later skips them.
+  article_born_again, resnet_born_again  one born-again generation (Furlanello et al.):
+           the ``distill`` command's settings for a student of the pair distilled with kd
+           (alpha 0.9, T 4: kd's validation choice on both pairs) from a teacher of its own
+           architecture, given by --config.teacher.path: ``./launch.sh benchmark`` gives it
+           the kd student of seed 0, so generation 2 learns from generation 1.
   curve    the article pair's labels-only student at twice the budget (is it converged?).
   short    the previous, *unconverged* protocol (Adam 1e-3, 20 epochs for teacher and
            students) on the article pair, all methods: the budget at which plain KD lost
@@ -54,8 +59,8 @@ import ml_collections
 
 from kd_research import config as config_lib
 
-PRESETS = ("article", "resnet", "article_features", "resnet_features", "curve", "short",
-           "long", "why", "tiny")
+PRESETS = ("article", "resnet", "article_features", "resnet_features", "article_born_again",
+           "resnet_born_again", "curve", "short", "long", "why", "tiny")
 
 # {method variant: its fixed settings}; candidates below are tried on validation.
 _ARTICLE_METHODS = {
@@ -74,6 +79,11 @@ _ARTICLE_METHODS = {
     "vid": dict(method="vid"),
     "nst": dict(method="nst"),
     "cc": dict(method="cc"),
+    # CTKD's learnable temperature on kd and dkd; its curriculum over 3 epochs (10 of 240
+    # in the reference: the share DKD's and ReviewKD's warm-ups scale by too).
+    "kd_ctkd": dict(method="kd", ctkd=dict(enabled=True, decay_epochs=3)),
+    "dkd_ctkd": dict(method="dkd", dkd=dict(warmup_epochs=3),
+                     ctkd=dict(enabled=True, decay_epochs=3)),
 }
 # Methods that read teacher feature maps run the teacher live (the cache holds logits and
 # the pooled feature).
@@ -103,8 +113,11 @@ _CANDIDATES = {
     # weaker ones (100 already cost 4 points of validation accuracy on the article pair).
     "cc": {"w100": dict(cc=dict(weight=100.0)), "w10": dict(cc=dict(weight=10.0)),
            "w1": dict(cc=dict(weight=1.0))},
+    # The temperature is learned: the candidates are kd's alpha and dkd's beta.
+    "kd_ctkd": {"a09": dict(alpha=0.9), "a05": dict(alpha=0.5)},
+    "dkd_ctkd": {"beta8": dict(dkd=dict(beta=8.0)), "beta2": dict(dkd=dict(beta=2.0))},
 }
-_RESNET_METHODS = ("kd", "dkd", "fitnets", "crd") + _FEATURE_METHODS
+_RESNET_METHODS = ("kd", "dkd", "fitnets", "crd") + _FEATURE_METHODS + ("kd_ctkd", "dkd_ctkd")
 # Learning rate and epochs (teacher and students) of each protocol.
 _CONVERGED = dict(learning_rate=1e-2, epochs=40)
 _SHORT = dict(learning_rate=1e-3, epochs=20)
@@ -133,7 +146,7 @@ def get_config(arg="article"):
   c.teacher = config_lib.model_config("resnet_seed", width=16, seed=0)
   c.student = config_lib.model_config("cnn_seed", width=16, seed=0)
   methods = dict(_ARTICLE_METHODS)
-  if arg in ("resnet", "resnet_features"):
+  if arg in ("resnet", "resnet_features", "resnet_born_again"):
     c.teacher = config_lib.model_config("resnet56", width=8, seed=0)
     c.student = config_lib.model_config("resnet20", width=8, seed=0)
     methods = {name: _ARTICLE_METHODS[name] for name in _RESNET_METHODS}
@@ -144,7 +157,8 @@ def get_config(arg="article"):
     _set_protocol(c, **_SHORT, student_epochs=40 if arg == "long" else None)
   else:  # Nearly converged: resnet20 by 20 epochs (+0.63 at 40), cnn_seed by 40 (+0.77 at 80).
     _set_protocol(c, **_CONVERGED,
-                  student_epochs={"curve": 80, "resnet": 20, "resnet_features": 20}.get(arg))
+                  student_epochs={"curve": 80, "resnet": 20, "resnet_features": 20,
+                                  "resnet_born_again": 20}.get(arg))
   # The teacher-output cache: logits, and the pooled feature RKD, PKT, CRD and CC read; the
   # methods on feature maps run the teacher live.
   c.distill.cache_teacher = True
@@ -162,6 +176,11 @@ def get_config(arg="article"):
               "dist": dict(method="dist", dist=dict(beta=2.0, gamma=2.0))})
   if arg == "curve":  # Labels only at twice the budget: pipeline with no variants.
     _only(c, {})
+  if arg.endswith("_born_again"):  # A distill run's settings: kd with its chosen values.
+    _only(c, {})
+    c.distill.method = "kd"
+    c.distill.alpha = config_lib.schedule(0.9)
+    c.distill.temperature = config_lib.schedule(4.0)
   c.run.stability_ops = ()
   c.run.eval_every_epochs = 5
   c.run.checkpoint_every_seconds = 120

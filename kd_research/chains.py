@@ -111,7 +111,8 @@ def ensemble_of_generations(config, workdir, teacher_paths, student_dir):
           "generation_test_accuracy": dict(zip(names, report["test"]["accuracy"])),
           "test_accuracy": report["test"]["ensemble_accuracy"],
           "test_ece": report["test"]["ensemble_ece"],
-          "validation_accuracy": report["validation"]["ensemble_accuracy"]}
+          "validation_accuracy": report["validation"]["ensemble_accuracy"],
+          "params": sum(model.count_params() for model in ensemble.models)}
 
 
 def ensemble_summary(result):
