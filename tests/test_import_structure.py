@@ -1,7 +1,7 @@
 """The package's import structure: no circles, no upward imports, no private names across modules.
 
 Layers, bottom to top (a module may import its own layer and the ones below):
-common, runtime, data, models, methods, config.py, train, report, tools, chains.py,
+common, runtime, data, models, methods, config_checks.py, config.py, train, report, tools, chains.py,
 pipeline.py,
 campaign.py (plans of jobs), slurm.py (their submission), api.py (the Python API), main.py. config.py sits below train/ because every run resolves its config; train/ holds
 the run-directory format (workdir.py, results.py) that report/ and tools/ read.
@@ -15,7 +15,8 @@ import os
 from conftest import REPO
 
 PACKAGE = os.path.join(REPO, "kd_research")
-LAYERS = ("common", "runtime", "data", "models", "methods", "config", "train", "report",
+LAYERS = ("common", "runtime", "data", "models", "methods", "config_checks", "config", "train",
+          "report",
           "tools", "chains", "pipeline", "campaign", "slurm", "api", "main")
 
 

@@ -1,0 +1,138 @@
+"""The field checks of config.validate, one function per section: each raises UserError
+naming the field, what is wrong and the valid values."""
+
+import os
+
+from kd_research.data import augment
+from kd_research.data import sources
+from kd_research.methods import registry as methods_lib
+from kd_research.models import registry as model_registry
+from kd_research.models import user as user_models
+from kd_research.runtime import precision
+from kd_research.common import schedules
+from kd_research.common.errors import UserError
+from kd_research.methods.losses import COMBINE_MODES
+
+STRATEGIES = ("default", "mirrored", "multi_worker", "auto")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+MODEL_FIELDS = ("model", "width", "sync_bn", "epochs", "seed", "path", "image_size", "weights",
+                "head_epochs", "unfreeze_top", "finetune_lr_factor", "kwargs", "init")
+
+
+def need(cond, msg):
+  """Raises UserError(msg) unless ``cond``."""
+  if not cond:
+    raise UserError(msg)
+
+
+def data_and_speed(config):
+  """Data, precision, batch, split sizes and optimizer fields."""
+  builtin = sources.spec_of(config.dataset) is None  # UserError for an unknown name
+  need(not (builtin and config.image_size),
+        f"config.image_size={config.image_size} resizes the images of file sources (folder:, "
+        f"tfrecord:, tfds:); {config.dataset} is in memory at its own size. Drop it.")
+  need(config.mixed_precision in precision.PRECISIONS,
+        f"config.mixed_precision={config.mixed_precision!r}; valid: "
+        f"{', '.join(precision.PRECISIONS)} (auto: bf16 where the hardware has native bf16, "
+        "else float32).")
+  need(config.loss_scale.initial > 0 and config.loss_scale.growth_steps >= 1,
+        f"config.loss_scale.initial must be > 0 and config.loss_scale.growth_steps >= 1, got "
+        f"{config.loss_scale.initial} and {config.loss_scale.growth_steps}.")
+  need(config.global_batch_size >= 1,
+        f"config.global_batch_size must be a positive integer, got {config.global_batch_size}.")
+  for field in ("validation_size", "train_size", "test_size"):
+    need(config[field] >= 0, f"config.{field} must be >= 0, got {config[field]}.")
+  opt = config.optimizer
+  need(opt.name in OPTIMIZERS, f"config.optimizer.name={opt.name!r}; valid: "
+        f"{', '.join(OPTIMIZERS)}.")
+  need(opt.weight_decay >= 0, f"config.optimizer.weight_decay must be >= 0, got "
+        f"{opt.weight_decay}.")
+  need(opt.l2 >= 0, f"config.optimizer.l2 must be >= 0, got {opt.l2}.")
+  need(opt.learning_rate.start > 0, f"config.optimizer.learning_rate.start must be > 0, got "
+        f"{opt.learning_rate.start}.")
+  schedules.from_config(opt.learning_rate, 1000, "config.optimizer.learning_rate").check_range(
+      0.0, float("inf"), what_range="learning rate >= 0")
+  augment.parse_ops(config.augment.ops)
+
+
+def bookkeeping(config):
+  """config.run, config.distribution and the pipeline's seeds."""
+  run, dist = config.run, config.distribution
+  for field in ("eval_batch_size", "steps_per_loop", "log_every_steps", "checkpoint_every_steps",
+                "keep_checkpoints", "eval_every_epochs"):
+    need(run[field] >= 1, f"config.run.{field} must be a positive integer, got {run[field]}.")
+  need(run.checkpoint_every_seconds >= 0,
+        f"config.run.checkpoint_every_seconds must be >= 0, got {run.checkpoint_every_seconds}.")
+  need(not set(augment.parse_ops(run.stability_ops)) & set(augment.MIXING),
+        f"config.run.stability_ops={run.stability_ops!r} may not contain mixup/cutmix (they "
+        "change the label, not the view).")
+  need(dist.strategy in STRATEGIES, f"config.distribution.strategy={dist.strategy!r} is "
+        f"unknown; valid: {', '.join(STRATEGIES)}.")
+  need(dist.num_cpu_devices >= 1, f"config.distribution.num_cpu_devices must be >= 1, got "
+        f"{dist.num_cpu_devices}.")
+  seeds = config.pipeline.seeds
+  need(all(isinstance(s, int) and s >= 0 for s in seeds) and len(set(seeds)) == len(seeds),
+        f"config.pipeline.seeds={seeds!r} must be distinct non-negative integers such as "
+        "(0, 1, 2).")
+
+
+def model_entry(role, entry):
+  """One model entry (config.teacher, config.student or an extra teacher)."""
+  for field in MODEL_FIELDS:
+    need(field in entry, f"config.{role} lacks the field {field!r}; build entries with "
+          "config.model_config(...).")
+  need(entry.init or entry.path or model_registry.is_known(entry.model),
+        f"config.{role}.model={entry.model!r} is unknown; valid models: "
+        f"{', '.join(model_registry.names())}, or your own package.module:function.")
+  kwargs = user_models.parse_kwargs(entry.kwargs, f"config.{role}.kwargs")
+  need(not kwargs or user_models.is_spec(entry.model),
+        f"config.{role}.kwargs={entry.kwargs!r} is for a user model (package.module:function); "
+        f"{entry.model} is a registry model (its options: width, sync_bn).")
+  need(not entry.init or (entry.init.endswith(".keras") and os.path.isfile(entry.init)),
+        f"config.{role}.init={entry.init!r}: a starting point must be an existing .keras "
+        "file.")
+  need(entry.epochs >= 1, f"config.{role}.epochs must be a positive integer, got {entry.epochs}.")
+  need(entry.width >= 0, f"config.{role}.width must be >= 0 (0 = default), got {entry.width}.")
+  need(0 <= entry.head_epochs < entry.epochs or entry.head_epochs == 0,
+        f"config.{role}.head_epochs={entry.head_epochs} must be smaller than "
+        f"config.{role}.epochs={entry.epochs}.")
+  need(entry.head_epochs == 0 or entry.model in model_registry.pretrained_names(),
+        f"config.{role}.head_epochs needs a pretrained backbone model "
+        f"({', '.join(model_registry.pretrained_names())}), not {entry.model}.")
+  need(entry.finetune_lr_factor > 0,
+        f"config.{role}.finetune_lr_factor must be > 0, got {entry.finetune_lr_factor}.")
+
+
+def distill_section(d, num_teachers, student_epochs, where, mixing=()):
+  """A distill section (config.distill, or a variant's), named ``where`` in the errors;
+  ``mixing``: the mixup/cutmix ops the run's augmentation holds."""
+  from kd_research.methods import losses  # pylint: disable=g-import-not-at-top
+  names = methods_lib.parse(d.method)
+  need(not (mixing and "dkd" in names),
+        f"{where}.method={d.method!r} with config.augment.ops={','.join(mixing)}: DKD splits "
+        "the target class from the rest, and mixed images have two. Drop mixup/cutmix or use "
+        "another method (kd, dist, ...).")
+  uncacheable = methods_lib.uncacheable(d)
+  need(not (d.cache_teacher and uncacheable),
+        f"{where}.cache_teacher=true cannot serve method(s) {', '.join(uncacheable)}: they read "
+        "the teachers' feature maps, and the cache holds their logits and vector features "
+        "('pooled') only. Turn the cache off (the teacher then runs live), or use a logit "
+        "method (kd, dkd, dist) or rkd / pkt / crd with teacher_tap='pooled'.")
+  need(isinstance(d.cache_topk, int) and d.cache_topk >= 0,
+        f"{where}.cache_topk must be an integer >= 0 (0: full logits), got {d.cache_topk!r}.")
+  need(d.cache_dtype in ("float32", "float16"),
+        f"{where}.cache_dtype={d.cache_dtype!r}; valid: float32 (exact), float16.")
+  need(not d.logit_standardization or {"kd", "dkd"} & set(names),
+        f"{where}.logit_standardization modifies kd or dkd; method is {d.method!r}.")
+  methods_lib.validate(d, where, student_epochs)
+  need(d.combine in COMBINE_MODES,
+        f"{where}.combine={d.combine!r}; valid: {', '.join(COMBINE_MODES)}.")
+  losses.normalise_weights(tuple(d.teacher_weights) or None, num_teachers)
+  need(0 <= d.finetune_epochs < student_epochs,
+        f"{where}.finetune_epochs={d.finetune_epochs} must be >= 0 and smaller than "
+        f"config.student.epochs={student_epochs} (the total student epochs).")
+  need(d.finetune_lr_factor > 0,
+        f"{where}.finetune_lr_factor must be > 0, got {d.finetune_lr_factor}.")
+  schedules.from_config(d.alpha, 1000, f"{where}.alpha").check_range(0.0, 1.0)
+  schedules.from_config(d.temperature, 1000, f"{where}.temperature").check_range(
+      0.0, float("inf"), low_inclusive=False, what_range="T > 0")
