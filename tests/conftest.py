@@ -327,7 +327,8 @@ def distill_cmd(workdir, teacher_file, method="kd"):
 # several processes, real-data end to end, and every test that needs a trained teacher.
 SLOW_MODULES = {"test_e2e_fashion_mnist", "test_distribute", "test_reliability", "test_driver",
                 "test_pipeline", "test_cli", "test_keras_peer", "test_export",
-                "test_streamed_runs", "test_notebook", "test_slurm", "test_user_models"}
+                "test_streamed_runs", "test_notebook", "test_slurm", "test_user_models",
+                "test_mutual_learning_runs"}
 SLOW_FIXTURES = {"teacher_file", "conv_teacher"}
 
 

@@ -67,6 +67,8 @@ def describe(config):
   label = f"{config['role']}: {model['model']}" + (f" w{model['width']}" if model["width"] else "")
   if config["role"] == "teacher":
     label += f" (seed {model['seed']})"
+  if model.get("cohort"):  # Deep mutual learning: the row's accuracy is member 0's.
+    label += f", DML cohort of {model['cohort']} (member 0)"
   if config.get("labels"):
     labels = config["labels"]
     share = labels["count"] or f"{100 * labels['fraction']:g}%"

@@ -53,6 +53,8 @@ class RunResults:
   test_agreement: Optional[float] = None
   teacher_test_accuracy: Optional[float] = None
   trainer: Optional[str] = None     # set when a peer framework trained it (keras_peer)
+  # A cohort (deep mutual learning): each member's accuracies and params, member 0 first.
+  members: Optional[list] = None
   # File sources: the examples per split and the corrupt images skipped (data.skip_corrupt).
   data: Optional[dict] = None
 

@@ -28,6 +28,7 @@ from kd_research.data import datasets
 from kd_research.runtime import distribute
 from kd_research.runtime import precision
 from kd_research.runtime import preemption
+from kd_research.train import cohort_members
 from kd_research.train import driver as driver_lib
 from kd_research.train import evaluation
 from kd_research.train import resolve as resolve_lib
@@ -208,6 +209,7 @@ def _final_results(run, evaluator, last_validation):
     results.data = {"examples": {name: getattr(run.splits, name).num_examples
                                  for name in ("train", "validation", "test")},
                     "skipped_corrupt": dict(run.splits.skipped)}
+  results.members = cohort_members.evaluate(run)
   if run.teachers:
     results.method = run.config.distill.method
     results.teachers = run.teachers.report
@@ -236,6 +238,7 @@ def _export(model, workdir):
   tmp = os.path.join(workdir, "model.tmp.keras")
   model.save(tmp)
   os.replace(tmp, os.path.join(workdir, "model.keras"))
+  cohort_members.save(model, workdir)
   fileio.atomic_save_dir(os.path.join(workdir, "saved_model"),
                            lambda d: model.export(d, verbose=False))
 

@@ -1,0 +1,87 @@
+"""Deep mutual learning runs (config.student.cohort): independent of the replica count,
+resumed exactly after SIGKILL (every member), each member evaluated and saved on its own."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kd_research import config as config_lib
+from kd_research.common.errors import UserError
+from kd_research.data import datasets
+from kd_research.models import registry as model_registry
+from kd_research.train import cohort_members
+from kd_research.train import runs
+from conftest import DEFAULT, ENV, REPO, kill_after_checkpoint, read_scalars, tiny_config
+from conftest import weights_of
+
+
+def _cohort_cmd(workdir):
+  return [sys.executable, "-m", "kd_research.main", "train", "--role=student",
+          "--experiment=fashion_mnist:tiny", f"--workdir={workdir}", "--config.student.cohort=2",
+          "--config.deterministic=true", "--config.student.epochs=4",
+          "--config.run.checkpoint_every_steps=10", "--config.run.steps_per_loop=2",
+          "--config.augment.ops=('flip','crop')"]
+
+
+def test_a_cohort_trains_the_same_on_one_and_two_replicas_and_saves_each_member(
+    tmp_path, strategy_factory):
+  config = tiny_config(**{"student.cohort": 3, "student.epochs": 1})
+  results = {}
+  for name, strategy in (("one", DEFAULT), ("two", strategy_factory(2))):
+    results[name] = runs.train_and_evaluate(config, str(tmp_path / name), "student", strategy)
+  diff = max(float(np.max(np.abs(a - b))) for a, b in
+             zip(weights_of(str(tmp_path / "one")), weights_of(str(tmp_path / "two"))))
+  print(f"dml cohort of 3: 1 vs 2 replicas max |dw| {diff:.2e}")
+  assert diff < 1e-5
+  members = results["one"]["members"]
+  assert [m["member"] for m in members] == ["member_0", "member_1", "member_2"]
+  assert results["one"]["test_accuracy"] == members[0]["test_accuracy"]
+  assert results["one"]["params"] == sum(m["params"] for m in members)
+  cohort = model_registry.load_keras(str(tmp_path / "one" / "model.keras"))
+  split = datasets.load_splits(config).test  # The run's test split, predicted again.
+  images = np.concatenate([np.asarray(b) for b in split.image_batches(1000)])
+  outputs = []
+  for index, member in enumerate(members):
+    model = model_registry.load_keras(cohort_members.member_path(str(tmp_path / "one"), index))
+    logits = model.predict(images, verbose=0)
+    outputs.append(logits)
+    assert member["test_accuracy"] == pytest.approx(
+        np.mean(logits.argmax(-1) == split.labels), abs=1e-9)
+  np.testing.assert_allclose(cohort.predict(images, verbose=0), outputs[0], atol=1e-5)
+  assert np.mean(outputs[0].argmax(-1) != outputs[1].argmax(-1)) > 0  # Different members.
+  scalars = read_scalars(str(tmp_path / "one"))
+  assert {f"train/loss_member{k}_{part}" for k in range(3) for part in ("ce", "kl")} <= set(
+      scalars)
+
+
+def test_sigkill_and_rerun_of_a_cohort_matches_the_uninterrupted_run(tmp_path):
+  full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+  done = subprocess.run(_cohort_cmd(full), cwd=REPO, env=ENV, capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  killed_at = kill_after_checkpoint(_cohort_cmd(cut), os.path.join(cut, "checkpoints"), 40)
+  assert 40 <= killed_at < 4 * 28
+  resumed = subprocess.run(_cohort_cmd(cut), cwd=REPO, env=ENV, capture_output=True, text=True,
+                           timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "Resumed" in resumed.stderr
+  diffs = [float(np.max(np.abs(a - b))) for a, b in zip(weights_of(full), weights_of(cut))]
+  print(f"dml cohort killed after checkpoint {killed_at}; max |dw| vs uninterrupted: {max(diffs)}")
+  assert max(diffs) == 0.0
+  a, b = (json.load(open(os.path.join(d, "results.json"))) for d in (full, cut))
+  assert a["members"] == b["members"]
+
+
+def test_a_cohort_is_refused_where_it_has_no_meaning(tmp_path, teacher_file):
+  for bad, message in (({"student.cohort": 1}, "2 or more members"),
+                       ({"teacher.cohort": 2}, "only config.student")):
+    with pytest.raises(UserError, match=message):
+      config_lib.validate(tiny_config(**bad))
+  with pytest.raises(UserError, match="not distill"):
+    runs.train_and_evaluate(tiny_config(**{"student.cohort": 2}), str(tmp_path / "d"),
+                            "distill", DEFAULT, (teacher_file,))
+  assert not os.path.exists(tmp_path / "d" / "results.json")
