@@ -12,6 +12,7 @@ import pytest
 from kd_research import config as config_lib
 from kd_research.common.errors import UserError
 from kd_research.data import datasets
+from kd_research.methods import mutual
 from kd_research.models import registry as model_registry
 from kd_research.train import cohort_members
 from kd_research.train import runs
@@ -56,6 +57,29 @@ def test_a_cohort_trains_the_same_on_one_and_two_replicas_and_saves_each_member(
   scalars = read_scalars(str(tmp_path / "one"))
   assert {f"train/loss_member{k}_{part}" for k in range(3) for part in ("ce", "kl")} <= set(
       scalars)
+
+
+def test_without_the_mutual_term_member_0_trains_exactly_like_the_labels_only_student(
+    tmp_path, monkeypatch):
+  """The cohort's plumbing against an independent reference: with the KL term zeroed,
+  member 0 (built first from the same seeded RNG, fed the same batches) must end with the
+  labels-only student's weights, bit for bit; with the term it must not."""
+  kl_rows = mutual.base.kl_rows
+  monkeypatch.setattr(mutual.base, "kl_rows", lambda p, log_q: 0.0 * kl_rows(p, log_q))
+  runs.train_and_evaluate(tiny_config(), str(tmp_path / "labels"), "student", DEFAULT)
+  runs.train_and_evaluate(tiny_config(**{"student.cohort": 2}), str(tmp_path / "cohort"),
+                          "student", DEFAULT)
+  monkeypatch.undo()
+  runs.train_and_evaluate(tiny_config(**{"student.cohort": 2}), str(tmp_path / "mutual"),
+                          "student", DEFAULT)
+  labels_only = weights_of(str(tmp_path / "labels"))
+  def member_0(run):
+    model = model_registry.load_keras(cohort_members.member_path(str(tmp_path / run), 0))
+    return [w.numpy() for w in model.weights]
+  assert max(float(np.max(np.abs(a - b))) for a, b in
+             zip(labels_only, member_0("cohort"))) == 0.0
+  assert max(float(np.max(np.abs(a - b))) for a, b in
+             zip(labels_only, member_0("mutual"))) > 1e-3
 
 
 def test_sigkill_and_rerun_of_a_cohort_matches_the_uninterrupted_run(tmp_path):
