@@ -52,7 +52,3 @@ def members(cohort):
   return [layer for layer in cohort.layers if layer.name.startswith("member_")
           and isinstance(layer, keras.Model)]
 
-
-def size(model):
-  """The number of members of a cohort model, 0 for any other model."""
-  return len(members(model)) if model.name.startswith("cohort_of_") else 0

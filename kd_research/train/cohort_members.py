@@ -5,7 +5,6 @@ The run's own accuracy and model.keras are member 0's (the cohort's output)."""
 
 import os
 
-from kd_research.common import fileio
 from kd_research.models import cohort
 from kd_research.train import evaluation
 
@@ -43,6 +42,3 @@ def save(model, workdir):
     tmp = path[:-len(".keras")] + ".tmp.keras"
     member.save(tmp)
     os.replace(tmp, path)
-  if cohort.members(model):
-    fileio.atomic_write_json(os.path.join(workdir, MEMBERS_DIR, "members.json"),
-                             {"members": len(cohort.members(model))})
