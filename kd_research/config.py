@@ -17,6 +17,7 @@ import ml_collections
 
 from kd_research import config_checks as checks
 from kd_research.data import augment
+from kd_research.data import views
 from kd_research.methods import registry as methods_lib
 from kd_research.common import schedules
 from kd_research.common.errors import UserError
@@ -98,7 +99,10 @@ def base_config():
   # Augmentation (all training stages; teacher and student see the same images).
   c.augment = ml_collections.ConfigDict(dict(
       ops=(), crop_padding=2, rotation_degrees=10.0, cutout_size=8, mixup_alpha=0.2,
-      cutmix_alpha=1.0))
+      cutmix_alpha=1.0, randaugment_layers=2,
+      # Extra views of each image for the methods that read them (data/views.py), e.g.
+      # MLKD's 'strong=flip,crop,randaugment'; several: 'a=...;b=...'.
+      views=""))
   c.distill = _distill_section()
   c.run = _run_section()
   c.distribution = ml_collections.ConfigDict(dict(
@@ -136,7 +140,7 @@ def _distill_section():
       # several: 'kd,at'.
       method="kd",
       ce_weight=1.0,             # CE weight of the methods beyond kd (kd weighs it 1 - alpha)
-      logit_standardization=False,  # Sun et al. 2024: standardised logits in kd / dkd
+      logit_standardization=False,  # Sun et al. 2024: standardised logits (kd, dkd, mlkd)
       alpha=schedule(0.7), temperature=schedule(10.0), combine="prob_mean",
       teacher_weights=(),        # one per teacher; empty = uniform
       finetune_epochs=0,         # final labels-only epochs (distill, then fine-tune)
@@ -211,14 +215,15 @@ def validate(config):
   for role, entry in model_entries(config):
     checks.model_entry(role, entry)
   mixing = tuple(set(augment.parse_ops(config.augment.ops)) & set(augment.MIXING))
+  augmentation = dict(mixing=mixing, views=views.names(config.augment.views))
   checks.distill_section(config.distill, 1 + len(config.extra_teachers), config.student.epochs,
-                    "config.distill", mixing)
+                    "config.distill", **augmentation)
   for name in config.pipeline.variants:
     for candidate, extra in [(None, None)] + list(config.pipeline.candidates.get(name, {}).items()):
       variant = apply_variant(config, name, extra)
       checks.distill_section(variant.distill, 1 + len(config.extra_teachers), config.student.epochs,
                         f"variant {name}" + (f", candidate {candidate}" if candidate else ""),
-                        mixing)
+                        **augmentation)
   unknown = sorted(set(config.pipeline.candidates) - set(config.pipeline.variants))
   checks.need(not unknown, f"config.pipeline.candidates names {unknown}, which are not variants; "
         f"variants: {', '.join(config.pipeline.variants) or 'none'}.")

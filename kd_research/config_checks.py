@@ -106,11 +106,22 @@ def model_entry(role, entry):
         f"config.{role}.finetune_lr_factor must be > 0, got {entry.finetune_lr_factor}.")
 
 
-def distill_section(d, num_teachers, student_epochs, where, mixing=()):
+def distill_section(d, num_teachers, student_epochs, where, mixing=(), views=()):
   """A distill section (config.distill, or a variant's), named ``where`` in the errors;
-  ``mixing``: the mixup/cutmix ops the run's augmentation holds."""
+  ``mixing``: the mixup/cutmix ops the run's augmentation holds; ``views``: the names of
+  config.augment.views."""
   from kd_research.methods import losses  # pylint: disable=g-import-not-at-top
   names = methods_lib.parse(d.method)
+  read = methods_lib.views_read(d)
+  for view, readers in read.items():
+    need(view in views,
+         f"{where}.method={d.method!r}: {', '.join(readers)} reads a {view!r} view of each "
+         f"image, and config.augment.views has {', '.join(views) or 'none'}. Add it, e.g. "
+         f"--config.augment.views='{view}=flip,crop,randaugment' (MLKD's strong view).")
+  need(not (d.cache_teacher and read),
+       f"{where}.cache_teacher=true cannot serve {', '.join(sorted(set(sum(read.values(), []))))}: "
+       "it reads extra views of each image, and the cache holds the teachers' outputs on "
+       "the main view only. Turn the cache off (the teachers then run live on every view).")
   need(not (mixing and "dkd" in names),
         f"{where}.method={d.method!r} with config.augment.ops={','.join(mixing)}: DKD splits "
         "the target class from the rest, and mixed images have two. Drop mixup/cutmix or use "
@@ -125,8 +136,8 @@ def distill_section(d, num_teachers, student_epochs, where, mixing=()):
         f"{where}.cache_topk must be an integer >= 0 (0: full logits), got {d.cache_topk!r}.")
   need(d.cache_dtype in ("float32", "float16"),
         f"{where}.cache_dtype={d.cache_dtype!r}; valid: float32 (exact), float16.")
-  need(not d.logit_standardization or {"kd", "dkd"} & set(names),
-        f"{where}.logit_standardization modifies kd or dkd; method is {d.method!r}.")
+  need(not d.logit_standardization or {"kd", "dkd", "mlkd"} & set(names),
+        f"{where}.logit_standardization modifies kd, dkd or mlkd; method is {d.method!r}.")
   methods_lib.validate(d, where, student_epochs)
   need(d.combine in COMBINE_MODES,
         f"{where}.combine={d.combine!r}; valid: {', '.join(COMBINE_MODES)}.")

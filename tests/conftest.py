@@ -34,6 +34,9 @@ METHOD_FLAGS = {"kd": [], "crd": ["--config.distill.method=crd",
                 # CTKD's learnable temperature (and the optimizer's slots for it).
                 "ctkd": ["--config.distill.ctkd.enabled=true",
                          "--config.distill.ctkd.decay_epochs=2"],
+                # MLKD: the strong view's RandAugment draws must resume exactly too.
+                "mlkd": ["--config.distill.method=mlkd",
+                         "--config.augment.views=strong=flip,crop,randaugment"],
                 # Every trainable part of the feature methods in one run (conv teacher).
                 "features": ["--config.distill.method=ofd,reviewkd,vid,nst,cc",
                              "--config.student.model=cnn_seed", "--config.student.width=4",
@@ -173,11 +176,15 @@ def conv_teacher(tmp_path_factory):
   return os.path.join(workdir, "model.keras")
 
 
+MLKD_VIEWS = "strong=flip,crop,randaugment"  # the strong view MLKD reads
+
+
 def method_config(method, **overrides):
+  views = {"augment.views": MLKD_VIEWS} if "mlkd" in method else {}
   return tiny_config(**{"student.model": "cnn_seed", "student.width": 4, "student.epochs": 1,
                         "distill.method": method, "run.allow_weak_teacher": True,
                         "distill.dkd.warmup_epochs": 1, "distill.crd.negatives": 64,
-                        "distill.reviewkd.warmup_epochs": 1,
+                        "distill.reviewkd.warmup_epochs": 1, **views,
                         **overrides})
 
 

@@ -13,8 +13,11 @@ Ops (``config.augment.ops``, comma-separated, applied in this order):
   cutout   zero a ``cutout_size`` square at a random centre (may overlap the border)
   mixup    x = lam x_i + (1 - lam) x_j, lam ~ Beta(mixup_alpha, mixup_alpha); labels mixed
   cutmix   paste a box of x_j into x_i (area 1 - lam, lam ~ Beta(cutmix_alpha, ...))
+  randaugment  ``randaugment_layers`` random ops per example, then a random grey Cutout
+               (data/randaugment.py; MLKD's strong view)
 Mixing partners are neighbouring positions (0<->1, 2<->3, ...) of the shuffled
 global batch, which stay on one replica whenever the per-replica batch is even.
+Extra views of the same images (data/views.py) draw with their own ``salt_offset``.
 """
 
 import math
@@ -22,8 +25,9 @@ import math
 import tensorflow as tf
 
 from kd_research.common.errors import UserError
+from kd_research.data import randaugment as randaugment_lib
 
-OPS = ("flip", "crop", "rotate", "cutout", "mixup", "cutmix")
+OPS = ("flip", "crop", "rotate", "cutout", "randaugment", "mixup", "cutmix")
 MIXING = ("mixup", "cutmix")
 
 
@@ -41,9 +45,10 @@ def parse_ops(text):
   return ops
 
 
-def validate(cfg, input_shape, per_replica_batch):
-  """Checks the augmentation parameters against the image size and the batch split."""
-  ops = parse_ops(cfg.ops)
+def validate(cfg, input_shape, per_replica_batch, ops=None):
+  """Checks the augmentation parameters of ``ops`` (default: the main ops, ``cfg.ops``)
+  against the image size and the batch split."""
+  ops = parse_ops(cfg.ops if ops is None else ops)
   height, width = input_shape[:2]
   if "crop" in ops and not 0 < cfg.crop_padding < min(height, width):
     raise UserError(f"config.augment.crop_padding must be in [1, {min(height, width) - 1}], "
@@ -57,6 +62,13 @@ def validate(cfg, input_shape, per_replica_batch):
   for op, alpha in (("mixup", cfg.mixup_alpha), ("cutmix", cfg.cutmix_alpha)):
     if op in ops and alpha <= 0:
       raise UserError(f"config.augment.{op}_alpha must be > 0, got {alpha}.")
+  if "randaugment" in ops:
+    if input_shape[-1] not in (1, 3):
+      raise UserError(f"randaugment works on 1- or 3-channel images, got {input_shape[-1]} "
+                      "channels.")
+    if not (isinstance(cfg.randaugment_layers, int) and 1 <= cfg.randaugment_layers <= 20):
+      raise UserError(f"config.augment.randaugment_layers must be an integer in [1, 20] (ops "
+                      f"per image), got {cfg.randaugment_layers!r}.")
   if set(ops) & set(MIXING) and per_replica_batch % 2:
     raise UserError(f"{'/'.join(set(ops) & set(MIXING))} pairs neighbouring examples and needs "
                     f"an even per-replica batch, got {per_replica_batch}.")
@@ -125,19 +137,20 @@ def _partners(n):
   return tf.bitwise.bitwise_xor(tf.range(n), 1)
 
 
-def augment_batch(batch, ops, cfg, seed, num_classes, global_batch_size):
+def augment_batch(batch, ops, cfg, seed, num_classes, global_batch_size, salt_offset=0):
   """Augments one replica's batch dict in place of 'image' (and 'label' for mixing ops).
 
   ``batch`` holds 'image' [b, H, W, C] float32, 'label' [b], 'step' [b] and the
   example's 'position' in the global batch [b]. Random numbers are drawn for the
-  whole global batch (``global_batch_size``) and gathered at the positions.
+  whole global batch (``global_batch_size``) and gathered at the positions; a view's
+  ``salt_offset`` makes its draws independent of the other views'.
   """
   images, labels = batch["image"], batch["label"]
   step, pos = batch["step"][0], batch["position"]
   n_global = global_batch_size
 
   def draw(salt):
-    return tf.gather(_uniform(seed, step, salt, [n_global]), pos)
+    return tf.gather(_uniform(seed, step, salt + salt_offset, [n_global]), pos)
 
   if "flip" in ops:
     images = _flip(images, draw(1))
@@ -147,13 +160,15 @@ def augment_batch(batch, ops, cfg, seed, num_classes, global_batch_size):
     images = _rotate(images, draw(4), cfg.rotation_degrees)
   if "cutout" in ops:
     images = _cutout(images, draw(5), draw(6), cfg.cutout_size)
+  if "randaugment" in ops:
+    images = randaugment_lib.randaugment(images, draw, cfg.randaugment_layers)
   out = dict(batch, image=images)
   mixing = [op for op in ops if op in MIXING]
   if mixing:
     one_hot = tf.one_hot(labels, num_classes, dtype=tf.float32)
     partner = _partners(tf.shape(images)[0])
     alpha = cfg.mixup_alpha if mixing[0] == "mixup" else cfg.cutmix_alpha
-    lam = tf.gather(_beta(seed, step, 7, n_global, alpha), pos)
+    lam = tf.gather(_beta(seed, step, 7 + salt_offset, n_global, alpha), pos)
     if mixing[0] == "mixup":
       lam4 = lam[:, None, None, None]
       out["image"] = lam4 * images + (1.0 - lam4) * tf.gather(images, partner)

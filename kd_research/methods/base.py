@@ -5,7 +5,8 @@ per-example float32 tensors with at least ``total``; the step averages ``total``
 the global batch and logs every term as ``train/loss_<name>``. Student outputs are
 {'logits': [B, C], 'features': {tap: tensor}}; teacher outputs are {'logits': [K, B, C],
 'features': [{tap: tensor} for each of the K teachers]} (features only when the
-objective names taps). An objective may own variables (connectors, embedding heads,
+objective names taps). An objective that reads extra views (``views``) also gets
+{'views': {name: outputs of that view}} in both. An objective may own variables (connectors, embedding heads,
 memory banks): they train with the student, live in its checkpoint and are left out of
 the exported model.
 
@@ -127,6 +128,7 @@ class Objective:
   needs_teacher = False
   student_taps = ()   # layer names whose outputs the objective reads (student)
   teacher_taps = ()   # and on every teacher
+  views = ()          # extra views of the batch it reads (data/views.py), by name
 
   @property
   def trainable_variables(self):
@@ -179,6 +181,13 @@ class Method(Objective):
     """Whether it reads teacher feature maps (which the teacher-output cache does not hold)."""
     del section
     return False
+
+  @classmethod
+  def views_read(cls, section):
+    """The extra views of each image it reads (config.augment.views names), e.g. MLKD's
+    strong view; the student and the live teachers then also run on each."""
+    del section
+    return ()
 
   @classmethod
   def validate(cls, distill, where, active, student_epochs):
@@ -274,6 +283,7 @@ class Combined(Objective):
     self.needs_teacher = any(p.needs_teacher for p in self.parts)
     self.student_taps = tuple(dict.fromkeys(t for p in self.parts for t in p.student_taps))
     self.teacher_taps = tuple(dict.fromkeys(t for p in self.parts for t in p.teacher_taps))
+    self.views = tuple(dict.fromkeys(v for p in self.parts for v in p.views))
     self.terms_names = term_layout(self.parts)
 
   @property

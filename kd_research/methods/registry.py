@@ -4,7 +4,9 @@
 method's hyper-parameters live in ``config.distill.<name>`` (its ``defaults``, with their
 source in ``reference``). Methods beyond KD add ``weight * loss`` to ``ce_weight * CE``;
 with ``kd`` in the list, KD's own ``alpha`` weighs its CE term instead.
-``logit_standardization`` and ``ctkd`` (a learnable temperature, ctkd.py) modify kd and dkd.
+``logit_standardization`` modifies kd, dkd and mlkd; ``ctkd`` (a learnable temperature,
+ctkd.py) kd and dkd. A method may read extra views of each image (``views_read``; MLKD's
+strong view), which config.augment.views provides.
 
 A method is found by importing the package's modules (plug-ins by registration: a new
 file with a ``@base.register`` class is a new method; nothing here changes).
@@ -52,7 +54,7 @@ def parse(method):
   if not requested or bad:
     raise UserError(f"config.distill.method={method!r}: unknown method(s) {bad or requested}; "
                     f"valid: {', '.join(known)} (several: comma-separated, e.g. kd,at; logit "
-                    "standardization: config.distill.logit_standardization=true with kd or dkd).")
+                    "standardization: config.distill.logit_standardization=true with kd, dkd or mlkd).")
   if "kd" in requested and "dkd" in requested:
     raise UserError("config.distill.method: kd and dkd both distil the logits; pick one.")
   return tuple(sorted(requested, key=known.index))
@@ -70,6 +72,15 @@ def uncacheable(distill):
   registered = methods()
   return [n for n in parse(distill.method)
           if registered[n].reads_teacher_maps(distill[n] if n in distill else None)]
+
+
+def views_read(distill):
+  """{view name: [methods reading it]} of the configured methods."""
+  registered, read = methods(), {}
+  for n in parse(distill.method):
+    for view in registered[n].views_read(distill[n] if n in distill else None):
+      read.setdefault(view, []).append(n)
+  return read
 
 
 def validate(distill, where, student_epochs):

@@ -21,6 +21,7 @@ from kd_research import config as config_lib
 from kd_research.common import schedules
 from kd_research.common.errors import UserError
 from kd_research.data import augment
+from kd_research.data import views as views_lib
 from kd_research.data import datasets
 from kd_research.data import splits as splits_lib
 from kd_research.methods import base as method_base
@@ -135,14 +136,20 @@ def resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
 
 
 def augmentation(config, seed, splits, ops=None):
-  """The run's batch augmentation (augment.augment_batch with its config and ``seed``), or
-  None without ops: the training stream's and the view cache's, one definition."""
+  """The run's batch augmentation (augment.augment_batch with its config and ``seed``, and
+  the extra views of config.augment.views), or None without either: the training stream's
+  and the view cache's, one definition."""
   ops = augment.parse_ops(config.augment.ops) if ops is None else ops
-  if not ops:
-    return None
-  return functools.partial(augment.augment_batch, ops=ops, cfg=config.augment, seed=seed,
-                           num_classes=splits.num_classes,
-                           global_batch_size=config.global_batch_size)
+  extra = views_lib.parse(config.augment.views)
+  main = None
+  if ops:
+    main = functools.partial(augment.augment_batch, ops=ops, cfg=config.augment, seed=seed,
+                             num_classes=splits.num_classes,
+                             global_batch_size=config.global_batch_size)
+  if not extra:
+    return main
+  return views_lib.transform(main, extra, config.augment, seed, splits.num_classes,
+                             config.global_batch_size)
 
 
 def _build_model(entry, splits, role):
@@ -202,7 +209,7 @@ def _phases(config, role, entry, model, teachers, objective, total, head_steps,
     source = teacher_sources.cached_teachers_with(taps)
   else:
     source = teacher_sources.live_teachers(
-        teachers.ensemble.tap(taps) if taps else teachers.ensemble, taps)
+        teachers.ensemble.tap(taps) if taps else teachers.ensemble, taps, objective.views)
   phases = []
   first = objective.first_stage()
   if first is not None:  # e.g. FitNets' hint stage

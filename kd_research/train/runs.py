@@ -24,6 +24,7 @@ from kd_research.common import timing
 from kd_research.common.errors import Preempted
 from kd_research.common.errors import UserError
 from kd_research.data import augment
+from kd_research.data import views as views_lib
 from kd_research.data import datasets
 from kd_research.runtime import distribute
 from kd_research.runtime import precision
@@ -149,6 +150,7 @@ def train_stream(run, writer=None):
   config, splits = run.config, run.splits
   per_replica = config.global_batch_size // run.strategy.num_replicas_in_sync
   ops = augment.validate(config.augment, splits.input_shape, per_replica)
+  extra = views_lib.validate(config.augment, splits.input_shape, per_replica)
   transform = resolve_lib.augmentation(config, run.entry.seed, splits, ops)
   extras = {}
   if run.teachers and run.teachers.train_outputs is not None:
@@ -162,6 +164,9 @@ def train_stream(run, writer=None):
   if step == 0 and transform is not None and writer is not None:
     first = next(iter(train_fn()(tf.distribute.InputContext())))
     writer.images(0, "train/augmented_examples", first["image"][:16] / 255.0)
+    for name, _ in extra:
+      writer.images(0, f"train/{views_lib.field(name)}_examples",
+                    first[views_lib.field(name)][:16] / 255.0)
   return iter(run.strategy.distribute_datasets_from_function(train_fn(start_step=step)))
 
 

@@ -15,6 +15,7 @@ the global gradient for the logged norm), and the optimizer, built by
 import keras
 import tensorflow as tf
 
+from kd_research.data import views as views_lib
 from kd_research.methods import losses
 from kd_research.common import metrics
 from kd_research.train import optimizers
@@ -52,12 +53,20 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size, obj
   variables = list(model.trainable_variables) + list(objective.trainable_variables)
   tapped = taps.feature_model(model, objective.student_taps)  # One forward for all outputs.
 
+  def student_outputs(images):
+    outputs = tapped(images, training=True)
+    if not objective.student_taps:
+      return {"logits": outputs, "features": {}}
+    return {"logits": outputs[0], "features": dict(zip(objective.student_taps, outputs[1:]))}
+
   def forward_backward(batch, teacher, step):
     with tf.GradientTape() as tape:
-      outputs = tapped(batch["image"], training=True)
-      logits = outputs[0] if objective.student_taps else outputs
-      features = dict(zip(objective.student_taps, outputs[1:])) if objective.student_taps else {}
-      terms = objective.terms(batch, {"logits": logits, "features": features}, teacher, step)
+      student = student_outputs(batch["image"])
+      if objective.views:  # One more training-mode pass per view (its own BN statistics).
+        student["views"] = {name: student_outputs(batch[views_lib.field(name)])
+                            for name in objective.views}
+      logits = student["logits"]
+      terms = objective.terms(batch, student, teacher, step)
       loss = tf.nn.compute_average_loss(terms["total"], global_batch_size=global_batch_size)
       if model.losses:
         loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))

@@ -3,17 +3,30 @@
 Either the live frozen ensemble run on the batch's images, or the fingerprinted
 teacher-output cache carried in the batch (logits, and the vector features such as
 ``pooled`` that RKD, PKT and CRD read). Both return {'logits': [K, B, C], 'features':
-[{tap: tensor} per teacher]} (features only when taps are asked for).
+[{tap: tensor} per teacher]} (features only when taps are asked for); the live ensemble
+also runs on the extra views a method reads (the cache holds the main view only).
 """
 
 import tensorflow as tf
 
+from kd_research.data import views as views_lib
 
-def live_teachers(ensemble, taps=()):
-  """Teacher source: the frozen ensemble run on the batch's images (logits and taps)."""
-  if not taps:
-    return lambda batch: {"logits": ensemble.logits(batch["image"])}
-  return lambda batch: ensemble.outputs(batch["image"], taps)
+
+def live_teachers(ensemble, taps=(), views=()):
+  """Teacher source: the frozen ensemble run on the batch's images (logits and taps), and
+  on each extra view in ``views`` (data/views.py) as {'views': {name: outputs}}."""
+  def outputs(images):
+    return ensemble.outputs(images, taps) if taps else {"logits": ensemble.logits(images)}
+
+  if not views:
+    return lambda batch: outputs(batch["image"])
+
+  def source(batch):
+    out = dict(outputs(batch["image"]))
+    out["views"] = {name: outputs(batch[views_lib.field(name)]) for name in views}
+    return out
+
+  return source
 
 
 def cached_teachers(batch):

@@ -55,6 +55,7 @@ def run_identity(config, role, teacher_paths=()):
     identity.pop("data")
   if not config.optimizer.l2:  # Runs from before the coupled L2 option keep their identity.
     identity["optimizer"].pop("l2")
+  _drop_unused_augmentation(identity["augment"])
   if role == "distill":
     identity["teachers"] = [os.path.realpath(p) for p in teacher_paths]
     active = set(methods_lib.parse(config.distill.method))
@@ -67,6 +68,15 @@ def run_identity(config, role, teacher_paths=()):
     identity.pop("distill")
   identity["format"] = FORMAT
   return json.loads(json.dumps(identity))
+
+
+def _drop_unused_augmentation(augment):
+  """Runs from before extra views and RandAugment keep their identity (unused fields out)."""
+  views = augment.get("views", "")
+  if not views:
+    augment.pop("views", None)
+  if "randaugment" not in list(augment.get("ops", ())) and "randaugment" not in views:
+    augment.pop("randaugment_layers", None)
 
 
 def _schedule_v1(d, prefix):

@@ -16,7 +16,7 @@ from kd_research.common.errors import UserError
 from conftest import DEFAULT, interrupt_then_resume, method_config, read_scalars, weights_of
 
 METHODS = ("kd", "dkd", "dist", "fitnets", "at", "rkd", "pkt", "sp", "crd", "kd,at", "ofd",
-           "reviewkd", "vid", "nst", "cc")
+           "reviewkd", "vid", "nst", "cc", "mlkd")
 
 
 # SGD with momentum, not Adam, for OFD: Adam divides a gradient by its own magnitude, so
