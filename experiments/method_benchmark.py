@@ -25,17 +25,17 @@ the ``curve`` preset trains it for twice that (80) over the same seeds to show i
 resnet pair's students (a larger network, and BatchNorm) converge sooner: 20 epochs (teacher
 40), and ``./launch.sh benchmark`` trains its labels-only student at 40 too. Logit methods
 and RKD/PKT/CRD read the teacher-output cache; the methods on feature maps (FitNets, AT,
-SP) run the teacher live. CRD uses 4,096 negatives (16,384 in the reference; the CPU cost
-of the bank's gather grows with K). DKD's warm-up is 3 epochs (20 of 240 in the reference:
+SP, ...) and MLKD (its strong view changes every step) run the teacher live. CRD uses
+4,096 negatives (16,384 in the reference; the CPU cost of the bank's gather grows with K). DKD's warm-up is 3 epochs (20 of 240 in the reference:
 a similar share of 40 or 20 epochs); ReviewKD's is 3 epochs too (20 of 240 in mdistiller).
 
 Presets:
   article  the seed article's pair, resnet_seed w16 (174K) -> cnn_seed w16 (24K): kd,
            kd + logit standardization, dkd, dist, fitnets, at, rkd, pkt, sp, crd, ofd,
-           reviewkd, vid, nst, cc, kd + ctkd, dkd + ctkd.
+           reviewkd, vid, nst, cc, kd + ctkd, dkd + ctkd, mlkd.
   resnet   a same-family pair of the standard benchmark at half width, resnet56 w8
            (0.22M) -> resnet20 w8 (0.07M): kd, dkd, fitnets, crd, ofd, reviewkd, vid,
-           nst, cc, kd + ctkd, dkd + ctkd.
+           nst, cc, kd + ctkd, dkd + ctkd, mlkd.
   article_features, resnet_features  the same pairs and protocol with kd and the feature
            methods added last (ofd, reviewkd, vid, nst, cc) only: their runs are the full
            presets' runs (same identities), so the full campaign later skips them.
@@ -84,10 +84,15 @@ _ARTICLE_METHODS = {
     "kd_ctkd": dict(method="kd", ctkd=dict(enabled=True, decay_epochs=3)),
     "dkd_ctkd": dict(method="dkd", dkd=dict(warmup_epochs=3),
                      ctkd=dict(enabled=True, decay_epochs=3)),
+    # MLKD: its weak view is the protocol's image (no augmentation, as for every method
+    # here), its strong view flip + crop + RandAugment(2) + Cutout (methods/mlkd.py).
+    "mlkd": dict(method="mlkd"),
 }
 # Methods that read teacher feature maps run the teacher live (the cache holds logits and
 # the pooled feature).
 _MAP_METHODS = ("fitnets", "at", "sp", "ofd", "reviewkd", "vid", "nst")
+# ... and so does MLKD: the teachers run on its strong view, which changes every step.
+_LIVE_METHODS = _MAP_METHODS + ("mlkd",)
 _FEATURE_METHODS = ("ofd", "reviewkd", "vid", "nst", "cc")
 # The reference weight first (RepDistiller / mdistiller / the paper), then weaker ones: at
 # short budgets the feature terms of the reference weights swamp the CE term.
@@ -116,8 +121,13 @@ _CANDIDATES = {
     # The temperature is learned: the candidates are kd's alpha and dkd's beta.
     "kd_ctkd": {"a09": dict(alpha=0.9), "a05": dict(alpha=0.5)},
     "dkd_ctkd": {"beta8": dict(dkd=dict(beta=8.0)), "beta2": dict(dkd=dict(beta=2.0))},
+    # The reference's weights with its masks (a constant 1/2 on the masked terms) or with
+    # per-example masks (the paper's reading; methods/mlkd.py).
+    "mlkd": {"reference": dict(mlkd=dict(mask="reference")),
+             "select": dict(mlkd=dict(mask="select"))},
 }
-_RESNET_METHODS = ("kd", "dkd", "fitnets", "crd") + _FEATURE_METHODS + ("kd_ctkd", "dkd_ctkd")
+_RESNET_METHODS = ("kd", "dkd", "fitnets", "crd") + _FEATURE_METHODS + ("kd_ctkd", "dkd_ctkd",
+                                                                         "mlkd")
 # Learning rate and epochs (teacher and students) of each protocol.
 _CONVERGED = dict(learning_rate=1e-2, epochs=40)
 _SHORT = dict(learning_rate=1e-3, epochs=20)
@@ -164,8 +174,8 @@ def get_config(arg="article"):
   c.distill.cache_teacher = True
   c.pipeline.seeds = (0, 1, 2)
   for name, settings in methods.items():
-    maps = settings["method"] in _MAP_METHODS
-    c.pipeline.variants[name] = dict(settings, **({"cache_teacher": False} if maps else {}))
+    live = settings["method"] in _LIVE_METHODS
+    c.pipeline.variants[name] = dict(settings, **({"cache_teacher": False} if live else {}))
     c.pipeline.candidates[name] = _CANDIDATES[name]
   if arg == "why":  # kd alone, with the short protocol's validation choice.
     _only(c, {"kd": dict(method="kd", alpha=0.5, temperature=2.0)})

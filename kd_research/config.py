@@ -101,7 +101,8 @@ def base_config():
       ops=(), crop_padding=2, rotation_degrees=10.0, cutout_size=8, mixup_alpha=0.2,
       cutmix_alpha=1.0, randaugment_layers=2,
       # Extra views of each image for the methods that read them (data/views.py), e.g.
-      # MLKD's 'strong=flip,crop,randaugment'; several: 'a=...;b=...'.
+      # 'strong=flip,crop,randaugment'; several: 'a=...;b=...'. A method's own view (MLKD's
+      # strong view, config.distill.mlkd.view_ops) needs no entry here.
       views=""))
   c.distill = _distill_section()
   c.run = _run_section()
@@ -215,15 +216,15 @@ def validate(config):
   for role, entry in model_entries(config):
     checks.model_entry(role, entry)
   mixing = tuple(set(augment.parse_ops(config.augment.ops)) & set(augment.MIXING))
-  augmentation = dict(mixing=mixing, views=views.names(config.augment.views))
+  views.parse(config.augment.views)
   checks.distill_section(config.distill, 1 + len(config.extra_teachers), config.student.epochs,
-                    "config.distill", **augmentation)
+                    "config.distill", mixing)
   for name in config.pipeline.variants:
     for candidate, extra in [(None, None)] + list(config.pipeline.candidates.get(name, {}).items()):
       variant = apply_variant(config, name, extra)
       checks.distill_section(variant.distill, 1 + len(config.extra_teachers), config.student.epochs,
                         f"variant {name}" + (f", candidate {candidate}" if candidate else ""),
-                        **augmentation)
+                        mixing)
   unknown = sorted(set(config.pipeline.candidates) - set(config.pipeline.variants))
   checks.need(not unknown, f"config.pipeline.candidates names {unknown}, which are not variants; "
         f"variants: {', '.join(config.pipeline.variants) or 'none'}.")

@@ -106,22 +106,16 @@ def model_entry(role, entry):
         f"config.{role}.finetune_lr_factor must be > 0, got {entry.finetune_lr_factor}.")
 
 
-def distill_section(d, num_teachers, student_epochs, where, mixing=(), views=()):
+def distill_section(d, num_teachers, student_epochs, where, mixing=()):
   """A distill section (config.distill, or a variant's), named ``where`` in the errors;
-  ``mixing``: the mixup/cutmix ops the run's augmentation holds; ``views``: the names of
-  config.augment.views."""
+  ``mixing``: the mixup/cutmix ops the run's augmentation holds."""
   from kd_research.methods import losses  # pylint: disable=g-import-not-at-top
   names = methods_lib.parse(d.method)
-  read = methods_lib.views_read(d)
-  for view, readers in read.items():
-    need(view in views,
-         f"{where}.method={d.method!r}: {', '.join(readers)} reads a {view!r} view of each "
-         f"image, and config.augment.views has {', '.join(views) or 'none'}. Add it, e.g. "
-         f"--config.augment.views='{view}=flip,crop,randaugment' (MLKD's strong view).")
-  need(not (d.cache_teacher and read),
-       f"{where}.cache_teacher=true cannot serve {', '.join(sorted(set(sum(read.values(), []))))}: "
-       "it reads extra views of each image, and the cache holds the teachers' outputs on "
-       "the main view only. Turn the cache off (the teachers then run live on every view).")
+  readers = sorted({n for names_, _ in methods_lib.views_read(d).values() for n in names_})
+  need(not (d.cache_teacher and readers),
+       f"{where}.cache_teacher=true cannot serve {', '.join(readers)}: it reads extra views "
+       "of each image, and the cache holds the teachers' outputs on the main view only. "
+       "Turn the cache off (the teachers then run live on every view).")
   need(not (mixing and "dkd" in names),
         f"{where}.method={d.method!r} with config.augment.ops={','.join(mixing)}: DKD splits "
         "the target class from the rest, and mixed images have two. Drop mixup/cutmix or use "

@@ -35,8 +35,7 @@ METHOD_FLAGS = {"kd": [], "crd": ["--config.distill.method=crd",
                 "ctkd": ["--config.distill.ctkd.enabled=true",
                          "--config.distill.ctkd.decay_epochs=2"],
                 # MLKD: the strong view's RandAugment draws must resume exactly too.
-                "mlkd": ["--config.distill.method=mlkd",
-                         "--config.augment.views=strong=flip,crop,randaugment"],
+                "mlkd": ["--config.distill.method=mlkd"],
                 # Every trainable part of the feature methods in one run (conv teacher).
                 "features": ["--config.distill.method=ofd,reviewkd,vid,nst,cc",
                              "--config.student.model=cnn_seed", "--config.student.width=4",
@@ -176,15 +175,11 @@ def conv_teacher(tmp_path_factory):
   return os.path.join(workdir, "model.keras")
 
 
-MLKD_VIEWS = "strong=flip,crop,randaugment"  # the strong view MLKD reads
-
-
 def method_config(method, **overrides):
-  views = {"augment.views": MLKD_VIEWS} if "mlkd" in method else {}
   return tiny_config(**{"student.model": "cnn_seed", "student.width": 4, "student.epochs": 1,
                         "distill.method": method, "run.allow_weak_teacher": True,
                         "distill.dkd.warmup_epochs": 1, "distill.crd.negatives": 64,
-                        "distill.reviewkd.warmup_epochs": 1, **views,
+                        "distill.reviewkd.warmup_epochs": 1,
                         **overrides})
 
 

@@ -6,7 +6,9 @@ same images (before the main augmentation) through their own ops, with their own
 randomness (each view's draws are salted apart, so its crop is not the main image's crop).
 Several views: ``'a=flip;b=flip,crop,randaugment'``. ``batch['image']`` stays the main view
 (``config.augment.ops``), which evaluation, the running train accuracy and the methods that
-read one view use. Views are stateless functions of (seed, step, position) like every
+read one view use. A method that reads a view brings the view's ops with it (MLKD's
+``config.distill.mlkd.view_ops``), used when config.augment.views does not define that
+name (train/resolve.py ``run_views``). Views are stateless functions of (seed, step, position) like every
 other augmentation: the same for any replica count and after a resume. The live teachers
 and the student both run on every view a method reads (train/steps.py).
 """
@@ -49,14 +51,6 @@ def parse(text):
 def names(text):
   """The configured views' names."""
   return tuple(name for name, _ in parse(text))
-
-
-def validate(cfg, input_shape, per_replica_batch):
-  """The views, each view's ops checked like the main ops (augment.validate)."""
-  views = parse(cfg.views)
-  for _, ops in views:
-    augment.validate(cfg, input_shape, per_replica_batch, ops)
-  return views
 
 
 def transform(main, views, cfg, seed, num_classes, global_batch_size):

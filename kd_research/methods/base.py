@@ -184,10 +184,11 @@ class Method(Objective):
 
   @classmethod
   def views_read(cls, section):
-    """The extra views of each image it reads (config.augment.views names), e.g. MLKD's
-    strong view; the student and the live teachers then also run on each."""
+    """{name: default ops} of the extra views of each image it reads (data/views.py), e.g.
+    MLKD's strong view: config.augment.views may define the name, else the default ops
+    make it; the student and the live teachers then also run on each."""
     del section
-    return ()
+    return {}
 
   @classmethod
   def validate(cls, distill, where, active, student_epochs):

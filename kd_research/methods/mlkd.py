@@ -1,8 +1,10 @@
 """Multi-level logit distillation (MLKD; Jin et al., CVPR 2023) on a weak and a strong view.
 
-Teacher and student both see the main (weak) view and a strong one (``config.augment.views``,
-e.g. 'strong=flip,crop,randaugment'; data/views.py). With p = softmax(z / T) over the
-global batch, for every temperature T of ``temperatures``:
+Teacher and student both see the main (weak) view, config.augment.ops, and a strong one
+(data/views.py): the view ``view`` of config.augment.views if it defines it, else
+``view_ops`` (default flip, crop, randaugment: the reference's RandomCrop + flip +
+RandAugment(2) + Cutout). With p = softmax(z / T) over the global batch, for every
+temperature T of ``temperatures``:
 
   instance  T^2 KL(p_t || p_s) per example, on both views
   batch     ||P_t P_t^T - P_s P_s^T||_F^2 / B   (the B x B Gram matrices), weak view
@@ -31,11 +33,13 @@ replicas), so the loss does not depend on the replica count.
 
 import tensorflow as tf
 
+from kd_research.data import views
 from kd_research.methods import base
 from kd_research.methods import logit_standardization as ls
 from kd_research.methods import losses
 
 MASKS = ("reference", "select", "none")
+
 
 
 def median(values):
@@ -115,8 +119,9 @@ class MLKD(base.Method):
 
   name, order = "mlkd", 2
   terms_names = ("total", "mlkd", "mlkd_instance", "mlkd_batch", "mlkd_class", "ce")
-  defaults = dict(view="strong", temperatures=(2.0, 3.0, 4.0, 5.0, 6.0), weight=0.9,
-                  ce_weight=0.1, mask="reference")
+  defaults = dict(view="strong", view_ops="flip,crop,randaugment",
+                  temperatures=(2.0, 3.0, 4.0, 5.0, 6.0), weight=0.9, ce_weight=0.1,
+                  mask="reference")
   reference = ("github Jin-Ying/Multi-Level-Logit-Distillation KD_ours.py, mdistiller "
                "engine/cfg.py (CFG.KD.LOSS)")
 
@@ -129,7 +134,7 @@ class MLKD(base.Method):
 
   @classmethod
   def views_read(cls, section):
-    return (section.view,)
+    return {section.view: section.view_ops}
 
   @classmethod
   def validate(cls, distill, where, active, student_epochs):
@@ -141,6 +146,7 @@ class MLKD(base.Method):
     base.require(s.weight >= 0 and s.ce_weight >= 0,
                  f"{where}.mlkd.weight={s.weight} and ce_weight={s.ce_weight} must be >= 0.")
     base.require(s.mask in MASKS, f"{where}.mlkd.mask={s.mask!r}; valid: {', '.join(MASKS)}.")
+    views.parse(f"{s.view}={s.view_ops}")  # A valid view name and ops that mix no labels.
 
   @classmethod
   def from_config(cls, ctx):

@@ -75,11 +75,12 @@ def uncacheable(distill):
 
 
 def views_read(distill):
-  """{view name: [methods reading it]} of the configured methods."""
+  """{view name: ([methods reading it], the first one's default ops)} of the configured
+  methods."""
   registered, read = methods(), {}
   for n in parse(distill.method):
-    for view in registered[n].views_read(distill[n] if n in distill else None):
-      read.setdefault(view, []).append(n)
+    for view, ops in registered[n].views_read(distill[n] if n in distill else None).items():
+      read.setdefault(view, ([], ops))[0].append(n)
   return read
 
 

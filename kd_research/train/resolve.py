@@ -135,12 +135,23 @@ def resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
               teachers, train, labelled)
 
 
-def augmentation(config, seed, splits, ops=None):
-  """The run's batch augmentation (augment.augment_batch with its config and ``seed``, and
-  the extra views of config.augment.views), or None without either: the training stream's
-  and the view cache's, one definition."""
-  ops = augment.parse_ops(config.augment.ops) if ops is None else ops
+def run_views(config, role):
+  """The run's extra views: config.augment.views, and for a distillation run each view its
+  methods read that those do not define, with the method's own ops (MLKD's strong view)."""
   extra = views_lib.parse(config.augment.views)
+  if role == "distill":
+    defined = {name for name, _ in extra}
+    extra += tuple((name, augment.parse_ops(ops)) for name, (_, ops)
+                   in method_registry.views_read(config.distill).items() if name not in defined)
+  return extra
+
+
+def augmentation(config, seed, splits, role, ops=None):
+  """The run's batch augmentation (augment.augment_batch with its config and ``seed``, and
+  the extra views of ``run_views``), or None without either: the training stream's and the
+  view cache's, one definition."""
+  ops = augment.parse_ops(config.augment.ops) if ops is None else ops
+  extra = run_views(config, role)
   main = None
   if ops:
     main = functools.partial(augment.augment_batch, ops=ops, cfg=config.augment, seed=seed,
@@ -239,7 +250,7 @@ def _teachers_once(config, workdir, ensemble, paths, splits, chief, distill_step
       if view_cache.needed(ops, getattr(data, "view", None)):  # Views change every step.
         seed = config.student.seed
         outputs[split] = view_cache.load_or_compute(
-            cache_dir, ensemble, data, augmentation(config, seed, splits, ops), seed,
+            cache_dir, ensemble, data, augmentation(config, seed, splits, "distill", ops), seed,
             distill_steps, config.global_batch_size,
             view_cache.fingerprint(paths, data, config, seed, distill_steps, taps), taps,
             write=chief, dtype=config.distill.cache_dtype,

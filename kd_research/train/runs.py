@@ -150,8 +150,10 @@ def train_stream(run, writer=None):
   config, splits = run.config, run.splits
   per_replica = config.global_batch_size // run.strategy.num_replicas_in_sync
   ops = augment.validate(config.augment, splits.input_shape, per_replica)
-  extra = views_lib.validate(config.augment, splits.input_shape, per_replica)
-  transform = resolve_lib.augmentation(config, run.entry.seed, splits, ops)
+  extra = resolve_lib.run_views(config, run.role)
+  for _, view_ops in extra:
+    augment.validate(config.augment, splits.input_shape, per_replica, view_ops)
+  transform = resolve_lib.augmentation(config, run.entry.seed, splits, run.role, ops)
   extras = {}
   if run.teachers and run.teachers.train_outputs is not None:
     extras.update(teacher_sources.cache_extras(run.teachers.train_outputs))

@@ -208,6 +208,6 @@ def test_bad_views_are_refused(text, match):
 
 def test_randaugment_checks_channels_and_layers():
   with pytest.raises(UserError, match="1- or 3-channel"):
-    views.validate(params(), (8, 8, 2), 16)
+    augment.validate(params(), (8, 8, 2), 16, ("randaugment",))
   with pytest.raises(UserError, match="randaugment_layers"):
-    views.validate(params(randaugment_layers=0), (8, 8, 3), 16)
+    augment.validate(params(randaugment_layers=0), (8, 8, 3), 16, ("flip", "randaugment"))

@@ -149,12 +149,11 @@ def test_one_step_gradient_matches_a_single_device(strategy_factory):
 
 
 @pytest.mark.parametrize("overrides,match", [
-    ({"augment.views": ""}, "reads a 'strong' view of each image, and config.augment.views "
-                            "has none"),
-    ({"augment.views": "weak=flip"}, "config.augment.views has weak"),
     ({"distill.cache_teacher": True}, "cache_teacher=true cannot serve mlkd"),
     ({"distill.mlkd.mask": "median"}, "valid: reference, select, none"),
     ({"distill.mlkd.temperatures": (4.0, -1.0)}, "temperatures > 0"),
+    ({"distill.mlkd.view_ops": "flip,cutmix"}, "mixes labels"),
+    ({"distill.mlkd.view_ops": "flip,blur"}, "valid: flip"),
     ({"augment.views": "strong=flip,cutmix"}, "mixes labels"),
 ])
 def test_mlkd_config_errors_name_the_field(overrides, match):
@@ -163,3 +162,14 @@ def test_mlkd_config_errors_name_the_field(overrides, match):
   from conftest import method_config  # pylint: disable=g-import-not-at-top
   with pytest.raises(UserError, match=match):
     config_lib.validate(method_config("mlkd", **overrides))
+
+
+def test_the_strong_view_comes_with_the_method_unless_configured():
+  from kd_research.train import resolve  # pylint: disable=g-import-not-at-top
+  from conftest import method_config  # pylint: disable=g-import-not-at-top
+  config = method_config("mlkd")
+  assert resolve.run_views(config, "distill") == (("strong", ("flip", "crop", "randaugment")),)
+  assert resolve.run_views(config, "student") == ()  # labels-only runs read no views
+  config = method_config("mlkd", **{"augment.views": "strong=randaugment;extra=flip"})
+  assert resolve.run_views(config, "distill") == (("strong", ("randaugment",)),
+                                                  ("extra", ("flip",)))
