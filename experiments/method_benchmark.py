@@ -121,10 +121,11 @@ _CANDIDATES = {
     # The temperature is learned: the candidates are kd's alpha and dkd's beta.
     "kd_ctkd": {"a09": dict(alpha=0.9), "a05": dict(alpha=0.5)},
     "dkd_ctkd": {"beta8": dict(dkd=dict(beta=8.0)), "beta2": dict(dkd=dict(beta=2.0))},
-    # The reference's weights with its masks (a constant 1/2 on the masked terms) or with
-    # per-example masks (the paper's reading; methods/mlkd.py).
+    # The reference's loss as it is, or with its levels in the balance they have at
+    # CIFAR-100's batch 64 and 100 classes (here 128 and 10: the class level, which grows
+    # with (B / C)^2, would be 400x larger; methods/mlkd.py).
     "mlkd": {"reference": dict(mlkd=dict(mask="reference")),
-             "select": dict(mlkd=dict(mask="select"))},
+             "balanced": dict(mlkd=dict(batch_weight=0.5, class_weight=0.0025))},
 }
 _RESNET_METHODS = ("kd", "dkd", "fitnets", "crd") + _FEATURE_METHODS + ("kd_ctkd", "dkd_ctkd",
                                                                          "mlkd")

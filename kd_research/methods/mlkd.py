@@ -10,8 +10,15 @@ temperature T of ``temperatures``:
   batch     ||P_t P_t^T - P_s P_s^T||_F^2 / B   (the B x B Gram matrices), weak view
   class     ||P_t^T P_t - P_s^T P_s||_F^2 / C   (the C x C class correlations), weak view
 
-  loss = ce_weight (CE_weak + CE_strong) + weight * sum_T (m instance_weak + instance_strong
-         + m batch_weak + m_c class_weak)
+  loss = ce_weight (CE_weak + CE_strong) + weight * sum_T (w_i (m instance_weak
+         + instance_strong) + w_b m batch_weak + w_c m_c class_weak)
+
+The levels' weights w_i, w_b, w_c (``instance_weight``, ``batch_weight``, ``class_weight``)
+are 1 in the reference. Its batch level grows with the batch B and its class level with
+(B / C)^2 (the entries of P^T P are sums over the batch): at CIFAR-100's batch 64 and 100
+classes the class level is ~0.4 per temperature for a confident teacher, at batch 128 and
+10 classes ~160, where it swamps the rest. batch_weight = 64 / B and class_weight =
+(64 C / (100 B))^2 give the reference's balance of levels at another B and C.
 
 Confidence masks come from the teacher's weak-view softmax at T = 1: examples whose top
 probability is at most the batch median, classes whose summed probability is at most the
@@ -121,15 +128,16 @@ class MLKD(base.Method):
   terms_names = ("total", "mlkd", "mlkd_instance", "mlkd_batch", "mlkd_class", "ce")
   defaults = dict(view="strong", view_ops="flip,crop,randaugment",
                   temperatures=(2.0, 3.0, 4.0, 5.0, 6.0), weight=0.9, ce_weight=0.1,
-                  mask="reference")
+                  mask="reference", instance_weight=1.0, batch_weight=1.0, class_weight=1.0)
   reference = ("github Jin-Ying/Multi-Level-Logit-Distillation KD_ours.py, mdistiller "
                "engine/cfg.py (CFG.KD.LOSS)")
 
   def __init__(self, view, temperatures, weight, ce_weight, teacher_weights, mask="reference",
-               standardize=False):
+               standardize=False, level_weights=(1.0, 1.0, 1.0)):
     self.view, self.temperatures = view, tuple(float(t) for t in temperatures)
     self.weight, self.ce_weight, self.teacher_weights = weight, ce_weight, teacher_weights
     self.mask, self.standardize = mask, standardize
+    self.level_weights = dict(zip(("instance", "batch", "class"), level_weights))
     self.views = (view,)
 
   @classmethod
@@ -143,8 +151,10 @@ class MLKD(base.Method):
     base.require(len(s.temperatures) > 0 and all(t > 0 for t in s.temperatures),
                  f"{where}.mlkd.temperatures={tuple(s.temperatures)} must be one or more "
                  "temperatures > 0.")
-    base.require(s.weight >= 0 and s.ce_weight >= 0,
-                 f"{where}.mlkd.weight={s.weight} and ce_weight={s.ce_weight} must be >= 0.")
+    weights = dict(weight=s.weight, ce_weight=s.ce_weight, instance_weight=s.instance_weight,
+                   batch_weight=s.batch_weight, class_weight=s.class_weight)
+    bad = {k: v for k, v in weights.items() if v < 0}
+    base.require(not bad, f"{where}.mlkd: weights must be >= 0, got {bad}.")
     base.require(s.mask in MASKS, f"{where}.mlkd.mask={s.mask!r}; valid: {', '.join(MASKS)}.")
     views.parse(f"{s.view}={s.view_ops}")  # A valid view name and ops that mix no labels.
 
@@ -152,7 +162,8 @@ class MLKD(base.Method):
   def from_config(cls, ctx):
     s = ctx.section(cls.name)
     return cls(s.view, s.temperatures, s.weight, s.ce_weight, ctx.teacher_weights, s.mask,
-               ctx.distill.logit_standardization)
+               ctx.distill.logit_standardization,
+               (s.instance_weight, s.batch_weight, s.class_weight))
 
   def terms(self, batch, student, teacher, step):
     del step
@@ -164,7 +175,7 @@ class MLKD(base.Method):
                                 strong_t[k], self.temperatures, self.mask, self.standardize)
       for name, value in per_teacher.items():
         levels[name] += w * value
-    mlkd = levels["instance"] + levels["batch"] + levels["class"]
+    mlkd = tf.add_n([self.level_weights[name] * value for name, value in levels.items()])
     ce = (base.labelled_cross_entropy(batch, student["logits"])
           + base.labelled_cross_entropy(batch, strong_s))
     return {"total": self.ce_weight * ce + self.weight * mlkd, "mlkd": mlkd,

@@ -38,7 +38,8 @@ def cross_entropy(z, y):
   return -np.log(softmax(z)[np.arange(len(y)), y])
 
 
-def numpy_mlkd(sw, ss, tw, ts, y, mask, ls=False, ce_weight=0.1, weight=0.9):
+def numpy_mlkd(sw, ss, tw, ts, y, mask, ls=False, ce_weight=0.1, weight=0.9,
+               level_weights=(1.0, 1.0, 1.0)):
   """The reference's forward_train (KD_ours.py) as a scalar, strong view at every T.
 
   'reference': its masks multiply batch-averaged scalars; 'select': per row / class."""
@@ -65,8 +66,8 @@ def numpy_mlkd(sw, ss, tw, ts, y, mask, ls=False, ce_weight=0.1, weight=0.9):
       levels["class"] += (cc_rows * per_class).sum() / c
     levels["instance"] += kd_rows(iss, its, temp).mean()
   ce = cross_entropy(sw, y).mean() + cross_entropy(ss, y).mean()
-  levels["total"] = ce_weight * ce + weight * sum(levels[k] for k in ("instance", "batch",
-                                                                      "class"))
+  levels["total"] = ce_weight * ce + weight * sum(
+      w * levels[k] for w, k in zip(level_weights, ("instance", "batch", "class")))
   return levels
 
 
@@ -114,6 +115,20 @@ def test_two_teachers_are_weighted():
   check("mlkd two teachers", float(tf.reduce_mean(terms["total"])), want, rtol=2e-5)
 
 
+def test_level_weights_weigh_each_level():
+  sw, ss, tw, ts = (logits(i) for i in range(4))
+  y = np.random.default_rng(9).integers(0, 10, 16)
+  weights = (0.7, 0.5, 0.0025)
+  method = mlkd.MLKD("strong", TEMPERATURES, 0.9, 0.1, [1.0], level_weights=weights)
+  f32 = lambda a: tf.constant(a, tf.float32)  # noqa: E731
+  terms = method.terms({"label": tf.constant(y, tf.int32)},
+                       {"logits": f32(sw), "views": {"strong": {"logits": f32(ss)}}},
+                       {"logits": f32(tw[None]), "views": {"strong": {"logits": f32(ts[None])}}},
+                       tf.constant(0, tf.int64))
+  want = numpy_mlkd(sw, ss, tw, ts, y, "reference", level_weights=weights)["total"]
+  check("mlkd level weights", float(tf.reduce_mean(terms["total"])), want, rtol=2e-5)
+
+
 def test_one_step_gradient_matches_a_single_device(strategy_factory):
   """The global-batch levels and medians (all-gathered): one SGD step (learning rate 1) on
   2 replicas moves the student as on one device."""
@@ -152,6 +167,7 @@ def test_one_step_gradient_matches_a_single_device(strategy_factory):
     ({"distill.cache_teacher": True}, "cache_teacher=true cannot serve mlkd"),
     ({"distill.mlkd.mask": "median"}, "valid: reference, select, none"),
     ({"distill.mlkd.temperatures": (4.0, -1.0)}, "temperatures > 0"),
+    ({"distill.mlkd.class_weight": -1.0}, "weights must be >= 0"),
     ({"distill.mlkd.view_ops": "flip,cutmix"}, "mixes labels"),
     ({"distill.mlkd.view_ops": "flip,blur"}, "valid: flip"),
     ({"augment.views": "strong=flip,cutmix"}, "mixes labels"),
