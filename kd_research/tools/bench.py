@@ -59,6 +59,7 @@ ROW_NAMES = {
     "i": "our loop, 3 teachers cached", "j": "keras.distillation Distiller (fit), fp32",
     "k": "augmented (flip, crop), live teacher", "l": "augmented, cached views",
     "m": "augmented, student only (floor)",
+    "n": "DML cohort of 2 students (no teacher; vs g)",
 }
 
 
@@ -82,7 +83,8 @@ def _measure_methods(opts, strategy, profile_dir, profiles):
 OPTIONS = {"b": {}, "c": {"jit": True}, "d": {"precision": "bf16"}, "e": {"cache": True},
            "g": {"student_only": True}, "h": {"teachers": 3},
            "i": {"teachers": 3, "cache": True}, "k": {"augment": True},
-           "l": {"augment": True, "cache": True}, "m": {"augment": True, "student_only": True}}
+           "l": {"augment": True, "cache": True}, "m": {"augment": True, "student_only": True},
+           "n": {"student_only": True, "cohort": 2}}
 
 
 def _check_rows(opts):

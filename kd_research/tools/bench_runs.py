@@ -268,12 +268,15 @@ def run_resolved(opts, overrides=(), role="distill", teachers=1, profile_dir=Non
 
 
 def run_our_loop(opts, x, y, num_classes, precision="none", jit=False, cache=False, teachers=1,
-                 student_only=False, profile_dir=None, strategy=None, augment=False):
-  """(b)-(i), (k)-(m): our loop through the run resolver with the chosen options (OPTIONS)."""
+                 student_only=False, profile_dir=None, strategy=None, augment=False, cohort=0):
+  """(b)-(i), (k)-(n): our loop through the run resolver with the chosen options (OPTIONS);
+  ``cohort`` > 0: a student cohort of deep mutual learning."""
   del x, y, num_classes
   overrides = {"mixed_precision": precision, "run.jit_compile": jit,
                "distill.cache_teacher": cache}
   if augment:
     overrides["augment.ops"] = ("flip", "crop")
+  if cohort:
+    overrides["student.cohort"] = cohort
   return run_resolved(opts, overrides, "student" if student_only else "distill", teachers,
                       profile_dir, strategy)
