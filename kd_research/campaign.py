@@ -5,8 +5,11 @@ sweep candidates, labels-only and distilled students per seed) as jobs with thei
 directories and dependencies, grouped so that jobs with the same dependencies form one
 group (one Slurm job array):
 
-    teachers  -> sweep (candidates) -> students (distilled)  -> report
-    baseline  (labels only: depends on nothing)              -/
+    teachers  [-> chain1 -> chain2 ...] -> sweep (candidates) -> students (distilled) -> report
+    baseline  (labels only: depends on nothing)                                        -/
+
+A distillation chain (config.pipeline.chain, chains.py) is one group per member, each
+waiting for the one before; the sweep and the distilled students learn from the last.
 
 ``run_job(plan, job_id)`` runs one job in its own process with the pipeline's own
 functions (pipeline.teacher_runs / candidate_runs / student_runs / run_student), so a
@@ -21,6 +24,7 @@ import os
 
 import ml_collections
 
+from kd_research import chains
 from kd_research import config as config_lib
 from kd_research import pipeline
 from kd_research.common import fileio
@@ -49,11 +53,16 @@ def jobs(config, workdir):
   teachers = [Job(os.path.basename(stage), "teachers", stage, ())
               for _, stage, _, _ in pipeline.teacher_runs(config, workdir) if stage]
   paths = [path for _, _, path, _ in pipeline.teacher_runs(config, workdir)]
+  chain, upstream = [], tuple(j.id for j in teachers)
+  for index, (run_dir, _, _) in enumerate(chains.member_runs(config, workdir, paths), 1):
+    chain.append(Job(f"chain{index}", f"chain{index}", run_dir, upstream))
+    upstream = (chain[-1].id,)
+  paths = chains.last_teachers(config, workdir, paths)
   config = pipeline.with_shared_cache(config, workdir)
-  teacher_ids = tuple(j.id for j in teachers)
+  teacher_ids = tuple(j.id for j in teachers + chain)
   sweep = [Job(f"sweep/{variant}_{name}", "sweep", run_dir, teacher_ids)
            for variant, name, _, run_dir, _ in pipeline.candidate_runs(config, workdir, paths)]
-  out = teachers + sweep
+  out = teachers + chain + sweep
   for stage, _, run_dir, role, _ in pipeline.student_runs(config, workdir, paths):
     if role == "student":
       out.append(Job(os.path.relpath(run_dir, workdir), "baseline", run_dir, ()))
@@ -68,12 +77,11 @@ def jobs(config, workdir):
 def write_plan(config, workdir, command=""):
   """Writes WORKDIR/plan.json (the config, the jobs, their groups); returns its path."""
   config_lib.validate(config)
-  if config.pipeline.chain:
-    raise UserError("config.pipeline.chain: a chain's members run one after the other; "
-                    "run it with `pipeline` (no --plan), which resumes a stopped chain.")
+  chains.validate(config)
   all_jobs = jobs(config, workdir)
+  chain_groups = [j.group for j in all_jobs if j.group.startswith("chain")]
   groups = []
-  for name in GROUPS:
+  for name in GROUPS[:1] + tuple(chain_groups) + GROUPS[1:]:
     members = [j for j in all_jobs if j.group == name]
     if members:
       needs = {d for j in members for d in j.after}
@@ -135,6 +143,12 @@ def run_job(plan, job_id, overwrite=False):
     return runs.train_and_evaluate(teacher_config, job["run_dir"], "teacher", strategy,
                                    overwrite=overwrite)
   paths = [path for _, _, path, _ in pipeline.teacher_runs(config, workdir)]
+  if job["group"].startswith("chain"):  # As pipeline.train_chain trains it.
+    (run_config, run_paths), = [(c, p) for d, c, p in chains.member_runs(config, workdir, paths)
+                                if d == job["run_dir"]]
+    return runs.train_and_evaluate(run_config, job["run_dir"], "distill", strategy,
+                                   tuple(run_paths), overwrite)
+  paths = chains.last_teachers(config, workdir, paths)
   config = pipeline.with_shared_cache(config, workdir)
   if job["group"] == "sweep":
     (run_config, run_paths), = [(c, p) for _, _, c, d, p in pipeline.candidate_runs(

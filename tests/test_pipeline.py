@@ -319,6 +319,24 @@ def test_a_chain_distils_each_member_from_the_one_before_and_resumes_between_sta
   assert os.path.getmtime(os.path.join(first, "results.json")) == stamp
   assert os.path.exists(os.path.join(second, "results.json"))
   assert os.path.exists(os.path.join(workdir, "student_kd", "results.json"))
+  # The same campaign as a plan: one group per member, each after the one before; its jobs
+  # are the pipeline's runs (all finished), and a job trains a member as the pipeline does.
+  from kd_research import campaign  # pylint: disable=g-import-not-at-top
+  plan = campaign.read_plan(campaign.write_plan(config, workdir))
+  groups = {g["name"]: g["after"] for g in plan["groups"]}
+  assert list(groups) == ["teachers", "chain1", "chain2", "baseline", "students", "report"]
+  assert groups["chain1"] == ["teachers"] and groups["chain2"] == ["chain1"]
+  assert "chain2" in groups["students"] and groups["baseline"] == []
+  assert all(campaign.finished(job) for job in plan["jobs"])
+  shutil.rmtree(second)
+  shutil.rmtree(os.path.join(workdir, "student_kd"))
+  with pytest.raises(UserError, match="needs chain2"):
+    campaign.run_job(plan, "student_kd")
+  campaign.run_job(plan, "chain2")
+  campaign.run_job(plan, "student_kd")
+  assert teachers_of(second) == [os.path.realpath(os.path.join(first, "model.keras"))]
+  assert teachers_of(os.path.join(workdir, "student_kd")) == [
+      os.path.realpath(os.path.join(second, "model.keras"))]
   for bad, message in ((("nope",), "unknown model 'nope'"), (("mlp@x",), "positive integer")):
     with pytest.raises(UserError, match=message):
       chains.validate(tiny_config(**{"pipeline.chain": bad}))
