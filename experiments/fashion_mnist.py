@@ -24,9 +24,9 @@ from kd_research import config as config_lib
 PRESETS = ("fewlabels", "quick", "full", "tiny")
 
 
-def get_config(arg="quick"):
-  """The Fashion-MNIST experiment; ``arg`` selects the preset."""
-  arg = arg or "fewlabels"
+def get_config(arg=None):
+  """The Fashion-MNIST experiment; ``arg`` selects the preset (default quick)."""
+  arg = arg or "quick"
   config_lib.check_preset("fashion_mnist", arg, PRESETS)
   c = config_lib.base_config()
   c.dataset = "fashion_mnist"

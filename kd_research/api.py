@@ -82,19 +82,25 @@ class RunResult:
             f"{self.results.get('params', 0):,} params, in {self.workdir})")
 
 
+def load_experiment(name, preset=None):
+  """``get_config(preset)`` of experiments/<name>.py, imported by path (the experiments are
+  files of the repository, not a package); an unknown name raises UserError."""
+  path = os.path.join(EXPERIMENTS_DIR, name + ".py")
+  if not os.path.isfile(path):
+    found = sorted(f[:-3] for f in os.listdir(EXPERIMENTS_DIR) if f.endswith(".py"))
+    raise UserError(f"unknown experiment {name!r}; valid: {', '.join(found)}.")
+  spec = importlib.util.spec_from_file_location(f"kd_experiment_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(preset)
+
+
 def make_config(experiment=None, overrides=None):
   """The config a run would use: ``experiment`` ("NAME[:PRESET]", a module of experiments/;
   None = the base config) with ``overrides`` ({"a.b": value}) applied and validated."""
   if experiment:
     name, _, preset = experiment.partition(":")
-    path = os.path.join(EXPERIMENTS_DIR, name + ".py")
-    if not os.path.isfile(path):
-      found = sorted(f[:-3] for f in os.listdir(EXPERIMENTS_DIR) if f.endswith(".py"))
-      raise UserError(f"unknown experiment {name!r}; valid: {', '.join(found)}.")
-    spec = importlib.util.spec_from_file_location(f"kd_experiment_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config(preset or None)
+    c = load_experiment(name, preset or None)
   else:
     c = config_lib.finalize(config_lib.base_config())
   for key, value in (overrides or {}).items():
@@ -277,10 +283,7 @@ def _model_file(model, directory, role):
     h.update(np.ascontiguousarray(weight.numpy()).tobytes())
   path = os.path.join(directory, f"{role}-{h.hexdigest()[:16]}.keras")
   if not os.path.exists(path):
-    os.makedirs(directory, exist_ok=True)
-    tmp = path[:-len(".keras")] + ".tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
+    fileio.atomic_save_keras(model, path)
   return path
 
 

@@ -44,13 +44,9 @@ METHOD_FLAGS = {"kd": [], "crd": ["--config.distill.method=crd",
 
 
 def load_experiment(name, arg=None):
-  """Imports experiments/<name>.py by path and returns get_config(arg) (unlocked copy)."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(
-      f"experiments.{name}", os.path.join(REPO, "experiments", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg is not None else module.get_config()
+  """experiments/<name>.py's get_config(arg) (the API's loader)."""
+  from kd_research import api  # pylint: disable=g-import-not-at-top
+  return api.load_experiment(name, arg)
 
 
 def tiny_config(**overrides):

@@ -51,6 +51,15 @@ def read_json(path):
     raise UserError(f"{path} is corrupt ({e}); delete it or rerun with --overwrite.")
 
 
+def atomic_save_keras(model, path):
+  """Saves a Keras model as ``path`` (.keras) via a temporary file in the same directory,
+  so that a kill never leaves a half-written model under the final name."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path[:-len(".keras")] + ".tmp.keras"
+  model.save(tmp)
+  os.replace(tmp, path)
+
+
 def atomic_save_dir(path, write_fn):
   """Calls ``write_fn(tmp_dir)`` then renames ``tmp_dir`` to ``path`` (replacing it)."""
   tmp = path + ".tmp"

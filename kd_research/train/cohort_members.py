@@ -5,6 +5,7 @@ The run's own accuracy and model.keras are member 0's (the cohort's output)."""
 
 import os
 
+from kd_research.common import fileio
 from kd_research.models import cohort
 from kd_research.train import evaluation
 
@@ -37,8 +38,4 @@ def evaluate(run):
 def save(model, workdir):
   """Saves each member of cohort ``model`` (atomically); nothing for another model."""
   for index, member in enumerate(cohort.members(model)):
-    path = member_path(workdir, index)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path[:-len(".keras")] + ".tmp.keras"
-    member.save(tmp)
-    os.replace(tmp, path)
+    fileio.atomic_save_keras(member, member_path(workdir, index))

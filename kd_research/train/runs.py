@@ -242,9 +242,7 @@ def _write(run, results):
 
 def _export(model, workdir):
   """Saves the trained model as RUN/model.keras and RUN/saved_model, each atomically."""
-  tmp = os.path.join(workdir, "model.tmp.keras")
-  model.save(tmp)
-  os.replace(tmp, os.path.join(workdir, "model.keras"))
+  fileio.atomic_save_keras(model, os.path.join(workdir, "model.keras"))
   cohort_members.save(model, workdir)
   fileio.atomic_save_dir(os.path.join(workdir, "saved_model"),
                            lambda d: model.export(d, verbose=False))
