@@ -62,6 +62,35 @@ def tiny_config(**overrides):
   return config
 
 
+def gradients_on_one_and_two_replicas(objective, batch, two_replicas):
+  """(max |g1 - g2|, max |g1|): the student's gradient after one step of ``objective`` on
+  ``batch`` (16 examples of 8x8x1, 5 classes) on one device and on ``two_replicas`` (SGD
+  with learning rate 1: the weight change is the gradient); MLP teacher (width 16) and
+  student (width 8) from seed 0, the live teacher tapped for the objective's taps and views."""
+  from kd_research.models import registry as model_registry  # pylint: disable=g-import-not-at-top
+  from kd_research.train import steps  # pylint: disable=g-import-not-at-top
+  from kd_research.train import teacher_sources  # pylint: disable=g-import-not-at-top
+  from kd_research.train import teachers  # pylint: disable=g-import-not-at-top
+  grads = []
+  for strategy in (DEFAULT, two_replicas):
+    with strategy.scope():
+      keras.utils.set_random_seed(0)
+      teacher = model_registry.build("mlp", (8, 8, 1), 5, 16)
+      student = model_registry.build("mlp", (8, 8, 1), 5, 8)
+      opt = keras.optimizers.SGD(1.0)
+      opt.build(student.trainable_variables)
+      step = tf.Variable(0, dtype=tf.int64)
+    ensemble = teachers.TeacherEnsemble([teacher], ["t"]).tap(objective.teacher_taps)
+    source = teacher_sources.live_teachers(ensemble, objective.teacher_taps, objective.views)
+    before = [w.numpy().copy() for w in student.trainable_variables]
+    ds = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch).repeat())
+    steps.make_train_loop(strategy, student, opt, step, 16, objective, source)(
+        iter(ds), tf.constant(1))
+    grads.append([b - w.numpy() for b, w in zip(before, student.trainable_variables)])
+  return (max(float(np.abs(a - b).max()) for a, b in zip(*grads)),
+          max(float(np.abs(g).max()) for g in grads[0]))
+
+
 def mlp_sgd(strategy, input_shape, num_classes, width, learning_rate):
   """The tests' MLP + SGD set-up, built in ``strategy.scope()`` from seed 0: (model,
   optimizer built for its variables, step variable)."""

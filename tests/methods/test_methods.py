@@ -13,7 +13,8 @@ from kd_research import config as config_lib
 from kd_research.methods import registry as method_registry
 from kd_research.train import runs
 from kd_research.common.errors import UserError
-from conftest import DEFAULT, interrupt_then_resume, method_config, read_scalars, weights_of
+from conftest import DEFAULT, gradients_on_one_and_two_replicas, interrupt_then_resume
+from conftest import method_config, read_scalars, weights_of
 
 METHODS = ("kd", "dkd", "dist", "fitnets", "at", "rkd", "pkt", "sp", "crd", "kd,at", "ofd",
            "reviewkd", "vid", "nst", "cc", "mlkd")
@@ -55,37 +56,15 @@ def test_relational_gradients_match_a_single_device(method, strategy_factory):
   """The global-batch (all-gathered) losses: one step's gradient on 2 replicas equals the
   single-device gradient to float32 precision (SGD with learning rate 1: the weight
   change is the gradient)."""
-  from kd_research.models import registry as model_registry  # pylint: disable=g-import-not-at-top
   from kd_research.methods import cc, dist, rkd, pkt, sp  # pylint: disable=g-import-not-at-top
-  from kd_research.train import teacher_sources  # pylint: disable=g-import-not-at-top
-  from kd_research.train import steps  # pylint: disable=g-import-not-at-top
-  from kd_research.train import teachers  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
-  x = rng.uniform(0, 255, (16, 8, 8, 1)).astype(np.float32)
-  y = rng.integers(0, 5, 16).astype(np.int32)
-  grads = []
-  for strategy in (DEFAULT, strategy_factory(2)):
-    with strategy.scope():
-      keras.utils.set_random_seed(0)
-      teacher = model_registry.build("mlp", (8, 8, 1), 5, 16)
-      student = model_registry.build("mlp", (8, 8, 1), 5, 8)
-      opt = keras.optimizers.SGD(1.0)
-      opt.build(student.trainable_variables)
-      step = tf.Variable(0, dtype=tf.int64)
-    pairs = [("pooled", "pooled")]
-    objective = (dist.DIST(1.0, 1.0, 1.0, 4.0, 0.0, [1.0]) if method == "dist" else
-                 {"rkd": rkd.RKD, "pkt": pkt.PKT, "sp": sp.SP, "cc": cc.CC}[method](
-                     1.0, 0.0, [1.0], pairs))
-    ensemble = teachers.TeacherEnsemble([teacher], ["t"]).tap(objective.teacher_taps)
-    before = [w.numpy().copy() for w in student.trainable_variables]
-    ds = strategy.experimental_distribute_dataset(
-        tf.data.Dataset.from_tensors({"image": x, "label": y}).repeat())
-    steps.make_train_loop(strategy, student, opt, step, 16, objective,
-                          teacher_sources.live_teachers(ensemble, objective.teacher_taps))(
-                              iter(ds), tf.constant(1))
-    grads.append([b - w.numpy() for b, w in zip(before, student.trainable_variables)])
-  scale = max(float(np.abs(g).max()) for g in grads[0])
-  diff = max(float(np.abs(a - b).max()) for a, b in zip(*grads))
+  batch = {"image": rng.uniform(0, 255, (16, 8, 8, 1)).astype(np.float32),
+           "label": rng.integers(0, 5, 16).astype(np.int32)}
+  pairs = [("pooled", "pooled")]
+  objective = (dist.DIST(1.0, 1.0, 1.0, 4.0, 0.0, [1.0]) if method == "dist" else
+               {"rkd": rkd.RKD, "pkt": pkt.PKT, "sp": sp.SP, "cc": cc.CC}[method](
+                   1.0, 0.0, [1.0], pairs))
+  diff, scale = gradients_on_one_and_two_replicas(objective, batch, strategy_factory(2))
   print(f"{method}: gradient 1 vs 2 replicas max diff {diff:.2e} (max gradient {scale:.2e})")
   assert scale > 0 and diff <= 1e-5 * scale
 

@@ -1,13 +1,12 @@
 """MLKD against a float64 NumPy transcription of the reference's loss, its masks' medians
 against np.percentile, and one step's gradient on 1 vs 2 replicas."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from kd_research.methods import mlkd
-from conftest import DEFAULT, check
+from conftest import check, gradients_on_one_and_two_replicas
 
 TEMPERATURES = (2.0, 3.0, 4.0, 5.0, 6.0)
 
@@ -132,33 +131,12 @@ def test_level_weights_weigh_each_level():
 def test_one_step_gradient_matches_a_single_device(strategy_factory):
   """The global-batch levels and medians (all-gathered): one SGD step (learning rate 1) on
   2 replicas moves the student as on one device."""
-  from kd_research.models import registry as model_registry  # pylint: disable=g-import-not-at-top
-  from kd_research.train import steps  # pylint: disable=g-import-not-at-top
-  from kd_research.train import teacher_sources  # pylint: disable=g-import-not-at-top
-  from kd_research.train import teachers  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   batch = {"image": rng.uniform(0, 255, (16, 8, 8, 1)).astype(np.float32),
            "view_strong": rng.uniform(0, 255, (16, 8, 8, 1)).astype(np.float32),
            "label": rng.integers(0, 5, 16).astype(np.int32)}
-  moves = []
-  for strategy in (DEFAULT, strategy_factory(2)):
-    with strategy.scope():
-      keras.utils.set_random_seed(0)
-      teacher = model_registry.build("mlp", (8, 8, 1), 5, 16)
-      student = model_registry.build("mlp", (8, 8, 1), 5, 8)
-      opt = keras.optimizers.SGD(1.0)
-      opt.build(student.trainable_variables)
-      step = tf.Variable(0, dtype=tf.int64)
-    objective = mlkd.MLKD("strong", TEMPERATURES, 0.9, 0.1, [1.0], "select")
-    source = teacher_sources.live_teachers(teachers.TeacherEnsemble([teacher], ["t"]),
-                                           views=objective.views)
-    before = [w.numpy().copy() for w in student.trainable_variables]
-    ds = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch).repeat())
-    steps.make_train_loop(strategy, student, opt, step, 16, objective, source)(
-        iter(ds), tf.constant(1))
-    moves.append([b - w.numpy() for b, w in zip(before, student.trainable_variables)])
-  scale = max(float(np.abs(g).max()) for g in moves[0])
-  diff = max(float(np.abs(a - b).max()) for a, b in zip(*moves))
+  objective = mlkd.MLKD("strong", TEMPERATURES, 0.9, 0.1, [1.0], "select")
+  diff, scale = gradients_on_one_and_two_replicas(objective, batch, strategy_factory(2))
   print(f"mlkd: gradient 1 vs 2 replicas max diff {diff:.2e} (max gradient {scale:.2e})")
   assert scale > 0 and diff <= 1e-5 * scale
 
