@@ -28,14 +28,14 @@ import pytest  # noqa: E402
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 DEFAULT = tf.distribute.get_strategy()
-# CRD: the memory banks, Z and the embedding heads must resume exactly too.
-METHOD_FLAGS = {"kd": [], "crd": ["--config.distill.method=crd",
-                                  "--config.distill.crd.negatives=64"],
+METHOD_FLAGS = {"kd": [],
                 # CTKD's learnable temperature (and the optimizer's slots for it).
                 "ctkd": ["--config.distill.ctkd.enabled=true",
                          "--config.distill.ctkd.decay_epochs=2"],
-                # MLKD: the strong view's RandAugment draws must resume exactly too.
-                "mlkd": ["--config.distill.method=mlkd"],
+                # MLKD's strong view (RandAugment draws) and CRD's memory banks, Z and
+                # embedding heads together.
+                "mlkd_crd": ["--config.distill.method=mlkd,crd",
+                             "--config.distill.crd.negatives=64"],
                 # Every trainable part of the feature methods in one run (conv teacher).
                 "features": ["--config.distill.method=ofd,reviewkd,vid,nst,cc",
                              "--config.student.model=cnn_seed", "--config.student.width=4",
