@@ -55,7 +55,9 @@ def run_identity(config, role, teacher_paths=()):
     identity.pop("data")
   if not config.optimizer.l2:  # Runs from before the coupled L2 option keep their identity.
     identity["optimizer"].pop("l2")
-  _drop_unused_augmentation(identity["augment"])
+  method_views = ([ops for _, ops in methods_lib.views_read(config.distill).values()]
+                  if role == "distill" else [])
+  _drop_unused_augmentation(identity["augment"], method_views)
   if role == "distill":
     identity["teachers"] = [os.path.realpath(p) for p in teacher_paths]
     active = set(methods_lib.parse(config.distill.method))
@@ -70,12 +72,15 @@ def run_identity(config, role, teacher_paths=()):
   return json.loads(json.dumps(identity))
 
 
-def _drop_unused_augmentation(augment):
-  """Runs from before extra views and RandAugment keep their identity (unused fields out)."""
+def _drop_unused_augmentation(augment, method_views=()):
+  """Runs from before extra views and RandAugment keep their identity: the fields out
+  unless used (RandAugment in the main ops, config.augment.views or ``method_views``, the
+  ops of the views the run's methods bring)."""
   views = augment.get("views", "")
   if not views:
     augment.pop("views", None)
-  if "randaugment" not in list(augment.get("ops", ())) and "randaugment" not in views:
+  used = list(augment.get("ops", ())) + [views] + list(method_views)
+  if not any("randaugment" in ops for ops in used):
     augment.pop("randaugment_layers", None)
 
 

@@ -167,3 +167,16 @@ def test_the_strong_view_comes_with_the_method_unless_configured():
   config = method_config("mlkd", **{"augment.views": "strong=randaugment;extra=flip"})
   assert resolve.run_views(config, "distill") == (("strong", ("randaugment",)),
                                                   ("extra", ("flip",)))
+
+
+def test_run_identity_holds_the_strong_views_randaugment_layers():
+  """A resumed run must not continue with other RandAugment layers: the field is part of
+  the identity when MLKD's own view uses RandAugment, and out of it when nothing does."""
+  from kd_research.train import workdir  # pylint: disable=g-import-not-at-top
+  from conftest import method_config  # pylint: disable=g-import-not-at-top
+  identity = workdir.run_identity(method_config("mlkd"), "distill", ())
+  assert identity["augment"]["randaugment_layers"] == 2
+  assert "views" not in identity["augment"]
+  identity = workdir.run_identity(method_config("kd"), "distill", ())
+  assert "randaugment_layers" not in identity["augment"]
+  assert "mlkd" not in identity["distill"]
