@@ -147,13 +147,6 @@ benchmark_campaign() {
       --config.student.epochs=40 --config.student.seed=$seed \
       --workdir="$root/resnet_curve/seed_$seed" "$@"
   done
-  for pair in article resnet; do  # Deep mutual learning: cohorts of 2 students, no teacher.
-    for seed in 0 1 2; do
-      "${run[@]}" train --role=student --experiment=method_benchmark:$pair \
-        --config.student.cohort=2 --config.student.seed=$seed \
-        --workdir="$root/${pair}_dml/seed_$seed" "$@"
-    done
-  done
   for pair in article resnet; do  # One born-again generation: students of the kd student.
     for seed in 0 1 2; do
       "${run[@]}" distill --experiment=method_benchmark:${pair}_born_again \

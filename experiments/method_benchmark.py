@@ -32,10 +32,11 @@ a similar share of 40 or 20 epochs); ReviewKD's is 3 epochs too (20 of 240 in md
 Presets:
   article  the seed article's pair, resnet_seed w16 (174K) -> cnn_seed w16 (24K): kd,
            kd + logit standardization, dkd, dist, fitnets, at, rkd, pkt, sp, crd, ofd,
-           reviewkd, vid, nst, cc, kd + ctkd, dkd + ctkd, mlkd.
+           reviewkd, vid, nst, cc, kd + ctkd, dkd + ctkd, mlkd; and a DML cohort of 2
+           students (student_dml, no teacher).
   resnet   a same-family pair of the standard benchmark at half width, resnet56 w8
            (0.22M) -> resnet20 w8 (0.07M): kd, dkd, fitnets, crd, ofd, reviewkd, vid,
-           nst, cc, kd + ctkd, dkd + ctkd, mlkd.
+           nst, cc, kd + ctkd, dkd + ctkd, mlkd; the DML cohort too.
   article_features, resnet_features  the same pairs and protocol with kd and the feature
            methods added last (ofd, reviewkd, vid, nst, cc) only: their runs are the full
            presets' runs (same identities), so the full campaign later skips them.
@@ -174,6 +175,8 @@ def get_config(arg="article"):
   # methods on feature maps run the teacher live.
   c.distill.cache_teacher = True
   c.pipeline.seeds = (0, 1, 2)
+  if arg in ("article", "resnet"):  # Deep mutual learning: a cohort of 2, no teacher.
+    c.pipeline.dml_cohort = 2
   for name, settings in methods.items():
     live = settings["method"] in _LIVE_METHODS
     c.pipeline.variants[name] = dict(settings, **({"cache_teacher": False} if live else {}))

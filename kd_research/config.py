@@ -131,6 +131,8 @@ def _pipeline_section():
       candidates=ml_collections.ConfigDict(),
       sweep_dir="",              # default: <parent of WORKDIR>_sweep/<name of WORKDIR>
       chain=(),                  # networks between teacher and students (chains.py)
+      dml_cohort=0,              # > 1: also a student_dml stage, a labels-only cohort of
+                                 # this many students by deep mutual learning (no teacher)
       export_students=True))     # SavedModel + TFLite of each distilled student
 
 

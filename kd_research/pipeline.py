@@ -114,8 +114,13 @@ def with_shared_cache(config, workdir):
 
 def student_runs(config, workdir, paths, chosen=None):
   """[(stage, run config, run dir, role, teacher paths)] of every student run: the
-  labels-only baseline's seeds, then each distilled stage's (kd_stages)."""
-  stages = [("student_baseline", config, [])] + kd_stages(config, paths, chosen)
+  labels-only baseline's seeds, with config.pipeline.dml_cohort the deep-mutual-learning
+  cohort's (labels only too, no teacher), then each distilled stage's (kd_stages)."""
+  stages = [("student_baseline", config, [])]
+  if config.pipeline.dml_cohort:
+    stages.append(("student_dml", _copy(config, **{"student.cohort":
+                                                   config.pipeline.dml_cohort}), []))
+  stages += kd_stages(config, paths, chosen)
   return [(stage, run_config, run_dir, "distill" if stage_paths else "student", stage_paths)
           for stage, stage_config, stage_paths in stages
           for run_config, run_dir in seed_runs(stage_config, os.path.join(workdir, stage))]

@@ -340,3 +340,24 @@ def test_a_chain_distils_each_member_from_the_one_before_and_resumes_between_sta
   for bad, message in ((("nope",), "unknown model 'nope'"), (("mlp@x",), "positive integer")):
     with pytest.raises(UserError, match=message):
       chains.validate(tiny_config(**{"pipeline.chain": bad}))
+
+
+def test_a_dml_cohort_is_a_labels_only_stage_of_the_pipeline(tmp_path):
+  """config.pipeline.dml_cohort=2: a student_dml stage beside the baseline, a cohort of two
+  students with no teacher; each member reported, the row labelled, planned as a baseline."""
+  from kd_research import campaign  # pylint: disable=g-import-not-at-top
+  config = tiny_config(**{"pipeline.dml_cohort": 2, "pipeline.export_students": False})
+  workdir = str(tmp_path / "p")
+  results, table = pipeline.run(config, workdir, tf.distribute.get_strategy())
+  run_dir = os.path.join(workdir, "student_dml")
+  identity = json.load(open(os.path.join(run_dir, "config.json")))
+  assert identity["model"]["cohort"] == 2 and identity["role"] == "student"
+  members = json.load(open(os.path.join(run_dir, "results.json")))["members"]
+  assert [m["member"] for m in members] == ["member_0", "member_1"]
+  assert results["student_dml"]["test_accuracy"] == pytest.approx(members[0]["test_accuracy"])
+  assert "DML cohort of 2 (member 0)" in table
+  plan = campaign.read_plan(campaign.write_plan(config, workdir))
+  (job,) = [j for j in plan["jobs"] if j["id"] == "student_dml"]
+  assert job["group"] == "baseline" and campaign.finished(job)
+  with pytest.raises(UserError, match="dml_cohort=1"):
+    config_lib.validate(tiny_config(**{"pipeline.dml_cohort": 1}))
