@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from kd_research.methods import crd as crd_lib
 from kd_research.train import runs
-from conftest import DEFAULT, interrupt_then_resume, weights_of
+from conftest import DEFAULT, weights_of
 from conftest import check
 from conftest import method_config
 
@@ -96,8 +96,7 @@ def _objective_tensors(workdir):
   return {n: reader.get_tensor(n) for n in names}
 
 
-def test_crd_bank_is_replica_independent_and_resumes_exactly(conv_teacher, tmp_path,
-                                                             strategy_factory, monkeypatch):
+def test_crd_bank_is_replica_independent(conv_teacher, tmp_path, strategy_factory):
   config = method_config("crd", train_size=192)
   one, two = str(tmp_path / "one"), str(tmp_path / "two")
   results = runs.train_and_evaluate(config, one, "distill", DEFAULT, (conv_teacher,))
@@ -112,16 +111,8 @@ def test_crd_bank_is_replica_independent_and_resumes_exactly(conv_teacher, tmp_p
   assert bank_diff < 1e-5 and weight_diff < 1e-5
   # Heads: student pooled 8 -> 128, teacher pooled 32 -> 128 (weights + biases).
   assert results["extra_trainable_params"] == (8 + 1) * 128 + (32 + 1) * 128
-
-  config = method_config("crd", train_size=192, **{"student.epochs": 12})
-  full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
-  runs.train_and_evaluate(config, full, "distill", DEFAULT, (conv_teacher,))
-  interrupt_then_resume(config, cut, conv_teacher, monkeypatch, stop_after=25,
-                        expected_checkpoint=20)
-  for a, b in zip(weights_of(full), weights_of(cut)):
-    np.testing.assert_array_equal(a, b)
-  for name, value in _objective_tensors(full).items():
-    np.testing.assert_array_equal(value, _objective_tensors(cut)[name], err_msg=name)
+  # Exact resume of the banks, Z and heads: the SIGKILL test's MLKD + CRD run
+  # (tests/train/test_reliability.py) compares every objective tensor bit for bit.
 
 
 def test_crd_refuses_what_it_cannot_do(conv_teacher, tmp_path):

@@ -16,7 +16,8 @@ from kd_research.common.errors import UserError
 from conftest import DEFAULT, gradients_on_one_and_two_replicas, interrupt_then_resume
 from conftest import method_config, read_scalars, weights_of
 
-METHODS = ("kd", "dkd", "dist", "fitnets", "at", "rkd", "pkt", "sp", "crd", "kd,at", "ofd",
+# CRD's replica test, banks included, is tests/methods/test_crd.py's.
+METHODS = ("kd", "dkd", "dist", "fitnets", "at", "rkd", "pkt", "sp", "kd,at", "ofd",
            "reviewkd", "vid", "nst", "cc", "mlkd")
 
 
