@@ -81,10 +81,10 @@ def test_bench_quick_smoke(tmp_path):
   out = run_main_module("kd_research.tools.bench", "--quick", "--dataset=synthetic",
                         "--teacher=mlp", "--teacher_width=64", "--student=mlp",
                         "--student_width=16", f"--output={tmp_path}/bench.json",
-                        "--profile=b", "--rows=a,b,c,d,e,f,g,h,i,j,k,l,m")
+                        "--profile=b", "--rows=a,b,c,d,e,f,g,h,i,j,k,l,m,n")
   assert out.returncode == 0, out.stderr[-3000:]
   report = json.load(open(tmp_path / "bench.json"))
-  assert [r["row"] for r in report["rows"]] == list("abcdefghijklm")
+  assert [r["row"] for r in report["rows"]] == list("abcdefghijklmn")
   assert "the view cache of" in out.stdout  # row (l) builds its cache apart from the timing
 
   assert all(r["examples_per_second"] > 0 and r["gflops"] > 0 for r in report["rows"])
