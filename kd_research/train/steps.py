@@ -53,18 +53,9 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size, obj
   variables = list(model.trainable_variables) + list(objective.trainable_variables)
   tapped = taps.feature_model(model, objective.student_taps)  # One forward for all outputs.
 
-  def student_outputs(images):
-    outputs = tapped(images, training=True)
-    if not objective.student_taps:
-      return {"logits": outputs, "features": {}}
-    return {"logits": outputs[0], "features": dict(zip(objective.student_taps, outputs[1:]))}
-
   def forward_backward(batch, teacher, step):
     with tf.GradientTape() as tape:
-      student = student_outputs(batch["image"])
-      if objective.views:  # One more training-mode pass per view (its own BN statistics).
-        student["views"] = {name: student_outputs(batch[views_lib.field(name)])
-                            for name in objective.views}
+      student = student_outputs(tapped, objective, batch)
       logits = student["logits"]
       terms = objective.terms(batch, student, teacher, step)
       loss = tf.nn.compute_average_loss(terms["total"], global_batch_size=global_batch_size)
@@ -100,6 +91,22 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size, obj
     return sums
 
   return train_loop
+
+
+def student_outputs(tapped, objective, batch):
+  """The student's training-mode outputs for ``objective``: {'logits', 'features'} of the
+  main view, and {'views': {name: ...}} with one more pass per extra view it reads (each
+  pass its own BatchNorm statistics, as the references' separate calls)."""
+  def one_pass(images):
+    outputs = tapped(images, training=True)
+    if not objective.student_taps:
+      return {"logits": outputs, "features": {}}
+    return {"logits": outputs[0], "features": dict(zip(objective.student_taps, outputs[1:]))}
+
+  student = one_pass(batch["image"])
+  if objective.views:
+    student["views"] = {name: one_pass(batch[views_lib.field(name)]) for name in objective.views}
+  return student
 
 
 def _loss_scale_stats(optimizer, grad_norm):
