@@ -23,7 +23,8 @@ resize 256 + centre crop 224; the teacher sees the student's view. Loss weights 
 references' ImageNet configs: kd CE 0.5 + KD 0.5 at T 1 (mdistiller configs/imagenet/
 r34_r18/kd.yaml), dkd CE 1, alpha 1, beta 0.5, T 1, 1 warm-up epoch (dkd.yaml), at weight
 1000 (mdistiller's default), crd weight 0.8, 16,384 negatives (crd.yaml and its defaults),
-dist beta 1, gamma 1, tau 1 (the DIST paper's ImageNet setting). The validation split is
+dist weight 2, beta 1, gamma 1, tau 1 (DIST_KD's resnet_dist.yaml: kd_loss_weight 2,
+method ``dist`` = tau 1). The validation split is
 10,000 training images (the references train on all 1.28M); we report the last epoch.
 
 Cost (an estimate from FLOPs, not a measurement: this project's machines have no GPU).
@@ -87,7 +88,7 @@ def _variants():
                   dkd=dict(alpha=1.0, beta=0.5, warmup_epochs=1)),
       "at": dict(method="at"),
       "crd": dict(method="crd"),
-      "dist": dict(method="dist", dist=dict(beta=1.0, gamma=1.0, tau=1.0)),
+      "dist": dict(method="dist", dist=dict(weight=2.0, beta=1.0, gamma=1.0, temperature=1.0)),
   }
 
 

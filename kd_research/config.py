@@ -205,13 +205,16 @@ def check_preset(experiment, arg, presets):
 
 
 def finalize(config):
-  """Locks the config so that unknown fields fail, and returns it."""
+  """Checks that every field is declared (check_schema), locks the config so that unknown
+  fields fail from here on, and returns it."""
+  check_schema(config)
   config.lock()
   return config
 
 
 def validate(config):
   """Checks every field a run depends on; raises UserError naming the field and valid values."""
+  check_schema(config)
   checks.data_and_speed(config)
   checks.bookkeeping(config)
   schedules.from_config(config.optimizer.learning_rate, 1000, "config.optimizer.learning_rate")
@@ -243,25 +246,71 @@ def apply_variant(config, name, extra=None):
   """
   variant = ml_collections.ConfigDict(config.to_dict())
   overrides = list(config.pipeline.variants[name].items()) + list((extra or {}).items())
+  where = f"variant {name}" + (" (with its candidate)" if extra else "")
   for key, value in overrides:
     if key == "teachers":  # Which teachers; handled by the pipeline.
       if value not in ("all", "primary"):
         raise UserError(f"variant {name}: teachers={value!r}; valid: all, primary.")
       continue
-    if key not in variant.distill:
-      raise UserError(f"variant {name}: {key!r} is not a config.distill field; valid: "
-                      f"{', '.join(sorted(variant.distill))}.")
-    if isinstance(variant.distill[key], ml_collections.ConfigDict):  # A schedule.
-      fields = value.items() if hasattr(value, "items") else (
-          ("kind", "constant"), ("start", float(value)), ("end", float(value)))
-      for field, field_value in fields:
-        variant.distill[key][field] = field_value
-    else:
-      variant.distill[key] = value
+    _set_checked(variant.distill, key, value, "config.distill", where)
   variant.pipeline.variants = ml_collections.ConfigDict()
   variant.pipeline.candidates = ml_collections.ConfigDict()
   variant.lock()
   return variant
+
+
+def _is_schedule(section):
+  return "kind" in section and "start" in section and "end" in section
+
+
+def _set_checked(section, key, value, path, where):
+  """section[key] = value, refusing a field the schema does not declare (listing the valid
+  ones); a dict value sets the fields of a nested section (a method's, a schedule's) one by
+  one, by the same rule; a number for a schedule is a constant schedule at that value."""
+  if key not in section:
+    raise UserError(f"{where}: {path} has no field {key!r}; valid: "
+                    f"{', '.join(sorted(section))}.")
+  current = section[key]
+  if not isinstance(current, ml_collections.ConfigDict):
+    section[key] = value
+    return
+  if _is_schedule(current) and not hasattr(value, "items"):
+    value = {"kind": "constant", "start": float(value), "end": float(value)}
+  if not hasattr(value, "items"):
+    raise UserError(f"{where}: {path}.{key} is a section (fields "
+                    f"{', '.join(sorted(current))}); give a dict of them, not {value!r}.")
+  for field, field_value in value.items():
+    _set_checked(current, field, field_value, f"{path}.{key}", where)
+
+
+# Sections whose entries are names the user chooses (each entry is checked by its own rule:
+# extra teachers as model entries, variants and candidates when they are applied).
+_FREE_SECTIONS = ("extra_teachers", "pipeline.variants", "pipeline.candidates")
+
+
+def check_schema(config):
+  """UserError naming the first field of ``config`` that base_config() does not declare
+  (an experiment module, an API override or a variant can otherwise add one silently: a
+  misspelt ``tau`` beside ``temperature`` would be ignored), with the valid names."""
+  _check_fields(config.to_dict(), base_config().to_dict(), "config")
+  entry_fields = model_config("").to_dict()
+  for name, entry in config.extra_teachers.items():
+    _check_fields(entry.to_dict(), entry_fields, f"config.extra_teachers.{name}")
+
+
+def _check_fields(values, schema, path):
+  for key, value in values.items():
+    field = f"{path}.{key}"
+    if field.partition(".")[2] in _FREE_SECTIONS:
+      continue
+    if key not in schema:
+      raise UserError(f"{field} is not a config field; valid fields of {path}: "
+                      f"{', '.join(sorted(schema))}.")
+    if isinstance(schema[key], dict):
+      if not isinstance(value, dict):
+        raise UserError(f"{field} is a section (fields {', '.join(sorted(schema[key]))}), "
+                        f"not {value!r}.")
+      _check_fields(value, schema[key], field)
 
 
 def flatten(d, prefix=""):

@@ -1,8 +1,11 @@
 """DIST (Huang et al., NeurIPS 2022): Pearson correlation between the softmaxes.
 
 beta * inter-class relation (per example, across classes) + gamma * intra-class relation
-(per class, across the global batch). Defaults: the reference implementation
-(beta = gamma = 1, tau = 4).
+(per class, across the global batch). Defaults: the reference implementation,
+hunto/DIST_KD: weight 2 (``kd_loss_weight: 2`` in configs/strategies/distill/dist_cifar.yaml
+and resnet_dist.yaml, CE weight ``ori_loss_weight: 1``), beta = gamma = 1 and tau = 1 (the
+``dist`` method of classification/lib/models/losses/kd_loss.py builds
+``DIST(beta=1, gamma=1, tau=1)``; ``dist_t4`` would be tau 4).
 """
 
 import tensorflow as tf
@@ -40,8 +43,9 @@ class DIST(base.TeacherWeighted):
   """beta * inter-class + gamma * intra-class relation loss."""
 
   name, order = "dist", 2
-  defaults = dict(weight=1.0, beta=1.0, gamma=1.0, temperature=4.0)
-  reference = "DIST reference implementation (hunto/DIST_KD)"
+  defaults = dict(weight=2.0, beta=1.0, gamma=1.0, temperature=1.0)
+  reference = ("hunto/DIST_KD configs/strategies/distill/dist_cifar.yaml, resnet_dist.yaml "
+               "(kd_loss_weight 2); lib/models/losses/kd_loss.py (dist: tau 1)")
 
   def __init__(self, weight, beta, gamma, tau, ce_weight, teacher_weights):
     super().__init__(weight, ce_weight, teacher_weights)

@@ -3,8 +3,12 @@ teacher tap, one trainable connector per teacher (connectors.py).
 
 Optionally a first stage of ``hint_epochs`` trains on the hint loss alone (the paper's
 stage 1). Defaults: RepDistiller scripts/run_cifar_distill.sh (weight 100, the middle
-stage of both networks; RepDistiller's hint layer 2 of 0-4).
+stage of both networks; RepDistiller's hint layer 2 of 0-4) and the connector both
+references build, ConvReg with its ReLU (``connector="reference"``; ``"resize"`` is the
+bilinear-resize + 1x1 alternative, connectors.py).
 """
+
+import functools
 
 import tensorflow as tf
 
@@ -20,12 +24,13 @@ def hint(student_feature, teacher_feature):
 
 @base.register
 class FitNets(base.OwnsModules, base.FeatureMethod):
-  """weight * hint + ce_weight * CE; 1x1 conv + BN connectors for maps, linear for vectors."""
+  """weight * hint + ce_weight * CE; ConvReg connectors (conv-BN-ReLU) for maps, linear
+  layers for vectors."""
 
   name, order = "fitnets", 3
   # Taps: layer names, or 'middle_stage' / 'last_stage' / 'pooled' of the registry's models.
   defaults = dict(weight=100.0, student_tap="middle_stage", teacher_tap="middle_stage",
-                  hint_epochs=0)
+                  hint_epochs=0, connector="reference")
   reference = "RepDistiller scripts/run_cifar_distill.sh"
 
   def __init__(self, weight, ce_weight, teacher_weights, pairs,
@@ -38,12 +43,16 @@ class FitNets(base.OwnsModules, base.FeatureMethod):
     s = ctx.section(cls.name)
     pairs = ctx.tap_pair(s)
     (s_tap, t_tap), = pairs
-    connectors.check_compatible(ctx.student, s_tap, ctx.teacher, t_tap)
+    connectors.check_compatible(ctx.student, s_tap, ctx.teacher, t_tap, s.connector)
+    connector_fn = functools.partial(connectors.connector, kind=s.connector)
     return cls(s.weight, ctx.distill.ce_weight, ctx.teacher_weights, pairs,
-               hint_epochs=s.hint_epochs)
+               connector_fn=connector_fn, hint_epochs=s.hint_epochs)
 
   @classmethod
   def validate(cls, distill, where, active, student_epochs):
+    base.require(distill.fitnets.connector in connectors.KINDS,
+                 f"{where}.fitnets.connector={distill.fitnets.connector!r}; valid: "
+                 f"{', '.join(connectors.KINDS)}.")
     base.require(distill.fitnets.hint_epochs == 0 or active,
                  f"{where}.fitnets.hint_epochs needs method fitnets.")
     base.require(distill.finetune_epochs + distill.fitnets.hint_epochs < student_epochs,

@@ -21,7 +21,9 @@ Input shape and class count come from the data (28x28x1 and 32x32x3 both work); 
 final pooling is global average pooling, which equals the references' fixed-size
 average pooling on 32x32 inputs. ``width`` scales every channel count by
 ``width / default`` (``None`` is the published model). Taps: ``stage1``, ``stage2``, ...
-after each stage (the references' feature list) and ``pooled`` before the classifier;
+after each stage, as mdistiller's ``feats[1:]`` (the stem's f0 is left out, as its feature
+methods leave it out: VGG's block 0 is the tap ``stem``; WRN's ``stage3`` is block 3's raw
+output, before the final BN + ReLU) and ``pooled`` before the classifier;
 ``stage<i>_preact``, the tensor whose ReLU is the stage's output (mdistiller's
 ``preact_feats``), for every family but ShuffleNetV2, with ``stage<i>_preact_bn`` the
 BatchNorm that shapes it (OFD's margin): the residual branch's last BN for ResNets, the
@@ -35,6 +37,7 @@ import keras
 from kd_research.models import parts
 from kd_research.models import pytorch_layers
 from kd_research.models import registry
+from kd_research.models import taps
 
 
 def _scaled(channels, width, default, even=False):
@@ -95,10 +98,11 @@ def _wrn(name, depth, factor, input_shape, num_classes, width, sync_bn):
     for block in range(blocks):
       previous = f"stage{stage}" if stage > 0 and block == 0 else None
       x = _wrn_block(x, filters, 2 if stage > 0 and block == 0 else 1, sync_bn, previous)
-    if stage < 2:
-      x = parts.tap(x, f"stage{stage + 1}")
+    # The raw output of each block group, as the references' f1, f2, f3 (stage3 before
+    # the final BN + ReLU, whose BN output is stage3_preact: mdistiller's f3_pre).
+    x = parts.tap(x, f"stage{stage + 1}")
   x = pytorch_layers.batch_norm(sync_bn, name=parts.preact_bn_name("stage3"))(x)
-  x = parts.tap(keras.layers.ReLU()(parts.preact_tap(x, "stage3")), "stage3")
+  x = keras.layers.ReLU()(parts.preact_tap(x, "stage3"))
   x = parts.tap(keras.layers.GlobalAveragePooling2D()(x), "pooled")
   return keras.Model(inputs, pytorch_layers.linear(x, num_classes, "zero_bias"), name=name)
 
@@ -112,13 +116,15 @@ def _wrn_builder(name, depth, factor):
 
 def _vgg(name, config, input_shape, num_classes, width, sync_bn):
   """VGG for CIFAR: five blocks of conv3x3(bias)-BN-ReLU, max pooling after the first four
-  (the reference skips the fourth on inputs smaller than 64), global average pooling."""
+  (the reference skips the fourth on inputs smaller than 64), global average pooling.
+  Block 0 is the stem (tap ``stem``: mdistiller's f0, which its feature methods skip),
+  blocks 1-4 the stages ``stage1``..``stage4`` (f1..f4)."""
   inputs = keras.Input(shape=input_shape)
   x = keras.layers.Rescaling(1.0 / 255)(inputs)
   for index, block in enumerate(config):
-    stage = f"stage{index + 1}"
+    stage = f"stage{index}" if index else "stem"
     for position, filters in enumerate(block):
-      last = stage if position == len(block) - 1 else None
+      last = stage if position == len(block) - 1 and index else None
       x = pytorch_layers.conv_bn(x, _scaled(filters, width, 64), 3, sync_bn, stage=last,
                                  use_bias=True)
     x = parts.tap(x, stage)
@@ -223,6 +229,25 @@ def shufflenetv2(input_shape, num_classes, width=None, sync_bn=False):
   x = parts.tap(keras.layers.GlobalAveragePooling2D()(x), "pooled")
   return keras.Model(inputs, pytorch_layers.linear(x, num_classes), name="shufflenetv2")
 
+
+def _outdated_taps(model):
+  """Why a saved WRN or VGG cannot serve feature taps (saved with the tap layout before
+  reference parity: VGG's block 0 was stage1, WRN's stage3 followed the final BN + ReLU),
+  or None."""
+  order = [layer.name for layer in model.layers]  # Topological: the order of the graph.
+  old_vgg = model.name in _VGG and "stage5" in order
+  old_wrn = (model.name.startswith("wrn_") and "stage3" in order and "stage3_preact_bn" in order
+             and order.index("stage3") > order.index("stage3_preact_bn"))
+  if not (old_vgg or old_wrn):
+    return None
+  return (f"Model {model.name} was saved with the feature taps of kd_research before they "
+          "followed mdistiller: " + ("VGG's block 0 was stage1 (now the stem; the stages are "
+          "blocks 1-4)" if old_vgg else "WRN's stage3 came after the final BN + ReLU (now "
+          "block 3's raw output)") + ". Its weights are fine, but feature methods would read "
+          "other tensors: retrain it, or distil from it with logit methods only.")
+
+
+taps.register_layout_check(_outdated_taps)
 
 # The family, one line per model.
 for _name, _builder in {

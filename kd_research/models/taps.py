@@ -15,6 +15,15 @@ import keras
 
 from kd_research.common.errors import UserError
 
+# Checks a model family registers for saved models whose taps no longer mean what they
+# name (check(model) -> a message, or None); run before any tap is read.
+_LAYOUT_CHECKS = []
+
+
+def register_layout_check(check):
+  """Adds ``check(model) -> str | None`` to the checks ``feature_model`` runs."""
+  _LAYOUT_CHECKS.append(check)
+
 
 def stage_names(model):
   """The model's stage taps in order (``stage1``, ``stage2``, ...), possibly empty."""
@@ -69,6 +78,10 @@ def feature_model(model, names):
   """A model with outputs [logits, *the named layers' outputs], sharing ``model``'s layers."""
   if not names:
     return model
+  for check in _LAYOUT_CHECKS:
+    message = check(model)
+    if message:
+      raise UserError(message)
   outputs = [model.get_layer(name).output for name in names]
   return keras.Model(model.inputs, [model.outputs[0]] + outputs, name=f"{model.name}_taps")
 

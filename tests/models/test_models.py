@@ -93,7 +93,8 @@ PREACT_MODELS = [n for n in model_registry.names() if n not in (
 @pytest.mark.parametrize("name", PREACT_MODELS)
 def test_preactivation_taps_feed_the_stage_outputs(name):
   """stage<i>_preact is the tensor whose ReLU is stage i (MobileNetV2: the stage output
-  itself, a linear bottleneck; WRN stages 1-2: the next block's first BN, so no identity),
+  itself, a linear bottleneck; WRN: the next block's first BN, or the final BN for stage3,
+  of the raw stage output, so no identity: test_reference_parity checks it),
   and stage<i>_preact_bn is a BatchNorm (cnn_seed has none)."""
   import keras  # pylint: disable=g-import-not-at-top
   from kd_research.models import taps  # pylint: disable=g-import-not-at-top
@@ -108,10 +109,10 @@ def test_preactivation_taps_feed_the_stage_outputs(name):
   for i, stage in enumerate(stages):
     out, pre = np.asarray(outputs[1 + i]), np.asarray(outputs[1 + len(stages) + i])
     assert out.shape == pre.shape
-    wrn_inner = name.startswith("wrn") and stage != stages[-1]
+    wrn = name.startswith("wrn")
     if name == "mobilenetv2_cifar":
       np.testing.assert_array_equal(out, pre)
-    elif not wrn_inner:
+    elif not wrn:
       np.testing.assert_array_equal(out, np.maximum(pre, 0.0))
       assert pre.min() < 0  # A real pre-activation, not the ReLU's output.
     bn = taps.preact_batch_norm(model, stage)
