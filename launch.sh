@@ -43,6 +43,8 @@ usage: ./launch.sh COMMAND [flags]
   benchmark_features  only the feature methods (ofd, reviewkd, vid, nst, cc), kd and the
                baselines of that campaign, on both pairs (the same runs: the full campaign
                skips them later), then results/RESULTS_FEATURES.md and its figure
+  benchmark_fitnets  only FitNets (and the teachers and labels-only students) of that
+               campaign on both pairs: results/RESULTS_FITNETS.md
   benchmark_short  the same at the earlier unconverged budget where plain KD lost, and the
                "why" axes: results/RESULTS_SHORT.md, results/RESULTS_WHY.md
   report       compare finished runs below --workdir=DIR (seeds grouped as mean +- std)
@@ -170,6 +172,18 @@ benchmark_features_campaign() {
   echo "benchmark_features: results/RESULTS_FEATURES.md and its figure written"
 }
 
+# FitNets' rows of that campaign alone (method_benchmark:*_fitnets), with the teachers and
+# labels-only students they are compared with.
+benchmark_fitnets_campaign() {
+  local root="${KD_BENCHMARK_DIR:-runs/benchmark}"
+  local run=("$PY" -m kd_research.main)
+  "${run[@]}" pipeline --experiment=method_benchmark:article_fitnets --workdir="$root/article" "$@"
+  "${run[@]}" pipeline --experiment=method_benchmark:resnet_fitnets --workdir="$root/resnet" "$@"
+  "${run[@]}" report --workdir="$root" --sweep="${root}_sweep" \
+    --output=results/RESULTS_FITNETS.md > /dev/null
+  echo "benchmark_fitnets: results/RESULTS_FITNETS.md written"
+}
+
 # The previous, unconverged protocol (method_benchmark:short) where plain KD lost, and the
 # axes of results/RESULTS_WHY.md.
 benchmark_short_campaign() {
@@ -232,6 +246,9 @@ case "$cmd" in
   benchmark_features)
     [ -x "$PY" ] || setup
     benchmark_features_campaign "$@" ;;
+  benchmark_fitnets)
+    [ -x "$PY" ] || setup
+    benchmark_fitnets_campaign "$@" ;;
   benchmark_short)
     [ -x "$PY" ] || setup
     benchmark_short_campaign "$@" ;;

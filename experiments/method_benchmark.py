@@ -40,6 +40,8 @@ Presets:
   article_features, resnet_features  the same pairs and protocol with kd and the feature
            methods added last (ofd, reviewkd, vid, nst, cc) only: their runs are the full
            presets' runs (same identities), so the full campaign later skips them.
+  article_fitnets, resnet_fitnets  the teacher, the labels-only student and FitNets alone
+           (the runs that the connector's reference parity changed), identities as above.
   article_born_again, resnet_born_again  one born-again generation (Furlanello et al.):
            the ``distill`` command's settings for a student of the pair distilled with kd
            (alpha 0.9, T 4: kd's validation choice on both pairs) from a teacher of its own
@@ -60,7 +62,8 @@ import ml_collections
 
 from kd_research import config as config_lib
 
-PRESETS = ("article", "resnet", "article_features", "resnet_features", "article_born_again",
+PRESETS = ("article", "resnet", "article_features", "resnet_features", "article_fitnets",
+           "resnet_fitnets", "article_born_again",
            "resnet_born_again", "curve", "short", "long", "why", "tiny")
 
 # {method variant: its fixed settings}; candidates below are tried on validation.
@@ -162,19 +165,21 @@ def get_config(arg="article"):
   c.teacher = config_lib.model_config("resnet_seed", width=16, seed=0)
   c.student = config_lib.model_config("cnn_seed", width=16, seed=0)
   methods = dict(_ARTICLE_METHODS)
-  if arg in ("resnet", "resnet_features", "resnet_born_again"):
+  if arg in ("resnet", "resnet_features", "resnet_fitnets", "resnet_born_again"):
     c.teacher = config_lib.model_config("resnet56", width=8, seed=0)
     c.student = config_lib.model_config("resnet20", width=8, seed=0)
     methods = {name: _ARTICLE_METHODS[name] for name in _RESNET_METHODS}
   if arg.endswith("_features"):
     methods = {name: methods[name] for name in ("kd",) + _FEATURE_METHODS}
+  if arg.endswith("_fitnets"):
+    methods = {"fitnets": methods["fitnets"]}
   if arg in ("short", "long", "why"):
     methods["dkd"] = dict(method="dkd", dkd=dict(warmup_epochs=1))
     _set_protocol(c, **_SHORT, student_epochs=40 if arg == "long" else None)
   else:  # Nearly converged: resnet20 by 20 epochs (+0.63 at 40), cnn_seed by 40 (+0.77 at 80).
     _set_protocol(c, **_CONVERGED,
                   student_epochs={"curve": 80, "resnet": 20, "resnet_features": 20,
-                                  "resnet_born_again": 20}.get(arg))
+                                  "resnet_fitnets": 20, "resnet_born_again": 20}.get(arg))
   # The teacher-output cache: logits, and the pooled feature RKD, PKT, CRD and CC read; the
   # methods on feature maps run the teacher live.
   c.distill.cache_teacher = True

@@ -99,6 +99,11 @@ def read_plan(path):
   """The plan at ``path`` (a plan.json, or the WORKDIR holding one), checked."""
   if os.path.isdir(path):
     path = os.path.join(path, PLAN_FILE)
+  if not os.path.isfile(path):
+    where = os.path.dirname(path) or "."
+    raise UserError(f"--plan={where}: no {PLAN_FILE} there. Write the campaign's plan first: "
+                    f"./launch.sh pipeline --experiment=NAME --workdir={where} --plan, then "
+                    f"./launch.sh slurm --plan={where}.")
   plan = fileio.read_json(path)
   if plan.get("format") != FORMAT:
     raise UserError(f"{path} is not a kd_research plan (format {plan.get('format')!r}; "

@@ -84,6 +84,39 @@ def test_a_user_model_that_does_not_fit_the_data_is_refused(monkeypatch):
     registry.build("user_model_module:wrong", (12, 12, 3), 5)
 
 
+def _softmax_cnn(input_shape, num_classes, how):
+  """The common Keras classifier: small_cnn with its probabilities as the output."""
+  import keras  # pylint: disable=g-import-not-at-top
+  logits_model = user_model_module.small_cnn(input_shape, num_classes)
+  features = logits_model.get_layer("pooled").output
+  if how == "dense":
+    out = keras.layers.Dense(num_classes, activation="softmax")(features)
+  elif how == "layer":
+    out = keras.layers.Softmax()(keras.layers.Dense(num_classes)(features))
+  else:  # Hidden inside a subclassed model's call: only the outputs tell.
+    out = keras.layers.Lambda(keras.activations.softmax)(keras.layers.Dense(num_classes)(features))
+  return keras.Model(logits_model.inputs, out, name="softmax_cnn")
+
+
+@pytest.mark.parametrize("how, message", [
+    ("dense", "last layer 'dense.*' is a softmax"), ("layer", "last layer 'softmax.*' is a softmax"),
+    ("lambda", "outputs on a probe batch are non-negative and sum to 1")])
+def test_a_model_that_returns_probabilities_is_refused_with_how_to_return_logits(
+    monkeypatch, tmp_path, how, message):
+  from kd_research.train import teachers  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(user_model_module, "probabilities",
+                      lambda input_shape, num_classes: _softmax_cnn(input_shape, num_classes, how),
+                      raising=False)
+  with pytest.raises(UserError, match=message + r".*without activation='softmax'"):
+    registry.build("user_model_module:probabilities", (12, 12, 3), 5)
+  if how != "lambda":  # A teacher file saved from a softmax model (Lambda: not safe-mode).
+    path = str(tmp_path / "softmax_teacher.keras")
+    _softmax_cnn((12, 12, 3), 5, how).save(path)
+    with pytest.raises(UserError, match=r"teacher: teacher .*softmax_teacher.keras returns "
+                       r"probabilities, not logits"):
+      teachers.load_teacher(path, (12, 12, 3), 5)
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"student.kwargs": "{depth: 3}"}, "is not JSON"),
     ({"student.kwargs": "[3]"}, "must be a JSON object"),

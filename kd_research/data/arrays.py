@@ -13,6 +13,7 @@ import io
 import os
 import zipfile
 
+from absl import logging
 import numpy as np
 
 from kd_research.common import fileio
@@ -24,7 +25,10 @@ KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
 def as_images(x, what):
-  """uint8 [N, H, W, C] pixels from [N, H, W] or [N, H, W, C] values in [0, 255]."""
+  """uint8 [N, H, W, C] pixels from [N, H, W] or [N, H, W, C] values in [0, 255].
+
+  Float images whose largest value is at most 1 (``x / 255``, the habit of Keras tutorials)
+  are scaled by 255 with a log line: rounded as they are, they would become {0, 1}."""
   x = np.asarray(x)
   if x.ndim == 3:
     x = x[..., None]
@@ -33,7 +37,12 @@ def as_images(x, what):
   if x.dtype != np.uint8:
     if not np.issubdtype(x.dtype, np.number) or (x.size and (x.min() < 0 or x.max() > 255)):
       raise UserError(f"{what}: pixel values must lie in [0, 255] (models rescale inside), got "
-                      f"{x.dtype} values from {x.min()} to {x.max()}.")
+                      f"{x.dtype} values from {x.min()} to {x.max()}. Pass the uint8 pixels, "
+                      "or floats in [0, 1] (scaled by 255), not standardised values.")
+    if np.issubdtype(x.dtype, np.floating) and x.size and x.max() <= 1.0:
+      logging.warning("%s: float pixels in [0, %g] read as x / 255 and scaled by 255 to "
+                      "[0, 255] (pass uint8 pixels to skip this).", what, float(x.max()))
+      x = x * 255.0
     x = np.round(x).astype(np.uint8)
   return x
 

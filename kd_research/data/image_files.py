@@ -80,9 +80,11 @@ def _inspect_jpeg(data, tail):
   if frame is None:
     return "a JPEG without a frame header (corrupt)"
   height, width, components = frame
-  if components not in (1, 3):
-    return f"a JPEG with {components} colour components (CMYK?); convert it to RGB"
-  return ImageInfo("jpeg", height, width, components)
+  if components not in (1, 3, 4):
+    return f"a JPEG with {components} colour components (1 grey, 3 RGB and 4 CMYK are read)"
+  # CMYK / YCCK JPEGs (ILSVRC-2012's train split holds 22): TensorFlow's decoder converts
+  # them to RGB, with channels=3 and with channels=0 alike.
+  return ImageInfo("jpeg", height, width, 3 if components == 4 else components)
 
 
 def _jpeg_frame(data) -> Optional[tuple]:

@@ -95,6 +95,42 @@ def check_against_data(model, what, input_shape, num_classes):
   if not isinstance(model.output_shape, tuple) or model.output_shape[-1] != num_classes:
     raise UserError(f"{what} outputs {model.output_shape}; the data has {num_classes} classes "
                     "(the first output must be [batch, classes] logits).")
+  check_returns_logits(model, what)
+
+
+def _softmax_layer(model):
+  """The name of the model's last layer when it is a softmax (a Softmax or
+  Activation('softmax') layer, or a layer built with activation='softmax'), else None."""
+  import keras  # pylint: disable=g-import-not-at-top
+  if not model.layers:
+    return None
+  last = model.layers[-1]
+  activation = getattr(last, "activation", None)
+  if isinstance(last, keras.layers.Softmax) or getattr(activation, "__name__", "") == "softmax":
+    return last.name
+  return None
+
+
+def check_returns_logits(model, what):
+  """UserError when ``model`` returns probabilities instead of logits: its last layer is a
+  softmax, or its outputs on a probe batch are non-negative rows that sum to 1. Distilling
+  them would soften probabilities (softmax(p / T) of values in [0, 1] is nearly uniform) and
+  take their CE as if they were logits, with no error: Keras' own losses warn here too."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  layer = _softmax_layer(model)
+  if layer is None:
+    probe = np.random.default_rng(0).uniform(0, 255, (4,) + tuple(model.input_shape[1:]))
+    outputs = model(probe.astype(np.float32), training=False)
+    outputs = np.asarray(outputs[0] if isinstance(outputs, (list, tuple)) else outputs)
+    if not (np.all(outputs >= 0) and np.allclose(outputs.sum(-1), 1.0, atol=1e-4)):
+      return
+  found = (f"its last layer {layer!r} is a softmax" if layer else
+           "its outputs on a probe batch are non-negative and sum to 1 per row")
+  raise UserError(f"{what} returns probabilities, not logits: {found}. Distillation softens "
+                  "logits (softmax(z / T)); given probabilities it would soften them again and "
+                  "train on the wrong targets, silently. Return logits: build the last layer "
+                  "without activation='softmax' (or drop the Softmax layer), and apply "
+                  "keras.activations.softmax at prediction time if you need probabilities.")
 
 
 def file_digest(path):

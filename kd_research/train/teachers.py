@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from kd_research.models import registry as model_registry
+from kd_research.models import user as user_models
 from kd_research.common.errors import UserError
 
 
@@ -87,6 +88,7 @@ def load_teacher(path, input_shape, num_classes, name="teacher"):
   if got_classes != num_classes:
     raise UserError(f"{name}: teacher {path} predicts {got_classes} classes, but the data has "
                     f"{num_classes}.")
+  user_models.check_returns_logits(model, f"{name}: teacher {path}")
   return model
 
 

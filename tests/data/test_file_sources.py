@@ -214,3 +214,80 @@ def test_npz_arrays_source_round_trip_and_bad_files(tmp_path):
     arrays.write(str(tmp_path), x * 2, y, x, y)
   with pytest.raises(UserError, match="not one-hot"):
     arrays.write(str(tmp_path), x, np.eye(4)[y], x, y)
+
+
+def test_float_images_in_zero_one_are_scaled_not_quantised(tmp_path):
+  """x / 255 (every Keras tutorial's habit) through an npz: file or the API: scaled by 255
+  with a log line, never rounded to {0, 1}; uint8 and [0, 255] floats are kept as they are."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from kd_research.data import arrays  # pylint: disable=g-import-not-at-top
+  pixels = np.random.default_rng(0).integers(0, 256, (20, 5, 5)).astype(np.uint8)
+  messages = []
+  original = logging.warning
+  logging.warning = lambda msg, *args: messages.append(msg % args)
+  try:
+    scaled = arrays.as_images(pixels.astype(np.float32) / 255.0, "x_train")
+  finally:
+    logging.warning = original
+  np.testing.assert_array_equal(scaled[..., 0], pixels)
+  assert len(messages) == 1 and "x_train: float pixels in [0, 1]" in messages[0]
+  np.testing.assert_array_equal(arrays.as_images(pixels, "x")[..., 0], pixels)
+  np.testing.assert_array_equal(arrays.as_images(pixels.astype(np.float64), "x")[..., 0], pixels)
+  np.savez(tmp_path / "floats.npz", x_train=pixels / 255.0, y_train=np.arange(20) % 2,
+           x_test=pixels[:6] / 255.0, y_test=np.arange(6) % 2)
+  splits = datasets.load_splits(tiny_config(dataset=f"npz:{tmp_path / 'floats.npz'}",
+                                            validation_size=4, global_batch_size=4))
+  got = np.concatenate([splits.validation.images, splits.train.images])
+  assert sorted(map(bytes, got)) == sorted(map(bytes, pixels[..., None]))
+  with pytest.raises(UserError, match="not standardised values"):
+    arrays.as_images((pixels - 128.0) / 64.0, "x_train")
+
+
+def test_folder_as_users_have_it_cmyk_png_named_jpg_stray_files_and_odd_names(tmp_path):
+  """A folder as downloads and cameras leave it: CMYK JPEGs (ILSVRC-2012's train split holds
+  22), PNG bytes behind a .jpg name, upper-case extensions, progressive JPEGs, 16-bit PNGs,
+  class names with spaces, and stray .DS_Store / Thumbs.db files. Every image is read, in
+  the colours it was saved with."""
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top  (tensorboard's dependency)
+  root = tmp_path / "images"
+  colours = {"red fox": (200, 30, 30), "blue jay": (30, 30, 200)}
+  written = {}
+  for split, count in (("train", 12), ("test", 6)):
+    for name, rgb in colours.items():
+      folder = root / split / name
+      folder.mkdir(parents=True)
+      (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(64))
+      (folder / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0" + bytes(64))
+      for i in range(count):
+        image = Image.fromarray(np.full((16, 16, 3), rgb, np.uint8))
+        kind = ("cmyk", "png_as_jpg", "upper", "progressive", "png16", "plain")[i % 6]
+        buffer, suffix = io.BytesIO(), ".jpg"
+        if kind == "cmyk":
+          image.convert("CMYK").save(buffer, "JPEG", quality=95)
+        elif kind == "png_as_jpg":
+          image.save(buffer, "PNG")
+        elif kind == "upper":
+          image.save(buffer, "JPEG", quality=95)
+          suffix = ".JPEG"
+        elif kind == "progressive":
+          image.save(buffer, "JPEG", quality=95, progressive=True)
+        elif kind == "png16":  # 16-bit RGB PNG, written by TensorFlow (PIL writes no such)
+          buffer.write(tf.io.encode_png(tf.constant(
+              np.full((16, 16, 3), np.array(rgb) * 257, np.uint16))).numpy())
+          suffix = ".png"
+        else:
+          image.save(buffer, "JPEG", quality=95)
+        path = folder / f"{i:03d}{suffix}"
+        path.write_bytes(buffer.getvalue())
+        written[kind] = str(path)
+  head, tail = image_files.read_ends(written["cmyk"])
+  assert image_files.inspect(head, tail).channels == 3  # Decoded to RGB.
+  splits = datasets.load_splits(config_for(f"folder:{root}", validation_size=4, image_size=0))
+  assert splits.classes == ("blue jay", "red fox") and splits.input_shape == (16, 16, 3)
+  assert (splits.train.num_examples + splits.validation.num_examples,
+          splits.test.num_examples) == (24, 12)
+  batch = next(iter(splits.test.eval_fn(12)(tf.distribute.InputContext())))
+  for label, name in enumerate(splits.classes):
+    pixels = batch["image"][batch["label"] == label].numpy()
+    np.testing.assert_allclose(pixels.mean((0, 1, 2)), colours[name], atol=3)
