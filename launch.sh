@@ -69,13 +69,18 @@ have_fashion_mnist() {
 
 get_data() {
   have_fashion_mnist && return 0
-  echo "[setup] Fashion-MNIST not found; trying Debian's dataset-fashion-mnist package" >&2
+  echo "[setup] Fashion-MNIST not found; installing Debian's dataset-fashion-mnist package" >&2
   if command -v apt-get >/dev/null 2>&1; then
-    local sudo=""
+    local sudo="" log="$VENV/apt.log"
     [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo="sudo"
-    if { $sudo apt-get update -q && $sudo apt-get install -y -q dataset-fashion-mnist; } >&2; then
+    mkdir -p "$VENV"
+    # apt's output goes to a log, as pip's does, and is shown only if the installation fails.
+    if { $sudo apt-get update -q && $sudo apt-get install -y -q dataset-fashion-mnist; } \
+        > "$log" 2>&1; then
       have_fashion_mnist && return 0
     fi
+    cat "$log" >&2
+    echo "[setup] apt-get could not install dataset-fashion-mnist (log above, also in $log)" >&2
   fi
   echo "[setup] apt did not work; trying Keras' downloader (needs internet)" >&2
   if "$PY" -c "import keras; keras.datasets.fashion_mnist.load_data()" >&2 2>/dev/null; then

@@ -39,7 +39,7 @@ def test_pipeline_on_real_fashion_mnist(tmp_path):
   table = open(os.path.join(workdir, "results.md")).read()
   runs_table = table.split("\n\n")[1]
   assert sum(l.startswith("| ") for l in runs_table.splitlines()) == 4  # header + 3 rows
-  assert "| distill: mlp w32, 1 teacher(s), alpha 0.5, T 2, " in table and " KB " in table
+  assert "| distill: mlp w32, 1 teacher(s), kd, alpha 0.5, T 2, " in table and " KB " in table
   kd = stages["student_kd"]
   export = json.load(open(os.path.join(workdir, "student_kd", "export", "export_report.json")))
   int8 = export["artifacts"]["tflite_int8"]["test_accuracy"]

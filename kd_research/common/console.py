@@ -179,3 +179,40 @@ def end_bar():
     sys.stderr.write("\n")
     sys.stderr.flush()
     _STATE["bar"] = False
+
+
+class Progress:
+  """Progress of work that is not a training phase (the teacher-output cache): a bar where
+  someone watches, else a log line every ``every`` seconds and one at the end; nothing for
+  work done within 2 seconds.
+
+  ``update(n)`` adds ``n`` of ``total`` items; the line says the rate and the time left."""
+
+  def __init__(self, phase, total, unit="examples", every=10.0):
+    self.phase, self.total, self.unit, self.every = phase, max(int(total), 1), unit, every
+    self.done, self.start = 0, time.time()
+    self.last = self.start
+
+  def line(self):
+    elapsed = max(time.time() - self.start, 1e-9)
+    rate = self.done / elapsed
+    eta = (self.total - self.done) / rate if rate else 0.0
+    width = 28
+    filled = int(width * min(self.done, self.total) / self.total)
+    return (f"{self.phase} [{'#' * filled}{'-' * (width - filled)}] {self.done}/{self.total} "
+            f"{self.unit}  {rate:.0f}/s  ETA {eta:.0f} s")
+
+  def update(self, n):
+    self.done += int(n)
+    now, finished = time.time(), self.done >= self.total
+    if now - self.start < 2.0 and not _STATE["bar"]:
+      return  # Work of a second or two needs no progress report.
+    if interactive():
+      sys.stderr.write("\r" + self.line())
+      sys.stderr.flush()
+      _STATE["bar"] = True
+      if finished:
+        end_bar()
+    elif finished or now - self.last >= self.every:
+      logging.getLogger("absl").info(self.line())
+      self.last = now

@@ -74,32 +74,42 @@ def describe(config):
     share = labels["count"] or f"{100 * labels['fraction']:g}%"
     label += f", {share} labels"
   if config["role"] == "distill":
-    d = config["distill"]
-    method = d.get("method", "kd")
-    label += f", {len(config['teachers'])} teacher(s)"
-    if method != "kd":
-      label += f", {method}" + (" + ls" if d.get("logit_standardization") else "")
-    if "kd" in method.split(","):
-      label += (f", alpha {schedules.describe(d['alpha'])}"
-                f", T {schedules.describe(d['temperature'])}"
-                + (" + ls" if d.get("logit_standardization") and method == "kd" else ""))
-    label += f", fine-tune {d['finetune_epochs']} ep" if d["finetune_epochs"] else ""
-    label += f", {config['trainer']} Distiller (fit)" if config.get("trainer") else ""
-    label += _cache_form(config)
+    label += _distill_settings(config)
   return label
 
 
+def _distill_settings(config):
+  """', 1 teacher(s), dkd + ctkd + ls, ...': the method and every modifier a distilled row
+  differs by (CTKD's learned temperature, logit standardization, extra views, fine-tuning,
+  a Keras peer, the teacher-output cache's form), so that no two settings read alike."""
+  d = config["distill"]
+  method = d.get("method", "kd")
+  ctkd = bool(d.get("ctkd", {}).get("enabled"))
+  modifiers = (" + ctkd" if ctkd else "") + (" + ls" if d.get("logit_standardization") else "")
+  label = f", {len(config['teachers'])} teacher(s), {method}{modifiers}"
+  if "kd" in method.split(","):
+    temperature = ("learned" if ctkd else schedules.describe(d["temperature"]))
+    label += f", alpha {schedules.describe(d['alpha'])}, T {temperature}"
+  views = config.get("augment", {}).get("views")
+  label += f", views {views}" if views else ""
+  label += f", fine-tune {d['finetune_epochs']} ep" if d["finetune_epochs"] else ""
+  label += f", {config['trainer']} Distiller (fit)" if config.get("trainer") else ""
+  return label + _cache_form(config)
+
+
 def _cache_form(config):
-  """', cached views (float16, top 3)': how a run with augmentation got its teacher outputs
-  ('' for a live teacher, and for the plain cache without augmentation, as before)."""
+  """', cached views (float16, top 3)': how a run got its teacher outputs when the form can
+  change them ('' for a live teacher, and for the exact float32 cache of unaugmented
+  images, which gives the live teacher's numbers)."""
   d = config["distill"]
   views = config.get("augment", {}).get("ops") or config.get("data", {}).get(
       "train_view", "center") != "center"
-  if not (d.get("cache_teacher") and views) and not d.get("cache_topk"):
+  lossy = d.get("cache_teacher") and d.get("cache_dtype", "float32") != "float32"
+  if not (d.get("cache_teacher") and (views or lossy)) and not d.get("cache_topk"):
     return ""
   form = [d.get("cache_dtype", "float32")] + ([f"top {d['cache_topk']}"]
                                                if d.get("cache_topk") else [])
-  return f", cached views ({', '.join(form)})"
+  return f", cached {'views' if views else 'outputs'} ({', '.join(form)})"
 
 
 def budget(config):

@@ -18,6 +18,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from kd_research.common import console
 from kd_research.common import fileio
 from kd_research.common.errors import UserError
 from kd_research.data import row_files
@@ -56,8 +57,9 @@ def refuse_feature_maps(ensemble, taps):
             "(the teacher then runs live) or tap 'pooled'.")
 
 
-def output_batches(ensemble, images, taps=()):
-  """The teachers' outputs on an iterable of image batches ({key: [b, K, D]} numpy)."""
+def output_batches(ensemble, images, taps=(), total=None):
+  """The teachers' outputs on an iterable of image batches ({key: [b, K, D]} numpy); with
+  ``total`` (the number of images), a progress bar or log line while they are computed."""
   if taps:
     ensemble.tap(taps)
 
@@ -69,14 +71,18 @@ def output_batches(ensemble, images, taps=()):
     return {"logits": tf.transpose(out["logits"], [1, 0, 2]), **features}
 
   forward = tf.function(forward)
+  progress = console.Progress("teacher outputs", total, "images") if total else None
   for batch in images:
-    yield {key: value.numpy().astype(np.float32) for key, value in forward(batch).items()}
+    outputs = {key: value.numpy().astype(np.float32) for key, value in forward(batch).items()}
+    if progress:
+      progress.update(len(outputs["logits"]))
+    yield outputs
 
 
 def compute_outputs(ensemble, split, taps=(), batch_size=1000):
   """{'logits': [N, K, C], tap: [N, K, D] for each tap}, every teacher in inference mode, on
   ``split``'s eval view in row order (a data/splits.py split, or an image array)."""
-  parts = list(output_batches(ensemble, _batches(split, batch_size), taps))
+  parts = list(output_batches(ensemble, _batches(split, batch_size), taps, _count(split)))
   return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
@@ -192,7 +198,8 @@ def load_or_compute_rows(cache_dir, split_name, ensemble, split, digest, taps=()
   directory = os.path.join(cache_dir, f"{split_name}-{digest[:16]}")
   expected = expected_shapes(ensemble, split.num_examples, taps)
   return rows_cache(directory, digest, expected,
-                    output_batches(ensemble, _batches(split, 1000), taps), write)
+                    output_batches(ensemble, _batches(split, 1000), taps, split.num_examples),
+                    write)
 
 
 def load_or_compute_outputs(cache_dir, split, ensemble, images, digest, taps=(), write=True):

@@ -96,7 +96,7 @@ def load_or_compute(cache_dir, ensemble, split, transform, seed, steps, global_b
   stream = split.train_fn(global_batch_size, seed, transform=transform)(
       tf.distribute.InputContext())
   images = (batch["image"] for batch in itertools.islice(iter(stream), steps))
-  outputs = teacher_cache.output_batches(ensemble, images, taps)
+  outputs = teacher_cache.output_batches(ensemble, images, taps, steps * global_batch_size)
   files = teacher_cache.rows_cache(directory, digest, expected,
                                    _top_k_batches(outputs, topk) if topk else outputs,
                                    write, dtypes)
