@@ -170,6 +170,14 @@ def test_candidates_chosen_on_validation_then_seeds_and_rerun_skips(tmp_path):
   assert svg.startswith("<svg") and svg.count("<circle") == 1 and "labels only" in svg
   assert "kd_high" in text or "kd_low" in text  # The sweep table lists the candidates.
   assert "## Learning curves of the labels-only students" in text
+  # The page leads with the summary per pair (the chosen alpha in its row), lists each
+  # command once, and details every run below.
+  assert text.index("## Summary") < text.index("## Commands") < text.index("## Every run")
+  chosen_alpha = {"low": 0.1, "high": 0.9}[best]
+  assert f"| {gain:+.2f} |" in text and f"alpha {chosen_alpha:g}, T " in text
+  commands = {report_rows.run_command(os.path.dirname(p), str(tmp_path)) for p in glob.glob(
+      str(tmp_path / "**" / "results.json"), recursive=True)} - {"", None}
+  assert all(text.count(f"`{c}`") == 1 for c in commands)
   stamps = {p: os.path.getmtime(p) for p in glob.glob(str(tmp_path / "**" / "results.json"),
                                                       recursive=True)
             if os.path.exists(os.path.join(os.path.dirname(p), "config.json"))}  # Runs only.

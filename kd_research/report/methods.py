@@ -18,8 +18,12 @@ def _pair_key(row):
 
 
 def _method_label(config):
+  """The method with its modifiers ('dkd + ctkd + ls', 'kd, views strong=...', ...)."""
   d = config["distill"]
-  label = d.get("method", "kd") + (" + ls" if d.get("logit_standardization") else "")
+  label = d.get("method", "kd") + (" + ctkd" if d.get("ctkd", {}).get("enabled") else "") + (
+      " + ls" if d.get("logit_standardization") else "")
+  views = config.get("augment", {}).get("views")
+  label += (f", views {views}" if views else "") + rows_lib.cache_form(config)
   trainer = config.get("trainer", "")
   return label + (", Keras Distiller" + (" + KLDivergence()" if "KLDivergence" in trainer else "")
                   + " (fit)" if trainer else "")
@@ -72,13 +76,16 @@ def _model_name(model):
 
 
 def method_tables(runs, root):
-  """One table per pair: every method's test accuracy and its gain over labels only."""
+  """One table per pair: every method's test accuracy, its gain over labels only, and the
+  hyper-parameters it ran with (chosen on validation where the campaign swept them)."""
   parts = []
   for pair in method_pairs(runs, root):
     base = pair["baseline"]
     lines = [f"**{pair['title']}**\n", "| method | seeds | test accuracy | gain over labels only "
-             "(points) | combined std | \\|gain\\| > combined std |", "|---|---|---|---|---|---|",
-             f"| labels only | {base['seeds']} | {rows_lib.mean_std(base['test'])} | - | - | - |"]
+             "(points) | combined std | \\|gain\\| > combined std | hyper-parameters |",
+             "|---|---|---|---|---|---|---|",
+             f"| labels only | {base['seeds']} | {rows_lib.mean_std(base['test'])} | - | - | - "
+             "| - |"]
     for row in pair["rows"]:
       gain = 100 * (np.mean(row["test"]) - np.mean(base["test"]))
       spread = rows_lib.combined_spread(row["test"], base["test"])
@@ -86,7 +93,8 @@ def method_tables(runs, root):
                       f"{spread:.2f} | {'yes' if abs(gain) > spread else 'no'}")
       lines.append(f"| {_method_label(row['config'])} | {row['seeds']} | "
                    f"{rows_lib.mean_std(row['test'])} "
-                   f"| {gain:+.2f} | {spread_cells} |")
+                   f"| {gain:+.2f} | {spread_cells} | "
+                   f"{rows_lib.hyper_parameters(row['config'])} |")
     parts.append("\n".join(lines) + "\n")
   return "\n".join(parts)
 

@@ -14,6 +14,7 @@ from kd_research import config as config_lib
 from kd_research.train import workdir as workdir_lib
 from kd_research.common import fileio
 from kd_research.common import schedules
+from kd_research.methods import registry as methods_lib
 from kd_research.train import results as results_lib
 
 ROLE_ORDER = {"teacher": 0, "ensemble": 1, "student": 2, "distill": 3}
@@ -94,10 +95,10 @@ def _distill_settings(config):
   label += f", views {views}" if views else ""
   label += f", fine-tune {d['finetune_epochs']} ep" if d["finetune_epochs"] else ""
   label += f", {config['trainer']} Distiller (fit)" if config.get("trainer") else ""
-  return label + _cache_form(config)
+  return label + cache_form(config)
 
 
-def _cache_form(config):
+def cache_form(config):
   """', cached views (float16, top 3)': how a run got its teacher outputs when the form can
   change them ('' for a live teacher, and for the exact float32 cache of unaugmented
   images, which gives the live teacher's numbers)."""
@@ -110,6 +111,34 @@ def _cache_form(config):
   form = [d.get("cache_dtype", "float32")] + ([f"top {d['cache_topk']}"]
                                                if d.get("cache_topk") else [])
   return f", cached {'views' if views else 'outputs'} ({', '.join(form)})"
+
+
+def hyper_parameters(config):
+  """'alpha 0.9, T 4; dkd beta 2': the distillation settings of a distilled run that are
+  not its methods' defaults (alpha and T for kd always, CE weight when not 1), or
+  'defaults'; '' for a run that is not distilled."""
+  if config["role"] != "distill":
+    return ""
+  d = config["distill"]
+  method = d.get("method", "kd")
+  parts = []
+  if "kd" in method.split(","):
+    ctkd = bool(d.get("ctkd", {}).get("enabled"))
+    parts.append(f"alpha {schedules.describe(d['alpha'])}, T "
+                 + ("learned" if ctkd else schedules.describe(d["temperature"])))
+  if d.get("ce_weight", 1.0) != 1.0 and method != "kd":
+    parts.append(f"CE weight {d['ce_weight']:g}")
+  defaults = methods_lib.defaults()
+  for name in method.split(","):
+    changed = [f"{field} {_short(value)}" for field, value in sorted(d.get(name, {}).items())
+               if name in defaults and defaults[name].get(field) != value]
+    if changed:
+      parts.append(f"{name} " + ", ".join(changed))
+  return "; ".join(parts) or "defaults"
+
+
+def _short(value):
+  return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def budget(config):

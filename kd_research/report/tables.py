@@ -105,16 +105,18 @@ def _fmt(value, spec, unit=""):
   return "-" if value is None else f"{value:{spec}}{unit}"
 
 
-def build_table(runs, root):
-  """Markdown table of the grouped runs (and teacher ensembles), teachers first."""
+def build_table(runs, root, commands=True):
+  """Markdown table of the grouped runs (and teacher ensembles), teachers first; with
+  ``commands``, each row's commands in a last column (a page lists them once instead)."""
   rows = rows_lib.rows(runs, root)
   reference = _reference(rows)
   deployed = any(row.get("deployed") for row in rows)
   lines = ["| setting | seeds | test accuracy | validation accuracy | params | share of teacher "
            "| ms/batch (128) | train time | " + ("int8 TFLite KB | int8 accuracy | "
                                                  "int8 ms (batch 1) | " if deployed else "")
-           + "runs | command |",
-           "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if deployed else "") + "---|---|"]
+           + "runs |" + (" command |" if commands else ""),
+           "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if deployed else "") + "---|"
+           + ("---|" if commands else "")]
   for row in rows:
     share = (f"{100 * np.mean(row['test']) / reference:.1f}%" if reference else "-")
     validation = ("-" if None in row["validation"] else rows_lib.mean_std(row["validation"]))
@@ -124,9 +126,20 @@ def build_table(runs, root):
     lines.append(
         f"| {row['label']} | {row['seeds']} | {rows_lib.mean_std(row['test'])} | {validation} | "
         f"{_fmt(row['params'], ',')}{_extra(row)} | {share} | {_fmt(row['ms'], '.1f')} | "
-        f"{_fmt(row['train'], '.0f', ' s')} | {tail}{row['dirs']} | "
-        f"{_commands(row)} |")
+        f"{_fmt(row['train'], '.0f', ' s')} | {tail}{row['dirs']} |"
+        + (f" {_commands(row)} |" if commands else ""))
   return "\n".join(lines) + "\n"
+
+
+def campaign_commands(runs):
+  """The distinct commands of the runs as a Markdown list, in first-seen order (a pipeline's
+  one command stands for every run it made)."""
+  seen = []
+  for row in rows_lib.rows(runs, "."):
+    for command in row["commands"]:
+      if command not in seen:
+        seen.append(command)
+  return "".join(f"- `{c}`\n" for c in seen) or "- (no command recorded)\n"
 
 
 def _commands(row):
@@ -179,19 +192,21 @@ def machines(runs):
   return "\n".join(lines) + "\n"
 
 
-def sweep_table(runs, root):
-  """Validation-only table of a hyper-parameter sweep, best validation accuracy first."""
-  lines = ["| setting | seeds | validation accuracy | runs | command |", "|---|---|---|---|---|"]
+def sweep_table(runs, root, commands=True):
+  """Validation-only table of a hyper-parameter sweep, best validation accuracy first (with
+  ``commands``, each row's commands in a last column)."""
+  lines = ["| setting | seeds | validation accuracy | runs |" + (" command |" if commands else ""),
+           "|---|---|---|---|" + ("---|" if commands else "")]
   groups = sorted(rows_lib.groups(runs), key=lambda g: -np.mean(
       [m["results"]["validation_accuracy"] for m in g]))
   for members in groups:
-    commands = sorted({m["command"] for m in members if m["command"]})
+    listed = sorted({m["command"] for m in members if m["command"]})
     lines.append(
         f"| {rows_lib.describe(members[0]['config'])}{rows_lib.budget(members[0]['config'])} "
         f"| {len(members)} "
         f"| {rows_lib.mean_std([m['results']['validation_accuracy'] for m in members])} "
-        f"| {', '.join(os.path.relpath(m['dir'], root) for m in members)} "
-        f"| {'<br>'.join(f'`{c}`' for c in commands) or '-'} |")
+        f"| {', '.join(os.path.relpath(m['dir'], root) for m in members)} |"
+        + (f" {'<br>'.join(f'`{c}`' for c in listed) or '-'} |" if commands else ""))
   return "\n".join(lines) + "\n"
 
 
