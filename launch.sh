@@ -42,7 +42,7 @@ usage: ./launch.sh COMMAND [flags]
                results/RESULTS.md and its figure
   benchmark_features  only the feature methods (ofd, reviewkd, vid, nst, cc), kd and the
                baselines of that campaign, on both pairs (the same runs: the full campaign
-               skips them later), then results/RESULTS_FEATURES.md and its figure
+               skips them later), then results/RESULTS.md and its figure from what exists
   benchmark_fitnets  only FitNets (and the teachers and labels-only students) of that
                campaign on both pairs: results/RESULTS_FITNETS.md
   benchmark_short  the same at the earlier unconverged budget where plain KD lost, and the
@@ -166,27 +166,19 @@ benchmark_campaign() {
   echo "benchmark: results/RESULTS.md and results/results_methods.svg written"
 }
 
-# The feature methods' part of the campaign above (method_benchmark:*_features).
-benchmark_features_campaign() {
-  local root="${KD_BENCHMARK_DIR:-runs/benchmark}"
-  local run=("$PY" -m kd_research.main)
-  "${run[@]}" pipeline --experiment=method_benchmark:article_features --workdir="$root/article" "$@"
-  "${run[@]}" pipeline --experiment=method_benchmark:resnet_features --workdir="$root/resnet" "$@"
-  "${run[@]}" report --workdir="$root" --sweep="${root}_sweep" \
-    --output=results/RESULTS_FEATURES.md --figure=results/results_methods_features.svg > /dev/null
-  echo "benchmark_features: results/RESULTS_FEATURES.md and its figure written"
-}
-
-# FitNets' rows of that campaign alone (method_benchmark:*_fitnets), with the teachers and
-# labels-only students they are compared with.
-benchmark_fitnets_campaign() {
-  local root="${KD_BENCHMARK_DIR:-runs/benchmark}"
-  local run=("$PY" -m kd_research.main)
-  "${run[@]}" pipeline --experiment=method_benchmark:article_fitnets --workdir="$root/article" "$@"
-  "${run[@]}" pipeline --experiment=method_benchmark:resnet_fitnets --workdir="$root/resnet" "$@"
-  "${run[@]}" report --workdir="$root" --sweep="${root}_sweep" \
-    --output=results/RESULTS_FITNETS.md > /dev/null
-  echo "benchmark_fitnets: results/RESULTS_FITNETS.md written"
+# One part of the campaign above on both pairs (method_benchmark:article_PART and
+# resnet_PART: the same runs, which the full campaign then skips), and its page:
+# benchmark_part PART PAGE FIGURE [flags].
+benchmark_part() {
+  local part="$1" page="$2" figure="$3" root="${KD_BENCHMARK_DIR:-runs/benchmark}" pair
+  shift 3
+  for pair in article resnet; do
+    "$PY" -m kd_research.main pipeline --experiment=method_benchmark:${pair}_$part \
+      --workdir="$root/$pair" "$@"
+  done
+  "$PY" -m kd_research.main report --workdir="$root" --sweep="${root}_sweep" \
+    --output="$page" --figure="$figure" > /dev/null
+  echo "benchmark_$part: $page and $figure written"
 }
 
 # The previous, unconverged protocol (method_benchmark:short) where plain KD lost, and the
@@ -250,10 +242,10 @@ case "$cmd" in
     benchmark_campaign "$@" ;;
   benchmark_features)
     [ -x "$PY" ] || setup
-    benchmark_features_campaign "$@" ;;
+    benchmark_part features results/RESULTS.md results/results_methods.svg "$@" ;;
   benchmark_fitnets)
     [ -x "$PY" ] || setup
-    benchmark_fitnets_campaign "$@" ;;
+    benchmark_part fitnets results/RESULTS_FITNETS.md results/results_methods_fitnets.svg "$@" ;;
   benchmark_short)
     [ -x "$PY" ] || setup
     benchmark_short_campaign "$@" ;;
