@@ -365,7 +365,7 @@ def run():
   """Console entry point (also used by ``python -m kd_research.main``)."""
   from kd_research.common import console  # pylint: disable=g-import-not-at-top
   asks_help = {"-h", "--help", "--helpfull"} & set(sys.argv)
-  if len(sys.argv) > 1 and sys.argv[1] in COMMANDS + ("job", "report") and not asks_help:
+  if len(sys.argv) > 1 and sys.argv[1] in COMMANDS + ("job", "report", "slurm") and not asks_help:
     # Before the experiment's config imports it: quiet unless --verbose.
     console.import_tensorflow(console.verbose_requested(sys.argv))
   from ml_collections import config_flags
