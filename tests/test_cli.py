@@ -133,4 +133,7 @@ def test_a_pipeline_prints_its_own_lines_only_unless_verbose(tmp_path):
                             "--verbose"], cwd=REPO, env=env, capture_output=True, text=True,
                            timeout=300)
   assert verbose.returncode == 0, verbose.stderr[-2000:]
-  assert "oneDNN" in verbose.stderr and "] student finished" in verbose.stderr
+  # TensorFlow's own lines are back (which ones depends on the CPU: oneDNN's notice is
+  # printed on some, the CPU feature guard on others; SavedModel's always).
+  assert [c for c in CHATTER if c in verbose.stderr], verbose.stderr[-2000:]
+  assert "] student finished" in verbose.stderr
