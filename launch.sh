@@ -18,8 +18,8 @@ usage: ./launch.sh COMMAND [flags]
                (idempotent; KD_TF=gpu installs tensorflow[and-cuda] instead of tensorflow-cpu)
   quickstart   setup, then the few-labels experiment end to end (fashion_mnist:fewlabels pipeline
                in runs/quickstart) and print the results table
-  test         setup, then the test suite (extra args go to pytest); --fast: the units only
-               (no whole runs), for the edit-test loop
+  test         setup, then the test suite on KD_TEST_WORKERS (2) processes (extra args go
+               to pytest); --fast: the units only (no whole runs), for the edit-test loop
   train        train one model on labels:      --experiment=NAME[:ARG] --workdir=DIR --role=teacher|student
   distill      distil the student from a teacher: --workdir=DIR --config.teacher.path=RUN/model.keras
   pipeline     teacher -> student baseline -> distilled student -> results.md: --workdir=DIR
@@ -220,11 +220,14 @@ case "$cmd" in
     echo "quickstart wall time: $(( $(date +%s) - start )) s (setup included)" ;;
   test)
     setup
+    # Spread over KD_TEST_WORKERS processes (default 2: the cores of the slowest machine
+    # measured; tests/conftest.py keeps the modules with a shared server on one worker).
+    workers=(-n "${KD_TEST_WORKERS:-2}" --dist loadgroup)
     if [ "${1:-}" = "--fast" ]; then
       shift
-      "$PY" -m pytest -q -m "not slow" "$@"  # The units: the edit-test loop.
+      "$PY" -m pytest -q "${workers[@]}" -m "not slow" "$@"  # The units: the edit-test loop.
     else
-      "$PY" -m pytest -q --durations=15 "$@"
+      "$PY" -m pytest -q "${workers[@]}" --durations=15 "$@"
     fi ;;
   train|distill|pipeline|eval|export|keras_peer)
     [ -x "$PY" ] || setup

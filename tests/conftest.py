@@ -366,8 +366,18 @@ def pytest_configure(config):
   config.addinivalue_line("markers", "slow: whole runs; left out by ./launch.sh test --fast")
 
 
+# ./launch.sh test spreads the tests over the cores (pytest-xdist, --dist loadgroup): each
+# test goes to the next free worker, except the modules whose module-scoped fixture is a
+# server or trained runs (a Slurm cluster; teachers, shards, exports), which stay on one
+# worker so that it is built once.
+GROUPED_MODULES = {"test_slurm", "test_teachers", "test_streams", "test_export",
+                   "test_streamed_runs"}
+
+
 def pytest_collection_modifyitems(config, items):
   for item in items:
     module = item.module.__name__.rsplit(".", 1)[-1]
     if module in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
       item.add_marker(pytest.mark.slow)
+    if module in GROUPED_MODULES:
+      item.add_marker(pytest.mark.xdist_group(module))
