@@ -11,7 +11,7 @@ teacher's size, then a 1x1 conv (-> BN -> ReLU), for any pair of sizes.
 
 Departures from ConvReg (neither changes what the connector computes in training mode):
 the conv has no bias (a BatchNorm follows: the bias is removed by the batch mean, its
-true gradient is 0, and Adam would turn its rounding noise into drift; TF_NOTES), and the
+true gradient is 0, and Adam would turn its rounding noise into drift), and the
 BatchNorm is synchronised across replicas so that results do not depend on their count.
 Initialisation is PyTorch's default Conv2d/ConvTranspose2d init, as the reference's.
 
