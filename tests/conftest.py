@@ -13,10 +13,6 @@ import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-if os.environ.get("PYTEST_XDIST_WORKER"):
-  # Several test processes share the cores: one thread per op in each (and in the runs they
-  # start), so that they do not oversubscribe the cores and spin on each other's threads.
-  os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
