@@ -19,11 +19,7 @@ def _pair_key(row):
 
 def _method_label(config):
   """The method with its modifiers ('dkd + ctkd + ls', 'kd, views strong=...', ...)."""
-  d = config["distill"]
-  label = d.get("method", "kd") + (" + ctkd" if d.get("ctkd", {}).get("enabled") else "") + (
-      " + ls" if d.get("logit_standardization") else "")
-  views = config.get("augment", {}).get("views")
-  label += (f", views {views}" if views else "") + rows_lib.cache_form(config)
+  label = rows_lib.method_name(config) + rows_lib.input_form(config)
   trainer = config.get("trainer", "")
   return label + (", Keras Distiller" + (" + KLDivergence()" if "KLDivergence" in trainer else "")
                   + " (fit)" if trainer else "")

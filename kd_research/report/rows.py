@@ -79,23 +79,42 @@ def describe(config):
   return label
 
 
+def method_name(config):
+  """'dkd + ctkd + ls': a distilled run's method(s) with the modifiers of its loss."""
+  d = config["distill"]
+  return (d.get("method", "kd") + (" + ctkd" if _learns_temperature(d) else "")
+          + (" + ls" if d.get("logit_standardization") else ""))
+
+
+def input_form(config):
+  """', views strong=..., cached views (float16)': how the run's images and teacher outputs
+  differ from plain ones ('' when they do not)."""
+  views = config.get("augment", {}).get("views")
+  return (f", views {views}" if views else "") + cache_form(config)
+
+
+def _learns_temperature(distill):
+  return bool(distill.get("ctkd", {}).get("enabled"))
+
+
 def _distill_settings(config):
   """', 1 teacher(s), dkd + ctkd + ls, ...': the method and every modifier a distilled row
   differs by (CTKD's learned temperature, logit standardization, extra views, fine-tuning,
   a Keras peer, the teacher-output cache's form), so that no two settings read alike."""
   d = config["distill"]
-  method = d.get("method", "kd")
-  ctkd = bool(d.get("ctkd", {}).get("enabled"))
-  modifiers = (" + ctkd" if ctkd else "") + (" + ls" if d.get("logit_standardization") else "")
-  label = f", {len(config['teachers'])} teacher(s), {method}{modifiers}"
-  if "kd" in method.split(","):
-    temperature = ("learned" if ctkd else schedules.describe(d["temperature"]))
-    label += f", alpha {schedules.describe(d['alpha'])}, T {temperature}"
-  views = config.get("augment", {}).get("views")
-  label += f", views {views}" if views else ""
+  label = f", {len(config['teachers'])} teacher(s), {method_name(config)}"
+  if "kd" in d.get("method", "kd").split(","):
+    label += f", alpha {_kd_settings(d)}"
   label += f", fine-tune {d['finetune_epochs']} ep" if d["finetune_epochs"] else ""
   label += f", {config['trainer']} Distiller (fit)" if config.get("trainer") else ""
-  return label + cache_form(config)
+  return label + input_form(config)
+
+
+def _kd_settings(distill):
+  """'0.9, T 4' (T 'learned' under CTKD): kd's alpha and temperature."""
+  temperature = ("learned" if _learns_temperature(distill)
+                 else schedules.describe(distill["temperature"]))
+  return f"{schedules.describe(distill['alpha'])}, T {temperature}"
 
 
 def cache_form(config):
@@ -123,9 +142,7 @@ def hyper_parameters(config):
   method = d.get("method", "kd")
   parts = []
   if "kd" in method.split(","):
-    ctkd = bool(d.get("ctkd", {}).get("enabled"))
-    parts.append(f"alpha {schedules.describe(d['alpha'])}, T "
-                 + ("learned" if ctkd else schedules.describe(d["temperature"])))
+    parts.append(f"alpha {_kd_settings(d)}")
   if d.get("ce_weight", 1.0) != 1.0 and method != "kd":
     parts.append(f"CE weight {d['ce_weight']:g}")
   defaults = methods_lib.defaults()
