@@ -368,16 +368,37 @@ def pytest_configure(config):
 
 # ./launch.sh test spreads the tests over the cores (pytest-xdist, --dist loadgroup): each
 # test goes to the next free worker, except the modules whose module-scoped fixture is a
-# server or trained runs (a Slurm cluster; teachers, shards, exports), which stay on one
-# worker so that it is built once.
+# server or trained runs (a Slurm cluster; teachers, shards, exports, uninterrupted
+# reference runs), which stay on one worker so that it is built once.
 GROUPED_MODULES = {"test_slurm", "test_teachers", "test_streams", "test_export",
-                   "test_streamed_runs"}
+                   "test_streamed_runs", "test_reliability"}
 
 
 def pytest_collection_modifyitems(config, items):
+  """Marks the slow tests, and puts them first (a stable sort, so each module's tests stay
+  in order): the longest work starts while the units are left to fill the last gaps."""
+  slow = set()
   for item in items:
     module = item.module.__name__.rsplit(".", 1)[-1]
     if module in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
       item.add_marker(pytest.mark.slow)
-    if module in GROUPED_MODULES:
-      item.add_marker(pytest.mark.xdist_group(module))
+      slow.add(item.nodeid)
+  items.sort(key=lambda item: item.nodeid not in slow)
+
+
+def pytest_xdist_make_scheduler(config, log):
+  """--dist loadgroup with the groups named by GROUPED_MODULES: a scheduler that reads the
+  module from each test id. (xdist_group marks no longer group under pytest 9, which
+  ignores the id suffix xdist 3.8 writes into ``item._nodeid``: the tests of one module
+  ran on both workers and built its fixture twice.)"""
+  if config.getvalue("dist") != "loadgroup":
+    return None
+  from xdist.scheduler import LoadScopeScheduling  # pylint: disable=g-import-not-at-top
+
+  class ModuleGroups(LoadScopeScheduling):
+
+    def _split_scope(self, nodeid):
+      module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+      return module if module in GROUPED_MODULES else nodeid
+
+  return ModuleGroups(config, log)

@@ -117,7 +117,7 @@ def resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
     return method_registry.build_variables(method["objective"], model, method["ensemble"])
 
   state = state_lib.build(
-      strategy, functools.partial(_build_model, entry, splits, role), functools.partial(
+      strategy, functools.partial(build_model, entry, splits, role), functools.partial(
           optimizers.make_optimizer, config.optimizer, lr_fn,
           (config.loss_scale.initial, config.loss_scale.growth_steps)
           if config.mixed_precision == "fp16" else None),
@@ -163,7 +163,7 @@ def augmentation(config, seed, splits, role, ops=None):
                              config.global_batch_size)
 
 
-def _build_model(entry, splits, role):
+def build_model(entry, splits, role):
   """The model, with every variable that will ever train trainable (the optimizer is built
   for them before tracing; pretrained backbones are frozen again by their phases). An
   entry with ``init`` starts from that file; with ``cohort`` N, a cohort of N such models."""
@@ -172,7 +172,7 @@ def _build_model(entry, splits, role):
       raise UserError(f"config.student.cohort={entry.cohort} trains a cohort by deep mutual "
                       f"learning with no teacher: it is for `train --role=student`, not {role}.")
     member = ml_collections.ConfigDict(dict(entry.to_dict(), cohort=0))
-    return cohort.build(lambda: _build_model(member, splits, role),
+    return cohort.build(lambda: build_model(member, splits, role),
                         entry.cohort, splits.input_shape)
   if entry.get("init"):
     where = f"config.{'teacher' if role == 'teacher' else 'student'}.init"

@@ -1,9 +1,12 @@
-"""Reliability: SIGKILL and resume exactly, bad input, teacher integrity, atomic outputs."""
+"""Reliability: SIGKILL and SIGTERM then resume exactly, bad input, teacher integrity,
+atomic outputs."""
 
 import hashlib
 import json
 import os
+import signal
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from kd_research.data import sources
 from kd_research.common import fileio
 from kd_research.train import runs
 from kd_research.train import teachers as teachers_lib
+from kd_research.common.errors import PREEMPTED_EXIT_STATUS
 from kd_research.common.errors import UserError
 from conftest import DEFAULT, ENV, REPO, distill_cmd, kill_after_checkpoint, tiny_config
 from conftest import weights_of
@@ -23,17 +27,32 @@ from conftest import weights_of
 # CTKD's learnable temperature); 'mlkd_crd' (MLKD's strong view, a function of seed and
 # step, with CRD's memory banks, Z and embedding heads); 'features' (ofd, reviewkd, vid, nst,
 # cc together, a conv teacher: OFD's connectors, ReviewKD's fusion modules, VID's
-# regressors and variances).
+# regressors and variances). Each is run uninterrupted once (per test process: the module
+# is one xdist group), and the SIGKILL and SIGTERM runs are compared with it.
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """uninterrupted(method, teacher_file) -> the workdir of that run, finished (run once)."""
+  done = {}
+
+  def get(method, teacher_file):
+    if method not in done:
+      workdir = str(tmp_path_factory.mktemp(f"uninterrupted_{method}"))
+      out = subprocess.run(distill_cmd(workdir, teacher_file, method), cwd=REPO, env=ENV,
+                           capture_output=True, text=True, timeout=300)
+      assert out.returncode == 0, out.stderr[-2000:]
+      done[method] = workdir
+    return done[method]
+  return get
+
 
 @pytest.mark.parametrize("method,teacher", [("ctkd", "teacher_file"),
                                             ("mlkd_crd", "teacher_file"),
                                             ("features", "conv_teacher")])
-def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path, request, method, teacher):
+def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path, request, method, teacher,
+                                                      uninterrupted):
   teacher_file = request.getfixturevalue(teacher)
-  full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
-  done = subprocess.run(distill_cmd(full, teacher_file, method), cwd=REPO, env=ENV,
-                        capture_output=True, text=True, timeout=300)
-  assert done.returncode == 0, done.stderr[-2000:]
+  full, cut = uninterrupted(method, teacher_file), str(tmp_path / "cut")
   ckpt_dir = os.path.join(cut, "checkpoints")
   killed_at = kill_after_checkpoint(distill_cmd(cut, teacher_file, method), ckpt_dir, 40)
   assert 40 <= killed_at < 4 * 28
@@ -56,6 +75,39 @@ def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path, request, method, 
     assert len(names) > 40, names
   for name in names:
     np.testing.assert_array_equal(readers[0].get_tensor(name), readers[1].get_tensor(name))
+
+
+def test_sigterm_checkpoints_then_rerun_matches_uninterrupted_run(tmp_path, teacher_file,
+                                                                  uninterrupted):
+  """SIGTERM mid-run (long checkpoint interval): the run saves at the next loop boundary,
+  exits with the preemption status, and the rerun ends bit-identical to the uninterrupted
+  'ctkd' run (which checkpoints every 10 steps: the interval does not change training)."""
+  def command(workdir):
+    return distill_cmd(workdir, teacher_file, "ctkd") + [
+        "--config.run.checkpoint_every_steps=1000"]
+  full, cut = uninterrupted("ctkd", teacher_file), str(tmp_path / "cut")
+  proc = subprocess.Popen(command(cut), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  events = lambda: [n for n in os.listdir(cut) if n.startswith("events")] if os.path.isdir(
+      cut) else []
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None and not events():
+    time.sleep(0.05)
+  time.sleep(1.0)  # Training is under way (the events file exists from the first step on).
+  assert proc.poll() is None, "the run finished before it could be stopped"
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == PREEMPTED_EXIT_STATUS, err[-2000:]
+  assert "preempted: stopped by SIGTERM at step" in err
+  saved = int(tf.train.latest_checkpoint(os.path.join(cut, "checkpoints")).rsplit("-", 1)[1])
+  assert 0 < saved < 4 * 28 and saved % 1000 != 0  # Saved because of the signal.
+  assert not os.path.exists(os.path.join(cut, "results.json"))
+  resumed = subprocess.run(command(cut), cwd=REPO, env=ENV, capture_output=True, text=True,
+                           timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  diffs = [float(np.max(np.abs(a - b))) for a, b in zip(weights_of(full), weights_of(cut))]
+  print(f"SIGTERM: checkpoint at step {saved}; max |dw| vs uninterrupted: {max(diffs)}")
+  assert max(diffs) == 0.0
 
 
 def _sha(path):
