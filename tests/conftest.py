@@ -28,21 +28,6 @@ import pytest  # noqa: E402
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 DEFAULT = tf.distribute.get_strategy()
-METHOD_FLAGS = {"kd": [],
-                # CTKD's learnable temperature (and the optimizer's slots for it).
-                "ctkd": ["--config.distill.ctkd.enabled=true",
-                         "--config.distill.ctkd.decay_epochs=2"],
-                # MLKD's strong view (RandAugment draws) and CRD's memory banks, Z and
-                # embedding heads together.
-                "mlkd_crd": ["--config.distill.method=mlkd,crd",
-                             "--config.distill.crd.negatives=64"],
-                # Every trainable part of the feature methods in one run (conv teacher).
-                "features": ["--config.distill.method=ofd,reviewkd,vid,nst,cc",
-                             "--config.student.model=cnn_seed", "--config.student.width=4",
-                             "--config.distill.reviewkd.warmup_epochs=1",
-                             "--config.run.allow_weak_teacher=true"]}
-
-
 def load_experiment(name, arg=None):
   """experiments/<name>.py's get_config(arg) (the API's loader)."""
   from kd_research import api  # pylint: disable=g-import-not-at-top
@@ -343,14 +328,13 @@ def run_main_module(module, *args):
                         capture_output=True, text=True, timeout=600)
 
 
-def distill_cmd(workdir, teacher_file, method="kd"):
+def distill_cmd(workdir, teacher_file):
   return [sys.executable, "-m", "kd_research.main", "distill", "--experiment=fashion_mnist:tiny",
           f"--workdir={workdir}", f"--config.teacher.path={teacher_file}",
           "--config.deterministic=true", "--config.student.epochs=4",
           "--config.run.checkpoint_every_steps=10", "--config.run.steps_per_loop=2",
           "--config.run.log_every_steps=2", "--config.augment.ops=('flip','crop','cutout')",
-          "--config.distill.alpha.kind=linear", "--config.distill.alpha.end=0.2"
-          ] + METHOD_FLAGS[method]
+          "--config.distill.alpha.kind=linear", "--config.distill.alpha.end=0.2"]
 
 
 # The fast tier (./launch.sh test --fast) leaves these out: whole runs in subprocesses or
@@ -368,10 +352,10 @@ def pytest_configure(config):
 
 # ./launch.sh test spreads the tests over the cores (pytest-xdist, --dist loadgroup): each
 # test goes to the next free worker, except the modules whose module-scoped fixture is a
-# server or trained runs (a Slurm cluster; teachers, shards, exports, uninterrupted
-# reference runs), which stay on one worker so that it is built once.
+# server or trained runs (a Slurm cluster; teachers, shards, exports), which stay on one
+# worker so that it is built once.
 GROUPED_MODULES = {"test_slurm", "test_teachers", "test_streams", "test_export",
-                   "test_streamed_runs", "test_reliability"}
+                   "test_streamed_runs"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -23,46 +22,63 @@ from conftest import weights_of
 
 
 
-# Three runs cover every kind of state: 'ctkd' (kd, a schedule of alpha, augmentation, and
-# CTKD's learnable temperature); 'mlkd_crd' (MLKD's strong view, a function of seed and
-# step, with CRD's memory banks, Z and embedding heads); 'features' (ofd, reviewkd, vid, nst,
-# cc together, a conv teacher: OFD's connectors, ReviewKD's fusion modules, VID's
-# regressors and variances). Each is run uninterrupted once (per test process: the module
-# is one xdist group), and the SIGKILL and SIGTERM runs are compared with it.
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-  """uninterrupted(method, teacher_file) -> the workdir of that run, finished (run once)."""
-  done = {}
-
-  def get(method, teacher_file):
-    if method not in done:
-      workdir = str(tmp_path_factory.mktemp(f"uninterrupted_{method}"))
-      out = subprocess.run(distill_cmd(workdir, teacher_file, method), cwd=REPO, env=ENV,
-                           capture_output=True, text=True, timeout=300)
-      assert out.returncode == 0, out.stderr[-2000:]
-      done[method] = workdir
-    return done[method]
-  return get
+# One run holds every kind of state a resume must restore: kd with CTKD's learnable
+# temperature, a schedule of alpha and augmentation; MLKD's strong view (a function of seed
+# and step); CRD's memory banks, Z and embedding heads; OFD's connectors, ReviewKD's fusion
+# modules, VID's regressors and variances (a conv teacher and student). It is run
+# uninterrupted once, and once interrupted twice: SIGTERM, then SIGKILL.
+EVERY_STATE = ["--config.distill.method=kd,mlkd,crd,ofd,reviewkd,vid",
+               "--config.distill.ctkd.enabled=true", "--config.distill.ctkd.decay_epochs=2",
+               "--config.distill.crd.negatives=64", "--config.distill.reviewkd.warmup_epochs=1",
+               "--config.student.model=cnn_seed", "--config.student.width=4",
+               "--config.run.allow_weak_teacher=true"]
 
 
-@pytest.mark.parametrize("method,teacher", [("ctkd", "teacher_file"),
-                                            ("mlkd_crd", "teacher_file"),
-                                            ("features", "conv_teacher")])
-def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path, request, method, teacher,
-                                                      uninterrupted):
-  teacher_file = request.getfixturevalue(teacher)
-  full, cut = uninterrupted(method, teacher_file), str(tmp_path / "cut")
+def _command(workdir, teacher_file, checkpoint_every_steps):
+  return distill_cmd(workdir, teacher_file) + EVERY_STATE + [
+      f"--config.run.checkpoint_every_steps={checkpoint_every_steps}"]
+
+
+def _sigterm_once_training(cmd):
+  """Starts ``cmd``, sends SIGTERM once it logs its first training step; (status, stderr)."""
+  proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  lines = []
+  for line in proc.stderr:
+    lines.append(line)
+    if " distill step " in line:
+      proc.send_signal(signal.SIGTERM)
+      break
+  lines.append(proc.communicate(timeout=120)[1])
+  return proc.returncode, "".join(lines)
+
+
+def test_sigterm_then_sigkill_then_rerun_matches_uninterrupted_run(tmp_path, conv_teacher):
+  """SIGTERM mid-run (checkpoint interval 1000): the run saves at the next loop boundary
+  and exits with the preemption status. Rerun (interval 10, which may change on resume):
+  SIGKILL after a checkpoint of step >= 40. Rerun to the end: the weights, the results and
+  every objective variable are bit-identical to the uninterrupted run's."""
+  full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+  done = subprocess.run(_command(full, conv_teacher, 10), cwd=REPO, env=ENV,
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
   ckpt_dir = os.path.join(cut, "checkpoints")
-  killed_at = kill_after_checkpoint(distill_cmd(cut, teacher_file, method), ckpt_dir, 40)
+  status, err = _sigterm_once_training(_command(cut, conv_teacher, 1000))
+  assert status == PREEMPTED_EXIT_STATUS, err[-2000:]
+  assert "preempted: stopped by SIGTERM at step" in err
+  saved = int(tf.train.latest_checkpoint(ckpt_dir).rsplit("-", 1)[1])
+  assert 0 < saved < 4 * 28  # Saved because of the signal (no periodic one before 1000).
+  assert not os.path.exists(os.path.join(cut, "results.json"))
+  killed_at = kill_after_checkpoint(_command(cut, conv_teacher, 10), ckpt_dir, 40)
   assert 40 <= killed_at < 4 * 28
   assert not os.path.exists(os.path.join(cut, "results.json"))
-  resumed = subprocess.run(distill_cmd(cut, teacher_file, method), cwd=REPO, env=ENV,
-                           capture_output=True, text=True, timeout=300)
+  resumed = subprocess.run(_command(cut, conv_teacher, 10), cwd=REPO, env=ENV,
+                           capture_output=True, text=True, timeout=600)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert "Resumed" in resumed.stderr
+  assert f"Resumed from {ckpt_dir}/ckpt-{killed_at}" in resumed.stderr, resumed.stderr[-2000:]
   diffs = [float(np.max(np.abs(a - b))) for a, b in zip(weights_of(full), weights_of(cut))]
-  print(f"killed after checkpoint {killed_at}; max |dw| vs uninterrupted: {max(diffs)}")
+  print(f"SIGTERM saved step {saved}, SIGKILL after checkpoint {killed_at}; "
+        f"max |dw| vs uninterrupted: {max(diffs)}")
   assert max(diffs) == 0.0
   a = json.load(open(os.path.join(full, "results.json")))
   b = json.load(open(os.path.join(cut, "results.json")))
@@ -70,44 +86,10 @@ def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path, request, method, 
   readers = [tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(d, "checkpoints")))
              for d in (full, cut)]
   names = [n for n in readers[0].get_variable_to_shape_map() if n.startswith("objective/")]
-  assert names  # The objectives' variables are checkpointed.
-  if method == "features":  # Connectors, fusion modules, regressors, variances, BN stats.
-    assert len(names) > 40, names
+  # Connectors, fusion modules, regressors, variances, banks, heads, the temperature.
+  assert len(names) > 40, names
   for name in names:
     np.testing.assert_array_equal(readers[0].get_tensor(name), readers[1].get_tensor(name))
-
-
-def test_sigterm_checkpoints_then_rerun_matches_uninterrupted_run(tmp_path, teacher_file,
-                                                                  uninterrupted):
-  """SIGTERM mid-run (long checkpoint interval): the run saves at the next loop boundary,
-  exits with the preemption status, and the rerun ends bit-identical to the uninterrupted
-  'ctkd' run (which checkpoints every 10 steps: the interval does not change training)."""
-  def command(workdir):
-    return distill_cmd(workdir, teacher_file, "ctkd") + [
-        "--config.run.checkpoint_every_steps=1000"]
-  full, cut = uninterrupted("ctkd", teacher_file), str(tmp_path / "cut")
-  proc = subprocess.Popen(command(cut), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-  events = lambda: [n for n in os.listdir(cut) if n.startswith("events")] if os.path.isdir(
-      cut) else []
-  deadline = time.time() + 240
-  while time.time() < deadline and proc.poll() is None and not events():
-    time.sleep(0.05)
-  time.sleep(1.0)  # Training is under way (the events file exists from the first step on).
-  assert proc.poll() is None, "the run finished before it could be stopped"
-  proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=120)
-  assert proc.returncode == PREEMPTED_EXIT_STATUS, err[-2000:]
-  assert "preempted: stopped by SIGTERM at step" in err
-  saved = int(tf.train.latest_checkpoint(os.path.join(cut, "checkpoints")).rsplit("-", 1)[1])
-  assert 0 < saved < 4 * 28 and saved % 1000 != 0  # Saved because of the signal.
-  assert not os.path.exists(os.path.join(cut, "results.json"))
-  resumed = subprocess.run(command(cut), cwd=REPO, env=ENV, capture_output=True, text=True,
-                           timeout=300)
-  assert resumed.returncode == 0, resumed.stderr[-2000:]
-  diffs = [float(np.max(np.abs(a - b))) for a, b in zip(weights_of(full), weights_of(cut))]
-  print(f"SIGTERM: checkpoint at step {saved}; max |dw| vs uninterrupted: {max(diffs)}")
-  assert max(diffs) == 0.0
 
 
 def _sha(path):
