@@ -1,8 +1,8 @@
 """Test setup: 4 logical CPU devices (before TF initialises) and every shared helper.
 
 One tiny teacher (``teacher_file``) and one convolutional teacher (``conv_teacher``) per
-session, the weights loader, the CLI runner, the scalar reader, the interrupt-and-resume
-harness, the NumPy comparison and the fake dataset writers: test modules import these
+session (shared by the xdist workers), the weights loader, the CLI runner, the scalar
+reader, the interrupt-and-resume harness, the NumPy comparison and the fake dataset writers: test modules import these
 from here and never from each other.
 """
 
@@ -102,14 +102,31 @@ def strategy_factory():
   return make
 
 
+def built_once(tmp_path_factory, name, train):
+  """The model file of ``train(workdir)``, trained once per test session: the first test
+  process (xdist worker) trains it under a file lock in the directory the workers share,
+  the others wait for it and load it."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  shared = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    shared = shared.parent  # pytest-N/, above every worker's popen-gwK/.
+  workdir = os.path.join(str(shared), name)
+  with open(os.path.join(str(shared), f"{name}.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not os.path.exists(os.path.join(workdir, "results.json")):
+      train(workdir)
+  return os.path.join(workdir, "model.keras")
+
+
 @pytest.fixture(scope="session")
 def teacher_file(tmp_path_factory):
   """A teacher of the tiny preset (synthetic data, MLP), trained once per test session."""
   from kd_research.train import runs  # pylint: disable=g-import-not-at-top
-  workdir = str(tmp_path_factory.mktemp("teacher"))
-  results = runs.train_and_evaluate(tiny_config(), workdir, "teacher", DEFAULT)
-  assert results["test_accuracy"] > 0.9  # Synthetic data is easy for the teacher.
-  return os.path.join(workdir, "model.keras")
+
+  def train(workdir):
+    results = runs.train_and_evaluate(tiny_config(), workdir, "teacher", DEFAULT)
+    assert results["test_accuracy"] > 0.9  # Synthetic data is easy for the teacher.
+  return built_once(tmp_path_factory, "teacher", train)
 
 
 def weights_of(workdir):
@@ -179,10 +196,10 @@ def kill_after_checkpoint(cmd, checkpoint_dir, at_least, timeout=240):
 def conv_teacher(tmp_path_factory):
   """A small convolutional teacher with stage taps (resnet_seed w8 on the synthetic data)."""
   from kd_research.train import runs  # pylint: disable=g-import-not-at-top
-  workdir = str(tmp_path_factory.mktemp("conv_teacher"))
-  runs.train_and_evaluate(tiny_config(**{"teacher.model": "resnet_seed", "teacher.width": 8,
-                                         "teacher.epochs": 2}), workdir, "teacher", DEFAULT)
-  return os.path.join(workdir, "model.keras")
+  config = tiny_config(**{"teacher.model": "resnet_seed", "teacher.width": 8,
+                          "teacher.epochs": 2})
+  return built_once(tmp_path_factory, "conv_teacher",
+                    lambda workdir: runs.train_and_evaluate(config, workdir, "teacher", DEFAULT))
 
 
 def method_config(method, **overrides):

@@ -51,7 +51,8 @@ def test_cifar10_seed_experiment_on_generated_miniature(tmp_path):
   from conftest import write_fake_cifar10
   write_fake_cifar10(str(tmp_path / "data" / "cifar-10-batches-py"), per_batch=40, test=40)
   out = run_main("pipeline", "--experiment=cifar10_seed:mini", f"--workdir={tmp_path}/run",
-                 f"--config.run.data_dir={tmp_path}/data")
+                 f"--config.run.data_dir={tmp_path}/data",
+                 "--config.pipeline.export_students=false")  # Export: test_export.py.
   assert out.returncode == 0, out.stderr[-3000:]
   results = json.load(open(os.path.join(tmp_path, "run", "results.json")))
   assert results["student_kd"]["test_count"] == 40
