@@ -2,8 +2,8 @@
 
 One tiny teacher (``teacher_file``) and one convolutional teacher (``conv_teacher``) per
 session (shared by the xdist workers), the weights loader, the CLI runner, the scalar
-reader, the interrupt-and-resume harness, the NumPy comparison and the fake dataset writers: test modules import these
-from here and never from each other.
+reader, the interrupt-and-resume harness, the NumPy comparison and the fake dataset
+writers: test modules import these from here and never from each other.
 """
 
 import gzip
