@@ -76,6 +76,9 @@ _ARTICLE_METHODS = {
     "dist": dict(method="dist", dist=dict(weight=1.0, temperature=4.0)),
     # cnn_seed's 12x12 middle stage against resnet_seed's 14x14: ConvReg maps no such
     # pair, so the article pair resizes first (conv -> BN -> ReLU after it, as ConvReg).
+    # The resnet pair inherits the setting; its maps are of equal size (one family, one
+    # width), where 'resize' builds exactly ConvReg's 1x1 conv -> BN -> ReLU (no resize
+    # layer; the same weights and outputs, checked), so its runs are the reference's.
     "fitnets": dict(method="fitnets", fitnets=dict(connector="resize")),
     "at": dict(method="at"),
     "rkd": dict(method="rkd"),
