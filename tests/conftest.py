@@ -378,13 +378,11 @@ GROUPED_MODULES = {"test_slurm", "test_teachers", "test_streams", "test_export",
 def pytest_collection_modifyitems(config, items):
   """Marks the slow tests, and puts them first (a stable sort, so each module's tests stay
   in order): the longest work starts while the units are left to fill the last gaps."""
-  slow = set()
   for item in items:
     module = item.module.__name__.rsplit(".", 1)[-1]
     if module in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
       item.add_marker(pytest.mark.slow)
-      slow.add(item.nodeid)
-  items.sort(key=lambda item: item.nodeid not in slow)
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def pytest_xdist_make_scheduler(config, log):
