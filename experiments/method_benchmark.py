@@ -158,6 +158,41 @@ def _only(c, variants):
   c.pipeline.candidates = ml_collections.ConfigDict()
 
 
+def _narrow_to_preset(c, arg):
+  """The presets that run a subset of the variants, or fixed settings (why, long, curve,
+  *_born_again)."""
+  if arg == "why":  # kd alone, with the short protocol's validation choice.
+    _only(c, {"kd": dict(method="kd", alpha=0.5, temperature=2.0)})
+  if arg == "long":  # The short protocol's choices, at 40 student epochs.
+    _only(c, {"kd": dict(method="kd", alpha=0.5, temperature=2.0),
+              "kd_ls": dict(method="kd", logit_standardization=True, alpha=0.9,
+                            temperature=4.0),
+              "dist": dict(method="dist", dist=dict(beta=2.0, gamma=2.0, weight=1.0,
+                                                    temperature=4.0))})
+  if arg == "curve":  # Labels only at twice the budget: pipeline with no variants.
+    _only(c, {})
+  if arg.endswith("_born_again"):  # A distill run's settings: kd with its chosen values.
+    _only(c, {})
+    c.distill.method = "kd"
+    c.distill.alpha = config_lib.schedule(0.9)
+    c.distill.temperature = config_lib.schedule(4.0)
+
+
+def _shrink_to_tiny(c):
+  """The tiny preset: the same campaign on synthetic data in seconds (tests)."""
+  c.dataset = "synthetic"
+  c.train_size = 0
+  c.validation_size = 200
+  c.global_batch_size = 64
+  c.run.eval_batch_size = 128
+  c.run.steps_per_loop = 10
+  c.teacher = config_lib.model_config("resnet_seed", width=4, epochs=1, seed=0)
+  c.student = config_lib.model_config("cnn_seed", width=4, epochs=1, seed=0)
+  c.pipeline.seeds = (0, 1)
+  c.pipeline.variants.crd.crd.negatives = 64
+  c.run.allow_weak_teacher = True
+
+
 def get_config(arg="article"):
   """The benchmark protocol for preset ``arg`` (see the module docstring)."""
   arg = arg or "article"
@@ -193,35 +228,11 @@ def get_config(arg="article"):
     live = settings["method"] in _LIVE_METHODS
     c.pipeline.variants[name] = dict(settings, **({"cache_teacher": False} if live else {}))
     c.pipeline.candidates[name] = _CANDIDATES[name]
-  if arg == "why":  # kd alone, with the short protocol's validation choice.
-    _only(c, {"kd": dict(method="kd", alpha=0.5, temperature=2.0)})
-  if arg == "long":  # The short protocol's choices, at 40 student epochs.
-    _only(c, {"kd": dict(method="kd", alpha=0.5, temperature=2.0),
-              "kd_ls": dict(method="kd", logit_standardization=True, alpha=0.9,
-                            temperature=4.0),
-              "dist": dict(method="dist", dist=dict(beta=2.0, gamma=2.0, weight=1.0,
-                                                    temperature=4.0))})
-  if arg == "curve":  # Labels only at twice the budget: pipeline with no variants.
-    _only(c, {})
-  if arg.endswith("_born_again"):  # A distill run's settings: kd with its chosen values.
-    _only(c, {})
-    c.distill.method = "kd"
-    c.distill.alpha = config_lib.schedule(0.9)
-    c.distill.temperature = config_lib.schedule(4.0)
+  _narrow_to_preset(c, arg)
   c.run.stability_ops = ()
   c.run.eval_every_epochs = 5
   c.run.checkpoint_every_seconds = 120
   c.pipeline.export_students = False
   if arg == "tiny":
-    c.dataset = "synthetic"
-    c.train_size = 0
-    c.validation_size = 200
-    c.global_batch_size = 64
-    c.run.eval_batch_size = 128
-    c.run.steps_per_loop = 10
-    c.teacher = config_lib.model_config("resnet_seed", width=4, epochs=1, seed=0)
-    c.student = config_lib.model_config("cnn_seed", width=4, epochs=1, seed=0)
-    c.pipeline.seeds = (0, 1)
-    c.pipeline.variants.crd.crd.negatives = 64
-    c.run.allow_weak_teacher = True
+    _shrink_to_tiny(c)
   return config_lib.finalize(c)

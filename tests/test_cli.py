@@ -71,7 +71,7 @@ def test_slurm_and_job_on_a_directory_without_a_plan_say_how_to_write_one(tmp_pa
   for command in (["slurm", f"--plan={tmp_path}"], ["job", f"--plan={tmp_path}", "--job=x"]):
     out = run_main(*command)
     assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
-    assert f"no plan.json there" in out.stderr and "--plan" in out.stderr, out.stderr
+    assert "no plan.json there" in out.stderr and "--plan" in out.stderr, out.stderr
 
 
 def test_distill_without_teacher_path(tmp_path):

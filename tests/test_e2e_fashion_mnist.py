@@ -6,6 +6,7 @@ import os
 from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import run_main
+from generated_data import write_fake_cifar10, write_fake_cifar100
 
 
 def test_pipeline_on_real_fashion_mnist(tmp_path):
@@ -48,7 +49,6 @@ def test_pipeline_on_real_fashion_mnist(tmp_path):
 
 
 def test_cifar10_seed_experiment_on_generated_miniature(tmp_path):
-  from conftest import write_fake_cifar10
   write_fake_cifar10(str(tmp_path / "data" / "cifar-10-batches-py"), per_batch=40, test=40)
   out = run_main("pipeline", "--experiment=cifar10_seed:mini", f"--workdir={tmp_path}/run",
                  f"--config.run.data_dir={tmp_path}/data",
@@ -62,7 +62,6 @@ def test_cifar10_seed_experiment_on_generated_miniature(tmp_path):
 def test_cifar100_benchmark_mini_on_generated_data(tmp_path):
   """The CIFAR-100 protocol end to end (SGD + coupled L2, piecewise lr, crop + flip with a
   live teacher, kd and crd students) on a generated CIFAR-100 miniature."""
-  from conftest import write_fake_cifar100
   write_fake_cifar100(str(tmp_path / "data" / "cifar-100-python"))
   out = run_main("pipeline", "--experiment=cifar100_benchmark:mini", f"--workdir={tmp_path}/run",
                  f"--config.run.data_dir={tmp_path}/data")

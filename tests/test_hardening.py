@@ -19,6 +19,7 @@ from kd_research.train import summaries
 from kd_research.train import teachers
 from kd_research.common.errors import UserError
 from conftest import DEFAULT, ENV, REPO, tiny_config
+from generated_data import write_fake_cifar10
 
 
 
@@ -178,7 +179,6 @@ class _Exploit:
 
 
 def test_cifar_batch_that_runs_code_is_refused(tmp_path):
-  from conftest import write_fake_cifar10
   directory = tmp_path / "cifar-10-batches-py"
   write_fake_cifar10(str(directory))
   marker = tmp_path / "pwned"

@@ -11,6 +11,7 @@ registries: those are not static imports and are not counted.
 
 import ast
 import os
+import re
 
 from conftest import REPO
 
@@ -123,3 +124,64 @@ def test_the_checks_can_fail(tmp_path, monkeypatch):
   assert "kd_research.train.b" in g["kd_research.common.a"][0]
   assert layer("kd_research.train.b") > layer("kd_research.common.a")
   assert g["kd_research.train.b"][1] == [("kd_research.common.a", "_hidden", 2)]
+
+
+# --- the house rules (BUILD.md), as tests ----------------------------------------------------
+
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 60
+CHECKED_TREES = ("kd_research", "experiments", "tests")
+
+
+def python_files():
+  """Every .py file of the package, the experiment modules and the tests."""
+  for tree in CHECKED_TREES:
+    for directory, _, files in os.walk(os.path.join(REPO, tree)):
+      yield from (os.path.join(directory, f) for f in sorted(files) if f.endswith(".py"))
+
+
+def test_no_file_over_400_lines_and_no_function_over_60():
+  too_long = []
+  for path in python_files():
+    source = open(path).read()
+    name = os.path.relpath(path, REPO)
+    if len(source.splitlines()) > MAX_FILE_LINES:
+      too_long.append(f"{name}: {len(source.splitlines())} lines (at most {MAX_FILE_LINES})")
+    for node in ast.walk(ast.parse(source)):
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        lines = node.end_lineno - node.lineno + 1
+        if lines > MAX_FUNCTION_LINES:
+          too_long.append(f"{name}:{node.lineno} {node.name}: {lines} lines "
+                          f"(at most {MAX_FUNCTION_LINES})")
+  assert not too_long, "split these by responsibility:\n" + "\n".join(too_long)
+
+
+def subpackages():
+  """The package's subpackages (directories with an __init__.py)."""
+  return sorted(d for d in os.listdir(PACKAGE)
+                if os.path.exists(os.path.join(PACKAGE, d, "__init__.py")))
+
+
+def test_every_module_is_named_in_its_subpackage_docstring():
+  unnamed = []
+  for sub in subpackages():
+    docstring = ast.get_docstring(ast.parse(open(os.path.join(PACKAGE, sub, "__init__.py")).read()))
+    for name in sorted(os.listdir(os.path.join(PACKAGE, sub))):
+      named = re.search(rf"(?<![\w.]){re.escape(name)}", docstring or "")
+      if name.endswith(".py") and name != "__init__.py" and not named:
+        unnamed.append(f"kd_research/{sub}/{name}")
+  assert not unnamed, "not named in their subpackage's docstring: " + ", ".join(unnamed)
+
+
+def test_tests_mirror_the_subpackages():
+  tests = os.path.join(REPO, "tests")
+  test_dirs = sorted(d for d in os.listdir(tests) if os.path.isdir(os.path.join(tests, d))
+                     and not d.startswith((".", "__")))
+  assert test_dirs == subpackages()
+
+
+def test_each_method_has_its_own_test_file():
+  from kd_research.methods import registry  # pylint: disable=g-import-not-at-top
+  modules = sorted({cls.__module__.rsplit(".", 1)[-1] for cls in registry.methods().values()})
+  missing = [m for m in modules
+             if not os.path.exists(os.path.join(REPO, "tests", "methods", f"test_{m}.py"))]
+  assert len(modules) >= 15 and not missing, f"methods without tests/methods/test_NAME.py: {missing}"

@@ -119,6 +119,35 @@ def test_bad_seeds_are_refused():
     config_lib.validate(config)
 
 
+def check_report_page(tmp_path, workdir, best):
+  """The report of the candidates' campaign: a method table per pair with the gain over
+  labels only, the figure, the sweep; the summary first, each command once."""
+  from kd_research.report import pages  # pylint: disable=g-import-not-at-top
+  from kd_research.report import rows as report_rows  # pylint: disable=g-import-not-at-top
+  figure = str(tmp_path / "figure.svg")
+  text = pages.generate(str(tmp_path / "bench"), str(tmp_path / "R.md"),
+                         sweep=str(tmp_path / "bench_sweep"), figure=figure)
+  kd_test = [json.load(open(os.path.join(workdir, "student_kd_kd", f"seed_{s}",
+                                         "results.json")))["test_accuracy"] for s in (0, 1)]
+  base = [json.load(open(os.path.join(workdir, "student_baseline", f"seed_{s}",
+                                      "results.json")))["test_accuracy"] for s in (0, 1)]
+  gain = 100 * (np.mean(kd_test) - np.mean(base))
+  assert f"| kd | 2 | {report_rows.mean_std(kd_test)} | {gain:+.2f} |" in text
+  assert "![Test accuracy per method" in text and "(figure.svg)" in text
+  svg = open(figure).read()
+  assert svg.startswith("<svg") and svg.count("<circle") == 1 and "labels only" in svg
+  assert "kd_high" in text or "kd_low" in text  # The sweep table lists the candidates.
+  assert "## Learning curves of the labels-only students" in text
+  # The page leads with the summary per pair (the chosen alpha in its row), lists each
+  # command once, and details every run below.
+  assert text.index("## Summary") < text.index("## Commands") < text.index("## Every run")
+  chosen_alpha = {"low": 0.1, "high": 0.9}[best]
+  assert f"| {gain:+.2f} |" in text and f"alpha {chosen_alpha:g}, T " in text
+  commands = {report_rows.run_command(os.path.dirname(p), str(tmp_path)) for p in glob.glob(
+      str(tmp_path / "**" / "results.json"), recursive=True)} - {"", None}
+  assert all(text.count(f"`{c}`") == 1 for c in commands)
+
+
 def test_candidates_chosen_on_validation_then_seeds_and_rerun_skips(tmp_path):
   """Each candidate runs once in the sibling sweep tree; the best validation accuracy
   wins (selection.json); the variant's seeds use it; a rerun trains nothing new."""
@@ -153,31 +182,7 @@ def test_candidates_chosen_on_validation_then_seeds_and_rerun_skips(tmp_path):
       open(sweep / f"kd_{best}" / "config.json"))
   assert "copied_from" not in json.load(open(os.path.join(workdir, "student_kd_kd", "seed_1",
                                                           "results.json")))
-  # The report: a method table per pair with the gain over labels only, and the figure.
-  from kd_research.report import pages  # pylint: disable=g-import-not-at-top
-  from kd_research.report import rows as report_rows  # pylint: disable=g-import-not-at-top
-  figure = str(tmp_path / "figure.svg")
-  text = pages.generate(str(tmp_path / "bench"), str(tmp_path / "R.md"),
-                         sweep=str(tmp_path / "bench_sweep"), figure=figure)
-  kd_test = [json.load(open(os.path.join(workdir, "student_kd_kd", f"seed_{s}",
-                                         "results.json")))["test_accuracy"] for s in (0, 1)]
-  base = [json.load(open(os.path.join(workdir, "student_baseline", f"seed_{s}",
-                                      "results.json")))["test_accuracy"] for s in (0, 1)]
-  gain = 100 * (np.mean(kd_test) - np.mean(base))
-  assert f"| kd | 2 | {report_rows.mean_std(kd_test)} | {gain:+.2f} |" in text
-  assert "![Test accuracy per method" in text and "(figure.svg)" in text
-  svg = open(figure).read()
-  assert svg.startswith("<svg") and svg.count("<circle") == 1 and "labels only" in svg
-  assert "kd_high" in text or "kd_low" in text  # The sweep table lists the candidates.
-  assert "## Learning curves of the labels-only students" in text
-  # The page leads with the summary per pair (the chosen alpha in its row), lists each
-  # command once, and details every run below.
-  assert text.index("## Summary") < text.index("## Commands") < text.index("## Every run")
-  chosen_alpha = {"low": 0.1, "high": 0.9}[best]
-  assert f"| {gain:+.2f} |" in text and f"alpha {chosen_alpha:g}, T " in text
-  commands = {report_rows.run_command(os.path.dirname(p), str(tmp_path)) for p in glob.glob(
-      str(tmp_path / "**" / "results.json"), recursive=True)} - {"", None}
-  assert all(text.count(f"`{c}`") == 1 for c in commands)
+  check_report_page(tmp_path, workdir, best)
   stamps = {p: os.path.getmtime(p) for p in glob.glob(str(tmp_path / "**" / "results.json"),
                                                       recursive=True)
             if os.path.exists(os.path.join(os.path.dirname(p), "config.json"))}  # Runs only.
@@ -286,6 +291,48 @@ def test_report_curves_compares_the_validation_curves_of_subdirectories(tmp_path
   assert "empty holds no finished run" in capsys.readouterr().err
 
 
+def check_born_again_ensemble(config, workdir, results):
+  """The chain's born-again ensemble, against Keras predict + NumPy."""
+  bane = results["chain_ensemble"]
+  assert bane["generations"] == ["chain1_mlp_w32", "chain2_mlp_w16", "student_kd"]
+  test = workdir_lib.splits_of_run(config, os.path.join(workdir, "student_kd")).test
+  images = np.concatenate([np.asarray(b) for b in test.image_batches(1000)])
+  probs = [tf.nn.softmax(model_registry.load_keras(os.path.join(workdir, name, "model.keras"))
+                         .predict(images, verbose=0).astype(np.float64)).numpy()
+           for name in bane["generations"]]
+  for name, p in zip(bane["generations"], probs):
+    assert bane["generation_test_accuracy"][name] == pytest.approx(
+        np.mean(p.argmax(-1) == test.labels), abs=1e-4)
+  assert bane["test_accuracy"] == pytest.approx(
+      np.mean(np.mean(probs, 0).argmax(-1) == test.labels), abs=1e-4)
+  assert "Ensemble of generations" in open(os.path.join(workdir, "results.md")).read()
+
+
+def check_chain_as_a_plan(config, workdir, first, second):
+  """The same campaign as a plan: one group per member, each after the one before; its jobs
+  are the pipeline's runs (all finished), and a job trains a member as the pipeline does."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from kd_research import campaign  # pylint: disable=g-import-not-at-top
+
+  def teachers_of(run_dir):
+    return json.load(open(os.path.join(run_dir, "config.json")))["teachers"]
+  plan = campaign.read_plan(campaign.write_plan(config, workdir))
+  groups = {g["name"]: g["after"] for g in plan["groups"]}
+  assert list(groups) == ["teachers", "chain1", "chain2", "baseline", "students", "report"]
+  assert groups["chain1"] == ["teachers"] and groups["chain2"] == ["chain1"]
+  assert "chain2" in groups["students"] and groups["baseline"] == []
+  assert all(campaign.finished(job) for job in plan["jobs"])
+  shutil.rmtree(second)
+  shutil.rmtree(os.path.join(workdir, "student_kd"))
+  with pytest.raises(UserError, match="needs chain2"):
+    campaign.run_job(plan, "student_kd")
+  campaign.run_job(plan, "chain2")
+  campaign.run_job(plan, "student_kd")
+  assert teachers_of(second) == [os.path.realpath(os.path.join(first, "model.keras"))]
+  assert teachers_of(os.path.join(workdir, "student_kd")) == [
+      os.path.realpath(os.path.join(second, "model.keras"))]
+
+
 def test_a_chain_distils_each_member_from_the_one_before_and_resumes_between_stages(
     tmp_path):
   """teacher -> mlp@32 -> student (born-again generation) -> the students: each member's
@@ -306,19 +353,7 @@ def test_a_chain_distils_each_member_from_the_one_before_and_resumes_between_sta
       os.path.realpath(os.path.join(second, "model.keras"))]
   assert json.load(open(os.path.join(first, "config.json")))["model"]["width"] == 32
   assert results["chain2_mlp_w16"]["params"] == results["student_kd"]["params"]
-  bane = results["chain_ensemble"]  # The born-again ensemble, against Keras predict + NumPy.
-  assert bane["generations"] == ["chain1_mlp_w32", "chain2_mlp_w16", "student_kd"]
-  test = workdir_lib.splits_of_run(config, os.path.join(workdir, "student_kd")).test
-  images = np.concatenate([np.asarray(b) for b in test.image_batches(1000)])
-  probs = [tf.nn.softmax(model_registry.load_keras(os.path.join(workdir, name, "model.keras"))
-                         .predict(images, verbose=0).astype(np.float64)).numpy()
-           for name in bane["generations"]]
-  for name, p in zip(bane["generations"], probs):
-    assert bane["generation_test_accuracy"][name] == pytest.approx(
-        np.mean(p.argmax(-1) == test.labels), abs=1e-4)
-  assert bane["test_accuracy"] == pytest.approx(
-      np.mean(np.mean(probs, 0).argmax(-1) == test.labels), abs=1e-4)
-  assert "Ensemble of generations" in open(os.path.join(workdir, "results.md")).read()
+  check_born_again_ensemble(config, workdir, results)
   stamp = os.path.getmtime(os.path.join(first, "results.json"))
   import shutil  # pylint: disable=g-import-not-at-top
   shutil.rmtree(second)  # Stopped after the first member.
@@ -327,24 +362,7 @@ def test_a_chain_distils_each_member_from_the_one_before_and_resumes_between_sta
   assert os.path.getmtime(os.path.join(first, "results.json")) == stamp
   assert os.path.exists(os.path.join(second, "results.json"))
   assert os.path.exists(os.path.join(workdir, "student_kd", "results.json"))
-  # The same campaign as a plan: one group per member, each after the one before; its jobs
-  # are the pipeline's runs (all finished), and a job trains a member as the pipeline does.
-  from kd_research import campaign  # pylint: disable=g-import-not-at-top
-  plan = campaign.read_plan(campaign.write_plan(config, workdir))
-  groups = {g["name"]: g["after"] for g in plan["groups"]}
-  assert list(groups) == ["teachers", "chain1", "chain2", "baseline", "students", "report"]
-  assert groups["chain1"] == ["teachers"] and groups["chain2"] == ["chain1"]
-  assert "chain2" in groups["students"] and groups["baseline"] == []
-  assert all(campaign.finished(job) for job in plan["jobs"])
-  shutil.rmtree(second)
-  shutil.rmtree(os.path.join(workdir, "student_kd"))
-  with pytest.raises(UserError, match="needs chain2"):
-    campaign.run_job(plan, "student_kd")
-  campaign.run_job(plan, "chain2")
-  campaign.run_job(plan, "student_kd")
-  assert teachers_of(second) == [os.path.realpath(os.path.join(first, "model.keras"))]
-  assert teachers_of(os.path.join(workdir, "student_kd")) == [
-      os.path.realpath(os.path.join(second, "model.keras"))]
+  check_chain_as_a_plan(config, workdir, first, second)
   for bad, message in ((("nope",), "unknown model 'nope'"), (("mlp@x",), "positive integer")):
     with pytest.raises(UserError, match=message):
       chains.validate(tiny_config(**{"pipeline.chain": bad}))

@@ -73,7 +73,7 @@ def slurm(tmp_path_factory):
              PATH=ENV.get("PATH", "") + ":/usr/sbin")
   started = []
   try:
-    for argv in ([f"munged", "--force", f"--key-file={root}/munge.key",
+    for argv in (["munged", "--force", f"--key-file={root}/munge.key",
                   f"--socket={root}/munge.socket", f"--pid-file={root}/munged.pid",
                   f"--log-file={root}/munged.log", f"--seed-file={root}/munge.seed"],
                  ["slurmctld"], ["slurmd"]):

@@ -8,11 +8,9 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from conftest import DEFAULT, ENV, REPO, kill_after_checkpoint, tiny_config, weights_of
-from conftest import write_image_folder
-from conftest import write_tfds_dataset
+from generated_data import write_image_folder, write_tfds_dataset
 from kd_research.tools import convert
 from kd_research.train import runs
 

@@ -6,9 +6,11 @@ Nothing here downloads. A source in files is looked up in order: the explicit da
 every place looked at and how to install the data. Corrupt files raise a UserError naming
 the file.
 
-A source is a module of this package that calls ``register(Source(...))``: idx.py
-(fashion_mnist, mnist), cifar.py (cifar10, cifar100), synthetic.py. ``sources()`` imports
-the package's modules to find them, so adding a dataset is one new file.
+A source is a module of this package that calls ``register(Source(...))`` or
+``register(SpecSource(...))``; there are seven: idx.py (fashion_mnist, mnist), cifar.py
+(cifar10, cifar100), synthetic.py, arrays.py (``npz:``), folder.py, tfrecord.py and
+tfds_source.py. ``sources()`` imports the package's modules to find them, so adding a
+dataset is one new file.
 
 Streamed sources are named by a spec, ``PREFIX:ARGUMENT`` (``folder:PATH``,
 ``tfrecord:PATTERN``, ``tfds:NAME[:VERSION]``), and register ``SpecSource(prefix, open)``:

@@ -1,6 +1,10 @@
-"""Distillation methods: base.py (the Objective seam, Method, @register), one file per method,
-the soft-label math (losses.py), connectors, logit standardization, and the registry that
-finds the methods by name.
+"""Distillation methods, one registered file each: at.py, cc.py, crd.py, dist.py, dkd.py,
+fitnets.py, kd.py, mlkd.py, mutual.py (DML's cohort objective), nst.py, ofd.py, pkt.py,
+reviewkd.py, rkd.py, sp.py, vid.py; and the modifiers ctkd.py (learned temperature) and
+logit_standardization.py.
+Shared: base.py (the Objective seam, Method and its base classes), losses.py (the soft-label
+math), maps.py (pairing and resizing feature maps), connectors.py (student -> teacher feature
+maps), registry.py (finds the methods by name, parses and combines them).
 
 May import: common, runtime, data, models.
 """

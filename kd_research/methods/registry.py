@@ -9,7 +9,9 @@ ctkd.py) kd and dkd. A method may read extra views of each image (``views_read``
 strong view), which config.augment.views provides.
 
 A method is found by importing the package's modules (plug-ins by registration: a new
-file with a ``@base.register`` class is a new method; nothing here changes).
+file with a ``@base.register`` class is a new method). What this module holds beyond the
+lookup: parsing a method list, the combination order, and the rule for the CTKD modifier
+(which methods it may join).
 """
 
 

@@ -1,5 +1,9 @@
-"""Model families, registered by name (seed.py, cifar.py, pretrained.py), their shared parts,
-and feature taps (stage, pooled) read from the same forward pass as the logits.
+"""Model families, registered by name: seed.py (the article's resnet_seed, cnn_seed and the
+MLP), cifar.py (the CIFAR KD benchmark's family), imagenet.py (torchvision's ImageNet models),
+pretrained.py (keras.applications backbones), user.py (the user's own code and .keras files)
+and cohort.py (a DML cohort of students in one model).
+Shared: registry.py (name -> builder), parts.py (building blocks), pytorch_layers.py
+(PyTorch's layer conventions), taps.py (feature taps from the same forward pass as the logits).
 
 May import: common, runtime, data.
 """

@@ -17,7 +17,6 @@ import hashlib
 import importlib
 import inspect
 import json
-import os
 
 from kd_research.common.errors import UserError
 

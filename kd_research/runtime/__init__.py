@@ -1,5 +1,6 @@
-"""Where a run executes: distribution strategies, multi-worker start-up, SIGTERM handling,
-precision policy.
+"""Where a run executes: distribute.py (strategies and chief/worker helpers), multiworker.py
+(local multi-worker start-up), preemption.py (SIGTERM as a checkpoint request), precision.py
+(the precision policy).
 
 May import: common.
 """

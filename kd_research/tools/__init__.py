@@ -1,5 +1,7 @@
-"""Commands around training runs: the throughput benchmark (built through train/resolve.py),
-the profiler summary, export (SavedModel + TFLite) and the Keras Distiller peer.
+"""Commands around training runs: bench.py (the throughput benchmark, its rows in
+bench_runs.py built through train/resolve.py, its input-pipeline figures in bench_data.py),
+profiling.py (the profiler summary), export.py (SavedModel + TFLite, verified), convert.py
+(TFRecord shards) and keras_peer.py (the Keras Distiller peer).
 
 May import: every layer below (common ... report).
 """

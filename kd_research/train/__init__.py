@@ -1,6 +1,9 @@
-"""Training runs: resolution (resolve.py), the driver and traced steps, state and
-checkpoints, optimizers, evaluation, TensorBoard summaries, teachers, teacher sources and
-the teacher-output cache, the run-directory format (workdir.py) and results.json (results.py).
+"""Training runs: resolve.py (config and role -> what the driver needs), runs.py (one run end
+to end), driver.py and steps.py (the phases and the traced steps), state.py (state and
+checkpoints), optimizers.py, evaluation.py, summaries.py (TensorBoard), teachers.py (frozen
+teachers), teacher_sources.py, teacher_cache.py and view_cache.py (teacher outputs, live or
+cached), cohort_members.py (a DML cohort's members), workdir.py (the run-directory format)
+and results.py (results.json).
 
 May import: common, runtime, data, models, methods, config.
 """

@@ -4,7 +4,7 @@
 training state (model, optimizer, the objective's variables, checkpoint), phases with
 their objectives and teacher sources, learning-rate schedule and frozen teachers (checked
 and evaluated once, before any student step). ``runs.train_and_evaluate`` and the
-benchmark (tools/bench.py) both build their runs here, so a bench row measures what a
+benchmark (tools/bench_runs.py) both build their runs here, so a bench row measures what a
 run trains.
 """
 

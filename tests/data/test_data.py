@@ -10,7 +10,8 @@ from kd_research.data import datasets
 from kd_research.data import sources
 from kd_research.data import synthetic
 from kd_research.common.errors import UserError
-from conftest import global_batches, tiny_config, write_fake_cifar10, write_fake_mnist, write_idx
+from conftest import global_batches, tiny_config
+from generated_data import write_idx, write_fake_mnist, write_fake_cifar10
 
 
 @pytest.mark.parametrize("gz", [True, False])

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_config, write_image_folder, write_tfds_dataset
+from conftest import tiny_config
+from generated_data import write_image_folder, write_tfds_dataset
 from kd_research import config as config_lib
 from kd_research.common.errors import UserError
 from kd_research.data import datasets

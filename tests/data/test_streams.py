@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import global_batches, write_image_folder
+from conftest import global_batches
+from generated_data import write_image_folder
 from kd_research import config as config_lib
 from kd_research.data import datasets
 from kd_research.tools import convert

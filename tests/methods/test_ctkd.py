@@ -2,6 +2,7 @@
 sigmoid(v), the reversed gradient on v, the student's gradient left as plain KD's, the
 reference's cosine curriculum; config checks and run identities."""
 
+import json
 import math
 
 import ml_collections
@@ -13,7 +14,8 @@ from kd_research.common.errors import UserError
 from kd_research.methods import ctkd
 from kd_research.methods import dkd as dkd_lib
 from kd_research.methods import kd as kd_lib
-from conftest import check
+from kd_research.train import runs
+from conftest import DEFAULT, check, method_config, read_scalars, weights_of
 
 SECTION = ml_collections.ConfigDict(dict(ctkd.DEFAULTS, enabled=True))
 
@@ -166,3 +168,31 @@ def test_dkd_temperature_gradient_is_finite_and_matches_central_differences():
                - np.mean(_numpy_dkd(student, teacher, labels, t0 - h))) / (2 * h)
     assert np.isfinite(grad)
     check(f"dkd_dT_T{t0}", grad, central, rtol=2e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["kd", "dkd"])
+def test_ctkd_temperature_trains_is_replica_independent_and_logged(method, conv_teacher,
+                                                                   tmp_path, strategy_factory):
+  """CTKD on kd and dkd (a 1-epoch curriculum: full reversal from the first step): 1 vs 2
+  replicas agree on the student and on the learnt temperature; T and lambda are logged."""
+  config = method_config(method, train_size=192, **{"distill.ctkd.enabled": True,
+                                                    "distill.ctkd.decay_epochs": 1})
+  temperatures = []
+  for name, strategy in (("one", DEFAULT), ("two", strategy_factory(2))):
+    runs.train_and_evaluate(config, str(tmp_path / name), "distill", strategy, (conv_teacher,))
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(
+        str(tmp_path / name / "checkpoints")))
+    (key,) = [n for n in reader.get_variable_to_shape_map()
+              if n.startswith("objective/") and "OPTIMIZER" not in n]
+    temperatures.append(float(reader.get_tensor(key)))
+  diff = max(float(np.max(np.abs(a - b))) for a, b in
+             zip(weights_of(str(tmp_path / "one")), weights_of(str(tmp_path / "two"))))
+  print(f"ctkd on {method}: 1 vs 2 replicas max |dw| {diff:.2e}; v {temperatures}")
+  assert diff < 1e-5 and abs(temperatures[0] - temperatures[1]) < 1e-5
+  assert temperatures[0] != 1.0  # v moved from its initial value
+  scalars = read_scalars(str(tmp_path / "one"))
+  assert scalars["train/ctkd_lambda"][-1][1] == pytest.approx(1.0)
+  logged_t = scalars["train/temperature"][-1][1]
+  assert 1.0 < logged_t < 21.0
+  identity = json.load(open(tmp_path / "one" / "config.json"))
+  assert identity["distill"]["ctkd"]["enabled"] is True

@@ -1,19 +1,15 @@
-"""The distillation methods end to end: every method trains, is independent of the replica
-count, resumes exactly with its connectors, and refuses what it cannot do."""
+"""The distillation methods together: every method trains in a whole run independent of the
+replica count, the relational gradients match a single device, and bad combinations are
+refused. Each method's own loss and runs are in its own file, tests/methods/test_NAME.py."""
 
-import json
-import os
-
-import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from kd_research import config as config_lib
 from kd_research.methods import registry as method_registry
 from kd_research.train import runs
 from kd_research.common.errors import UserError
-from conftest import DEFAULT, gradients_on_one_and_two_replicas, interrupt_then_resume
+from conftest import DEFAULT, gradients_on_one_and_two_replicas
 from conftest import method_config, read_scalars, weights_of
 
 # CRD's replica test, banks included, is tests/methods/test_crd.py's.
@@ -74,39 +70,6 @@ def test_relational_gradients_match_a_single_device(method, strategy_factory):
   assert scale > 0 and diff <= 1e-5 * scale
 
 
-def test_fitnets_connector_trains_resumes_exactly_and_is_not_exported(conv_teacher, tmp_path,
-                                                                       monkeypatch):
-  config = method_config("fitnets", **{"student.epochs": 2})
-  full = str(tmp_path / "full")
-  results = runs.train_and_evaluate(config, full, "distill", DEFAULT, (conv_teacher,))
-  # Connector: 1x1 conv 8 -> 16 channels (student stage1 to teacher stage2) + BatchNorm.
-  assert results["extra_params"] == 8 * 16 + 4 * 16
-  exported = keras.models.load_model(os.path.join(full, "model.keras"), compile=False)
-  assert exported.count_params() == results["params"]
-  ckpt = tf.train.latest_checkpoint(os.path.join(full, "checkpoints"))
-  names = [n for n, _ in tf.train.list_variables(ckpt)]
-  assert any(n.startswith("objective/") for n in names)  # Connectors are checkpointed.
-  cut = str(tmp_path / "cut")
-  interrupt_then_resume(config, cut, conv_teacher, monkeypatch, stop_after=35,
-                        expected_checkpoint=20)
-  for a, b in zip(weights_of(full), weights_of(cut)):
-    np.testing.assert_array_equal(a, b)
-  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(cut, "checkpoints")))
-  for name in [n for n in names if n.startswith("objective/") and "OPTIMIZER" not in n]:
-    np.testing.assert_array_equal(tf.train.load_checkpoint(ckpt).get_tensor(name),
-                                  reader.get_tensor(name))
-
-
-def test_fitnets_hint_stage_and_two_teachers(conv_teacher, tmp_path):
-  config = method_config("fitnets", **{"student.epochs": 2, "distill.fitnets.hint_epochs": 1})
-  results = runs.train_and_evaluate(config, str(tmp_path / "hint"), "distill", DEFAULT,
-                                    (conv_teacher, conv_teacher))
-  assert results["extra_params"] == 2 * (8 * 16 + 4 * 16)  # One connector per teacher.
-  scalars = read_scalars(str(tmp_path / "hint"))
-  ce = dict(scalars["train/loss_ce"])
-  assert ce[10] == 0.0 and ce[max(ce)] > 0  # The hint stage has no CE term.
-
-
 def test_methods_refuse_what_they_cannot_do(conv_teacher, tmp_path):
   with pytest.raises(UserError, match="unknown method"):
     config_lib.validate(method_config("crd2"))
@@ -130,40 +93,3 @@ def test_methods_refuse_what_they_cannot_do(conv_teacher, tmp_path):
   with pytest.raises(UserError, match="has no layer 'nope'"):
     runs.train_and_evaluate(method_config("pkt", **{"distill.pkt.student_tap": "nope"}),
                             str(tmp_path / "tap"), "distill", DEFAULT, (conv_teacher,))
-
-
-def test_logit_standardization_run_records_only_the_active_method(conv_teacher, tmp_path):
-  """A run with logit standardization records it, and trains (values checked in NumPy)."""
-  config = method_config("kd", **{"distill.logit_standardization": True})
-  runs.train_and_evaluate(config, str(tmp_path / "ls"), "distill", DEFAULT, (conv_teacher,))
-  identity = json.load(open(tmp_path / "ls" / "config.json"))
-  assert identity["distill"]["logit_standardization"] is True
-  assert "at" not in identity["distill"] and "dkd" not in identity["distill"]
-
-
-@pytest.mark.parametrize("method", ["kd", "dkd"])
-def test_ctkd_temperature_trains_is_replica_independent_and_logged(method, conv_teacher,
-                                                                   tmp_path, strategy_factory):
-  """CTKD on kd and dkd (a 1-epoch curriculum: full reversal from the first step): 1 vs 2
-  replicas agree on the student and on the learnt temperature; T and lambda are logged."""
-  config = method_config(method, train_size=192, **{"distill.ctkd.enabled": True,
-                                                    "distill.ctkd.decay_epochs": 1})
-  temperatures = []
-  for name, strategy in (("one", DEFAULT), ("two", strategy_factory(2))):
-    runs.train_and_evaluate(config, str(tmp_path / name), "distill", strategy, (conv_teacher,))
-    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(
-        str(tmp_path / name / "checkpoints")))
-    (key,) = [n for n in reader.get_variable_to_shape_map()
-              if n.startswith("objective/") and "OPTIMIZER" not in n]
-    temperatures.append(float(reader.get_tensor(key)))
-  diff = max(float(np.max(np.abs(a - b))) for a, b in
-             zip(weights_of(str(tmp_path / "one")), weights_of(str(tmp_path / "two"))))
-  print(f"ctkd on {method}: 1 vs 2 replicas max |dw| {diff:.2e}; v {temperatures}")
-  assert diff < 1e-5 and abs(temperatures[0] - temperatures[1]) < 1e-5
-  assert temperatures[0] != 1.0  # v moved from its initial value
-  scalars = read_scalars(str(tmp_path / "one"))
-  assert scalars["train/ctkd_lambda"][-1][1] == pytest.approx(1.0)
-  logged_t = scalars["train/temperature"][-1][1]
-  assert 1.0 < logged_t < 21.0
-  identity = json.load(open(tmp_path / "one" / "config.json"))
-  assert identity["distill"]["ctkd"]["enabled"] is True

@@ -19,6 +19,7 @@ from kd_research.common.errors import PREEMPTED_EXIT_STATUS
 from kd_research.common.errors import UserError
 from conftest import DEFAULT, ENV, REPO, distill_cmd, kill_after_checkpoint, tiny_config
 from conftest import weights_of
+from generated_data import write_fake_mnist
 
 
 
@@ -139,7 +140,6 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
 
 
 def test_unreadable_data_and_unwritable_workdir(tmp_path, monkeypatch):
-  from conftest import write_fake_mnist
   write_fake_mnist(str(tmp_path / "d"))
   real_open = open
 
