@@ -47,6 +47,8 @@ usage: ./launch.sh COMMAND [flags]
                campaign on both pairs: results/RESULTS_FITNETS.md
   benchmark_short  the same at the earlier unconverged budget where plain KD lost, and the
                "why" axes: results/RESULTS_SHORT.md, results/RESULTS_WHY.md
+  config_reference  regenerate docs/config.md from the config schema (every field, its
+               default and meaning; --check: exit 1 if the page is stale)
   report       compare finished runs below --workdir=DIR (seeds grouped as mean +- std)
                into DIR/report.md [--output=FILE]
   tensorboard  start TensorBoard on 127.0.0.1 [--logdir=DIR] [--port=N]
@@ -238,6 +240,9 @@ case "$cmd" in
   convert)
     [ -x "$PY" ] || setup
     exec "$PY" -m kd_research.tools.convert "$@" ;;
+  config_reference)
+    [ -x "$PY" ] || setup
+    TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}" exec "$PY" -m kd_research.tools.config_reference "$@" ;;
   benchmark)
     # The method benchmark campaign (experiments/method_benchmark.py): resumable, finished
     # runs are skipped; rerun to continue. Then results/RESULTS.md and its figure.
