@@ -40,7 +40,7 @@ import keras
 import numpy as np
 
 from kd_research import config as config_lib
-from kd_research import pipeline
+from kd_research.campaign import pipeline
 from kd_research.common import fileio
 from kd_research.common.errors import UserError
 from kd_research.data import arrays

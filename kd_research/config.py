@@ -19,6 +19,7 @@ from kd_research import config_checks as checks
 from kd_research.data import augment
 from kd_research.data import views
 from kd_research.methods import registry as methods_lib
+from kd_research.common import plugins
 from kd_research.common import schedules
 from kd_research.common.errors import UserError
 
@@ -130,10 +131,16 @@ def _pipeline_section():
       # dir; the variant's final runs use the candidate with the best validation accuracy.
       candidates=ml_collections.ConfigDict(),
       sweep_dir="",              # default: <parent of WORKDIR>_sweep/<name of WORKDIR>
-      chain=(),                  # networks between teacher and students (chains.py)
-      dml_cohort=0,              # > 1: also a student_dml stage, a labels-only cohort of
-                                 # this many students by deep mutual learning (no teacher)
-      export_students=True))     # SavedModel + TFLite of each distilled student
+      export_students=True,      # SavedModel + TFLite of each distilled student
+      # Each training scheme's own fields (campaign/schemes/: chain, dml_cohort, ...).
+      **{field: default for scheme in campaign_schemes().values()
+         for field, (default, _) in scheme.fields.items()}))
+
+
+def campaign_schemes():
+  """{name: scheme} of the registered training schemes (kd_research/campaign/schemes/),
+  found as plug-ins: each declares its fields of config.pipeline and its validation."""
+  return plugins.registered("scheme", "kd_research.campaign.schemes")
 
 
 def _distill_section():
@@ -230,6 +237,8 @@ def validate(config):
       checks.distill_section(variant.distill, 1 + len(config.extra_teachers), config.student.epochs,
                         f"variant {name}" + (f", candidate {candidate}" if candidate else ""),
                         mixing)
+  for scheme in campaign_schemes().values():
+    scheme.validate(config)
   unknown = sorted(set(config.pipeline.candidates) - set(config.pipeline.variants))
   checks.need(not unknown, f"config.pipeline.candidates names {unknown}, which are not variants; "
         f"variants: {', '.join(config.pipeline.variants) or 'none'}.")

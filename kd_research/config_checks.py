@@ -74,9 +74,6 @@ def bookkeeping(config):
   need(all(isinstance(s, int) and s >= 0 for s in seeds) and len(set(seeds)) == len(seeds),
         f"config.pipeline.seeds={seeds!r} must be distinct non-negative integers such as "
         "(0, 1, 2).")
-  cohort = config.pipeline.dml_cohort
-  need(isinstance(cohort, int) and (cohort == 0 or cohort >= 2),
-       f"config.pipeline.dml_cohort={cohort!r}: 0 (none) or a cohort of 2 or more students.")
 
 
 def model_entry(role, entry):

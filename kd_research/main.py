@@ -90,7 +90,7 @@ def _run(command, config, workdir):
   from kd_research import config as config_lib
   from kd_research.runtime import distribute
   from kd_research.train import evaluation
-  from kd_research import pipeline
+  from kd_research.campaign import pipeline
   from kd_research.train import runs
   from kd_research.train import workdir as workdir_lib
 
@@ -117,9 +117,9 @@ def _run(command, config, workdir):
     print(tables.export_table(report))
     return
   elif command == "pipeline" and flags.FLAGS.plan:
-    from kd_research import campaign  # pylint: disable=g-import-not-at-top
-    path = campaign.write_plan(config, workdir, " ".join(sys.argv[1:]))
-    print(campaign.summary(campaign.read_plan(path)))
+    from kd_research.campaign import plan as plan_lib  # pylint: disable=g-import-not-at-top
+    path = plan_lib.write_plan(config, workdir, " ".join(sys.argv[1:]))
+    print(plan_lib.summary(plan_lib.read_plan(path)))
     print(f"plan: {path}\nsubmit it: ./launch.sh slurm --plan={workdir} "
           "[--sbatch=\"--partition=... --gres=gpu:1\"]")
     return
@@ -313,7 +313,7 @@ def _parse_tool_flags(argv, defaults, usage):
 
 def job_command(argv):
   """``job --plan=P (--job=ID | --group=G --task=N)``: one job of a campaign plan; exit status."""
-  from kd_research import campaign  # pylint: disable=g-import-not-at-top
+  from kd_research.campaign import plan as plan_lib  # pylint: disable=g-import-not-at-top
   from kd_research.common import console  # pylint: disable=g-import-not-at-top
   from kd_research.common.errors import UserError  # pylint: disable=g-import-not-at-top
   usage = "usage: job --plan=WORKDIR|PLAN.json (--job=ID | --group=NAME --task=N)\n"
@@ -324,9 +324,9 @@ def job_command(argv):
     return 2
   console.configure(console.verbose_requested())
   try:
-    plan = campaign.read_plan(values["plan"])
-    job = values["job"] or campaign.job_of_task(plan, values["group"], int(values["task"] or 0))
-    result = campaign.run_job(plan, job)
+    plan = plan_lib.read_plan(values["plan"])
+    job = values["job"] or plan_lib.job_of_task(plan, values["group"], int(values["task"] or 0))
+    result = plan_lib.run_job(plan, job)
   except (UserError, ValueError) as e:
     sys.stderr.write(f"error: {e}\n")
     return 1
@@ -338,7 +338,7 @@ def job_command(argv):
 def slurm_command(argv):
   """``slurm --plan=P [--sbatch="ARGS"]``: submits what is left of a plan; exit status."""
   import shlex  # pylint: disable=g-import-not-at-top
-  from kd_research import slurm  # pylint: disable=g-import-not-at-top
+  from kd_research.campaign import slurm  # pylint: disable=g-import-not-at-top
   from kd_research.common.errors import UserError  # pylint: disable=g-import-not-at-top
   usage = 'usage: ./launch.sh slurm --plan=WORKDIR|PLAN.json [--sbatch="--partition=..."]\n'
   values = _parse_tool_flags(argv, dict(plan=None, sbatch=""), usage)
@@ -364,6 +364,9 @@ TOOLS = {"report": report_command, "multiworker": multiworker_command, "job": jo
 def run():
   """Console entry point (also used by ``python -m kd_research.main``)."""
   from kd_research.common import console  # pylint: disable=g-import-not-at-top
+  tool = len(sys.argv) > 1 and sys.argv[1] in TOOLS
+  # An unknown experiment or preset is named before TensorFlow loads (seconds).
+  argv = sys.argv if tool else _experiment_to_config_flag(sys.argv)
   asks_help = {"-h", "--help", "--helpfull"} & set(sys.argv)
   if len(sys.argv) > 1 and sys.argv[1] in COMMANDS + ("job", "report", "slurm") and not asks_help:
     # Before the experiment's config imports it: quiet unless --verbose.
@@ -371,9 +374,8 @@ def run():
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "Experiment config file and preset, "
                                   "e.g. experiments/fashion_mnist.py:quick.", lock_config=True)
-  if len(sys.argv) > 1 and sys.argv[1] in TOOLS:  # Tools with their own flags.
+  if tool:  # Tools with their own flags.
     sys.exit(TOOLS[sys.argv[1]](sys.argv[2:]))
-  argv = _experiment_to_config_flag(sys.argv)
   try:
     app.run(main, argv=argv, flags_parser=_parse_flags)
   except SystemExit as e:

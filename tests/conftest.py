@@ -237,8 +237,13 @@ def global_batches(fn, replicas, steps, pipelines=1):
   return out
 
 
-def run_main(*args, cwd=REPO):
-  return subprocess.run([sys.executable, "-m", "kd_research.main", *args], cwd=cwd, env=ENV,
+# Lines TensorFlow, TFLite and absl print on their own: a run shows none unless --verbose.
+TF_CHATTER = ("oneDNN", "cpu_feature_guard", "Sharding callback", "Assets written",
+              "fingerprint", "XNNPACK", "fully_quantize", "absl::InitializeLog")
+
+
+def run_main(*args, cwd=REPO, env=ENV):
+  return subprocess.run([sys.executable, "-m", "kd_research.main", *args], cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=300)
 
 

@@ -5,20 +5,30 @@ import os
 
 from tensorboard.backend.event_processing import event_accumulator
 
-from conftest import run_main
+from conftest import TF_CHATTER, run_main
 from generated_data import write_fake_cifar10, write_fake_cifar100
 
 
 def test_pipeline_on_real_fashion_mnist(tmp_path):
+  """The pipeline command as a user runs it (TF's log level unset): the run's own lines
+  only, no TensorFlow/TFLite chatter (a student is exported, so the converter and the
+  interpreter run), the table last with where its files are; every stage's files, the
+  real test split, results.json and the deployed columns of results.md."""
   workdir = str(tmp_path / "pipeline")
+  quiet_env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
   out = run_main("pipeline", "--experiment=fashion_mnist:quick", f"--workdir={workdir}",
                  "--config.train_size=8000", "--config.validation_size=2000",
                  "--config.teacher.model=mlp", "--config.teacher.width=256",
                  "--config.student.model=mlp", "--config.student.width=32",
                  "--config.teacher.epochs=3", "--config.student.epochs=3",
-                 "--config.run.log_every_steps=50")
+                 "--config.run.log_every_steps=50", env=quiet_env)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "vs labels only" in out.stdout and "results.md (the full table" in out.stdout
+  printed = out.stdout + out.stderr
+  assert not [c for c in TF_CHATTER if c in printed], printed[:3000]
+  assert "teacher finished: test accuracy" in out.stderr
+  assert out.stdout.rstrip().splitlines()[-3].startswith("Files: ")
+  assert len(printed.splitlines()) < 60, printed
   stages = {}
   for stage in ("teacher", "student_baseline", "student_kd"):
     run = os.path.join(workdir, stage)

@@ -196,10 +196,6 @@ FIELDS = {
                       "student's seed once)",
     "pipeline.sweep_dir": "where candidates run (default <parent of WORKDIR>_sweep/<name of "
                           "WORKDIR>)",
-    "pipeline.chain": "networks between the teacher and the students, each distilled from "
-                      "the one before: MODEL, MODEL@WIDTH or student (teacher assistants, "
-                      "born-again generations)",
-    "pipeline.dml_cohort": "> 1: also a student_dml stage, a labels-only cohort of this many "
-                           "students by deep mutual learning",
     "pipeline.export_students": "SavedModel + TFLite of each distilled student",
+    # The training schemes' fields (pipeline.chain, ...) are described by the schemes.
 }

@@ -4,8 +4,8 @@
     python -m kd_research.tools.config_reference --check   # exit 1 if it is stale
 
 Every field of ``config.base_config()`` is listed with its default, read from the schema;
-the meaning of each field comes from ``config_fields.py`` (one line per field), and each
-method's section (``distill.<name>``) from the method's own defaults and reference. A field
+the meaning of each field comes from ``config_fields.py`` (one line per field) or, for a
+training scheme's fields, from the scheme (campaign/schemes/), and each method's section (``distill.<name>``) from the method's own defaults and reference. A field
 without a description, or a description of a field that no longer exists, is an error: the
 page is complete or it is not written.
 """
@@ -56,10 +56,18 @@ def schema_fields():
   return out
 
 
+def descriptions():
+  """{field: what it means}: config_fields.py's, and each training scheme's own fields'."""
+  out = dict(config_fields.FIELDS)
+  for scheme in config_lib.campaign_schemes().values():
+    out.update({f"pipeline.{field}": text for field, (_, text) in scheme.fields.items()})
+  return out
+
+
 def check_descriptions():
   """UserError unless every schema field has a description and every description a field."""
   fields = set(schema_fields())
-  described = set(config_fields.FIELDS)
+  described = set(descriptions())
   missing, stale = sorted(fields - described), sorted(described - fields)
   if missing or stale:
     raise UserError("kd_research/tools/config_fields.py and the schema disagree: "
@@ -81,11 +89,12 @@ def _table(rows):
 
 def _section_rows(fields, section):
   """(field, default, meaning) of the fields of one section ('' = the top level)."""
+  meanings = descriptions()
   rows = []
   for field, default in fields.items():
     head, _, rest = field.rpartition(".")
     if head == section:
-      rows.append((field, default, config_fields.FIELDS[field]))
+      rows.append((field, default, meanings[field]))
   return rows
 
 

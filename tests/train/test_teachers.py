@@ -13,7 +13,7 @@ import tensorflow as tf
 from kd_research import config as config_lib
 from kd_research.common import metrics
 from kd_research.train import runs
-from kd_research import pipeline
+from kd_research.campaign import pipeline
 from kd_research.train import teacher_cache
 from kd_research.common.errors import UserError
 from conftest import DEFAULT, load_experiment, tiny_config

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from kd_research import config as config_lib
 from kd_research import main as main_lib
-from kd_research import pipeline
+from kd_research.campaign import pipeline
 from kd_research.common.errors import UserError
 from kd_research.models import registry as model_registry
 from kd_research.train import workdir as workdir_lib
@@ -239,7 +239,7 @@ def test_a_plan_runs_its_baseline_before_the_teacher_and_sweep_exist(tmp_path):
   """The plan gives the baseline group no dependency, so its jobs must run first: they
   train the labels-only student without reading the teacher or the sweep (the students'
   jobs select the candidates)."""
-  from kd_research import campaign  # pylint: disable=g-import-not-at-top
+  from kd_research.campaign import plan as campaign  # pylint: disable=g-import-not-at-top
   config = tiny_config(**{"pipeline.seeds": (0,), "pipeline.export_students": False})
   with config.unlocked():
     config.pipeline.variants = ml_collections.ConfigDict({"kd": {"method": "kd"}})
@@ -312,7 +312,7 @@ def check_chain_as_a_plan(config, workdir, first, second):
   """The same campaign as a plan: one group per member, each after the one before; its jobs
   are the pipeline's runs (all finished), and a job trains a member as the pipeline does."""
   import shutil  # pylint: disable=g-import-not-at-top
-  from kd_research import campaign  # pylint: disable=g-import-not-at-top
+  from kd_research.campaign import plan as campaign  # pylint: disable=g-import-not-at-top
 
   def teachers_of(run_dir):
     return json.load(open(os.path.join(run_dir, "config.json")))["teachers"]
@@ -338,7 +338,7 @@ def test_a_chain_distils_each_member_from_the_one_before_and_resumes_between_sta
   """teacher -> mlp@32 -> student (born-again generation) -> the students: each member's
   config.json names the previous member's model as its teacher, the students learn from
   the last; a chain stopped between stages continues there (finished members untouched)."""
-  from kd_research import chains  # pylint: disable=g-import-not-at-top
+  from kd_research.campaign.schemes import chain as chains  # pylint: disable=g-import-not-at-top
   config = tiny_config(**{"pipeline.chain": ("mlp@32", "student"), "student.width": 16})
   workdir = str(tmp_path / "p")
   strategy = tf.distribute.get_strategy()
@@ -365,13 +365,13 @@ def test_a_chain_distils_each_member_from_the_one_before_and_resumes_between_sta
   check_chain_as_a_plan(config, workdir, first, second)
   for bad, message in ((("nope",), "unknown model 'nope'"), (("mlp@x",), "positive integer")):
     with pytest.raises(UserError, match=message):
-      chains.validate(tiny_config(**{"pipeline.chain": bad}))
+      chains.check_entries(tiny_config(**{"pipeline.chain": bad}))
 
 
 def test_a_dml_cohort_is_a_labels_only_stage_of_the_pipeline(tmp_path):
   """config.pipeline.dml_cohort=2: a student_dml stage beside the baseline, a cohort of two
   students with no teacher; each member reported, the row labelled, planned as a baseline."""
-  from kd_research import campaign  # pylint: disable=g-import-not-at-top
+  from kd_research.campaign import plan as campaign  # pylint: disable=g-import-not-at-top
   config = tiny_config(**{"pipeline.dml_cohort": 2, "pipeline.export_students": False})
   workdir = str(tmp_path / "p")
   results, table = pipeline.run(config, workdir, tf.distribute.get_strategy())

@@ -1,5 +1,5 @@
-"""Distillation chains, a training scheme of the pipeline: teacher -> generation 1 -> ... ->
-the students, each network distilled from the one before it.
+"""The ``chain`` scheme: teacher -> generation 1 -> ... -> the students, each network
+distilled from the one before it.
 
 ``config.pipeline.chain`` lists the intermediate networks, each ``MODEL`` or
 ``MODEL@WIDTH``, or ``student`` for the students' own architecture:
@@ -30,6 +30,8 @@ import os
 import ml_collections
 
 from kd_research import config as config_lib
+from kd_research.campaign import schemes
+from kd_research.campaign import stages as stages_lib
 from kd_research.common.errors import UserError
 from kd_research.models import registry as model_registry
 from kd_research.train import evaluation
@@ -58,7 +60,7 @@ def entries(chain):
   return [part.strip() for item in chain for part in str(item).split(",") if part.strip()]
 
 
-def validate(config):
+def check_entries(config):
   """Checks config.pipeline.chain before any run (UserError naming the entry)."""
   for spec in entries(config.pipeline.chain):
     model, _ = parse_member(spec, config.student)
@@ -122,3 +124,31 @@ def ensemble_summary(result):
   return (f"\nEnsemble of generations (uniform average of softmax outputs): test accuracy "
           f"{100 * result['test_accuracy']:.2f}%, validation {100 * result['validation_accuracy']:.2f}%; "
           f"each generation's test accuracy: {listing}.\n")
+
+
+@schemes.register
+class Chain(schemes.Scheme):
+  """Teacher assistants and born-again generations: one distillation stage per member."""
+
+  name = "chain"
+  fields = {"chain": ((), "networks between the teacher and the students, each distilled "
+                          "from the one before: MODEL, MODEL@WIDTH or student (teacher "
+                          "assistants, born-again generations)")}
+
+  def validate(self, config):
+    check_entries(config)
+
+  def teacher_stages(self, config, workdir, teacher_paths):
+    """One group per member (chain1, chain2, ...), each after the one before."""
+    out = []
+    for index, (run_dir, run_config, paths) in enumerate(
+        member_runs(config, workdir, teacher_paths), 1):
+      out.append(stages_lib.Stage(f"chain{index}", f"chain{index}", run_dir, "distill",
+                                  run_config, tuple(paths)))
+    return out, last_teachers(config, workdir, teacher_paths)
+
+  def results(self, config, workdir, teacher_paths, first_distilled_dir):
+    generations = ensemble_of_generations(config, workdir, teacher_paths, first_distilled_dir)
+    if not generations:
+      return {}, ""
+    return {"chain_ensemble": generations}, ensemble_summary(generations)

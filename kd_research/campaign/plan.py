@@ -1,19 +1,16 @@
-"""A pipeline campaign as a plan of independent jobs, for a scheduler to run.
+"""A campaign as a plan of independent jobs, for a scheduler to run.
 
-``write_plan(config, workdir)`` writes WORKDIR/plan.json: the pipeline's runs (teachers,
-sweep candidates, labels-only and distilled students per seed) as jobs with their run
-directories and dependencies, grouped so that jobs with the same dependencies form one
-group (one Slurm job array):
+``write_plan(config, workdir)`` writes WORKDIR/plan.json: the campaign's stages
+(stages.campaign_stages: teachers, the schemes' stages, sweep candidates, labels-only and
+distilled students per seed, the report) as jobs with their run directories and
+dependencies, grouped so that jobs with the same dependencies form one group (one Slurm job
+array, slurm.py):
 
     teachers  [-> chain1 -> chain2 ...] -> sweep (candidates) -> students (distilled) -> report
-    baseline  (labels only: depends on nothing)                                        -/
+    baseline  (labels only, a DML cohort: depend on nothing)                           -/
 
-A distillation chain (config.pipeline.chain, chains.py) is one group per member, each
-waiting for the one before; the sweep and the distilled students learn from the last.
-
-``run_job(plan, job_id)`` runs one job in its own process with the pipeline's own
-functions (pipeline.teacher_runs / candidate_runs / student_runs / run_student), so a
-job trains exactly the run the sequential ``pipeline`` command would, in the same run
+``run_job(plan, job_id)`` runs one job in its own process with pipeline.run_stage, so a job
+trains exactly the run the sequential ``pipeline`` command would, in the same run
 directory: a finished run is skipped, an interrupted one resumes, and ``pipeline`` on the
 same WORKDIR afterwards finds every run finished. The report job is ``pipeline.run`` over
 finished runs: it writes results.md and results.json.
@@ -24,18 +21,17 @@ import os
 
 import ml_collections
 
-from kd_research import chains
 from kd_research import config as config_lib
-from kd_research import pipeline
+from kd_research.campaign import candidates
+from kd_research.campaign import pipeline
+from kd_research.campaign import stages as stages_lib
 from kd_research.common import fileio
 from kd_research.common.errors import UserError
 from kd_research.runtime import distribute
 from kd_research.train import results as results_lib
-from kd_research.train import runs
 
 FORMAT = "kd_research.plan/1"
 PLAN_FILE = "plan.json"
-GROUPS = ("teachers", "baseline", "sweep", "students", "report")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,40 +44,24 @@ class Job:
 
 
 def jobs(config, workdir):
-  """Every job of the pipeline campaign of ``config`` in ``workdir``, in run order."""
-  workdir = os.path.abspath(workdir)
-  teachers = [Job(os.path.basename(stage), "teachers", stage, ())
-              for _, stage, _, _ in pipeline.teacher_runs(config, workdir) if stage]
-  paths = [path for _, _, path, _ in pipeline.teacher_runs(config, workdir)]
-  chain, upstream = [], tuple(j.id for j in teachers)
-  for index, (run_dir, _, _) in enumerate(chains.member_runs(config, workdir, paths), 1):
-    chain.append(Job(f"chain{index}", f"chain{index}", run_dir, upstream))
-    upstream = (chain[-1].id,)
-  paths = chains.last_teachers(config, workdir, paths)
-  config = pipeline.with_shared_cache(config, workdir)
-  teacher_ids = tuple(j.id for j in teachers + chain)
-  sweep = [Job(f"sweep/{variant}_{name}", "sweep", run_dir, teacher_ids)
-           for variant, name, _, run_dir, _ in pipeline.candidate_runs(config, workdir, paths)]
-  out = teachers + chain + sweep
-  for stage, _, run_dir, role, _ in pipeline.student_runs(config, workdir, paths):
-    if role == "student":
-      out.append(Job(os.path.relpath(run_dir, workdir), "baseline", run_dir, ()))
-      continue
-    variant = stage.removeprefix("student_kd_")
-    needs = teacher_ids + tuple(j.id for j in sweep if j.id.startswith(f"sweep/{variant}_"))
-    out.append(Job(os.path.relpath(run_dir, workdir), "students", run_dir, needs))
-  out.append(Job("report", "report", workdir, tuple(j.id for j in out)))
-  return out
+  """Every job of the campaign of ``config`` in ``workdir``, in run order."""
+  return [Job(s.id, s.group, s.run_dir, s.after)
+          for s in stages_lib.campaign_stages(config, workdir)]
+
+
+def group_order(all_jobs):
+  """The groups in plan order: teachers, the schemes' groups as they come, then the rest."""
+  fixed = stages_lib.GROUPS
+  extra = [g for g in dict.fromkeys(j.group for j in all_jobs) if g not in fixed]
+  return fixed[:1] + tuple(extra) + fixed[1:]
 
 
 def write_plan(config, workdir, command=""):
   """Writes WORKDIR/plan.json (the config, the jobs, their groups); returns its path."""
   config_lib.validate(config)
-  chains.validate(config)
   all_jobs = jobs(config, workdir)
-  chain_groups = [j.group for j in all_jobs if j.group.startswith("chain")]
   groups = []
-  for name in GROUPS[:1] + tuple(chain_groups) + GROUPS[1:]:
+  for name in group_order(all_jobs):
     members = [j for j in all_jobs if j.group == name]
     if members:
       needs = {d for j in members for d in j.after}
@@ -142,32 +122,16 @@ def run_job(plan, job_id, overwrite=False):
   strategy = distribute.make_strategy(config.distribution)
   if job["group"] == "report":
     return pipeline.run(config, workdir, strategy)[1]
-  if job["group"] == "teachers":
-    (teacher_config,) = [c for _, stage, _, c in pipeline.teacher_runs(config, workdir)
-                         if stage == job["run_dir"]]
-    return runs.train_and_evaluate(teacher_config, job["run_dir"], "teacher", strategy,
-                                   overwrite=overwrite)
-  paths = [path for _, _, path, _ in pipeline.teacher_runs(config, workdir)]
-  if job["group"].startswith("chain"):  # As pipeline.train_chain trains it.
-    (run_config, run_paths), = [(c, p) for d, c, p in chains.member_runs(config, workdir, paths)
-                                if d == job["run_dir"]]
-    return runs.train_and_evaluate(run_config, job["run_dir"], "distill", strategy,
-                                   tuple(run_paths), overwrite)
-  paths = chains.last_teachers(config, workdir, paths)
-  config = pipeline.with_shared_cache(config, workdir)
-  if job["group"] == "sweep":
-    (run_config, run_paths), = [(c, p) for _, _, c, d, p in pipeline.candidate_runs(
-        config, workdir, paths) if d == job["run_dir"]]
-    return runs.train_and_evaluate(run_config, job["run_dir"], "distill", strategy,
-                                   tuple(run_paths), overwrite)
-  chosen, chosen_dirs = None, {}
-  if job["group"] == "students":  # The baseline needs neither the teacher nor the sweep.
-    chosen, chosen_dirs = pipeline.select_candidates(config, workdir, paths, strategy)
-  for stage, run_config, run_dir, role, stage_paths in pipeline.student_runs(
-      config, workdir, paths, chosen):
-    if run_dir == job["run_dir"]:
-      return pipeline.run_student(config, run_config, run_dir, role, stage_paths, strategy,
-                                  chosen_dirs.get(stage.removeprefix("student_kd_")), overwrite)
+  stages = stages_lib.campaign_stages(config, workdir)
+  chosen_dirs = {}
+  if job["group"] == "students":  # Its variant's choice, from the finished sweep.
+    report = stages[-1]
+    chosen, chosen_dirs = candidates.select(report.config, workdir, list(report.teachers),
+                                            strategy)
+    stages = stages_lib.campaign_stages(config, workdir, chosen)
+  for stage in stages:
+    if stage.run_dir == job["run_dir"]:
+      return pipeline.run_stage(stage, strategy, chosen_dirs, overwrite)
   raise UserError(f"job {job_id}: its run {job['run_dir']} is no longer in the campaign.")
 
 

@@ -1,4 +1,4 @@
-"""Submits a campaign plan (campaign.py) to Slurm: one job array per group, chained with
+"""Submits a campaign plan (plan.py) to Slurm: one job array per group, chained with
 ``--dependency=afterok``.
 
     ./launch.sh pipeline --experiment=... --workdir=runs/c --plan     # writes runs/c/plan.json
@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import sys
 
-from kd_research import campaign
+from kd_research.campaign import plan as plan_lib
 from kd_research.common.errors import UserError
 
 
@@ -32,7 +32,7 @@ def sbatch_commands(plan, plan_path, sbatch_args=(), python=sys.executable):
   logs = os.path.join(plan["workdir"], "slurm_logs")
   out = []
   for group in plan["groups"]:
-    tasks = [i for i, job_id in enumerate(group["jobs"]) if not campaign.finished(by_id[job_id])]
+    tasks = [i for i, job_id in enumerate(group["jobs"]) if not plan_lib.finished(by_id[job_id])]
     if not tasks:
       continue
     wrap = (f"{shlex.quote(python)} -m kd_research.main job --plan={shlex.quote(plan_path)} "
@@ -50,9 +50,9 @@ def submit(plan_path, sbatch_args=(), python=sys.executable):
   if shutil.which("sbatch") is None:
     raise UserError("sbatch is not on PATH: submit from a Slurm login node (or run the "
                     "campaign here with `pipeline`, which runs the same jobs in order).")
-  plan = campaign.read_plan(plan_path)
+  plan = plan_lib.read_plan(plan_path)
   plan_path = os.path.abspath(plan_path if plan_path.endswith(".json")
-                              else os.path.join(plan_path, campaign.PLAN_FILE))
+                              else os.path.join(plan_path, plan_lib.PLAN_FILE))
   os.makedirs(os.path.join(plan["workdir"], "slurm_logs"), exist_ok=True)
   submitted, out = {}, []
   for group, tasks, argv in sbatch_commands(plan, plan_path, sbatch_args, python):
