@@ -20,7 +20,6 @@ from kd_research.data import augment
 from kd_research.data import views
 from kd_research.methods import registry as methods_lib
 from kd_research.common import plugins
-from kd_research.common import schedules
 from kd_research.common.errors import UserError
 
 # Sections that never change a run's result (left out of its identity).
@@ -224,7 +223,6 @@ def validate(config):
   check_schema(config)
   checks.data_and_speed(config)
   checks.bookkeeping(config)
-  schedules.from_config(config.optimizer.learning_rate, 1000, "config.optimizer.learning_rate")
   for role, entry in model_entries(config):
     checks.model_entry(role, entry)
   mixing = tuple(set(augment.parse_ops(config.augment.ops)) & set(augment.MIXING))

@@ -116,10 +116,11 @@ def distill_section(d, num_teachers, student_epochs, where, mixing=()):
        f"{where}.cache_teacher=true cannot serve {', '.join(readers)}: it reads extra views "
        "of each image, and the cache holds the teachers' outputs on the main view only. "
        "Turn the cache off (the teachers then run live on every view).")
-  need(not (mixing and "dkd" in names),
-        f"{where}.method={d.method!r} with config.augment.ops={','.join(mixing)}: DKD splits "
-        "the target class from the rest, and mixed images have two. Drop mixup/cutmix or use "
-        "another method (kd, dist, ...).")
+  splitting = methods_lib.having("splits_target_class", names)
+  need(not (mixing and splitting),
+        f"{where}.method={d.method!r} with config.augment.ops={','.join(mixing)}: "
+        f"{', '.join(splitting)} split(s) the target class from the rest, and mixed images "
+        "have two. Drop mixup/cutmix or use another method (kd, dist, ...).")
   uncacheable = methods_lib.uncacheable(d)
   need(not (d.cache_teacher and uncacheable),
         f"{where}.cache_teacher=true cannot serve method(s) {', '.join(uncacheable)}: they read "
@@ -130,8 +131,9 @@ def distill_section(d, num_teachers, student_epochs, where, mixing=()):
         f"{where}.cache_topk must be an integer >= 0 (0: full logits), got {d.cache_topk!r}.")
   need(d.cache_dtype in ("float32", "float16"),
         f"{where}.cache_dtype={d.cache_dtype!r}; valid: float32 (exact), float16.")
-  need(not d.logit_standardization or {"kd", "dkd", "mlkd"} & set(names),
-        f"{where}.logit_standardization modifies kd, dkd or mlkd; method is {d.method!r}.")
+  need(not d.logit_standardization or methods_lib.having("standardizes_logits", names),
+        f"{where}.logit_standardization modifies "
+        f"{', '.join(methods_lib.having('standardizes_logits'))}; method is {d.method!r}.")
   methods_lib.validate(d, where, student_epochs)
   need(d.combine in COMBINE_MODES,
         f"{where}.combine={d.combine!r}; valid: {', '.join(COMBINE_MODES)}.")

@@ -13,7 +13,8 @@ the exported model.
 A method is one module of this package holding one ``Method`` subclass decorated with
 ``@register``: its name, its defaults (``config.distill.<name>``) with their source, how
 it builds itself from the config (``from_config``) and its loss. ``registry.py`` finds
-the modules; nothing else lists methods.
+the modules; nothing else lists methods: what a method can do (combine with CTKD or logit
+standardization, serve from the teacher cache, read extra views) is an attribute of its class.
 """
 
 import dataclasses
@@ -170,6 +171,13 @@ class Method(Objective):
   order = 100           # position in a combination and in listings
   defaults = None       # config.distill.<name> (None: the method has no section)
   reference = ""        # where the defaults come from
+  # Capabilities, read by the config checks and the tools (no list of names elsewhere):
+  ctkd_modifies = False         # CTKD's learnable temperature may replace its T (ctkd.py)
+  standardizes_logits = False   # config.distill.logit_standardization applies to it
+  splits_target_class = False   # its loss splits the target class from the rest: refuses
+                                # mixup/cutmix, whose images have two
+  bank_field = None             # a section field counting examples drawn from the dataset
+                                # (CRD's negatives): at most the training set's size - 1
 
   @classmethod
   def from_config(cls, ctx):

@@ -98,6 +98,7 @@ class CRD(base.FeatureMethod):
   """
 
   name, order = "crd", 8
+  bank_field = "negatives"
   # negative_sampling: other_class (RepDistiller's 'exact') or uniform (needs no labels).
   defaults = dict(weight=0.8, feature_dim=128, negatives=16384, temperature=0.07,
                   momentum=0.5, negative_sampling="other_class", student_tap="pooled",

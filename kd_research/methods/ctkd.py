@@ -28,7 +28,6 @@ from kd_research.common.errors import UserError
 DEFAULTS = dict(enabled=False, t_start=1.0, t_range=20.0, init=1.0, lambda_max=1.0,
                 decay_epochs=10)
 REFERENCE = "github zhengli97/CTKD scripts/run_cifar_distill.sh, models/temp_global.py"
-MODIFIES = ("kd", "dkd")
 
 
 def curriculum(step, steps_per_epoch, lambda_max, decay_epochs):
@@ -89,14 +88,15 @@ def temperature(ctx, fixed):
   return LearnableTemperature(section, ctx.steps_per_epoch) if section.enabled else fixed
 
 
-def validate(distill, where, methods):
-  """Checks config.distill.ctkd before any run (UserError naming the field)."""
+def validate(distill, where, modified, modifiable):
+  """Checks config.distill.ctkd before any run (UserError naming the field): ``modified``,
+  the configured methods it applies to, must not be empty; ``modifiable`` names them all."""
   s = distill.ctkd
   if not s.enabled:
     return
-  if not set(MODIFIES) & set(methods):
-    raise UserError(f"{where}.ctkd.enabled=true modifies kd or dkd (the temperature they "
-                    f"soften the logits by); method is {distill.method!r}.")
+  if not modified:
+    raise UserError(f"{where}.ctkd.enabled=true modifies {' or '.join(modifiable)} (the "
+                    f"temperature they soften the logits by); method is {distill.method!r}.")
   checks = ((s.t_start > 0, "t_start must be > 0 (T = t_start + t_range * sigmoid(v))"),
             (s.t_range > 0, "t_range must be > 0"),
             (s.lambda_max >= 0, "lambda_max must be >= 0 (the reversal's strength)"),

@@ -35,6 +35,7 @@ class DKD(ctkd.OwnsTemperature, base.TeacherWeighted):
   the loss in over its first epochs)."""
 
   name, order = "dkd", 1
+  ctkd_modifies = standardizes_logits = splits_target_class = True
   defaults = dict(alpha=1.0, beta=8.0, temperature=4.0, warmup_epochs=20)
   reference = "mdistiller configs/cifar100/dkd"
 

@@ -20,6 +20,7 @@ class HintonKD(ctkd.OwnsTemperature, base.Method):
   ``temperature`` a schedule or CTKD's learnable temperature (ctkd.py)."""
 
   name, order = "kd", 0
+  ctkd_modifies = standardizes_logits = True
   terms_names = ("total", "distill", "ce")
   reference = "Hinton et al. 2015; alpha and T at the top of config.distill"
 
@@ -30,11 +31,10 @@ class HintonKD(ctkd.OwnsTemperature, base.Method):
   @classmethod
   def from_config(cls, ctx):
     distill = ctx.distill
+    # Their ranges were checked once, by config.validate (config_checks.distill_section).
     alpha = schedules.from_config(distill.alpha, ctx.distill_steps, "config.distill.alpha")
-    alpha.check_range(0.0, 1.0)
     temperature = schedules.from_config(distill.temperature, ctx.distill_steps,
                                         "config.distill.temperature")
-    temperature.check_range(0.0, float("inf"), low_inclusive=False, what_range="T > 0")
     return cls(alpha, ctkd.temperature(ctx, temperature), distill.combine,
                ctx.teacher_weights, distill.logit_standardization)
 

@@ -125,6 +125,7 @@ class MLKD(base.Method):
   """ce_weight (CE_weak + CE_strong) + weight * (instance + batch + class levels)."""
 
   name, order = "mlkd", 2
+  standardizes_logits = True
   terms_names = ("total", "mlkd", "mlkd_instance", "mlkd_batch", "mlkd_class", "ce")
   defaults = dict(view="strong", view_ops="flip,crop,randaugment",
                   temperatures=(2.0, 3.0, 4.0, 5.0, 6.0), weight=0.9, ce_weight=0.1,

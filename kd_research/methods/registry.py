@@ -56,7 +56,8 @@ def parse(method):
   if not requested or bad:
     raise UserError(f"config.distill.method={method!r}: unknown method(s) {bad or requested}; "
                     f"valid: {', '.join(known)} (several: comma-separated, e.g. kd,at; logit "
-                    "standardization: config.distill.logit_standardization=true with kd, dkd or mlkd).")
+                    "standardization: config.distill.logit_standardization=true with "
+                    f"{' or '.join(having('standardizes_logits'))}).")
   if "kd" in requested and "dkd" in requested:
     raise UserError("config.distill.method: kd and dkd both distil the logits; pick one.")
   return tuple(sorted(requested, key=known.index))
@@ -86,12 +87,20 @@ def views_read(distill):
   return read
 
 
+def having(capability, names=None):
+  """The methods among ``names`` (default: every registered one) whose class has the
+  capability ``capability`` (a Method attribute: ctkd_modifies, standardizes_logits, ...)."""
+  registered = methods()
+  return [n for n in (registered if names is None else names)
+          if getattr(registered[n], capability)]
+
+
 def validate(distill, where, student_epochs):
   """Every method's own config checks (active or not: a stray section is an error too)."""
-  active = set(parse(distill.method))
+  active = parse(distill.method)
   for name, cls in methods().items():
     cls.validate(distill, where, name in active, student_epochs)
-  ctkd.validate(distill, where, active)
+  ctkd.validate(distill, where, having("ctkd_modifies", active), having("ctkd_modifies"))
 
 
 def build(distill, method_names, context):

@@ -153,8 +153,13 @@ def run_method(opts, x, y, num_classes, method, strategy=None, profile_dir=None)
   """examples/s of --methods row ``method`` with a live teacher (and an op table)."""
   del x, y, num_classes
   overrides = method_overrides(method)
-  if "crd" in overrides["distill.method"].split(","):  # CRD's bank covers the examples; K capped by them.
-    overrides["distill.crd.negatives"] = min(16384, (opts.examples or 10**9) - 1)
+  from kd_research.methods import registry as method_registry  # pylint: disable=g-import-not-at-top
+  registered = method_registry.methods()
+  for name in method_registry.parse(overrides["distill.method"]):
+    field = registered[name].bank_field  # Drawn from the examples: at most their count - 1.
+    if field:
+      overrides[f"distill.{name}.{field}"] = min(registered[name].defaults[field],
+                                                  (opts.examples or 10**9) - 1)
   rate, _, _, table = run_resolved(opts, overrides, profile_dir=profile_dir, strategy=strategy)
   return rate, table
 

@@ -81,6 +81,7 @@ def test_methods_refuse_what_they_cannot_do(conv_teacher, tmp_path):
     runs.train_and_evaluate(method_config("at", **{"student.model": "mlp"}),
                             str(tmp_path / "mlp"), "distill", DEFAULT, (conv_teacher,))
   for name in ("ofd", "reviewkd", "vid", "nst"):  # They read teacher maps: no cache.
+    assert method_registry.methods()[name].reads_teacher_maps(None)
     with pytest.raises(UserError, match=r"cannot serve method\(s\) " + name):
       config_lib.validate(method_config(name, **{"distill.cache_teacher": True}))
   with pytest.raises(UserError, match="method=ofd needs feature maps"):
@@ -93,3 +94,18 @@ def test_methods_refuse_what_they_cannot_do(conv_teacher, tmp_path):
   with pytest.raises(UserError, match="has no layer 'nope'"):
     runs.train_and_evaluate(method_config("pkt", **{"distill.pkt.student_tap": "nope"}),
                             str(tmp_path / "tap"), "distill", DEFAULT, (conv_teacher,))
+
+
+def test_capabilities_are_class_attributes_read_by_the_checks():
+  """What a method can do is an attribute of its class; the config checks and their messages
+  read it (no list of names kept beside the registry)."""
+  assert method_registry.having("ctkd_modifies") == ["kd", "dkd"]
+  assert method_registry.having("standardizes_logits") == ["kd", "dkd", "mlkd"]
+  assert method_registry.having("splits_target_class") == ["dkd"]
+  assert [n for n, c in method_registry.methods().items() if c.bank_field] == ["crd"]
+  with pytest.raises(UserError, match="ctkd.enabled=true modifies kd or dkd"):
+    config_lib.validate(method_config("dist", **{"distill.ctkd.enabled": True}))
+  with pytest.raises(UserError, match="logit_standardization modifies kd, dkd, mlkd"):
+    config_lib.validate(method_config("dist", **{"distill.logit_standardization": True}))
+  with pytest.raises(UserError, match="dkd split.s. the target class"):
+    config_lib.validate(method_config("dkd", **{"augment.ops": ("mixup",)}))
