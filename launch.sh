@@ -239,7 +239,7 @@ case "$cmd" in
     exec "$PY" -m kd_research.tools.bench "$@" ;;
   convert)
     [ -x "$PY" ] || setup
-    exec "$PY" -m kd_research.tools.convert "$@" ;;
+    exec "$PY" -m kd_research.tools.tfrecord_shards "$@" ;;
   config_reference)
     [ -x "$PY" ] || setup
     TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}" exec "$PY" -m kd_research.tools.config_reference "$@" ;;

@@ -5,7 +5,7 @@
 CPU version (this file's default): MobileNetV2 with weights=None (no download) at 32x32
 input, 1 head-only epoch (the recipe's warm-up; with a random backbone the head learns
 little) then 2 epochs with the whole backbone unfrozen (random init: BatchNorm trains, with
-momentum 0.9); student cnn_seed width 16, 2 epochs, T=2, alpha=0.5. Measured on 2 CPU
+momentum 0.9); student cnn_article width 16, 2 epochs, T=2, alpha=0.5. Measured on 2 CPU
 cores: a head-only epoch ~40 s, a fine-tune epoch ~85 s (1420 and 660 examples/s).
 
 With network and a GPU, the recipe the seed article means (ImageNet weights, larger input):
@@ -25,7 +25,7 @@ def get_config(arg=None):
   """'' (CPU, random init) or 'imagenet' (pretrained, bigger input; for GPUs)."""
   config_lib.check_preset("fashion_mnist_pretrained_teacher", arg, PRESETS)
   c = config_lib.base_config()
-  c.student = config_lib.model_config("cnn_seed", width=16, epochs=2, seed=0)
+  c.student = config_lib.model_config("cnn_article", width=16, epochs=2, seed=0)
   c.distill.temperature = config_lib.schedule(2.0)
   c.distill.alpha = config_lib.schedule(0.5)
   if arg == "imagenet":

@@ -2,9 +2,9 @@
 
     ./launch.sh pipeline --experiment=fashion_mnist_results --workdir=runs/results
     ./launch.sh report --workdir=runs/results --output=results/RESULTS_MLP.md \\
-        --sweep=runs/results_sweep --claims=cifar10_seed
+        --sweep=runs/results_sweep --claims=cifar10_article
 
-Teachers (trained once with fixed seeds, reused by every student): resnet_seed width 16,
+Teachers (trained once with fixed seeds, reused by every student): resnet_article width 16,
 8 epochs, seeds 0 and 1 (174K params each). Student: a 2x128 MLP (118K params), 40 epochs,
 seeds 0, 1, 2; all students read the teachers' outputs from one shared cache, so a
 distillation run costs what a labels-only run costs. About 45 minutes on 2 CPU cores
@@ -31,11 +31,11 @@ PRESETS = ()
 
 
 def get_config(arg=None):
-  """Two resnet_seed teachers; an MLP student distilled four ways; seeds 0, 1, 2."""
+  """Two resnet_article teachers; an MLP student distilled four ways; seeds 0, 1, 2."""
   config_lib.check_preset("fashion_mnist_results", arg, PRESETS)
   c = config_lib.base_config()
-  c.teacher = config_lib.model_config("resnet_seed", width=16, epochs=8, seed=0)
-  c.extra_teachers.seed1 = config_lib.model_config("resnet_seed", width=16, epochs=8, seed=1)
+  c.teacher = config_lib.model_config("resnet_article", width=16, epochs=8, seed=0)
+  c.extra_teachers.seed1 = config_lib.model_config("resnet_article", width=16, epochs=8, seed=1)
   c.student = config_lib.model_config("mlp", width=128, epochs=40, seed=0)
   c.pipeline.seeds = (0, 1, 2)
   c.distill.cache_teacher = True

@@ -2,7 +2,7 @@
 
     ./launch.sh pipeline --experiment=fashion_mnist_schedules --workdir=runs/schedules
 
-Teacher and student as in fashion_mnist:quick (resnet_seed width 16, cnn_seed width 16);
+Teacher and student as in fashion_mnist:quick (resnet_article width 16, cnn_article width 16);
 every student trains 2 epochs (858 steps). Variants (one row each in results.md):
   constant   alpha = 0.7, T = 4 throughout (the seed's recipe)
   linear     alpha 0.9 -> 0.3 linearly (distillation-heavy early, label-heavy late)
@@ -21,8 +21,8 @@ def get_config(arg=None):
   """Four distillation variants with the quick preset's models and budget."""
   config_lib.check_preset("fashion_mnist_schedules", arg, PRESETS)
   c = config_lib.base_config()
-  c.teacher = config_lib.model_config("resnet_seed", width=16, epochs=2, seed=0)
-  c.student = config_lib.model_config("cnn_seed", width=16, epochs=2, seed=0)
+  c.teacher = config_lib.model_config("resnet_article", width=16, epochs=2, seed=0)
+  c.student = config_lib.model_config("cnn_article", width=16, epochs=2, seed=0)
   c.distill.temperature = config_lib.schedule(4.0)
   c.pipeline.variants.constant = dict(alpha=0.7)
   c.pipeline.variants.linear = dict(alpha=dict(kind="linear", start=0.9, end=0.3))

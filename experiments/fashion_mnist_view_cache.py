@@ -3,7 +3,7 @@
     ./launch.sh pipeline --experiment=fashion_mnist_view_cache --workdir=runs/view_cache
     du -b runs/view_cache/student_kd_*/seed_0/teacher_cache/views-*/*.rows   # disk per form
 
-Teacher and student as in fashion_mnist:quick (resnet_seed w16, 3 epochs -> cnn_seed w16),
+Teacher and student as in fashion_mnist:quick (resnet_article w16, 3 epochs -> cnn_article w16),
 every student 2 epochs of KD (alpha 0.5, T 2) with flip and crop (the teacher trains with
 them too, and sees the student's augmented view), seeds 0, 1, 2. Variants:
   live      the teacher runs on every step
@@ -23,8 +23,8 @@ def get_config(arg=None):
   """Five ways to give the student its teacher's outputs on augmented views."""
   config_lib.check_preset("fashion_mnist_view_cache", arg, PRESETS)
   c = config_lib.base_config()
-  c.teacher = config_lib.model_config("resnet_seed", width=16, epochs=3, seed=0)
-  c.student = config_lib.model_config("cnn_seed", width=16, epochs=2, seed=0)
+  c.teacher = config_lib.model_config("resnet_article", width=16, epochs=3, seed=0)
+  c.student = config_lib.model_config("cnn_article", width=16, epochs=2, seed=0)
   c.augment.ops = ("flip", "crop")
   c.distill.alpha = config_lib.schedule(0.5)
   c.distill.temperature = config_lib.schedule(2.0)

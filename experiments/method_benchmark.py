@@ -30,7 +30,7 @@ SP, ...) and MLKD (its strong view changes every step) run the teacher live. CRD
 a similar share of 40 or 20 epochs); ReviewKD's is 3 epochs too (20 of 240 in mdistiller).
 
 Presets:
-  article  the seed article's pair, resnet_seed w16 (174K) -> cnn_seed w16 (24K): kd,
+  article  the seed article's pair, resnet_article w16 (174K) -> cnn_article w16 (24K): kd,
            kd + logit standardization, dkd, dist, fitnets, at, rkd, pkt, sp, crd, ofd,
            reviewkd, vid, nst, cc, kd + ctkd, dkd + ctkd, mlkd; and a DML cohort of 2
            students (student_dml, no teacher).
@@ -74,7 +74,7 @@ _ARTICLE_METHODS = {
     # The weight and tau this campaign ran DIST at (the defaults before they followed
     # DIST_KD's configs: weight 2, tau 1), kept so that its runs keep their identity.
     "dist": dict(method="dist", dist=dict(weight=1.0, temperature=4.0)),
-    # cnn_seed's 12x12 middle stage against resnet_seed's 14x14: ConvReg maps no such
+    # cnn_article's 12x12 middle stage against resnet_article's 14x14: ConvReg maps no such
     # pair, so the article pair resizes first (conv -> BN -> ReLU after it, as ConvReg).
     # The resnet pair inherits the setting; its maps are of equal size (one family, one
     # width), where 'resize' builds exactly ConvReg's 1x1 conv -> BN -> ReLU (no resize
@@ -186,8 +186,8 @@ def _shrink_to_tiny(c):
   c.global_batch_size = 64
   c.run.eval_batch_size = 128
   c.run.steps_per_loop = 10
-  c.teacher = config_lib.model_config("resnet_seed", width=4, epochs=1, seed=0)
-  c.student = config_lib.model_config("cnn_seed", width=4, epochs=1, seed=0)
+  c.teacher = config_lib.model_config("resnet_article", width=4, epochs=1, seed=0)
+  c.student = config_lib.model_config("cnn_article", width=4, epochs=1, seed=0)
   c.pipeline.seeds = (0, 1)
   c.pipeline.variants.crd.crd.negatives = 64
   c.run.allow_weak_teacher = True
@@ -200,8 +200,8 @@ def get_config(arg="article"):
   c = config_lib.base_config()
   c.dataset = "fashion_mnist"
   c.train_size = 5000
-  c.teacher = config_lib.model_config("resnet_seed", width=16, seed=0)
-  c.student = config_lib.model_config("cnn_seed", width=16, seed=0)
+  c.teacher = config_lib.model_config("resnet_article", width=16, seed=0)
+  c.student = config_lib.model_config("cnn_article", width=16, seed=0)
   methods = dict(_ARTICLE_METHODS)
   if arg in ("resnet", "resnet_features", "resnet_fitnets", "resnet_born_again"):
     c.teacher = config_lib.model_config("resnet56", width=8, seed=0)
@@ -214,7 +214,7 @@ def get_config(arg="article"):
   if arg in ("short", "long", "why"):
     methods["dkd"] = dict(method="dkd", dkd=dict(warmup_epochs=1))
     _set_protocol(c, **_SHORT, student_epochs=40 if arg == "long" else None)
-  else:  # Nearly converged: resnet20 by 20 epochs (+0.63 at 40), cnn_seed by 40 (+0.77 at 80).
+  else:  # Nearly converged: resnet20 by 20 epochs (+0.63 at 40), cnn_article by 40 (+0.77 at 80).
     _set_protocol(c, **_CONVERGED,
                   student_epochs={"curve": 80, "resnet": 20, "resnet_features": 20,
                                   "resnet_fitnets": 20, "resnet_born_again": 20}.get(arg))

@@ -1,7 +1,7 @@
 """The Python API: train a teacher, distil a student, evaluate, export and report from Python.
 
     import kd_research as kd
-    teacher = kd.train_teacher("resnet_seed", data="fashion_mnist", workdir="runs/nb/teacher")
+    teacher = kd.train_teacher("resnet_article", data="fashion_mnist", workdir="runs/nb/teacher")
     student = kd.distill(student=my_keras_model, teacher=teacher, method="dkd",
                          workdir="runs/nb/dkd", overrides={"distill.dkd.beta": 4.0})
     student.test_accuracy, student.model()
@@ -49,7 +49,7 @@ from kd_research.report import pages
 from kd_research.runtime import distribute
 from kd_research.train import evaluation
 from kd_research.train import results as results_lib
-from kd_research.train import runs
+from kd_research.train import end_to_end
 from kd_research.train import workdir as workdir_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -195,7 +195,7 @@ def _execute(c, workdir, role, teacher_paths, overwrite, verbose):
   call = "distill" if role == "distill" else f"train_{role}"
   fileio.record_command(workdir, f"kd_research.{call}(workdir={workdir!r})")
   strategy = distribute.make_strategy(c.distribution)
-  results = runs.train_and_evaluate(c, workdir, role, strategy, teacher_paths=teacher_paths,
+  results = end_to_end.train_and_evaluate(c, workdir, role, strategy, teacher_paths=teacher_paths,
                                     overwrite=overwrite)
   return RunResult(workdir, dict(results))
 

@@ -91,8 +91,8 @@ def base_config():
       # CIFAR-100 protocol's 5e-4); weight_decay above is decoupled (AdamW-style).
       l2=0.0,
       learning_rate=schedule(1e-3, "cosine", end=0.0)))
-  c.teacher = model_config("resnet_seed", width=16, epochs=2, seed=0)
-  c.student = model_config("cnn_seed", width=16, epochs=2, seed=0)
+  c.teacher = model_config("resnet_article", width=16, epochs=2, seed=0)
+  c.student = model_config("cnn_article", width=16, epochs=2, seed=0)
   # More teachers for multi-teacher distillation: {name: model entry}; the ensemble is
   # config.teacher followed by these in name order.
   c.extra_teachers = ml_collections.ConfigDict()

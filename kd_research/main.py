@@ -18,6 +18,8 @@ from absl import flags
 from absl import logging
 
 COMMANDS = ("train", "distill", "pipeline", "eval", "export", "keras_peer")
+# Experiments renamed since runs were recorded with them (their command.txt files).
+RENAMED_EXPERIMENTS = {"cifar10_seed": "cifar10_article"}
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _EXPERIMENTS = os.path.join(_REPO, "experiments")
 
@@ -73,6 +75,8 @@ def _experiment_to_config_flag(argv):
     spec = "fashion_mnist:quick"
   if spec is not None:
     name, _, preset = spec.partition(":")
+    name = RENAMED_EXPERIMENTS.get(name, name)
+    spec = name + (f":{preset}" if preset else "")
     if name not in experiment_names():
       _usage_error(f"unknown experiment {name!r}; valid: {', '.join(experiment_names())}.")
     presets = experiment_presets(name)
@@ -91,7 +95,7 @@ def _run(command, config, workdir):
   from kd_research.runtime import distribute
   from kd_research.train import evaluation
   from kd_research.campaign import pipeline
-  from kd_research.train import runs
+  from kd_research.train import end_to_end
   from kd_research.train import workdir as workdir_lib
 
   config_lib.validate(config)
@@ -101,10 +105,10 @@ def _run(command, config, workdir):
   strategy = distribute.make_strategy(config.distribution)
   overwrite = flags.FLAGS.overwrite
   if command == "train":
-    results = runs.train_and_evaluate(config, workdir, flags.FLAGS.role, strategy,
+    results = end_to_end.train_and_evaluate(config, workdir, flags.FLAGS.role, strategy,
                                       overwrite=overwrite)
   elif command == "distill":
-    results = runs.train_and_evaluate(config, workdir, "distill", strategy,
+    results = end_to_end.train_and_evaluate(config, workdir, "distill", strategy,
                                       teacher_paths=(config.teacher.path,), overwrite=overwrite)
   elif command == "keras_peer":
     from kd_research.tools import keras_peer  # pylint: disable=g-import-not-at-top
@@ -247,9 +251,9 @@ def report_command(argv):
     sys.stderr.write("error: --workdir=DIR is required (a directory of runs).\n" + usage)
     return 2
   try:
-    text = pages.generate(values["workdir"], values["output"], values["sweep"],
-                           values["claims"], "./launch.sh report " + " ".join(argv),
-                           values["figure"])
+    claims = RENAMED_EXPERIMENTS.get(values["claims"], values["claims"])
+    text = pages.generate(values["workdir"], values["output"], values["sweep"], claims,
+                          "./launch.sh report " + " ".join(argv), values["figure"])
   except UserError as e:
     sys.stderr.write(f"error: {e}\n")
     return 1 if "no finished runs" in str(e) else 2

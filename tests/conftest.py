@@ -120,10 +120,10 @@ def built_once(tmp_path_factory, name, train):
 @pytest.fixture(scope="session")
 def teacher_file(tmp_path_factory):
   """A teacher of the tiny preset (synthetic data, MLP), trained once per test session."""
-  from kd_research.train import runs  # pylint: disable=g-import-not-at-top
+  from kd_research.train import end_to_end  # pylint: disable=g-import-not-at-top
 
   def train(workdir):
-    results = runs.train_and_evaluate(tiny_config(), workdir, "teacher", DEFAULT)
+    results = end_to_end.train_and_evaluate(tiny_config(), workdir, "teacher", DEFAULT)
     assert results["test_accuracy"] > 0.9  # Synthetic data is easy for the teacher.
   return built_once(tmp_path_factory, "teacher", train)
 
@@ -153,7 +153,7 @@ def interrupt_then_resume(config, workdir, teacher_path, monkeypatch, stop_after
                           expected_checkpoint):
   """Stops a distillation run once it passes ``stop_after`` steps, then reruns it."""
   from kd_research.train import driver  # pylint: disable=g-import-not-at-top
-  from kd_research.train import runs  # pylint: disable=g-import-not-at-top
+  from kd_research.train import end_to_end  # pylint: disable=g-import-not-at-top
   original = driver.Driver._check_finite
 
   def interrupt(self, sums, step, n):
@@ -163,12 +163,12 @@ def interrupt_then_resume(config, workdir, teacher_path, monkeypatch, stop_after
 
   monkeypatch.setattr(driver.Driver, "_check_finite", interrupt)
   with pytest.raises(Interrupted):
-    runs.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_path,))
+    end_to_end.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_path,))
   assert not os.path.exists(os.path.join(workdir, "results.json"))
   latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
   assert latest.endswith(f"-{expected_checkpoint}")
   monkeypatch.setattr(driver.Driver, "_check_finite", original)
-  runs.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_path,))
+  end_to_end.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_path,))
 
 
 def kill_after_checkpoint(cmd, checkpoint_dir, at_least, timeout=240):
@@ -193,20 +193,20 @@ def kill_after_checkpoint(cmd, checkpoint_dir, at_least, timeout=240):
 
 @pytest.fixture(scope="session")
 def conv_teacher(tmp_path_factory):
-  """A small convolutional teacher with stage taps (resnet_seed w8 on the synthetic data)."""
-  from kd_research.train import runs  # pylint: disable=g-import-not-at-top
-  config = tiny_config(**{"teacher.model": "resnet_seed", "teacher.width": 8,
+  """A small convolutional teacher with stage taps (resnet_article w8 on the synthetic data)."""
+  from kd_research.train import end_to_end  # pylint: disable=g-import-not-at-top
+  config = tiny_config(**{"teacher.model": "resnet_article", "teacher.width": 8,
                           "teacher.epochs": 2})
   return built_once(tmp_path_factory, "conv_teacher",
-                    lambda workdir: runs.train_and_evaluate(config, workdir, "teacher", DEFAULT))
+                    lambda workdir: end_to_end.train_and_evaluate(config, workdir, "teacher", DEFAULT))
 
 
 def method_config(method, **overrides):
-  return tiny_config(**{"student.model": "cnn_seed", "student.width": 4, "student.epochs": 1,
+  return tiny_config(**{"student.model": "cnn_article", "student.width": 4, "student.epochs": 1,
                         "distill.method": method, "run.allow_weak_teacher": True,
                         "distill.dkd.warmup_epochs": 1, "distill.crd.negatives": 64,
                         "distill.reviewkd.warmup_epochs": 1,
-                        # cnn_seed's 12x12 stage1 against resnet_seed's 14x14 stage2: a pair
+                        # cnn_article's 12x12 stage1 against resnet_article's 14x14 stage2: a pair
                         # ConvReg does not map (test_connectors.py checks the reference one).
                         "distill.fitnets.connector": "resize",
                         **overrides})

@@ -50,7 +50,7 @@ def test_bad_config_fails_before_training(tmp_path):
     ("student.epochs", 0, "config.student.epochs"),
     ("dataset", "imagenet", "fashion_mnist"),
     ("distill.combine", "median", "prob_mean"),
-    ("student.model", "vgg", "cnn_seed"),
+    ("student.model", "vgg", "cnn_article"),
 ])
 def test_bad_config_values_are_refused_by_validation(field, value, message):
   with pytest.raises(UserError) as error:

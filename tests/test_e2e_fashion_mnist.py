@@ -60,7 +60,7 @@ def test_pipeline_on_real_fashion_mnist(tmp_path):
 
 def test_cifar10_seed_experiment_on_generated_miniature(tmp_path):
   write_fake_cifar10(str(tmp_path / "data" / "cifar-10-batches-py"), per_batch=40, test=40)
-  out = run_main("pipeline", "--experiment=cifar10_seed:mini", f"--workdir={tmp_path}/run",
+  out = run_main("pipeline", "--experiment=cifar10_article:mini", f"--workdir={tmp_path}/run",
                  f"--config.run.data_dir={tmp_path}/data",
                  "--config.pipeline.export_students=false")  # Export: test_export.py.
   assert out.returncode == 0, out.stderr[-3000:]

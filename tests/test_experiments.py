@@ -7,7 +7,7 @@ import pytest
 from kd_research import config as config_lib
 from conftest import REPO, load_experiment
 
-PRESETS = {"fashion_mnist": ["quick", "full", "tiny"], "cifar10_seed": [None, "mini"],
+PRESETS = {"fashion_mnist": ["quick", "full", "tiny"], "cifar10_article": [None, "mini"],
            "fashion_mnist_schedules": [None], "fashion_mnist_multi_teacher": [None],
            "fashion_mnist_pretrained_teacher": [None, "imagenet"],
            "fashion_mnist_results": [None],
@@ -37,12 +37,12 @@ def test_preset_validates_and_is_locked(name, preset):
 
 
 def test_cifar10_docstring_quotes_the_claimed_table():
-  module = open(os.path.join(REPO, "experiments", "cifar10_seed.py")).read()
+  module = open(os.path.join(REPO, "experiments", "cifar10_article.py")).read()
   for figure in ("92.1%", "86.3%", "89.7%"):
     assert figure in module
-  from experiments import cifar10_seed  # The same figures, quoted by report --claims.
+  from experiments import cifar10_article  # The same figures, quoted by report --claims.
   for figure in ("92.1%", "86.3%", "89.7%"):
-    assert figure in cifar10_seed.CLAIMED_TABLE
+    assert figure in cifar10_article.CLAIMED_TABLE
 
 
 def test_cifar100_protocol_and_claimed_table():

@@ -12,7 +12,7 @@ import pytest
 
 from kd_research.data import sources
 from kd_research.common import fileio
-from kd_research.train import runs
+from kd_research.train import end_to_end
 from kd_research.runtime import precision
 from kd_research.tools import profiling
 from kd_research.train import summaries
@@ -59,7 +59,7 @@ def test_auto_run_records_the_resolved_precision(tmp_path, monkeypatch):
   """A run with mixed_precision=auto records what it used and why; fake an AVX2-only CPU."""
   monkeypatch.setattr(precision, "cpu_flags", lambda *a: {"avx2", "fma"})
   config = tiny_config(**{"mixed_precision": "auto", "student.epochs": 1})
-  results = runs.train_and_evaluate(config, str(tmp_path / "s"), "student", DEFAULT)
+  results = end_to_end.train_and_evaluate(config, str(tmp_path / "s"), "student", DEFAULT)
   assert results["precision"]["requested"] == "auto"
   assert results["precision"]["used"] == "none"
   assert "no native bf16" in results["precision"]["reason"]
@@ -92,7 +92,7 @@ def run_main(*args):
 @pytest.mark.parametrize("args,message", [
     (["--experiment=fashion_mnist:quik"], "unknown preset 'quik' for experiment fashion_mnist"),
     (["--experiment=fashion_mnist_results:quick"], "takes no preset"),
-    (["--experiment=cifar10_seed:maxi"], "valid presets: mini"),
+    (["--experiment=cifar10_article:maxi"], "valid presets: mini"),
     (["--experiment=fashion_mnist:tiny", "--config.distil.alpha=0.5"],
      "--config.distil.alpha=0.5: the config has no field 'distil' (did you mean 'distill'?)"),
     (["--experiment=fashion_mnist:tiny", "--config.distill.temprature=4"],
@@ -126,7 +126,7 @@ def test_every_experiment_refuses_unknown_presets():
 def _distill(tmp_path, teacher_path, **overrides):
   config = tiny_config(**{"teacher.path": teacher_path, "student.epochs": 1, **overrides})
   workdir = tmp_path / "kd"
-  return workdir, lambda: runs.train_and_evaluate(config, str(workdir), "distill", DEFAULT,
+  return workdir, lambda: end_to_end.train_and_evaluate(config, str(workdir), "distill", DEFAULT,
                                                   teacher_paths=(teacher_path,))
 
 
@@ -284,7 +284,7 @@ def test_distilled_run_records_alpha_and_temperature_in_hparams(tmp_path, teache
                           "distill.alpha.start": 0.3, "distill.alpha.end": 0.3,
                           "distill.temperature.start": 3.0, "distill.temperature.end": 3.0})
   workdir = str(tmp_path / "student_kd")
-  runs.train_and_evaluate(config, workdir, "distill", DEFAULT, teacher_paths=(teacher_file,))
+  end_to_end.train_and_evaluate(config, workdir, "distill", DEFAULT, teacher_paths=(teacher_file,))
   recorded = session_hparams(workdir)
   assert recorded["01 method"] == "kd"
   assert recorded["05 alpha"] == pytest.approx(0.3) and recorded["06 T"] == pytest.approx(3.0)
@@ -293,7 +293,7 @@ def test_distilled_run_records_alpha_and_temperature_in_hparams(tmp_path, teache
 def test_events_are_in_the_run_directory_with_declared_metrics(tmp_path):
   from tensorboard.backend.event_processing import event_accumulator
   workdir = str(tmp_path / "student_baseline")
-  runs.train_and_evaluate(tiny_config(**{"student.epochs": 1}), workdir, "student", DEFAULT)
+  end_to_end.train_and_evaluate(tiny_config(**{"student.epochs": 1}), workdir, "student", DEFAULT)
   acc = event_accumulator.EventAccumulator(workdir, size_guidance={
       event_accumulator.TENSORS: 0})
   acc.Reload()

@@ -11,8 +11,8 @@ import pytest
 
 from conftest import DEFAULT, ENV, REPO, kill_after_checkpoint, tiny_config, weights_of
 from generated_data import write_image_folder, write_tfds_dataset
-from kd_research.tools import convert
-from kd_research.train import runs
+from kd_research.tools import tfrecord_shards
+from kd_research.train import end_to_end
 
 STREAMED = {"image_size": 12, "validation_size": 12, "global_batch_size": 12,
             "run.eval_batch_size": 24, "data.train_view": "inception",
@@ -29,12 +29,12 @@ def data(tmp_path_factory):
   of the same kind of data, and a teacher trained on the shards."""
   root = tmp_path_factory.mktemp("streamed")
   folder = write_image_folder(str(root / "images"), train=36)
-  convert.convert(f"folder:{folder}", str(root / "shards"), shards=4)
+  tfrecord_shards.convert(f"folder:{folder}", str(root / "shards"), shards=4)
   write_tfds_dataset(root / "tfds")
   teacher_dir = str(root / "teacher")
   config = tiny_config(**{**STREAMED, "dataset": f"tfrecord:{root / 'shards'}",
                           "teacher.epochs": 16, "data.train_view": "center"})
-  result = runs.train_and_evaluate(config, teacher_dir, "teacher", DEFAULT)
+  result = end_to_end.train_and_evaluate(config, teacher_dir, "teacher", DEFAULT)
   assert result["test_accuracy"] > 0.9, result["test_accuracy"]  # chance is 1/3
   return {"folder": f"folder:{folder}", "tfrecord": f"tfrecord:{root / 'shards'}",
           "tfds": "tfds:kd_toy", "tfds_dir": str(root / "tfds"),
@@ -97,9 +97,9 @@ def test_replica_count_does_not_change_a_streamed_run(tmp_path, data, strategy_f
                                                       replicas):
   config = tiny_config(**STREAMED, dataset=data["tfrecord"],
                        **{"student.epochs": 2, "teacher.path": data["teacher"]})
-  one = runs.train_and_evaluate(config, str(tmp_path / "one"), "distill", DEFAULT,
+  one = end_to_end.train_and_evaluate(config, str(tmp_path / "one"), "distill", DEFAULT,
                                 (data["teacher"],))
-  many = runs.train_and_evaluate(config, str(tmp_path / "many"), "distill",
+  many = end_to_end.train_and_evaluate(config, str(tmp_path / "many"), "distill",
                                  strategy_factory(replicas), (data["teacher"],))
   diffs = [float(np.max(np.abs(a - b))) for a, b in
            zip(weights_of(str(tmp_path / "one")), weights_of(str(tmp_path / "many")))]
@@ -131,7 +131,7 @@ def test_teacher_cache_on_shards_matches_the_live_teacher(tmp_path, data, method
     config = tiny_config(**{**STREAMED, "dataset": data["tfrecord"],
                             "data.train_view": view, "student.epochs": 2,
                             "distill.method": method, "distill.cache_teacher": cache})
-    results[cache] = runs.train_and_evaluate(config, str(tmp_path / f"c{cache}"), "distill",
+    results[cache] = end_to_end.train_and_evaluate(config, str(tmp_path / f"c{cache}"), "distill",
                                              DEFAULT, (data["teacher"],))
   kind = "train" if view == "center" else "views"
   cached = glob.glob(str(tmp_path / "cTrue" / "teacher_cache" / f"{kind}-*" / "*.rows"))

@@ -49,8 +49,8 @@ def test_non_finite_schedule_values_are_refused_up_front(field, value):
 FEATURE_METHODS = [n for n, cls in method_registry.methods().items() if cls.kind == "feature"]
 
 
-@pytest.mark.parametrize("student_model,teacher_model", [("cnn_seed", "mlp"),
-                                                         ("mlp", "cnn_seed")])
+@pytest.mark.parametrize("student_model,teacher_model", [("cnn_article", "mlp"),
+                                                         ("mlp", "cnn_article")])
 @pytest.mark.parametrize("method", FEATURE_METHODS)
 def test_feature_methods_across_model_kinds_build_or_refuse_clearly(method, student_model,
                                                                     teacher_model):

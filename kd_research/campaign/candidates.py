@@ -14,7 +14,7 @@ from absl import logging
 
 from kd_research.campaign import stages as stages_lib
 from kd_research.common import fileio
-from kd_research.train import runs
+from kd_research.train import end_to_end
 from kd_research.train import workdir as workdir_lib
 
 
@@ -34,7 +34,7 @@ def select(config, workdir, paths, strategy, overwrite=False):
     scores = {}
     for _, name, run_config, run_dir, run_paths in stages_lib.candidate_runs(
         config, workdir, paths, variant):
-      result = runs.train_and_evaluate(run_config, run_dir, "distill", strategy,
+      result = end_to_end.train_and_evaluate(run_config, run_dir, "distill", strategy,
                                        tuple(run_paths), overwrite)
       scores[name] = result["validation_accuracy"]
     best = max(sorted(scores), key=lambda n: scores[n])  # max keeps the first of ties.

@@ -20,7 +20,7 @@ from kd_research.common import fileio
 from kd_research.models import registry as model_registry
 from kd_research.report import pages
 from kd_research.runtime import distribute
-from kd_research.train import runs
+from kd_research.train import end_to_end
 from kd_research.train import workdir as workdir_lib
 
 
@@ -49,7 +49,7 @@ def run_stage(stage, strategy, chosen_dirs=None, overwrite=False):
   if stage.group == "students" and not overwrite and not distribute.is_multi_worker(strategy):
     candidates.adopt_candidate_run((chosen_dirs or {}).get(stage.variant), stage.run_dir,
                                    stage.config, role, stage.teachers)  # Workers would race.
-  result = runs.train_and_evaluate(stage.config, stage.run_dir, role, strategy,
+  result = end_to_end.train_and_evaluate(stage.config, stage.run_dir, role, strategy,
                                    stage.teachers, overwrite)
   if stage.group == "students" and stage.config.pipeline.export_students:
     export_once(stage.run_dir, stage.config)

@@ -9,7 +9,7 @@ splits.py (one split as a stream), streams.py (the example order and per-replica
 preprocess.py (encoded image -> model input).
 Augmentation: augment.py (stateless, replica-independent batch ops), randaugment.py,
 views.py (multi-view batches).
-Storage: row_files.py (per-example rows read on demand: the teacher cache's files).
+Storage: cache_rows.py (per-example rows read on demand: the teacher cache's files).
 
 May import: common, runtime.
 """

@@ -19,17 +19,17 @@ import tensorflow as tf
 
 from kd_research.common.errors import UserError
 from kd_research.data import preprocess
-from kd_research.data import row_files
+from kd_research.data import cache_rows
 from kd_research.data import streams
 
 
 def _rows(value):
   """gather(batch) of an extra: rows at the batch's examples ('index') of an in-memory
-  array (a graph constant) or a row_files.RowFile (read per batch: O(batch) memory), or
-  rows at its views (step, position) of a row_files.ViewRows."""
-  if isinstance(value, row_files.ViewRows):
+  array (a graph constant) or a cache_rows.RowFile (read per batch: O(batch) memory), or
+  rows at its views (step, position) of a cache_rows.ViewRows."""
+  if isinstance(value, cache_rows.ViewRows):
     return value.gather_batch
-  if isinstance(value, row_files.RowFile):
+  if isinstance(value, cache_rows.RowFile):
     return lambda batch: value.gather(batch["index"])
   constant = tf.constant(value)
   return lambda batch: tf.gather(constant, batch["index"])

@@ -1,4 +1,4 @@
-"""Model families, registered by name: seed.py (the article's resnet_seed, cnn_seed and the
+"""Model families, registered by name: article.py (the article's resnet_article, cnn_article and the
 MLP), cifar.py (the CIFAR KD benchmark's family), imagenet.py (torchvision's ImageNet models),
 pretrained.py (keras.applications backbones), user.py (the user's own code and .keras files)
 and cohort.py (a DML cohort of students in one model).

@@ -1,4 +1,4 @@
-"""Building blocks shared by the model families (seed.py) and the CIFAR family
+"""Building blocks shared by the model families (article.py) and the CIFAR family
 (cifar.py): feature taps (with the stages' pre-activation taps), the float32 logits head,
 BatchNorm, the basic residual block, and the two weightless layers ShuffleNetV2 needs
 (saved and loaded by name, so ``.keras`` files load with safe_mode)."""

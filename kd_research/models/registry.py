@@ -28,6 +28,7 @@ from kd_research.models import user
 
 _PACKAGE = "kd_research.models"
 _REGISTERED = {}
+_ALIASES = {}  # a model's former name -> its name (old runs and .keras files still load)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,15 +41,23 @@ class Family:
   pretrained: bool = False
 
 
-def register(name, builder=None, pretrained=False):
-  """Registers ``builder`` as model ``name``; without a builder, a decorator."""
+def register(name, builder=None, pretrained=False, aliases=()):
+  """Registers ``builder`` as model ``name``; without a builder, a decorator. ``aliases``:
+  former names, accepted wherever a model name is (configs, run identities, chains)."""
   def add(fn):
     module = getattr(fn, "__module__", None) or getattr(fn.func, "__module__", "")  # partials
     if name in _REGISTERED and _REGISTERED[name].module != module:
       raise ValueError(f"two models are named {name!r}: {_REGISTERED[name].module} and {module}")
     _REGISTERED[name] = Family(name, fn, module, pretrained)
+    _ALIASES.update({alias: name for alias in aliases})
     return fn
   return add if builder is None else add(builder)
+
+
+def canonical(name):
+  """The model's registered name for ``name`` (itself, or the name it was renamed to)."""
+  families()
+  return _ALIASES.get(name, name)
 
 
 def families():
@@ -77,7 +86,7 @@ def load_keras(path):
 
 def is_known(name):
   """A registered name, or a user's ``package.module:function`` (checked when built)."""
-  return user.is_spec(name) or name in families()
+  return user.is_spec(name) or canonical(name) in families()
 
 
 def load_start(path, input_shape, num_classes, where):
@@ -105,6 +114,7 @@ def build(name, input_shape, num_classes, width=None, sync_bn=False, image_size=
     raise UserError(f"model {name} is a registry model; kwargs {sorted(kwargs)} are for user "
                     "models (package.module:function). Its options are width and sync_bn.")
   registered = families()
+  name = canonical(name)
   if name not in registered:
     raise UserError(f"Unknown model {name!r}; valid models: {', '.join(registered)}.")
   if width is not None and width < 0:

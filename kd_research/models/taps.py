@@ -5,7 +5,7 @@ as its logits.
 ``model`` whose outputs are the logits followed by the named layers' outputs: one
 forward pass serves the classifier and every tap. The registry's models name their
 stage outputs ``stage1``, ``stage2``, ... and the pooled feature ``pooled``
-(models/seed.py, cifar.py); keras.applications teachers have ``pooled``. Any other layer of the
+(models/article.py, cifar.py); keras.applications teachers have ``pooled``. Any other layer of the
 model's top-level graph can be named instead. Most registry models also tap each stage's
 pre-activation, ``stage<i>_preact`` (the tensor whose ReLU is the stage output: OFD and
 ReviewKD read it), and name ``stage<i>_preact_bn`` the BatchNorm that shapes it.
@@ -45,7 +45,7 @@ def require_preact(model, stages, what, method):
     raise UserError(
         f"config.distill.method={method} reads the {what}'s pre-activation taps, and model "
         f"{model.name} has no {', '.join(preact(s) for s in missing)}. The registry's ResNets, "
-        "WRNs, VGGs, MobileNets, resnet_seed and cnn_seed have them (a model file saved before "
+        "WRNs, VGGs, MobileNets, resnet_article and cnn_article have them (a model file saved before "
         "they existed does not: retrain it); in your own model name the tensor before a "
         "stage's last ReLU '<stage>_preact' (e.g. keras.layers.Identity(name='stage2_preact')).")
   return [preact(s) for s in stages]

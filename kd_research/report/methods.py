@@ -56,7 +56,7 @@ def method_pairs(runs, root):
 
 
 def _teacher_name(path, root, known):
-  """'resnet_seed w16 (teacher)': a teacher's model and run directory (relative to root),
+  """'resnet_article w16 (teacher)': a teacher's model and run directory (relative to root),
   from the runs below root or the config.json next to its file."""
   directory = os.path.dirname(os.path.realpath(path))
   where = os.path.relpath(directory, os.path.realpath(root))

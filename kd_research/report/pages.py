@@ -1,7 +1,7 @@
 """Report pages: the Markdown documents made of run directories.
 
     ./launch.sh report --workdir=runs/benchmark [--output=results/RESULTS.md] [--figure=F.svg]
-        [--sweep=runs/results_sweep] [--claims=cifar10_seed]
+        [--sweep=runs/results_sweep] [--claims=cifar10_article]
 
 Rows come from report/rows.py (runs whose configs differ only in the model seed are one
 row, test accuracy as mean +- std over seeds); tables from tables.py; per-pair method

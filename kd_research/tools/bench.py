@@ -25,9 +25,9 @@ from kd_research.tools import bench_runs
 
 flags.DEFINE_bool("quick", False, "Fewer and shorter windows: about a minute in total.")
 flags.DEFINE_string("rows", "a,b,c,d,e,f,g,h,i,j", "Which rows to run.")
-flags.DEFINE_string("teacher", "resnet_seed", "Teacher model.")
+flags.DEFINE_string("teacher", "resnet_article", "Teacher model.")
 flags.DEFINE_integer("teacher_width", 32, "Teacher width.")
-flags.DEFINE_string("student", "cnn_seed", "Student model.")
+flags.DEFINE_string("student", "cnn_article", "Student model.")
 flags.DEFINE_integer("student_width", 32, "Student width.")
 flags.DEFINE_integer("batch", 128, "Batch size.")
 flags.DEFINE_integer("window", 20, "Steps per timed window.")

@@ -117,10 +117,10 @@ def _tfds_copy(folder, data_dir, size):
 def prepare(workdir, n, size):
   """{'folder': spec, 'tfrecord': spec} of ``n`` generated JPEGs of ``size``^2 (converted
   into 8 shards) and the mean JPEG size in bytes."""
-  from kd_research.tools import convert  # pylint: disable=g-import-not-at-top
+  from kd_research.tools import tfrecord_shards  # pylint: disable=g-import-not-at-top
   folder, mean_bytes = write_jpeg_folder(os.path.join(workdir, "images"), n, size, size,
                                          test=max(n // 8, 600))
-  convert.convert(f"folder:{folder}", os.path.join(workdir, "shards"), shards=8)
+  tfrecord_shards.convert(f"folder:{folder}", os.path.join(workdir, "shards"), shards=8)
   return {"folder": f"folder:{folder}", "tfrecord": f"tfrecord:{workdir}/shards"}, mean_bytes
 
 
@@ -234,16 +234,16 @@ def write_png_shards(output, n, size=16, shards=32, test=10000, pool=4096):
   """``n`` training records (and ``test``) of ``size``^2 PNGs, from a pool of ``pool``
   generated images, as converter shards with a manifest; returns the shards' bytes."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from kd_research.tools import convert  # pylint: disable=g-import-not-at-top
+  from kd_research.tools import tfrecord_shards  # pylint: disable=g-import-not-at-top
   encoded = [tf.io.encode_png(image).numpy() for image in _images(pool, size, size)]
   os.makedirs(output, exist_ok=True)
-  manifest = convert.new_manifest("generated", [str(c) for c in range(10)], 3)
+  manifest = tfrecord_shards.new_manifest("generated", [str(c) for c in range(10)], 3)
   for split, count in (("train", n), ("test", test)):
     read = lambda i: (encoded[(i * 7919) % pool], i % 10)  # pylint: disable=cell-var-from-loop
-    entries, _ = convert.write_split(output, split, read, count, shards, 0, 3, set(),
+    entries, _ = tfrecord_shards.write_split(output, split, read, count, shards, 0, 3, set(),
                                      check_decode=False)
-    convert.add_split(manifest, output, split, entries, count)
-  convert.write_manifest(manifest, output, {(size, size)})
+    tfrecord_shards.add_split(manifest, output, split, entries, count)
+  tfrecord_shards.write_manifest(manifest, output, {(size, size)})
   return sum(e["bytes"] for s in manifest["splits"].values() for e in s["shards"])
 
 
@@ -251,7 +251,7 @@ def memory_curve(n, size=16, batch=512):
   """Trains one epoch on ``n`` streamed records and samples RSS over the run."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from kd_research import config as config_lib  # pylint: disable=g-import-not-at-top
-  from kd_research.train import runs  # pylint: disable=g-import-not-at-top
+  from kd_research.train import end_to_end  # pylint: disable=g-import-not-at-top
   workdir = tempfile.mkdtemp(prefix="kd_bench_memory_")
   shards = os.path.join(workdir, "shards")
   data_bytes = write_png_shards(shards, n, size)
@@ -266,7 +266,7 @@ def memory_curve(n, size=16, batch=512):
   before = _rss_mb()
   start = time.perf_counter()
   with RssSampler() as sampler:
-    result = runs.train_and_evaluate(config, os.path.join(workdir, "run"), "student",
+    result = end_to_end.train_and_evaluate(config, os.path.join(workdir, "run"), "student",
                                      tf.distribute.get_strategy())
   seconds = time.perf_counter() - start
   samples = sampler.samples

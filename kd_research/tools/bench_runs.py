@@ -244,7 +244,7 @@ def run_resolved(opts, overrides=(), role="distill", teachers=1, profile_dir=Non
   from kd_research.data import datasets  # pylint: disable=g-import-not-at-top
   from kd_research.runtime import precision  # pylint: disable=g-import-not-at-top
   from kd_research.train import resolve  # pylint: disable=g-import-not-at-top
-  from kd_research.train import runs  # pylint: disable=g-import-not-at-top
+  from kd_research.train import end_to_end  # pylint: disable=g-import-not-at-top
   strategy = strategy or tf.distribute.get_strategy()
   overrides = dict(overrides)
   views = overrides.get("distill.cache_teacher") and overrides.get("augment.ops")
@@ -261,10 +261,10 @@ def run_resolved(opts, overrides=(), role="distill", teachers=1, profile_dir=Non
     if views:
       print(f"  the view cache of {needed} steps took {time.perf_counter() - start:.1f} s to "
             "build (with the teacher checks), once", flush=True)
-    driver = runs.make_driver(run, writer=None)
+    driver = end_to_end.make_driver(run, writer=None)
     loop = driver.loop_for(run.phases[-1] if role != "distill" else
                            next(p for p in run.phases if p.name == "distill"))
-    rate, table = _time_loop(opts, loop, runs.train_stream(run), profile_dir)
+    rate, table = _time_loop(opts, loop, end_to_end.train_stream(run), profile_dir)
   finally:
     precision.set_policy("none")
   live = role == "distill" and not config.distill.cache_teacher

@@ -111,7 +111,7 @@ FIELDS = {
     "optimizer.l2": "coupled L2: l2 * w added to the gradient, PyTorch SGD's weight_decay "
                     "(the CIFAR-100 protocol's 5e-4)",
     # Model entries (teacher, student, extra_teachers.NAME).
-    "model.model": "a registered family (resnet_seed, cnn_seed, mlp, the CIFAR family "
+    "model.model": "a registered family (resnet_article, cnn_article, mlp, the CIFAR family "
                    "resnet20 ... wrn_40_2, vgg13, the ImageNet family resnet18 ..., "
                    "keras.applications backbones) or the user's package.module:function",
     "model.width": "0: the model's default; the CIFAR family scales every channel count by "

@@ -116,7 +116,7 @@ def _results(config, splits, student, teacher, steps, seconds, trainer):
   validation = evaluator(splits.validation)
   teacher_test = evaluation.Evaluator(strategy, teacher, splits.num_classes,
                                       config.run.eval_batch_size)(splits.test)
-  return results_lib.RunResults(
+  return results_lib.ResultsRecord(
       role="distill", trainer=trainer, model=config.student.model, width=config.student.width,
       seed=config.student.seed, params=int(student.count_params()),
       test_accuracy=test["accuracy"], test_loss=test["loss"], test_count=test["count"],

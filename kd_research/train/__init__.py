@@ -1,5 +1,5 @@
-"""Training runs: resolve.py (config and role -> what the driver needs), runs.py (one run end
-to end), driver.py and steps.py (the phases and the traced steps), state.py (state and
+"""Training runs: resolve.py (config and role -> what the driver needs), end_to_end.py
+(one run end to end), driver.py and steps.py (the phases and the traced steps), state.py (state and
 checkpoints), optimizers.py, evaluation.py, summaries.py (TensorBoard), teachers.py (frozen
 teachers), teacher_sources.py, teacher_cache.py and view_cache.py (teacher outputs, live or
 cached), cohort_members.py (a DML cohort's members), workdir.py (the run-directory format)

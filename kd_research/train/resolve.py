@@ -3,7 +3,7 @@
 ``resolve`` turns a config and a role (teacher | student | distill) into the run's data,
 training state (model, optimizer, the objective's variables, checkpoint), phases with
 their objectives and teacher sources, learning-rate schedule and frozen teachers (checked
-and evaluated once, before any student step). ``runs.train_and_evaluate`` and the
+and evaluated once, before any student step). ``end_to_end.train_and_evaluate`` and the
 benchmark (tools/bench_runs.py) both build their runs here, so a bench row measures what a
 run trains.
 """
@@ -49,7 +49,7 @@ def entry_of(config, role):
 
 
 @dataclasses.dataclass
-class Run:
+class ResolvedRun:
   """Everything resolved for one run (see ``resolve``)."""
   config: object
   workdir: str
@@ -62,13 +62,13 @@ class Run:
   phases: list
   lr_fn: object
   state: object
-  teachers: Optional["Teachers"]
+  teachers: Optional["EvaluatedTeachers"]
   train: object           # the training split (data/splits.py) this run iterates over
   labelled: Optional[np.ndarray]  # distillation on a transfer set: 1 where a label exists
 
 
 @dataclasses.dataclass
-class Teachers:
+class EvaluatedTeachers:
   """The frozen ensemble, its outputs on validation/test, and its report (once per run)."""
   ensemble: object
   paths: tuple
@@ -131,7 +131,7 @@ def resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
   logging.info("%s: %s %s, %d params, %d steps (%d/epoch), %d replica(s), %s.", workdir, role,
                entry.model, state.model.count_params(), total, spe,
                strategy.num_replicas_in_sync, splits.source)
-  return Run(config, workdir, role, strategy, splits, chief, entry, spe, phases, lr_fn, state,
+  return ResolvedRun(config, workdir, role, strategy, splits, chief, entry, spe, phases, lr_fn, state,
               teachers, train, labelled)
 
 
@@ -277,4 +277,4 @@ def _teachers_once(config, workdir, ensemble, paths, splits, chief, distill_step
     report["stability"] = evaluation.teacher_stability(
         ensemble, splits.validation, logits["validation"],
         augment.parse_ops(config.run.stability_ops), config.augment, weights)
-  return Teachers(ensemble, paths, weights, logits, report, outputs.get("train"), final_t)
+  return EvaluatedTeachers(ensemble, paths, weights, logits, report, outputs.get("train"), final_t)

@@ -1,6 +1,6 @@
 """results.json of a run: the one writer, its versioned schema, and the one reader.
 
-Every run kind (train, distill, keras_peer) ends by writing a ``RunResults`` with
+Every run kind (train, distill, keras_peer) ends by writing a ``ResultsRecord`` with
 ``write``; the report, the pipeline and resume read them back with ``read``. Schema 2
 (this one) names its version in the file (``schema``); files without it are schema 1
 (written before the schema existed: the same fields, fewer optional ones) and read as
@@ -23,7 +23,7 @@ REQUIRED = ("role", "model", "seed", "params", "test_accuracy", "test_count",
 
 
 @dataclasses.dataclass
-class RunResults:
+class ResultsRecord:
   """What a finished run measured. Accuracies are fractions; times are seconds or ms."""
   role: str                       # teacher | student | distill
   model: str                      # registry name (or the user's builder)
@@ -73,9 +73,9 @@ def exists(workdir):
 
 
 def write(workdir, results):
-  """Writes ``results`` (a RunResults) atomically as WORKDIR/results.json; returns the dict."""
-  if not isinstance(results, RunResults):
-    raise TypeError(f"results.write takes a RunResults, got {type(results).__name__}")
+  """Writes ``results`` (a ResultsRecord) atomically as WORKDIR/results.json; returns the dict."""
+  if not isinstance(results, ResultsRecord):
+    raise TypeError(f"results.write takes a ResultsRecord, got {type(results).__name__}")
   data = results.as_dict()
   fileio.atomic_write_json(path(workdir), data)
   return data

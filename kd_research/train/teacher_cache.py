@@ -21,7 +21,7 @@ import tensorflow as tf
 from kd_research.common import console
 from kd_research.common import fileio
 from kd_research.common.errors import UserError
-from kd_research.data import row_files
+from kd_research.data import cache_rows
 from kd_research.data import splits as splits_lib
 
 
@@ -155,7 +155,7 @@ def _load_rows(directory, digest, expected, dtype):
   if meta.get("fingerprint") != digest:
     logging.info("Teacher cache %s is stale (fingerprint changed); recomputing.", directory)
     return None
-  files = {key: row_files.RowFile(os.path.join(directory, f"{key}.rows"), shape, dtypes[key])
+  files = {key: cache_rows.RowFile(os.path.join(directory, f"{key}.rows"), shape, dtypes[key])
            for key, shape in expected.items()}
   for key, rows in files.items():
     ok = (os.path.exists(rows.path) and os.path.getsize(rows.path) == rows.expected_bytes()
@@ -181,7 +181,7 @@ def rows_cache(directory, digest, expected, outputs, write=True, dtype="float32"
   if not write:  # Not the chief: compute a private copy, as the in-memory cache does.
     directory = tempfile.mkdtemp(prefix="kd_teacher_rows_")
   os.makedirs(directory, exist_ok=True)
-  files = row_files.write_rows({key: os.path.join(directory, f"{key}.rows") for key in expected},
+  files = cache_rows.write_rows({key: os.path.join(directory, f"{key}.rows") for key in expected},
                                outputs, dtype)
   for key, rows in files.items():
     if rows.shape != expected[key]:

@@ -6,7 +6,7 @@ CutMix a function of (seed, step, position) (data/augment.py, data/preprocess.py
 teachers' outputs on every view a run will train on are known before it starts: one pass
 over the distillation steps' training stream (the same stream, augmented, one global batch
 per step) computes them into row files, row ``step * global_batch + position``
-(row_files.ViewRows), and the student's stream reads its rows by (step, position): memory
+(cache_rows.ViewRows), and the student's stream reads its rows by (step, position): memory
 one batch, results independent of the replica count.
 
 Which students share a cache: those whose views are the same, i.e. the same teachers,
@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from kd_research.common.errors import UserError
-from kd_research.data import row_files
+from kd_research.data import cache_rows
 from kd_research.train import teacher_cache
 
 DTYPES = ("float32", "float16")
@@ -71,7 +71,7 @@ def _compressed(expected, k):
 
 def _top_k_batches(outputs, k):
   for batch in outputs:
-    values, indices, tail = row_files.top_k(tf.constant(batch.pop("logits")), k)
+    values, indices, tail = cache_rows.top_k(tf.constant(batch.pop("logits")), k)
     yield {"topk_values": values.numpy(), "topk_indices": indices.numpy(),
            "tail_lse": tail.numpy(), **batch}
 
@@ -81,7 +81,7 @@ def load_or_compute(cache_dir, ensemble, split, transform, seed, steps, global_b
                     topk=0):
   """{key: ViewRows} of the teachers' outputs on the first ``steps`` global batches of
   ``split``'s training stream (``transform``: the run's augmentation); with ``topk`` the
-  logits are stored as their top k (row_files.TopKViewRows)."""
+  logits are stored as their top k (cache_rows.TopKViewRows)."""
   directory = os.path.join(cache_dir, f"views-{digest[:16]}")
   expected = teacher_cache.expected_shapes(ensemble, steps * global_batch_size, taps)
   classes = expected["logits"][-1]
@@ -100,9 +100,9 @@ def load_or_compute(cache_dir, ensemble, split, transform, seed, steps, global_b
   files = teacher_cache.rows_cache(directory, digest, expected,
                                    _top_k_batches(outputs, topk) if topk else outputs,
                                    write, dtypes)
-  views = {key: row_files.ViewRows(rows, global_batch_size) for key, rows in files.items()
+  views = {key: cache_rows.ViewRows(rows, global_batch_size) for key, rows in files.items()
            if key in ("logits",) + tuple(taps)}
   if topk:
-    views["logits"] = row_files.TopKViewRows(files["topk_values"], files["topk_indices"],
+    views["logits"] = cache_rows.TopKViewRows(files["topk_values"], files["topk_indices"],
                                              files["tail_lse"], classes, global_batch_size)
   return views

@@ -23,6 +23,7 @@ from kd_research import config as config_lib
 from kd_research.common import fileio
 from kd_research.train import results as results_lib
 from kd_research.methods import registry as methods_lib
+from kd_research.models import registry as model_registry
 from kd_research.models import user as user_models
 from kd_research.common.errors import UserError
 
@@ -122,9 +123,18 @@ def read_identity(workdir):
 
 
 def diff(old, new):
-  """Flattened fields whose values differ: {field: (old, new)}."""
-  a, b = config_lib.flatten(old), config_lib.flatten(new)
+  """Flattened fields whose values differ: {field: (old, new)}. A model named by a former
+  name (resnet_seed for resnet_article) is the same model."""
+  a, b = (config_lib.flatten(_with_canonical_model(identity)) for identity in (old, new))
   return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def _with_canonical_model(identity):
+  """``identity`` with its model under its registered name (a copy when it changes)."""
+  name = identity.get("model", {}).get("model") if isinstance(identity.get("model"), dict) else None
+  if not name or model_registry.canonical(name) == name:
+    return identity
+  return dict(identity, model=dict(identity["model"], model=model_registry.canonical(name)))
 
 
 def prepare(workdir, identity, overwrite=False, write=True):

@@ -89,7 +89,7 @@ def test_pipeline_seeds_variants_with_teacher_choice_and_given_teacher(tmp_path)
   from kd_research.common import machine  # pylint: disable=g-import-not-at-top
   out = str(tmp_path / "RESULTS.md")
   assert main_lib.report_command([f"--workdir={workdir}", f"--output={out}",
-                                  f"--sweep={base}", "--claims=cifar10_seed"]) == 0
+                                  f"--sweep={base}", "--claims=cifar10_article"]) == 0
   text = open(out).read()
   assert f"--workdir={workdir} --output={out}" in text
   ensemble = [l for l in text.splitlines() if l.startswith("| teacher ensemble (2:")]
@@ -219,7 +219,7 @@ def test_learning_curve_table_reads_validation_accuracy_from_events(tmp_path):
         tf.summary.scalar("eval/loss", 1.0, step=10 * epoch)
     writer.close()
     config = {"role": "student", "optimizer": {"learning_rate": {"start": 0.01}},
-              "model": {"model": "cnn_seed", "width": 4, "seed": 0, "epochs": len(accuracies)}}
+              "model": {"model": "cnn_article", "width": 4, "seed": 0, "epochs": len(accuracies)}}
     runs.append({"dir": directory, "config": config,
                  "results": {"steps": 10 * len(accuracies), "epochs": len(accuracies)}})
   groups = [runs[:2], runs[2:]]
@@ -263,7 +263,7 @@ def test_report_curves_compares_the_validation_curves_of_subdirectories(tmp_path
   seeds), each epoch's validation accuracy as the run's events hold it, the final test
   accuracy, the runs' commands; bad flags exit 2 naming what is wrong."""
   from kd_research.report import curves as report_curves  # pylint: disable=g-import-not-at-top
-  from kd_research.train import runs as runs_lib  # pylint: disable=g-import-not-at-top
+  from kd_research.train import end_to_end as runs_lib  # pylint: disable=g-import-not-at-top
   root = tmp_path / "compare"
   for name, epochs in (("first", 2), ("second", 3)):
     config = tiny_config(**{"student.epochs": epochs, "run.eval_every_epochs": 1})

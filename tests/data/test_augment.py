@@ -11,7 +11,7 @@ import tensorflow as tf
 from kd_research.data import augment
 from kd_research.data import datasets
 from kd_research.train import teachers as teachers_lib
-from kd_research.methods import kd
+from kd_research.methods import hinton_kd
 from kd_research.train import teacher_sources
 from kd_research.train import steps
 from kd_research.common.errors import UserError
@@ -124,7 +124,7 @@ def test_teacher_and_student_receive_the_same_augmented_batch():
   step = tf.Variable(0, dtype=tf.int64)
   ensemble = teachers_lib.TeacherEnsemble([teacher], ["t"])
   loop = steps.make_train_loop(strategy, student, opt, step, 16,
-                               kd.HintonKD(lambda s: 0.5, lambda s: 2.0),
+                               hinton_kd.HintonKD(lambda s: 0.5, lambda s: 2.0),
                                teacher_sources.live_teachers(ensemble))
   ds = strategy.distribute_datasets_from_function(train_fn(ALL))
   loop(iter(ds), tf.constant(2))

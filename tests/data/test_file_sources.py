@@ -14,7 +14,7 @@ from kd_research.common.errors import UserError
 from kd_research.data import datasets
 from kd_research.data import image_files
 from kd_research.data import tfrecord
-from kd_research.tools import convert
+from kd_research.tools import tfrecord_shards
 
 
 def config_for(dataset, **data):
@@ -101,13 +101,13 @@ def test_folder_source_mixed_modes_need_channels(tmp_path):
 def test_converter_round_trip_and_bad_shards(tmp_path):
   root = write_image_folder(str(tmp_path / "images"))
   out = str(tmp_path / "shards")
-  manifest = convert.convert(f"folder:{root}", out, shards=4)
+  manifest = tfrecord_shards.convert(f"folder:{root}", out, shards=4)
   counts = [s["count"] for s in manifest["splits"]["train"]["shards"]]
   assert sum(counts) == 90 and max(counts) - min(counts) <= 1
   assert manifest["classes"] == ["class_0", "class_1", "class_2"]
   assert len(manifest["sizes"]) == 3 and manifest["channels"] == 3
   with pytest.raises(UserError, match="already holds a conversion"):
-    convert.convert(f"folder:{root}", out, shards=4)
+    tfrecord_shards.convert(f"folder:{root}", out, shards=4)
   folder_splits = datasets.load_splits(config_for(f"folder:{root}", validation_size=0))
   shard_splits = datasets.load_splits(config_for(f"tfrecord:{out}", validation_size=0))
   np.testing.assert_array_equal(all_labels(shard_splits.train), all_labels(folder_splits.train))
@@ -125,7 +125,7 @@ def test_converter_round_trip_and_bad_shards(tmp_path):
 
 def test_tfrecord_glob_without_manifest(tmp_path):
   out = str(tmp_path / "shards")
-  convert.convert(f"folder:{write_image_folder(str(tmp_path / 'images'))}", out, shards=3)
+  tfrecord_shards.convert(f"folder:{write_image_folder(str(tmp_path / 'images'))}", out, shards=3)
   os.remove(os.path.join(out, tfrecord.MANIFEST))
   splits = datasets.load_splits(config_for(f"tfrecord:{out}/train-*", validation_size=0))
   np.testing.assert_array_equal(all_labels(splits.train), np.repeat([0, 1, 2], 30))
@@ -175,7 +175,7 @@ def test_manifest_format_is_checked(tmp_path):
 def test_converter_from_a_builtin_is_lossless(tmp_path):
   from kd_research.data import sources
   raw = sources.load("synthetic")
-  manifest = convert.convert("synthetic", str(tmp_path / "shards"), shards=3)
+  manifest = tfrecord_shards.convert("synthetic", str(tmp_path / "shards"), shards=3)
   assert manifest["splits"]["train"]["count"] == len(raw.train_x)
   assert manifest["sizes"] == [list(raw.train_x.shape[1:3])]
   streamed = datasets.open_source(config_for(f"tfrecord:{tmp_path / 'shards'}", image_size=0))

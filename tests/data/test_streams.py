@@ -13,7 +13,7 @@ from conftest import global_batches
 from generated_data import write_image_folder
 from kd_research import config as config_lib
 from kd_research.data import datasets
-from kd_research.tools import convert
+from kd_research.tools import tfrecord_shards
 
 GB = 12
 
@@ -22,7 +22,7 @@ GB = 12
 def sources(tmp_path_factory):
   root = tmp_path_factory.mktemp("streams")
   folder = write_image_folder(str(root / "images"), train=36)  # 108 training images
-  convert.convert(f"folder:{folder}", str(root / "shards"), shards=6)
+  tfrecord_shards.convert(f"folder:{folder}", str(root / "shards"), shards=6)
   return {"folder": f"folder:{folder}", "tfrecord": f"tfrecord:{root / 'shards'}"}
 
 
@@ -101,10 +101,10 @@ def test_center_view_of_the_stream_equals_the_eval_view(sources):
 
 
 def test_row_file_reads_the_rows_asked_for(tmp_path):
-  from kd_research.data import row_files
+  from kd_research.data import cache_rows
   rng = np.random.default_rng(0)
   array = rng.normal(size=(50, 2, 3)).astype(np.float32)
-  files = row_files.write_rows({"x": str(tmp_path / "x.f32")},
+  files = cache_rows.write_rows({"x": str(tmp_path / "x.f32")},
                                ({"x": array[i:i + 16]} for i in range(0, 50, 16)))
   rows = files["x"]
   assert rows.shape == (50, 2, 3) and os.path.getsize(rows.path) == rows.expected_bytes()

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from kd_research.data import datasets
 from kd_research.methods import base
-from kd_research.train import runs
+from kd_research.train import end_to_end
 from kd_research.common.errors import UserError
 from conftest import DEFAULT, tiny_config
 from conftest import read_scalars
@@ -40,18 +40,18 @@ def test_transfer_set_runs(teacher_file, tmp_path):
   """Labels-only: the labelled examples alone, for the full step budget; distilled: every
   image, the CE term only on the labelled share (its logged mean is that share of CE)."""
   config = tiny_config(**{"labels.count": 128, "student.epochs": 1})
-  baseline = runs.train_and_evaluate(config, str(tmp_path / "labels"), "student", DEFAULT)
-  kd = runs.train_and_evaluate(config, str(tmp_path / "kd"), "distill", DEFAULT,
+  baseline = end_to_end.train_and_evaluate(config, str(tmp_path / "labels"), "student", DEFAULT)
+  kd = end_to_end.train_and_evaluate(config, str(tmp_path / "kd"), "distill", DEFAULT,
                                (teacher_file,))
   assert baseline["steps"] == kd["steps"] == 1800 // 64  # The same budget of steps.
   identity = json.load(open(tmp_path / "kd" / "config.json"))
   assert identity["labels"] == {"count": 128, "fraction": 0.0, "seed": 0}
   ce = [v for _, v in read_scalars(str(tmp_path / "kd"))["train/loss_ce"]]
-  full = runs.train_and_evaluate(tiny_config(**{"student.epochs": 1}), str(tmp_path / "all"),
+  full = end_to_end.train_and_evaluate(tiny_config(**{"student.epochs": 1}), str(tmp_path / "all"),
                                  "distill", DEFAULT, (teacher_file,))
   ce_all = [v for _, v in read_scalars(str(tmp_path / "all"))["train/loss_ce"]]
   assert np.mean(ce) < 0.3 * np.mean(ce_all)  # ~128/1800 of the examples carry a label.
   assert full["steps"] == kd["steps"]
   with pytest.raises(UserError, match="fewer than one global batch"):
-    runs.train_and_evaluate(tiny_config(**{"labels.count": 10}), str(tmp_path / "few"),
+    end_to_end.train_and_evaluate(tiny_config(**{"labels.count": 10}), str(tmp_path / "few"),
                             "student", DEFAULT)

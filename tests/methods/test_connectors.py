@@ -105,7 +105,7 @@ def test_resize_connector_is_a_named_option_and_the_reference_refuses_what_it_ca
   module = connectors.connector((6, 6, 4), (8, 8, 5), "hint0", kind="resize")
   assert module.output.shape[1:] == (8, 8, 5)
   assert connectors.reference_conv((6, 6, 4), (8, 8, 5)) is None  # Smaller, but not half.
-  student = model_registry.build("cnn_seed", (24, 24, 1), 10, 4)
+  student = model_registry.build("cnn_article", (24, 24, 1), 10, 4)
   teacher = model_registry.build("wrn_16_2", (32, 32, 1), 10, 8)
   with pytest.raises(UserError, match="connector=resize"):
     connectors.check_compatible(student, "stage1", teacher, "stage1")

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from kd_research.methods import crd as crd_lib
-from kd_research.train import runs
+from kd_research.train import end_to_end
 from conftest import DEFAULT, weights_of
 from conftest import check
 from conftest import method_config
@@ -99,8 +99,8 @@ def _objective_tensors(workdir):
 def test_crd_bank_is_replica_independent(conv_teacher, tmp_path, strategy_factory):
   config = method_config("crd", train_size=192)
   one, two = str(tmp_path / "one"), str(tmp_path / "two")
-  results = runs.train_and_evaluate(config, one, "distill", DEFAULT, (conv_teacher,))
-  runs.train_and_evaluate(config, two, "distill", strategy_factory(2), (conv_teacher,))
+  results = end_to_end.train_and_evaluate(config, one, "distill", DEFAULT, (conv_teacher,))
+  end_to_end.train_and_evaluate(config, two, "distill", strategy_factory(2), (conv_teacher,))
   banks_one, banks_two = _objective_tensors(one), _objective_tensors(two)
   assert sum(v.shape == (192, 128) for v in banks_one.values()) == 2  # The two banks.
   # Relative to each tensor's scale: the Z constants are large numbers (mean score x N).
@@ -118,10 +118,10 @@ def test_crd_bank_is_replica_independent(conv_teacher, tmp_path, strategy_factor
 def test_crd_refuses_what_it_cannot_do(conv_teacher, tmp_path):
   from kd_research.common.errors import UserError  # pylint: disable=g-import-not-at-top
   with pytest.raises(UserError, match="negative_sampling=uniform"):
-    runs.train_and_evaluate(method_config("crd", **{"labels.count": 100}),
+    end_to_end.train_and_evaluate(method_config("crd", **{"labels.count": 100}),
                             str(tmp_path / "few"), "distill", DEFAULT, (conv_teacher,))
   with pytest.raises(UserError, match="negatives=5000"):
-    runs.train_and_evaluate(method_config("crd", **{"distill.crd.negatives": 5000}),
+    end_to_end.train_and_evaluate(method_config("crd", **{"distill.crd.negatives": 5000}),
                             str(tmp_path / "k"), "distill", DEFAULT, (conv_teacher,))
 
 
@@ -130,8 +130,8 @@ def test_pooled_feature_cache_serves_crd_like_the_live_teacher(conv_teacher, tmp
   cache matches the live-teacher run up to float rounding of the batched forward pass."""
   config = method_config("crd", train_size=192)
   live, cached = str(tmp_path / "live"), str(tmp_path / "cached")
-  runs.train_and_evaluate(config, live, "distill", DEFAULT, (conv_teacher,))
-  runs.train_and_evaluate(method_config("crd", train_size=192, **{"distill.cache_teacher": True}),
+  end_to_end.train_and_evaluate(config, live, "distill", DEFAULT, (conv_teacher,))
+  end_to_end.train_and_evaluate(method_config("crd", train_size=192, **{"distill.cache_teacher": True}),
                           cached, "distill", DEFAULT, (conv_teacher,))
   (train_file,) = [f for f in os.listdir(os.path.join(cached, "teacher_cache"))
                    if f.startswith("train-") and f.endswith(".npz")]
@@ -148,7 +148,7 @@ def test_pooled_feature_cache_serves_crd_like_the_live_teacher(conv_teacher, tmp
 
 
 def test_crd_with_two_teachers_has_heads_and_banks_per_teacher(conv_teacher, tmp_path):
-  results = runs.train_and_evaluate(method_config("crd", train_size=192), str(tmp_path / "two"),
+  results = end_to_end.train_and_evaluate(method_config("crd", train_size=192), str(tmp_path / "two"),
                                     "distill", DEFAULT, (conv_teacher, conv_teacher))
   assert results["extra_trainable_params"] == 2 * ((8 + 1) * 128 + (32 + 1) * 128)
   banks = [v for v in _objective_tensors(str(tmp_path / "two")).values() if v.shape == (192, 128)]

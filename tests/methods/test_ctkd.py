@@ -13,9 +13,9 @@ import tensorflow as tf
 from kd_research.common.errors import UserError
 from kd_research.methods import ctkd
 from kd_research.methods import dkd as dkd_lib
-from kd_research.methods import kd as kd_lib
+from kd_research.methods import hinton_kd as kd_lib
 from kd_research.methods import registry as method_registry
-from kd_research.train import runs
+from kd_research.train import end_to_end
 from conftest import DEFAULT, check, method_config, read_scalars, weights_of
 
 SECTION = ml_collections.ConfigDict(dict(ctkd.DEFAULTS, enabled=True))
@@ -180,7 +180,7 @@ def test_ctkd_temperature_trains_is_replica_independent_and_logged(method, conv_
                                                     "distill.ctkd.decay_epochs": 1})
   temperatures = []
   for name, strategy in (("one", DEFAULT), ("two", strategy_factory(2))):
-    runs.train_and_evaluate(config, str(tmp_path / name), "distill", strategy, (conv_teacher,))
+    end_to_end.train_and_evaluate(config, str(tmp_path / name), "distill", strategy, (conv_teacher,))
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(
         str(tmp_path / name / "checkpoints")))
     (key,) = [n for n in reader.get_variable_to_shape_map()

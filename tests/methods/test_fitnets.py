@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from kd_research.methods import fitnets as fitnets_lib
-from kd_research.train import runs
+from kd_research.train import end_to_end
 from conftest import DEFAULT, check, interrupt_then_resume, method_config, read_scalars
 from conftest import weights_of
 from method_references import case
@@ -24,7 +24,7 @@ def test_fitnets_connector_trains_resumes_exactly_and_is_not_exported(conv_teach
                                                                        monkeypatch):
   config = method_config("fitnets", **{"student.epochs": 2})
   full = str(tmp_path / "full")
-  results = runs.train_and_evaluate(config, full, "distill", DEFAULT, (conv_teacher,))
+  results = end_to_end.train_and_evaluate(config, full, "distill", DEFAULT, (conv_teacher,))
   # Connector: 1x1 conv 8 -> 16 channels (student stage1 to teacher stage2) + BatchNorm.
   assert results["extra_params"] == 8 * 16 + 4 * 16
   exported = keras.models.load_model(os.path.join(full, "model.keras"), compile=False)
@@ -45,7 +45,7 @@ def test_fitnets_connector_trains_resumes_exactly_and_is_not_exported(conv_teach
 
 def test_fitnets_hint_stage_and_two_teachers(conv_teacher, tmp_path):
   config = method_config("fitnets", **{"student.epochs": 2, "distill.fitnets.hint_epochs": 1})
-  results = runs.train_and_evaluate(config, str(tmp_path / "hint"), "distill", DEFAULT,
+  results = end_to_end.train_and_evaluate(config, str(tmp_path / "hint"), "distill", DEFAULT,
                                     (conv_teacher, conv_teacher))
   assert results["extra_params"] == 2 * (8 * 16 + 4 * 16)  # One connector per teacher.
   scalars = read_scalars(str(tmp_path / "hint"))

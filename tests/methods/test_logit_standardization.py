@@ -6,7 +6,7 @@ import numpy as np
 
 from kd_research.methods import logit_standardization as ls
 from kd_research.methods import losses
-from kd_research.train import runs
+from kd_research.train import end_to_end
 from conftest import DEFAULT, check, method_config
 from method_references import case
 
@@ -25,7 +25,7 @@ def test_logit_standardization_is_invariant_to_shift_and_scale():
 def test_logit_standardization_run_records_only_the_active_method(conv_teacher, tmp_path):
   """A run with logit standardization records it, and trains (values checked in NumPy)."""
   config = method_config("kd", **{"distill.logit_standardization": True})
-  runs.train_and_evaluate(config, str(tmp_path / "ls"), "distill", DEFAULT, (conv_teacher,))
+  end_to_end.train_and_evaluate(config, str(tmp_path / "ls"), "distill", DEFAULT, (conv_teacher,))
   identity = json.load(open(tmp_path / "ls" / "config.json"))
   assert identity["distill"]["logit_standardization"] is True
   assert "at" not in identity["distill"] and "dkd" not in identity["distill"]

@@ -7,7 +7,7 @@ import pytest
 
 from kd_research import config as config_lib
 from kd_research.methods import registry as method_registry
-from kd_research.train import runs
+from kd_research.train import end_to_end
 from kd_research.common.errors import UserError
 from conftest import DEFAULT, gradients_on_one_and_two_replicas
 from conftest import method_config, read_scalars, weights_of
@@ -36,9 +36,9 @@ def test_method_is_replica_independent(method, conv_teacher, tmp_path, strategy_
   sgd = {"optimizer.name": "sgd", "optimizer.learning_rate.start": 0.01}
   uses_sgd = set(method.split(",")) & set(SGD_METHODS)
   config = method_config(method, train_size=192, **(sgd if uses_sgd else {}))
-  one = runs.train_and_evaluate(config, str(tmp_path / "one"), "distill", DEFAULT,
+  one = end_to_end.train_and_evaluate(config, str(tmp_path / "one"), "distill", DEFAULT,
                                 (conv_teacher,))
-  two = runs.train_and_evaluate(config, str(tmp_path / "two"), "distill", strategy_factory(2),
+  two = end_to_end.train_and_evaluate(config, str(tmp_path / "two"), "distill", strategy_factory(2),
                                 (conv_teacher,))
   diff = max(float(np.max(np.abs(a - b))) for a, b in
              zip(weights_of(str(tmp_path / "one")), weights_of(str(tmp_path / "two"))))
@@ -78,21 +78,21 @@ def test_methods_refuse_what_they_cannot_do(conv_teacher, tmp_path):
   with pytest.raises(UserError, match="pick one"):
     method_registry.parse("kd,dkd")
   with pytest.raises(UserError, match="needs feature maps"):
-    runs.train_and_evaluate(method_config("at", **{"student.model": "mlp"}),
+    end_to_end.train_and_evaluate(method_config("at", **{"student.model": "mlp"}),
                             str(tmp_path / "mlp"), "distill", DEFAULT, (conv_teacher,))
   for name in ("ofd", "reviewkd", "vid", "nst"):  # They read teacher maps: no cache.
     assert method_registry.methods()[name].reads_teacher_maps(None)
     with pytest.raises(UserError, match=r"cannot serve method\(s\) " + name):
       config_lib.validate(method_config(name, **{"distill.cache_teacher": True}))
   with pytest.raises(UserError, match="method=ofd needs feature maps"):
-    runs.train_and_evaluate(method_config("ofd", **{"student.model": "mlp"}),
+    end_to_end.train_and_evaluate(method_config("ofd", **{"student.model": "mlp"}),
                             str(tmp_path / "ofd_mlp"), "distill", DEFAULT, (conv_teacher,))
   with pytest.raises(UserError, match="vid.init_variance=1e-06 must exceed"):
     config_lib.validate(method_config("vid", **{"distill.vid.init_variance": 1e-6}))
   with pytest.raises(UserError, match="cc.taylor_order=-1 must be a whole number"):
     config_lib.validate(method_config("cc", **{"distill.cc.taylor_order": -1}))
   with pytest.raises(UserError, match="has no layer 'nope'"):
-    runs.train_and_evaluate(method_config("pkt", **{"distill.pkt.student_tap": "nope"}),
+    end_to_end.train_and_evaluate(method_config("pkt", **{"distill.pkt.student_tap": "nope"}),
                             str(tmp_path / "tap"), "distill", DEFAULT, (conv_teacher,))
 
 

@@ -1,5 +1,6 @@
 """Model registry: shapes, sizes and the residual-block projection fix."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -18,31 +19,31 @@ def test_every_model_builds_and_outputs_float32_logits(name, shape, classes):
 
 
 def test_seed_model_sizes():
-  # Widths the issues quote: resnet_seed at 32 is about 690K params, cnn_seed at 32 about 93K.
-  assert model_registry.build("resnet_seed", (28, 28, 1), 10, width=32).count_params() == 689_098
-  assert model_registry.build("cnn_seed", (28, 28, 1), 10, width=32).count_params() == 93_322
+  # Widths the issues quote: resnet_article at 32 is about 690K params, cnn_article at 32 about 93K.
+  assert model_registry.build("resnet_article", (28, 28, 1), 10, width=32).count_params() == 689_098
+  assert model_registry.build("cnn_article", (28, 28, 1), 10, width=32).count_params() == 93_322
   # The seed's CIFAR models at their default widths.
-  teacher = model_registry.build("resnet_seed", (32, 32, 3), 10).count_params()
+  teacher = model_registry.build("resnet_article", (32, 32, 3), 10).count_params()
   assert 1.0e6 < teacher < 3.0e6
 
 
 def test_resnet_projects_shortcut_only_when_shape_changes():
-  model = model_registry.build("resnet_seed", (28, 28, 1), 10, width=8)
+  model = model_registry.build("resnet_article", (28, 28, 1), 10, width=8)
   one_by_one = [l for l in model.layers if getattr(l, "kernel_size", None) == (1, 1)]
   # Block 1 (1 -> 8 channels), block 3 (stride 2) and block 5 (stride 2) need projections.
   assert len(one_by_one) == 3
 
 
 def test_unknown_model_lists_valid_names():
-  with pytest.raises(UserError, match="cnn_seed"):
+  with pytest.raises(UserError, match="cnn_article"):
     model_registry.build("vgg", (28, 28, 1), 10)
 
 
 def test_width_zero_means_default():
-  assert (model_registry.build("cnn_seed", (28, 28, 1), 10, width=0).count_params() ==
-          model_registry.build("cnn_seed", (28, 28, 1), 10, width=32).count_params())
+  assert (model_registry.build("cnn_article", (28, 28, 1), 10, width=0).count_params() ==
+          model_registry.build("cnn_article", (28, 28, 1), 10, width=32).count_params())
   with pytest.raises(UserError, match="width"):
-    model_registry.build("cnn_seed", (28, 28, 1), 10, width=-1)
+    model_registry.build("cnn_article", (28, 28, 1), 10, width=-1)
 
 
 def _trainable(model):
@@ -95,7 +96,7 @@ def test_preactivation_taps_feed_the_stage_outputs(name):
   """stage<i>_preact is the tensor whose ReLU is stage i (MobileNetV2: the stage output
   itself, a linear bottleneck; WRN: the next block's first BN, or the final BN for stage3,
   of the raw stage output, so no identity: test_reference_parity checks it),
-  and stage<i>_preact_bn is a BatchNorm (cnn_seed has none)."""
+  and stage<i>_preact_bn is a BatchNorm (cnn_article has none)."""
   import keras  # pylint: disable=g-import-not-at-top
   from kd_research.models import taps  # pylint: disable=g-import-not-at-top
   shape = (64, 64, 3) if name in ("resnet18", "resnet34", "resnet50", "mobilenetv1") else (
@@ -116,7 +117,7 @@ def test_preactivation_taps_feed_the_stage_outputs(name):
       np.testing.assert_array_equal(out, np.maximum(pre, 0.0))
       assert pre.min() < 0  # A real pre-activation, not the ReLU's output.
     bn = taps.preact_batch_norm(model, stage)
-    assert (bn is None) == (name == "cnn_seed")
+    assert (bn is None) == (name == "cnn_article")
     assert bn is None or isinstance(bn, keras.layers.BatchNormalization)
 
 
@@ -125,3 +126,26 @@ def test_models_without_preactivation_taps_are_named_in_the_error():
   model = model_registry.build("shufflenetv2", (32, 32, 3), 10, width=8)
   with pytest.raises(UserError, match=r"shufflenetv2 has no stage1_preact.*Identity"):
     taps.require_preact(model, ["stage1"], "teacher", "ofd")
+
+
+def test_the_article_models_former_names_still_build_load_and_match_identities(tmp_path):
+  """resnet_seed and cnn_seed were renamed resnet_article and cnn_article (the random seed
+  is 'seed'): the old names build the same model, a run directory recorded with them has
+  the same identity, and a .keras file saved under the old name loads."""
+  from kd_research.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  assert model_registry.canonical("resnet_seed") == "resnet_article"
+  assert model_registry.is_known("cnn_seed") and "cnn_seed" not in model_registry.names()
+  keras.utils.set_random_seed(0)
+  old = model_registry.build("cnn_seed", (28, 28, 1), 10, 4)
+  keras.utils.set_random_seed(0)
+  new = model_registry.build("cnn_article", (28, 28, 1), 10, 4)
+  for a, b in zip(old.get_weights(), new.get_weights()):
+    np.testing.assert_array_equal(a, b)
+  identity = {"model": {"model": "cnn_article", "width": 4}, "role": "student"}
+  recorded = {"model": {"model": "cnn_seed", "width": 4}, "role": "student"}
+  assert workdir_lib.diff(recorded, identity) == {}
+  assert workdir_lib.diff(dict(recorded, role="teacher"), identity) == {
+      "role": ("teacher", "student")}
+  path = str(tmp_path / "old.keras")
+  keras.Model(old.inputs, old.outputs, name="cnn_seed").save(path)
+  np.testing.assert_array_equal(model_registry.load_keras(path).get_weights()[0], old.get_weights()[0])

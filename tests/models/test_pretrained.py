@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_research.train import runs
+from kd_research.train import end_to_end
 from kd_research.models import registry as model_registry
 from kd_research.models import pretrained
 from kd_research.methods import base
@@ -82,10 +82,10 @@ def test_pretrained_teacher_pipeline_under_mirrored(tmp_path, strategy_factory):
                           # 8 steps from random init: plumbing only, not a useful teacher.
                           "run.allow_weak_teacher": True})
   start = time.time()
-  teacher = runs.train_and_evaluate(config, str(tmp_path / "t"), "teacher", DEFAULT)
+  teacher = end_to_end.train_and_evaluate(config, str(tmp_path / "t"), "teacher", DEFAULT)
   print(f"mobilenetv2 at 32x32: 2 epochs of 256 examples in {time.time() - start:.1f} s")
   assert teacher["steps"] == 8
-  kd = runs.train_and_evaluate(config, str(tmp_path / "kd"), "distill", strategy_factory(2),
+  kd = end_to_end.train_and_evaluate(config, str(tmp_path / "kd"), "distill", strategy_factory(2),
                                (str(tmp_path / "t" / "model.keras"),))
   assert kd["replicas"] == 2 and kd["teacher_test_accuracy"] == pytest.approx(
       teacher["test_accuracy"], abs=1e-9)

@@ -87,7 +87,7 @@ def test_families_start_as_their_pytorch_references(name):
 
 
 def test_seed_article_models_keep_keras_defaults():
-  model = registry.build("resnet_seed", (28, 28, 1), 10, width=8)
+  model = registry.build("resnet_article", (28, 28, 1), 10, width=8)
   norms = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
   assert norms and all((l.momentum, l.epsilon) == (0.99, 1e-3) for l in norms)
 

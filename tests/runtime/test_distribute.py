@@ -17,7 +17,7 @@ from kd_research.methods import base
 from kd_research.models import registry as model_registry
 from kd_research.runtime import distribute
 from kd_research.train import steps
-from kd_research.train import runs
+from kd_research.train import end_to_end
 from kd_research.common.errors import UserError
 from conftest import ENV, REPO, tiny_config
 
@@ -64,7 +64,7 @@ def test_malformed_tf_config(tf_config, match, monkeypatch):
 
 def test_global_batch_must_divide_by_replicas(strategy_factory, tmp_path):
   with pytest.raises(UserError, match="global_batch_size=66 is not divisible by the 4 replicas"):
-    runs.train_and_evaluate(tiny_config(global_batch_size=66), str(tmp_path), "student",
+    end_to_end.train_and_evaluate(tiny_config(global_batch_size=66), str(tmp_path), "student",
                             strategy_factory(4))
 
 
@@ -74,7 +74,7 @@ def weights_of(path):
 
 
 def _bn_weights_after_ten_steps(strategy, sync):
-  """resnet_seed (width 4, BatchNorm in every block) after 10 SGD steps (learning rate 1e-3)
+  """resnet_article (width 4, BatchNorm in every block) after 10 SGD steps (learning rate 1e-3)
   of the training loop on the same 10 global batches of 64 synthetic examples: every
   weight, moving statistics included. SGD: Adam divides by sqrt(v) and so magnifies float
   noise in the near-zero gradients of conv kernels feeding BatchNorm (max |dw| ~3e-3 after
@@ -84,7 +84,7 @@ def _bn_weights_after_ten_steps(strategy, sync):
       {"image": raw.train_x.astype(np.float32), "label": raw.train_y}).batch(64)
   with strategy.scope():
     keras.utils.set_random_seed(0)
-    model = model_registry.build("resnet_seed", (28, 28, 1), 10, 4, sync_bn=sync)
+    model = model_registry.build("resnet_article", (28, 28, 1), 10, 4, sync_bn=sync)
     optimizer = keras.optimizers.SGD(1e-3)
     optimizer.build(model.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64)
@@ -114,7 +114,7 @@ def test_config_sync_bn_reaches_the_model():
   from kd_research.train import resolve  # pylint: disable=g-import-not-at-top
   splits = types.SimpleNamespace(input_shape=(28, 28, 1), num_classes=10)
   for sync in (False, True):
-    config = tiny_config(**{"teacher.model": "resnet_seed", "teacher.width": 4,
+    config = tiny_config(**{"teacher.model": "resnet_article", "teacher.width": 4,
                             "teacher.sync_bn": sync})
     model = resolve.build_model(config.teacher, splits, "teacher")
     norms = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_research.train import runs
+from kd_research.train import end_to_end
 from kd_research.models import registry as model_registry
 from kd_research.train import optimizers
 from kd_research.common import schedules
@@ -67,7 +67,7 @@ def test_float16_run_tracks_float32(tmp_path):
   results = {}
   for precision in ("none", "fp16"):
     config = tiny_config(**{"student.epochs": 2, "mixed_precision": precision})
-    results[precision] = runs.train_and_evaluate(config, str(tmp_path / precision), "student",
+    results[precision] = end_to_end.train_and_evaluate(config, str(tmp_path / precision), "student",
                                               DEFAULT)
   assert results["fp16"]["test_accuracy"] == pytest.approx(results["none"]["test_accuracy"], abs=0.02)
   diffs = [float(np.abs(a - b).max()) for a, b in

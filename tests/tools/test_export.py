@@ -10,17 +10,17 @@ import tensorflow as tf
 
 from kd_research.tools import export
 from kd_research.train import workdir as workdir_lib
-from kd_research.train import runs
+from kd_research.train import end_to_end
 from kd_research.common.errors import UserError
 from conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-  config = tiny_config(**{"student.model": "cnn_seed", "student.width": 4, "student.epochs": 1,
+  config = tiny_config(**{"student.model": "cnn_article", "student.width": 4, "student.epochs": 1,
                           "train_size": 640})
   workdir = str(tmp_path_factory.mktemp("export") / "student")
-  runs.train_and_evaluate(config, workdir, "student", tf.distribute.get_strategy())
+  end_to_end.train_and_evaluate(config, workdir, "student", tf.distribute.get_strategy())
   splits = workdir_lib.splits_of_run(config, workdir)
   report = export.export_run(workdir, splits, calibration=100)
   return workdir, splits, report

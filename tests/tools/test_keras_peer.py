@@ -13,7 +13,7 @@ from kd_research.tools import keras_peer
 from kd_research.methods import losses
 from kd_research.report import rows as report_rows
 from kd_research.report import tables as report_tables
-from kd_research.train import runs
+from kd_research.train import end_to_end
 from kd_research.common.errors import UserError
 from conftest import tiny_config
 
@@ -59,7 +59,7 @@ def test_keras_peer_run_is_reported_and_skipped_when_finished(teacher_file, tmp_
   stamp = os.path.getmtime(os.path.join(workdir, "results.json"))
   assert keras_peer.train_and_evaluate(config, workdir, teacher_file) == results
   assert os.path.getmtime(os.path.join(workdir, "results.json")) == stamp
-  runs.train_and_evaluate(config, str(tmp_path / "runs" / "ours"), "distill",
+  end_to_end.train_and_evaluate(config, str(tmp_path / "runs" / "ours"), "distill",
                           tf.distribute.get_strategy(), (teacher_file,))
   runs_dir = str(tmp_path / "runs")
   table = report_tables.build_table(report_rows.find_runs(runs_dir), runs_dir)

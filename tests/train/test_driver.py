@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from kd_research.common import metrics
 from kd_research.methods import base
-from kd_research.train import runs
+from kd_research.train import end_to_end
 from kd_research.train import steps
 from kd_research.train import workdir as workdir_lib
 from kd_research.common.errors import Preempted
@@ -28,23 +28,23 @@ def test_sigterm_after_the_last_loop_boundary_finishes_the_run_then_stops(tmp_pa
   to its next run); rerunning finds the run finished."""
   config = tiny_config()
   workdir = str(tmp_path / "run")
-  final_results = runs._final_results  # pylint: disable=protected-access
+  final_results = end_to_end._final_results  # pylint: disable=protected-access
 
   def signalled(*args):
     os.kill(os.getpid(), signal.SIGTERM)  # The guard is still installed: only a flag.
     return final_results(*args)
-  monkeypatch.setattr(runs, "_final_results", signalled)
+  monkeypatch.setattr(end_to_end, "_final_results", signalled)
   with pytest.raises(Preempted, match="after the run finished"):
-    runs.train_and_evaluate(config, workdir, "student", DEFAULT)
-  monkeypatch.setattr(runs, "_final_results", final_results)
+    end_to_end.train_and_evaluate(config, workdir, "student", DEFAULT)
+  monkeypatch.setattr(end_to_end, "_final_results", final_results)
   written = json.load(open(os.path.join(workdir, "results.json")))
-  assert runs.train_and_evaluate(config, workdir, "student", DEFAULT) == written
+  assert end_to_end.train_and_evaluate(config, workdir, "student", DEFAULT) == written
 
 
 def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
   config = tiny_config(**{"student.epochs": 2, "run.keep_checkpoints": 3})
   workdir = str(tmp_path / "run")
-  runs.train_and_evaluate(config, workdir, "student", DEFAULT)
+  end_to_end.train_and_evaluate(config, workdir, "student", DEFAULT)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   latest = tf.train.latest_checkpoint(ckpt_dir)
   data_file = latest + ".data-00000-of-00001"
@@ -52,7 +52,7 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     f.truncate(os.path.getsize(data_file) // 2)
   os.remove(os.path.join(workdir, "results.json"))  # As if the run died after saving.
   with caplog.at_level("WARNING"):
-    results = runs.train_and_evaluate(config, workdir, "student", DEFAULT)
+    results = end_to_end.train_and_evaluate(config, workdir, "student", DEFAULT)
   assert f"Skipped damaged checkpoint {latest}" in caplog.text
   assert results["steps"] == 2 * (1800 // 64)
   for path in tf.train.get_checkpoint_state(ckpt_dir).all_model_checkpoint_paths:
@@ -64,15 +64,15 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
       open(os.path.join(ckpt_dir, name), "r+b").truncate(10)
   os.remove(os.path.join(workdir, "results.json"))
   with pytest.raises(UserError, match="No checkpoint in .* can be read"):
-    runs.train_and_evaluate(config, workdir, "student", DEFAULT)
+    end_to_end.train_and_evaluate(config, workdir, "student", DEFAULT)
 
 
 def test_second_process_on_a_workdir_is_refused(tmp_path):
   workdir = str(tmp_path / "busy")
   with workdir_lib.RunLock(workdir):
     with pytest.raises(UserError, match=r"is in use by pid \d+ on "):
-      runs.train_and_evaluate(tiny_config(), workdir, "student", DEFAULT)
-  runs.train_and_evaluate(tiny_config(**{"student.epochs": 1}), workdir, "student", DEFAULT)
+      end_to_end.train_and_evaluate(tiny_config(), workdir, "student", DEFAULT)
+  end_to_end.train_and_evaluate(tiny_config(**{"student.epochs": 1}), workdir, "student", DEFAULT)
 
 
 def _count_all_reduces(monkeypatch):
@@ -130,7 +130,7 @@ def test_format1_config_json_is_migrated(tmp_path):
   """A run directory written before nested schedules is still recognised as the same run."""
   config = tiny_config(**{"student.epochs": 1})
   workdir = str(tmp_path / "old")
-  first = runs.train_and_evaluate(config, workdir, "student", DEFAULT)
+  first = end_to_end.train_and_evaluate(config, workdir, "student", DEFAULT)
   identity = json.load(open(os.path.join(workdir, "config.json")))
   lr = identity["optimizer"].pop("learning_rate")
   identity["optimizer"].update(
@@ -141,5 +141,5 @@ def test_format1_config_json_is_migrated(tmp_path):
   del identity["format"]
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(identity, f)
-  again = runs.train_and_evaluate(config, workdir, "student", DEFAULT)
+  again = end_to_end.train_and_evaluate(config, workdir, "student", DEFAULT)
   assert again["test_accuracy"] == first["test_accuracy"]  # Found finished, not refused.

@@ -11,10 +11,10 @@ import tensorflow as tf
 from kd_research.train import driver
 from kd_research.models import registry as model_registry
 from kd_research.methods import base
-from kd_research.methods import kd
+from kd_research.methods import hinton_kd
 from kd_research.train import teacher_sources
 from kd_research import main as main_lib
-from kd_research.train import runs
+from kd_research.train import end_to_end
 from kd_research.train import steps
 from kd_research.train import teachers as teachers_lib
 from kd_research.common.errors import UserError
@@ -26,7 +26,7 @@ from conftest import (DEFAULT, interrupt_then_resume, mlp_sgd, read_scalars, tin
 def test_distillation_run_writes_everything(tmp_path, teacher_file):
   workdir = str(tmp_path / "kd")
   config = tiny_config()
-  results = runs.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_file,))
+  results = end_to_end.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_file,))
   for name in ("config.json", "results.json", "model.keras", "saved_model/saved_model.pb"):
     assert os.path.exists(os.path.join(workdir, name)), name
   with open(os.path.join(workdir, "results.json")) as f:
@@ -69,18 +69,18 @@ def test_distillation_run_writes_everything(tmp_path, teacher_file):
     assert t == pytest.approx(0.7 * d + 0.3 * c, rel=1e-4)
   # Finished runs are reported, not retrained; a different config is refused.
   mtime = os.path.getmtime(os.path.join(workdir, "model.keras"))
-  again = runs.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_file,))
+  again = end_to_end.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_file,))
   assert again["test_accuracy"] == results["test_accuracy"]
   assert os.path.getmtime(os.path.join(workdir, "model.keras")) == mtime
   with pytest.raises(UserError, match=r"distill.temperature.start: 10.0 -> 3.0"):
-    runs.train_and_evaluate(tiny_config(**{"distill.temperature.start": 3.0}), workdir,
+    end_to_end.train_and_evaluate(tiny_config(**{"distill.temperature.start": 3.0}), workdir,
                             "distill", DEFAULT, (teacher_file,))
 
 
 def test_resume_after_interruption_matches_uninterrupted(tmp_path, teacher_file, monkeypatch):
   config = tiny_config()
   full_dir, cut_dir = str(tmp_path / "full"), str(tmp_path / "cut")
-  runs.train_and_evaluate(config, full_dir, "distill", DEFAULT, (teacher_file,))
+  end_to_end.train_and_evaluate(config, full_dir, "distill", DEFAULT, (teacher_file,))
   interrupt_then_resume(config, cut_dir, teacher_file, monkeypatch, stop_after=35,
                         expected_checkpoint=20)
   for a, b in zip(weights_of(full_dir), weights_of(cut_dir)):
@@ -91,9 +91,9 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, teacher_file,
 def test_distillation_does_not_depend_on_replica_count(tmp_path, teacher_file, replicas,
                                                        strategy_factory):
   config = tiny_config(**{"student.epochs": 1})
-  single = runs.train_and_evaluate(config, str(tmp_path / "one"), "distill", DEFAULT,
+  single = end_to_end.train_and_evaluate(config, str(tmp_path / "one"), "distill", DEFAULT,
                                    (teacher_file,))
-  multi = runs.train_and_evaluate(config, str(tmp_path / "many"), "distill",
+  multi = end_to_end.train_and_evaluate(config, str(tmp_path / "many"), "distill",
                                   strategy_factory(replicas), (teacher_file,))
   assert multi["replicas"] == replicas
   one = read_scalars(str(tmp_path / "one"))
@@ -143,7 +143,7 @@ def test_teacher_weights_and_bn_statistics_never_move(strategy_factory):
   images = rng.uniform(0, 255, (8, 8, 8, 1)).astype(np.float32)
   labels = rng.integers(0, 4, 8).astype(np.int32)
   with strategy.scope():
-    teacher = model_registry.build("resnet_seed", (8, 8, 1), 4, width=2)
+    teacher = model_registry.build("resnet_article", (8, 8, 1), 4, width=2)
     student = model_registry.build("mlp", (8, 8, 1), 4, width=8)
     opt = keras.optimizers.Adam(0.1)
     opt.build(student.trainable_variables)
@@ -154,7 +154,7 @@ def test_teacher_weights_and_bn_statistics_never_move(strategy_factory):
       tf.data.Dataset.from_tensors({"image": images, "label": labels}).repeat())
   student_before = [w.numpy().copy() for w in student.weights]
   run = steps.make_train_loop(strategy, student, opt, step, 8,
-                              kd.HintonKD(lambda s: 0.7, lambda s: 4.0),
+                              hinton_kd.HintonKD(lambda s: 0.7, lambda s: 4.0),
                               teacher_sources.live_teachers(ensemble))
   run(iter(ds), tf.constant(3))
   assert any(np.any(a != b.numpy()) for a, b in zip(student_before, student.weights))
@@ -169,7 +169,7 @@ def test_divergence_stops_without_results(tmp_path):
                           "optimizer.name": "sgd"})
   workdir = str(tmp_path / "nan")
   with pytest.raises(driver.TrainingDiverged, match="train/loss"):
-    runs.train_and_evaluate(config, workdir, "student", DEFAULT)
+    end_to_end.train_and_evaluate(config, workdir, "student", DEFAULT)
   assert not os.path.exists(os.path.join(workdir, "results.json"))
 
 
@@ -181,7 +181,7 @@ def test_schedules_and_finetune_stage_resume_exactly(tmp_path, teacher_file, mon
                           "distill.temperature.start": 8.0, "distill.temperature.end": 2.0,
                           "distill.temperature.kind": "cosine"})
   full_dir, cut_dir = str(tmp_path / "full"), str(tmp_path / "cut")
-  runs.train_and_evaluate(config, full_dir, "distill", DEFAULT, (teacher_file,))
+  end_to_end.train_and_evaluate(config, full_dir, "distill", DEFAULT, (teacher_file,))
   spe, distill_steps = 1800 // 64, 2 * (1800 // 64)
   scalars = read_scalars(full_dir)
   for step, alpha in scalars["train/alpha"]:
@@ -208,10 +208,10 @@ def test_report_groups_seeds(tmp_path):
   from kd_research.report import tables as report_tables  # pylint: disable=g-import-not-at-top
   accuracies = []
   for seed in (0, 1, 2):
-    results = runs.train_and_evaluate(tiny_config(**{"student.epochs": 1, "student.seed": seed}),
+    results = end_to_end.train_and_evaluate(tiny_config(**{"student.epochs": 1, "student.seed": seed}),
                                       str(tmp_path / f"s{seed}"), "student", DEFAULT)
     accuracies.append(results["test_accuracy"])
-  runs.train_and_evaluate(tiny_config(**{"student.epochs": 1, "student.width": 16}),
+  end_to_end.train_and_evaluate(tiny_config(**{"student.epochs": 1, "student.width": 16}),
                           str(tmp_path / "narrow"), "student", DEFAULT)
   table = report_tables.build_table(report_rows.find_runs(str(tmp_path)), str(tmp_path))
   rows = [l for l in table.splitlines() if l.startswith("| student")]

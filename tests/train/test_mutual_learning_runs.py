@@ -15,7 +15,7 @@ from kd_research.data import datasets
 from kd_research.methods import mutual
 from kd_research.models import registry as model_registry
 from kd_research.train import cohort_members
-from kd_research.train import runs
+from kd_research.train import end_to_end
 from conftest import DEFAULT, ENV, REPO, kill_after_checkpoint, read_scalars, tiny_config
 from conftest import weights_of
 
@@ -33,7 +33,7 @@ def test_a_cohort_trains_the_same_on_one_and_two_replicas_and_saves_each_member(
   config = tiny_config(**{"student.cohort": 3, "student.epochs": 1})
   results = {}
   for name, strategy in (("one", DEFAULT), ("two", strategy_factory(2))):
-    results[name] = runs.train_and_evaluate(config, str(tmp_path / name), "student", strategy)
+    results[name] = end_to_end.train_and_evaluate(config, str(tmp_path / name), "student", strategy)
   diff = max(float(np.max(np.abs(a - b))) for a, b in
              zip(weights_of(str(tmp_path / "one")), weights_of(str(tmp_path / "two"))))
   print(f"dml cohort of 3: 1 vs 2 replicas max |dw| {diff:.2e}")
@@ -66,11 +66,11 @@ def test_without_the_mutual_term_member_0_trains_exactly_like_the_labels_only_st
   labels-only student's weights, bit for bit; with the term it must not."""
   kl_rows = mutual.base.kl_rows
   monkeypatch.setattr(mutual.base, "kl_rows", lambda p, log_q: 0.0 * kl_rows(p, log_q))
-  runs.train_and_evaluate(tiny_config(), str(tmp_path / "labels"), "student", DEFAULT)
-  runs.train_and_evaluate(tiny_config(**{"student.cohort": 2}), str(tmp_path / "cohort"),
+  end_to_end.train_and_evaluate(tiny_config(), str(tmp_path / "labels"), "student", DEFAULT)
+  end_to_end.train_and_evaluate(tiny_config(**{"student.cohort": 2}), str(tmp_path / "cohort"),
                           "student", DEFAULT)
   monkeypatch.undo()
-  runs.train_and_evaluate(tiny_config(**{"student.cohort": 2}), str(tmp_path / "mutual"),
+  end_to_end.train_and_evaluate(tiny_config(**{"student.cohort": 2}), str(tmp_path / "mutual"),
                           "student", DEFAULT)
   labels_only = weights_of(str(tmp_path / "labels"))
   def member_0(run):
@@ -106,6 +106,6 @@ def test_a_cohort_is_refused_where_it_has_no_meaning(tmp_path, teacher_file):
     with pytest.raises(UserError, match=message):
       config_lib.validate(tiny_config(**bad))
   with pytest.raises(UserError, match="not distill"):
-    runs.train_and_evaluate(tiny_config(**{"student.cohort": 2}), str(tmp_path / "d"),
+    end_to_end.train_and_evaluate(tiny_config(**{"student.cohort": 2}), str(tmp_path / "d"),
                             "distill", DEFAULT, (teacher_file,))
   assert not os.path.exists(tmp_path / "d" / "results.json")

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from kd_research.data import sources
 from kd_research.common import fileio
-from kd_research.train import runs
+from kd_research.train import end_to_end
 from kd_research.train import teachers as teachers_lib
 from kd_research.common.errors import PREEMPTED_EXIT_STATUS
 from kd_research.common.errors import UserError
@@ -31,7 +31,7 @@ from generated_data import write_fake_mnist
 EVERY_STATE = ["--config.distill.method=kd,mlkd,crd,ofd,reviewkd,vid",
                "--config.distill.ctkd.enabled=true", "--config.distill.ctkd.decay_epochs=2",
                "--config.distill.crd.negatives=64", "--config.distill.reviewkd.warmup_epochs=1",
-               "--config.student.model=cnn_seed", "--config.student.width=4",
+               "--config.student.model=cnn_article", "--config.student.width=4",
                "--config.run.allow_weak_teacher=true"]
 
 
@@ -99,7 +99,7 @@ def _sha(path):
 
 def test_teacher_file_untouched_by_distillation(tmp_path, teacher_file):
   before = _sha(teacher_file)
-  runs.train_and_evaluate(tiny_config(**{"student.epochs": 1}), str(tmp_path / "kd"), "distill",
+  end_to_end.train_and_evaluate(tiny_config(**{"student.epochs": 1}), str(tmp_path / "kd"), "distill",
                           DEFAULT, (teacher_file,))
   assert _sha(teacher_file) == before
   ckpt = tf.train.latest_checkpoint(str(tmp_path / "kd" / "checkpoints"))
@@ -128,7 +128,7 @@ def test_bad_teacher_files(tmp_path, teacher_file):
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
   workdir = str(tmp_path / "w")
-  runs.train_and_evaluate(tiny_config(**{"student.epochs": 1}), workdir, "student", DEFAULT)
+  end_to_end.train_and_evaluate(tiny_config(**{"student.epochs": 1}), workdir, "student", DEFAULT)
   os.remove(os.path.join(workdir, "results.json"))
   with open(os.path.join(workdir, "config.json")) as f:
     identity = json.load(f)
@@ -136,7 +136,7 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
   fileio.atomic_write_json(os.path.join(workdir, "config.json"), identity)
   config = tiny_config(**{"student.epochs": 1, "student.width": 64})
   with pytest.raises(UserError, match="does not fit the configured mlp model"):
-    runs.train_and_evaluate(config, workdir, "student", DEFAULT)
+    end_to_end.train_and_evaluate(config, workdir, "student", DEFAULT)
 
 
 def test_unreadable_data_and_unwritable_workdir(tmp_path, monkeypatch):
@@ -156,7 +156,7 @@ def test_unreadable_data_and_unwritable_workdir(tmp_path, monkeypatch):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
   with pytest.raises(UserError, match="is a file, not a directory"):
-    runs.train_and_evaluate(tiny_config(), str(blocker / "run"), "student", DEFAULT)
+    end_to_end.train_and_evaluate(tiny_config(), str(blocker / "run"), "student", DEFAULT)
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
@@ -175,10 +175,10 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
 
 def test_overwrite_discards_a_different_run(tmp_path):
   workdir = str(tmp_path / "w")
-  runs.train_and_evaluate(tiny_config(**{"student.epochs": 1}), workdir, "student", DEFAULT)
+  end_to_end.train_and_evaluate(tiny_config(**{"student.epochs": 1}), workdir, "student", DEFAULT)
   config = tiny_config(**{"student.epochs": 1, "student.width": 16})
   with pytest.raises(UserError, match="model.width: 32 -> 16"):
-    runs.train_and_evaluate(config, workdir, "student", DEFAULT)
-  results = runs.train_and_evaluate(config, workdir, "student", DEFAULT, overwrite=True)
+    end_to_end.train_and_evaluate(config, workdir, "student", DEFAULT)
+  results = end_to_end.train_and_evaluate(config, workdir, "student", DEFAULT, overwrite=True)
   assert json.load(open(os.path.join(workdir, "config.json")))["model"]["width"] == 16
   assert results["params"] == json.load(open(os.path.join(workdir, "results.json")))["params"]

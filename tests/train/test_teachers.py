@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from kd_research import config as config_lib
 from kd_research.common import metrics
-from kd_research.train import runs
+from kd_research.train import end_to_end
 from kd_research.campaign import pipeline
 from kd_research.train import teacher_cache
 from kd_research.common.errors import UserError
@@ -99,7 +99,7 @@ def test_cached_and_live_teacher_distil_identically(multi_run, tmp_path, replica
   for cache in (False, True):
     config = three_teacher_config(**{"student.epochs": 1, "distill.cache_teacher": cache,
                                      "distill.combine": "kl_sum"})
-    results[cache] = runs.train_and_evaluate(config, str(tmp_path / f"c{cache}"), "distill",
+    results[cache] = end_to_end.train_and_evaluate(config, str(tmp_path / f"c{cache}"), "distill",
                                           strategy, paths)
   assert len(glob.glob(str(tmp_path / "cTrue" / "teacher_cache" / "train-*.npz"))) == 1
   weights = {c: keras.models.load_model(str(tmp_path / f"c{c}" / "model.keras"),

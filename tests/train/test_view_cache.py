@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from conftest import DEFAULT, tiny_config, weights_of
-from kd_research.train import runs
+from kd_research.train import end_to_end
 
 AUGMENTED = {"augment.ops": ("flip", "crop", "mixup"), "student.epochs": 2}
 
 
 def distil(tmp_path, name, teacher_file, strategy=DEFAULT, **overrides):
   config = tiny_config(**{**AUGMENTED, **overrides})
-  result = runs.train_and_evaluate(config, str(tmp_path / name), "distill", strategy,
+  result = end_to_end.train_and_evaluate(config, str(tmp_path / name), "distill", strategy,
                                    (teacher_file,))
   return result, weights_of(str(tmp_path / name))
 
@@ -74,10 +74,10 @@ def test_float16_views_halve_the_disk(tmp_path, teacher_file):
 def test_top_k_views_keep_the_top_probabilities_and_the_tail_mass(tmp_path, teacher_file):
   import json
   import tensorflow as tf
-  from kd_research.data import row_files
+  from kd_research.data import cache_rows
   logits = tf.constant(np.random.default_rng(0).normal(size=(6, 2, 10)) * 3, tf.float32)
-  values, indices, tail = row_files.top_k(logits, 3)
-  rebuilt = row_files.reconstruct(values, indices, tail, 10)
+  values, indices, tail = cache_rows.top_k(logits, 3)
+  rebuilt = cache_rows.reconstruct(values, indices, tail, 10)
   p, q = tf.nn.softmax(logits).numpy(), tf.nn.softmax(rebuilt).numpy()
   top = np.take_along_axis(p, indices.numpy(), -1)
   np.testing.assert_allclose(np.take_along_axis(q, indices.numpy(), -1), top, atol=1e-6)

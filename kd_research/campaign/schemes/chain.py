@@ -64,7 +64,7 @@ def check_entries(config):
   """Checks config.pipeline.chain before any run (UserError naming the entry)."""
   for spec in entries(config.pipeline.chain):
     model, _ = parse_member(spec, config.student)
-    if not model or (":" not in model and model not in model_registry.names()):
+    if not model or (":" not in model and not model_registry.is_known(model)):
       raise UserError(f"config.pipeline.chain entry {spec!r}: unknown model {model!r}; valid: "
                       f"student, a registered model ({', '.join(model_registry.names())}) "
                       "or module:function, optionally @WIDTH.")

@@ -102,7 +102,7 @@ def _check_strategy(config, strategy):
 
 
 def _train(run, guard):
-  """Runs the phases with validation and summaries; returns the final RunResults."""
+  """Runs the phases with validation and summaries; returns the final ResultsRecord."""
   config, strategy = run.config, run.strategy
   writer = summaries.Summaries(run.workdir, enabled=run.chief)
   writer.hparams(summaries.run_hparams(config_lib.flatten(workdir_lib.run_identity(
@@ -199,7 +199,7 @@ def _final_results(run, evaluator, last_validation):
                 else _evaluate(run, evaluator, "validation"))
   model, shape, entry = run.state.model, run.splits.input_shape, run.entry
   extra = run.state.extra.variables_list
-  results = results_lib.RunResults(
+  results = results_lib.ResultsRecord(
       role=run.role, model=entry.model, width=entry.width, seed=entry.seed,
       params=int(model.count_params()), test_accuracy=test["accuracy"],
       test_loss=test["loss"], test_count=test["count"], test=test,

@@ -1,4 +1,6 @@
-"""The seed article's models (resnet_seed teacher, cnn_seed student) and the MLP test workhorse.
+"""The models of the article this project grew from (resnet_article teacher, cnn_article
+student; named resnet_seed and cnn_seed before, names still accepted) and the MLP test
+workhorse.
 
 They keep Keras' defaults (BatchNorm momentum 0.99, epsilon 1e-3, Glorot-uniform), as the
 article's Keras models do.
@@ -10,8 +12,8 @@ from kd_research.models import parts
 from kd_research.models import registry
 
 
-@registry.register("resnet_seed")
-def resnet_seed(input_shape, num_classes, width=None, sync_bn=False):
+@registry.register("resnet_article", aliases=("resnet_seed",))
+def resnet_article(input_shape, num_classes, width=None, sync_bn=False):
   """The seed article's teacher: six residual blocks (w, w, 2w/2, 2w, 4w/2, 4w), GAP, Dense."""
   width = width or 64
   inputs = keras.Input(shape=input_shape)
@@ -23,11 +25,11 @@ def resnet_seed(input_shape, num_classes, width=None, sync_bn=False):
     if stage:
       x = parts.tap(x, stage)
   x = parts.tap(keras.layers.GlobalAveragePooling2D()(x), "pooled")
-  return keras.Model(inputs, parts.logits(x, num_classes), name="resnet_seed")
+  return keras.Model(inputs, parts.logits(x, num_classes), name="resnet_article")
 
 
-@registry.register("cnn_seed")
-def cnn_seed(input_shape, num_classes, width=None, sync_bn=False):
+@registry.register("cnn_article", aliases=("cnn_seed",))
+def cnn_article(input_shape, num_classes, width=None, sync_bn=False):
   """The seed article's student: Conv(w)-Conv(2w), MaxPool, Conv(2w)-Conv(2w), GAP, Dense."""
   del sync_bn  # No BatchNorm in this model.
   width = width or 32
@@ -43,7 +45,7 @@ def cnn_seed(input_shape, num_classes, width=None, sync_bn=False):
   x = keras.layers.Conv2D(2 * width, 3)(x)
   x = parts.tap(keras.layers.ReLU()(parts.preact_tap(x, "stage2")), "stage2")
   x = parts.tap(keras.layers.GlobalAveragePooling2D()(x), "pooled")
-  return keras.Model(inputs, parts.logits(x, num_classes), name="cnn_seed")
+  return keras.Model(inputs, parts.logits(x, num_classes), name="cnn_article")
 
 
 @registry.register("mlp")
