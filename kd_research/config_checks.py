@@ -99,9 +99,9 @@ def model_entry(role, entry):
   need(entry.head_epochs == 0 or entry.model in model_registry.pretrained_names(),
         f"config.{role}.head_epochs needs a pretrained backbone model "
         f"({', '.join(model_registry.pretrained_names())}), not {entry.model}.")
-  need(entry.cohort == 0 or (entry.cohort >= 2 and role == "student"),
-       f"config.{role}.cohort={entry.cohort}: a cohort of deep mutual learning has 2 or more "
-       "members (0 = one model), and only config.student trains as one.")
+  wrapper = model_registry.wrapper_of(entry)  # A model of several (a DML cohort): its checks.
+  if wrapper:
+    wrapper.validate(role, entry)
   need(entry.finetune_lr_factor > 0,
         f"config.{role}.finetune_lr_factor must be > 0, got {entry.finetune_lr_factor}.")
 

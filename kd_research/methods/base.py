@@ -28,6 +28,17 @@ from kd_research.methods import losses
 from kd_research.models import taps as taps_lib
 
 REGISTERED = {}  # name -> Method subclass, filled by @register
+TEACHER_FREE = {}  # name -> Objective subclass of labels-only runs, filled by @register_teacher_free
+
+
+def register_teacher_free(cls):
+  """Class decorator: an objective with no teacher (``needs_teacher`` False) that a
+  labels-only run picks when its ``applies(entry)`` says so (the plain labels objective
+  otherwise); built by ``for_entry(entry)``."""
+  if cls.name in TEACHER_FREE and TEACHER_FREE[cls.name] is not cls:
+    raise ValueError(f"two objectives are named {cls.name!r}")
+  TEACHER_FREE[cls.name] = cls
+  return cls
 
 
 def register(cls):
@@ -159,6 +170,22 @@ class Objective:
   def first_stage(self):
     """(objective, epochs) of a stage that runs before this one (FitNets' hint), or None."""
     return None
+
+  @classmethod
+  def applies(cls, entry):
+    """Whether a labels-only run of model ``entry`` trains with this objective (the plain
+    labels objective is the one chosen when no other applies)."""
+    del entry
+    return False
+
+  @classmethod
+  def for_entry(cls, entry):
+    """The objective for a labels-only run of model ``entry``."""
+    del entry
+    return cls()
+
+
+register_teacher_free(Objective)
 
 
 class Method(Objective):

@@ -18,10 +18,20 @@ from kd_research.methods import base
 from kd_research.models import cohort
 
 
+@base.register_teacher_free
 class MutualLearning(base.Objective):
-  """The DML objective of a cohort of ``size`` members (their logits read as taps)."""
+  """The DML objective of a cohort of ``size`` members (their logits read as taps): the
+  objective of every labels-only run of a cohort model (models/cohort.py)."""
 
   name = "dml"
+
+  @classmethod
+  def applies(cls, entry):
+    return bool(entry.get("cohort"))
+
+  @classmethod
+  def for_entry(cls, entry):
+    return cls(entry.cohort)
 
   def __init__(self, size):
     self.size = int(size)

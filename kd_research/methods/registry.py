@@ -33,6 +33,15 @@ def methods():
   return dict(sorted(base.REGISTERED.items(), key=lambda item: (item[1].order, item[0])))
 
 
+def labels_objective(entry):
+  """The objective of a labels-only run of model ``entry``: the registered teacher-free
+  objective that applies to it (DML for a cohort), else the plain labels objective."""
+  plugins.import_all(_PACKAGE)
+  chosen = [cls for name, cls in sorted(base.TEACHER_FREE.items())
+            if name != base.Objective.name and cls.applies(entry)]
+  return (chosen[0] if chosen else base.Objective).for_entry(entry)
+
+
 def names():
   """Every method's name, logit methods first."""
   return tuple(methods())

@@ -29,6 +29,40 @@ from kd_research.models import user
 _PACKAGE = "kd_research.models"
 _REGISTERED = {}
 _ALIASES = {}  # a model's former name -> its name (old runs and .keras files still load)
+_WRAPPERS = []  # Wrapper: models that hold several models of an entry (a DML cohort)
+
+
+@dataclasses.dataclass(frozen=True)
+class Wrapper:
+  """A model made of several models of one entry (models/cohort.py registers one).
+
+  ``applies(entry)``: whether the entry asks for it; ``validate(role, entry)``: its config
+  checks (UserError); ``build(entry, role, input_shape, build_one)``: the model, whose parts
+  ``build_one(member_entry)`` builds; ``members(model)``: the parts of a built model that
+  are models of their own (evaluated and saved one by one), [] for any other model."""
+  applies: Callable
+  validate: Callable
+  build: Callable
+  members: Callable
+
+
+def register_wrapper(wrapper):
+  """Makes ``wrapper`` (a Wrapper) serve every model entry that it applies to."""
+  _WRAPPERS.append(wrapper)
+  return wrapper
+
+
+def wrapper_of(entry):
+  """The Wrapper that ``entry`` asks for, or None (a plain model)."""
+  families()
+  return next((w for w in _WRAPPERS if w.applies(entry)), None)
+
+
+def members(model):
+  """The models a built model holds as parts of its own (a cohort's members), in order; []
+  for a plain model."""
+  families()
+  return next((found for found in (w.members(model) for w in _WRAPPERS) if found), [])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,8 +29,8 @@ from kd_research.data import datasets
 from kd_research.runtime import distribute
 from kd_research.runtime import precision
 from kd_research.runtime import preemption
-from kd_research.train import cohort_members
 from kd_research.train import driver as driver_lib
+from kd_research.models import registry as model_registry
 from kd_research.train import evaluation
 from kd_research.train import resolve as resolve_lib
 from kd_research.train import results as results_lib
@@ -216,7 +216,8 @@ def _final_results(run, evaluator, last_validation):
     results.data = {"examples": {name: getattr(run.splits, name).num_examples
                                  for name in ("train", "validation", "test")},
                     "skipped_corrupt": dict(run.splits.skipped)}
-  results.members = cohort_members.evaluate(run)
+  results.members = evaluation.evaluate_members(run.state.model, run.strategy, run.splits,
+                                                run.config.run.eval_batch_size)
   if run.teachers:
     results.method = run.config.distill.method
     results.teachers = run.teachers.report
@@ -243,7 +244,8 @@ def _write(run, results):
 def _export(model, workdir):
   """Saves the trained model as RUN/model.keras and RUN/saved_model, each atomically."""
   fileio.atomic_save_keras(model, os.path.join(workdir, "model.keras"))
-  cohort_members.save(model, workdir)
+  for member in model_registry.members(model):  # A cohort's members, each a model of its own.
+    fileio.atomic_save_keras(member, workdir_lib.member_path(workdir, member.name))
   fileio.atomic_save_dir(os.path.join(workdir, "saved_model"),
                            lambda d: model.export(d, verbose=False))
 

@@ -59,6 +59,24 @@ class Evaluator:
     return out
 
 
+def evaluate_members(model, strategy, splits, eval_batch):
+  """[{member, test_accuracy, test_ece, validation_accuracy, params}] of every model that
+  ``model`` holds as a part of its own (a DML cohort's members; models.registry.members),
+  each on its own; None for a plain model."""
+  members = model_registry.members(model)
+  if not members:
+    return None
+  out = []
+  for member in members:
+    evaluator = Evaluator(strategy, member, splits.num_classes,
+                          eval_batch_size(eval_batch, strategy))
+    test, validation = evaluator(splits.test), evaluator(splits.validation)
+    out.append({"member": member.name, "test_accuracy": test["accuracy"],
+                "test_ece": test["ece"], "validation_accuracy": validation["accuracy"],
+                "params": int(member.count_params())})
+  return out
+
+
 def _softmax(z, temperature=1.0):
   z = np.asarray(z, np.float64) / temperature
   z = z - z.max(-1, keepdims=True)

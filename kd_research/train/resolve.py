@@ -14,21 +14,17 @@ import os
 from typing import Optional
 
 from absl import logging
-import ml_collections
 import numpy as np
 
 from kd_research import config as config_lib
 from kd_research.common import schedules
-from kd_research.common.errors import UserError
 from kd_research.data import augment
 from kd_research.data import views as views_lib
 from kd_research.data import datasets
 from kd_research.data import splits as splits_lib
 from kd_research.methods import base as method_base
 from kd_research.methods import losses
-from kd_research.methods import mutual
 from kd_research.methods import registry as method_registry
-from kd_research.models import cohort
 from kd_research.models import pretrained
 from kd_research.runtime import distribute
 from kd_research.models import registry as model_registry
@@ -166,14 +162,12 @@ def augmentation(config, seed, splits, role, ops=None):
 def build_model(entry, splits, role):
   """The model, with every variable that will ever train trainable (the optimizer is built
   for them before tracing; pretrained backbones are frozen again by their phases). An
-  entry with ``init`` starts from that file; with ``cohort`` N, a cohort of N such models."""
-  if entry.get("cohort"):
-    if role != "student":
-      raise UserError(f"config.student.cohort={entry.cohort} trains a cohort by deep mutual "
-                      f"learning with no teacher: it is for `train --role=student`, not {role}.")
-    member = ml_collections.ConfigDict(dict(entry.to_dict(), cohort=0))
-    return cohort.build(lambda: build_model(member, splits, role),
-                        entry.cohort, splits.input_shape)
+  entry with ``init`` starts from that file; an entry that asks for a model wrapper (a DML
+  cohort, models/cohort.py) gets the wrapper's model of such models."""
+  wrapper = model_registry.wrapper_of(entry)
+  if wrapper:
+    return wrapper.build(entry, role, splits.input_shape,
+                         lambda member: build_model(member, splits, role))
   if entry.get("init"):
     where = f"config.{'teacher' if role == 'teacher' else 'student'}.init"
     model = model_registry.load_start(entry.init, splits.input_shape, splits.num_classes, where)
@@ -209,7 +203,7 @@ def _phases(config, role, entry, model, teachers, objective, total, head_steps,
     return functools.partial(pretrained.set_trainable, model, mode, entry.unfreeze_top,
                              bool(entry.weights))
 
-  labels = mutual.MutualLearning(entry.cohort) if entry.get("cohort") else method_base.Objective()
+  labels = method_registry.labels_objective(entry)
   if role != "distill":
     name = "teacher" if role == "teacher" else "student"
     head = ([driver_lib.Phase(f"{name} (head only)", head_steps, labels, None,

@@ -30,6 +30,12 @@ from kd_research.common.errors import UserError
 CONFIG_FILE = "config.json"
 RESULTS_FILE = results_lib.FILE
 LOCK_FILE = ".lock"
+MEMBERS_DIR = "members"  # RUN/members/<name>/model.keras: the models a run's model holds
+
+
+def member_path(workdir, name):
+  """Where a run saves the member model ``name`` of its model (a DML cohort's member_<k>)."""
+  return os.path.join(workdir, MEMBERS_DIR, name, "model.keras")
 FORMAT = 3
 _MODEL_ENTRIES = ("teacher", "student", "extra_teachers")
 

@@ -56,3 +56,32 @@ def test_dml_terms_match_numpy_and_each_member_gets_its_own_gradient(size):
     expected = (probs[k] - onehot) + sum(probs[k] - probs[l] for l in range(size)
                                          if l != k) / (size - 1)
     np.testing.assert_allclose(grad.numpy(), expected, atol=1e-5)
+
+
+def test_the_labels_only_objective_is_chosen_from_the_registry():
+  """DML is a registered teacher-free objective: a labels-only run of a cohort entry trains
+  with it, any other entry with the plain labels objective; the cohort is a model wrapper
+  (models/cohort.py) that validates its own entries."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from kd_research import config as config_lib  # pylint: disable=g-import-not-at-top
+  from kd_research.common.errors import UserError  # pylint: disable=g-import-not-at-top
+  from kd_research.methods import registry  # pylint: disable=g-import-not-at-top
+  from kd_research.models import registry as model_registry  # pylint: disable=g-import-not-at-top
+  entry = config_lib.model_config("mlp", width=8)
+  plain = registry.labels_objective(entry)
+  assert type(plain).__name__ == "Objective" and not plain.needs_teacher
+  cohort = ml_collections.ConfigDict(dict(entry.to_dict(), cohort=3))
+  dml = registry.labels_objective(cohort)
+  assert dml.name == "dml" and dml.size == 3 and not dml.needs_teacher
+  assert model_registry.wrapper_of(entry) is None
+  wrapper = model_registry.wrapper_of(cohort)
+  with pytest.raises(UserError, match="only config.student trains as one"):
+    wrapper.validate("teacher", cohort)
+  with pytest.raises(UserError, match="2 or more members"):
+    wrapper.validate("student", ml_collections.ConfigDict(dict(entry.to_dict(), cohort=1)))
+  with pytest.raises(UserError, match="not distill"):
+    wrapper.build(cohort, "distill", (28, 28, 1), None)
+  model = wrapper.build(cohort, "student", (28, 28, 1),
+                        lambda member: model_registry.build("mlp", (28, 28, 1), 10, 8))
+  assert [m.name for m in model_registry.members(model)] == ["member_0", "member_1", "member_2"]
+  assert model_registry.members(model_registry.build("mlp", (28, 28, 1), 10, 8)) == []

@@ -14,7 +14,7 @@ from kd_research.common.errors import UserError
 from kd_research.data import datasets
 from kd_research.methods import mutual
 from kd_research.models import registry as model_registry
-from kd_research.train import cohort_members
+from kd_research.train import workdir as workdir_lib
 from kd_research.train import end_to_end
 from conftest import DEFAULT, ENV, REPO, kill_after_checkpoint, read_scalars, tiny_config
 from conftest import weights_of
@@ -47,7 +47,7 @@ def test_a_cohort_trains_the_same_on_one_and_two_replicas_and_saves_each_member(
   images = np.concatenate([np.asarray(b) for b in split.image_batches(1000)])
   outputs = []
   for index, member in enumerate(members):
-    model = model_registry.load_keras(cohort_members.member_path(str(tmp_path / "one"), index))
+    model = model_registry.load_keras(workdir_lib.member_path(str(tmp_path / "one"), f"member_{index}"))
     logits = model.predict(images, verbose=0)
     outputs.append(logits)
     assert member["test_accuracy"] == pytest.approx(
@@ -74,7 +74,7 @@ def test_without_the_mutual_term_member_0_trains_exactly_like_the_labels_only_st
                           "student", DEFAULT)
   labels_only = weights_of(str(tmp_path / "labels"))
   def member_0(run):
-    model = model_registry.load_keras(cohort_members.member_path(str(tmp_path / run), 0))
+    model = model_registry.load_keras(workdir_lib.member_path(str(tmp_path / run), "member_0"))
     return [w.numpy() for w in model.weights]
   assert max(float(np.max(np.abs(a - b))) for a, b in
              zip(labels_only, member_0("cohort"))) == 0.0
