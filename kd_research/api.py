@@ -196,7 +196,7 @@ def _execute(c, workdir, role, teacher_paths, overwrite, verbose):
   fileio.record_command(workdir, f"kd_research.{call}(workdir={workdir!r})")
   strategy = distribute.make_strategy(c.distribution)
   results = end_to_end.train_and_evaluate(c, workdir, role, strategy, teacher_paths=teacher_paths,
-                                    overwrite=overwrite)
+                                          overwrite=overwrite)
   return RunResult(workdir, dict(results))
 
 

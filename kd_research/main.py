@@ -106,10 +106,11 @@ def _run(command, config, workdir):
   overwrite = flags.FLAGS.overwrite
   if command == "train":
     results = end_to_end.train_and_evaluate(config, workdir, flags.FLAGS.role, strategy,
-                                      overwrite=overwrite)
+                                            overwrite=overwrite)
   elif command == "distill":
     results = end_to_end.train_and_evaluate(config, workdir, "distill", strategy,
-                                      teacher_paths=(config.teacher.path,), overwrite=overwrite)
+                                            teacher_paths=(config.teacher.path,),
+                                            overwrite=overwrite)
   elif command == "keras_peer":
     from kd_research.tools import keras_peer  # pylint: disable=g-import-not-at-top
     results = keras_peer.train_and_evaluate(config, workdir, config.teacher.path, overwrite,

@@ -198,7 +198,8 @@ def conv_teacher(tmp_path_factory):
   config = tiny_config(**{"teacher.model": "resnet_article", "teacher.width": 8,
                           "teacher.epochs": 2})
   return built_once(tmp_path_factory, "conv_teacher",
-                    lambda workdir: end_to_end.train_and_evaluate(config, workdir, "teacher", DEFAULT))
+                    lambda workdir: end_to_end.train_and_evaluate(config, workdir, "teacher",
+                                                                  DEFAULT))
 
 
 def method_config(method, **overrides):

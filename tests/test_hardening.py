@@ -127,7 +127,7 @@ def _distill(tmp_path, teacher_path, **overrides):
   config = tiny_config(**{"teacher.path": teacher_path, "student.epochs": 1, **overrides})
   workdir = tmp_path / "kd"
   return workdir, lambda: end_to_end.train_and_evaluate(config, str(workdir), "distill", DEFAULT,
-                                                  teacher_paths=(teacher_path,))
+                                                        teacher_paths=(teacher_path,))
 
 
 def test_teacher_with_nan_weights_is_refused(tmp_path, teacher_file):

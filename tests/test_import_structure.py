@@ -184,4 +184,5 @@ def test_each_method_has_its_own_test_file():
   modules = sorted({cls.__module__.rsplit(".", 1)[-1] for cls in registry.methods().values()})
   missing = [m for m in modules
              if not os.path.exists(os.path.join(REPO, "tests", "methods", f"test_{m}.py"))]
-  assert len(modules) >= 15 and not missing, f"methods without tests/methods/test_NAME.py: {missing}"
+  assert len(modules) >= 15 and not missing, (
+      f"methods without tests/methods/test_NAME.py: {missing}")

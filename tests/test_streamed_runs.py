@@ -98,9 +98,9 @@ def test_replica_count_does_not_change_a_streamed_run(tmp_path, data, strategy_f
   config = tiny_config(**STREAMED, dataset=data["tfrecord"],
                        **{"student.epochs": 2, "teacher.path": data["teacher"]})
   one = end_to_end.train_and_evaluate(config, str(tmp_path / "one"), "distill", DEFAULT,
-                                (data["teacher"],))
+                                      (data["teacher"],))
   many = end_to_end.train_and_evaluate(config, str(tmp_path / "many"), "distill",
-                                 strategy_factory(replicas), (data["teacher"],))
+                                       strategy_factory(replicas), (data["teacher"],))
   diffs = [float(np.max(np.abs(a - b))) for a, b in
            zip(weights_of(str(tmp_path / "one")), weights_of(str(tmp_path / "many")))]
   print(f"streamed, 1 vs {replicas} replicas: max |dw| {max(diffs):.2e}")
@@ -132,7 +132,7 @@ def test_teacher_cache_on_shards_matches_the_live_teacher(tmp_path, data, method
                             "data.train_view": view, "student.epochs": 2,
                             "distill.method": method, "distill.cache_teacher": cache})
     results[cache] = end_to_end.train_and_evaluate(config, str(tmp_path / f"c{cache}"), "distill",
-                                             DEFAULT, (data["teacher"],))
+                                                   DEFAULT, (data["teacher"],))
   kind = "train" if view == "center" else "views"
   cached = glob.glob(str(tmp_path / "cTrue" / "teacher_cache" / f"{kind}-*" / "*.rows"))
   assert len(cached) == (2 if method == "rkd" else 1)  # row files, not an in-memory npz

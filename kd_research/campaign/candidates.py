@@ -35,7 +35,7 @@ def select(config, workdir, paths, strategy, overwrite=False):
     for _, name, run_config, run_dir, run_paths in stages_lib.candidate_runs(
         config, workdir, paths, variant):
       result = end_to_end.train_and_evaluate(run_config, run_dir, "distill", strategy,
-                                       tuple(run_paths), overwrite)
+                                             tuple(run_paths), overwrite)
       scores[name] = result["validation_accuracy"]
     best = max(sorted(scores), key=lambda n: scores[n])  # max keeps the first of ties.
     chosen[variant] = candidates[best].to_dict()

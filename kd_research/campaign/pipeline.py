@@ -50,7 +50,7 @@ def run_stage(stage, strategy, chosen_dirs=None, overwrite=False):
     candidates.adopt_candidate_run((chosen_dirs or {}).get(stage.variant), stage.run_dir,
                                    stage.config, role, stage.teachers)  # Workers would race.
   result = end_to_end.train_and_evaluate(stage.config, stage.run_dir, role, strategy,
-                                   stage.teachers, overwrite)
+                                         stage.teachers, overwrite)
   if stage.group == "students" and stage.config.pipeline.export_students:
     export_once(stage.run_dir, stage.config)
   return result

@@ -28,7 +28,7 @@ from kd_research.methods import losses
 from kd_research.models import taps as taps_lib
 
 REGISTERED = {}  # name -> Method subclass, filled by @register
-TEACHER_FREE = {}  # name -> Objective subclass of labels-only runs, filled by @register_teacher_free
+TEACHER_FREE = {}  # name -> Objective of labels-only runs, filled by @register_teacher_free
 
 
 def register_teacher_free(cls):

@@ -45,8 +45,8 @@ def require_preact(model, stages, what, method):
     raise UserError(
         f"config.distill.method={method} reads the {what}'s pre-activation taps, and model "
         f"{model.name} has no {', '.join(preact(s) for s in missing)}. The registry's ResNets, "
-        "WRNs, VGGs, MobileNets, resnet_article and cnn_article have them (a model file saved before "
-        "they existed does not: retrain it); in your own model name the tensor before a "
+        "WRNs, VGGs, MobileNets, resnet_article and cnn_article have them (a model file saved "
+        "before they existed does not: retrain it); in your own model name the tensor before a "
         "stage's last ReLU '<stage>_preact' (e.g. keras.layers.Identity(name='stage2_preact')).")
   return [preact(s) for s in stages]
 

@@ -267,7 +267,7 @@ def memory_curve(n, size=16, batch=512):
   start = time.perf_counter()
   with RssSampler() as sampler:
     result = end_to_end.train_and_evaluate(config, os.path.join(workdir, "run"), "student",
-                                     tf.distribute.get_strategy())
+                                           tf.distribute.get_strategy())
   seconds = time.perf_counter() - start
   samples = sampler.samples
   step = max(1, len(samples) // 20)

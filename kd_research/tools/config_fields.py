@@ -32,7 +32,8 @@ SECTIONS = (
      "training image and from the CE term only where a label exists; a labels-only student "
      "trains on the labelled examples for the same number of steps. Teachers always train "
      "on every label."),
-    ("loss_scale", "`loss_scale`: fp16's dynamic loss scaling", "Used with `mixed_precision=fp16` only."),
+    ("loss_scale", "`loss_scale`: fp16's dynamic loss scaling",
+     "Used with `mixed_precision=fp16` only."),
     ("optimizer", "`optimizer`",
      "`optimizer.learning_rate` is a schedule (below), over the whole run."),
     ("model", "`teacher`, `student` and `extra_teachers.NAME`: model entries",

@@ -5,8 +5,9 @@
 
 Every field of ``config.base_config()`` is listed with its default, read from the schema;
 the meaning of each field comes from ``config_fields.py`` (one line per field) or, for a
-training scheme's fields, from the scheme (campaign/schemes/), and each method's section (``distill.<name>``) from the method's own defaults and reference. A field
-without a description, or a description of a field that no longer exists, is an error: the
+training scheme's fields, from the scheme (campaign/schemes/), and each method's section
+(``distill.<name>``) from the method's own defaults and reference. A field without a
+description, or a description of a field that no longer exists, is an error: the
 page is complete or it is not written.
 """
 

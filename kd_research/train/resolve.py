@@ -127,8 +127,8 @@ def resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
   logging.info("%s: %s %s, %d params, %d steps (%d/epoch), %d replica(s), %s.", workdir, role,
                entry.model, state.model.count_params(), total, spe,
                strategy.num_replicas_in_sync, splits.source)
-  return ResolvedRun(config, workdir, role, strategy, splits, chief, entry, spe, phases, lr_fn, state,
-              teachers, train, labelled)
+  return ResolvedRun(config, workdir, role, strategy, splits, chief, entry, spe, phases, lr_fn,
+                     state, teachers, train, labelled)
 
 
 def run_views(config, role):

@@ -73,7 +73,8 @@ def test_a_new_scheme_is_one_file(throwaway, tmp_path):
   assert stages["student_kd/seed_0"].after == ("self",)
   assert stages["student_kd/seed_0"].teachers == (os.path.join(workdir, "self", "model.keras"),)
   assert stages["student_wide/seed_1"].config.student.width == 32
-  assert stages["student_wide/seed_1"].after == () and stages["student_wide/seed_1"].role == "student"
+  wide = stages["student_wide/seed_1"]
+  assert wide.after == () and wide.role == "student"
   plan = plan_lib.read_plan(plan_lib.write_plan(config, workdir))
   assert [(g["name"], g["after"]) for g in plan["groups"]] == [
       ("teachers", []), ("self", ["teachers"]), ("baseline", []), ("students", ["self"]),

@@ -42,16 +42,16 @@ def test_transfer_set_runs(teacher_file, tmp_path):
   config = tiny_config(**{"labels.count": 128, "student.epochs": 1})
   baseline = end_to_end.train_and_evaluate(config, str(tmp_path / "labels"), "student", DEFAULT)
   kd = end_to_end.train_and_evaluate(config, str(tmp_path / "kd"), "distill", DEFAULT,
-                               (teacher_file,))
+                                     (teacher_file,))
   assert baseline["steps"] == kd["steps"] == 1800 // 64  # The same budget of steps.
   identity = json.load(open(tmp_path / "kd" / "config.json"))
   assert identity["labels"] == {"count": 128, "fraction": 0.0, "seed": 0}
   ce = [v for _, v in read_scalars(str(tmp_path / "kd"))["train/loss_ce"]]
   full = end_to_end.train_and_evaluate(tiny_config(**{"student.epochs": 1}), str(tmp_path / "all"),
-                                 "distill", DEFAULT, (teacher_file,))
+                                       "distill", DEFAULT, (teacher_file,))
   ce_all = [v for _, v in read_scalars(str(tmp_path / "all"))["train/loss_ce"]]
   assert np.mean(ce) < 0.3 * np.mean(ce_all)  # ~128/1800 of the examples carry a label.
   assert full["steps"] == kd["steps"]
   with pytest.raises(UserError, match="fewer than one global batch"):
     end_to_end.train_and_evaluate(tiny_config(**{"labels.count": 10}), str(tmp_path / "few"),
-                            "student", DEFAULT)
+                                  "student", DEFAULT)

@@ -119,10 +119,10 @@ def test_crd_refuses_what_it_cannot_do(conv_teacher, tmp_path):
   from kd_research.common.errors import UserError  # pylint: disable=g-import-not-at-top
   with pytest.raises(UserError, match="negative_sampling=uniform"):
     end_to_end.train_and_evaluate(method_config("crd", **{"labels.count": 100}),
-                            str(tmp_path / "few"), "distill", DEFAULT, (conv_teacher,))
+                                  str(tmp_path / "few"), "distill", DEFAULT, (conv_teacher,))
   with pytest.raises(UserError, match="negatives=5000"):
     end_to_end.train_and_evaluate(method_config("crd", **{"distill.crd.negatives": 5000}),
-                            str(tmp_path / "k"), "distill", DEFAULT, (conv_teacher,))
+                                  str(tmp_path / "k"), "distill", DEFAULT, (conv_teacher,))
 
 
 def test_pooled_feature_cache_serves_crd_like_the_live_teacher(conv_teacher, tmp_path):
@@ -131,8 +131,9 @@ def test_pooled_feature_cache_serves_crd_like_the_live_teacher(conv_teacher, tmp
   config = method_config("crd", train_size=192)
   live, cached = str(tmp_path / "live"), str(tmp_path / "cached")
   end_to_end.train_and_evaluate(config, live, "distill", DEFAULT, (conv_teacher,))
-  end_to_end.train_and_evaluate(method_config("crd", train_size=192, **{"distill.cache_teacher": True}),
-                          cached, "distill", DEFAULT, (conv_teacher,))
+  end_to_end.train_and_evaluate(
+      method_config("crd", train_size=192, **{"distill.cache_teacher": True}), cached,
+      "distill", DEFAULT, (conv_teacher,))
   (train_file,) = [f for f in os.listdir(os.path.join(cached, "teacher_cache"))
                    if f.startswith("train-") and f.endswith(".npz")]
   with np.load(os.path.join(cached, "teacher_cache", train_file)) as f:
@@ -148,8 +149,9 @@ def test_pooled_feature_cache_serves_crd_like_the_live_teacher(conv_teacher, tmp
 
 
 def test_crd_with_two_teachers_has_heads_and_banks_per_teacher(conv_teacher, tmp_path):
-  results = end_to_end.train_and_evaluate(method_config("crd", train_size=192), str(tmp_path / "two"),
-                                    "distill", DEFAULT, (conv_teacher, conv_teacher))
+  results = end_to_end.train_and_evaluate(method_config("crd", train_size=192),
+                                          str(tmp_path / "two"), "distill", DEFAULT,
+                                          (conv_teacher, conv_teacher))
   assert results["extra_trainable_params"] == 2 * ((8 + 1) * 128 + (32 + 1) * 128)
   banks = [v for v in _objective_tensors(str(tmp_path / "two")).values() if v.shape == (192, 128)]
   assert len(banks) == 4  # A student and a teacher bank per teacher.

@@ -46,7 +46,7 @@ def test_fitnets_connector_trains_resumes_exactly_and_is_not_exported(conv_teach
 def test_fitnets_hint_stage_and_two_teachers(conv_teacher, tmp_path):
   config = method_config("fitnets", **{"student.epochs": 2, "distill.fitnets.hint_epochs": 1})
   results = end_to_end.train_and_evaluate(config, str(tmp_path / "hint"), "distill", DEFAULT,
-                                    (conv_teacher, conv_teacher))
+                                          (conv_teacher, conv_teacher))
   assert results["extra_params"] == 2 * (8 * 16 + 4 * 16)  # One connector per teacher.
   scalars = read_scalars(str(tmp_path / "hint"))
   ce = dict(scalars["train/loss_ce"])

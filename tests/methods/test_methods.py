@@ -37,9 +37,9 @@ def test_method_is_replica_independent(method, conv_teacher, tmp_path, strategy_
   uses_sgd = set(method.split(",")) & set(SGD_METHODS)
   config = method_config(method, train_size=192, **(sgd if uses_sgd else {}))
   one = end_to_end.train_and_evaluate(config, str(tmp_path / "one"), "distill", DEFAULT,
-                                (conv_teacher,))
+                                      (conv_teacher,))
   two = end_to_end.train_and_evaluate(config, str(tmp_path / "two"), "distill", strategy_factory(2),
-                                (conv_teacher,))
+                                      (conv_teacher,))
   diff = max(float(np.max(np.abs(a - b))) for a, b in
              zip(weights_of(str(tmp_path / "one")), weights_of(str(tmp_path / "two"))))
   print(f"{method}: 1 vs 2 replicas max |dw| {diff:.2e}; extra params {one['extra_params']}")
@@ -79,21 +79,21 @@ def test_methods_refuse_what_they_cannot_do(conv_teacher, tmp_path):
     method_registry.parse("kd,dkd")
   with pytest.raises(UserError, match="needs feature maps"):
     end_to_end.train_and_evaluate(method_config("at", **{"student.model": "mlp"}),
-                            str(tmp_path / "mlp"), "distill", DEFAULT, (conv_teacher,))
+                                  str(tmp_path / "mlp"), "distill", DEFAULT, (conv_teacher,))
   for name in ("ofd", "reviewkd", "vid", "nst"):  # They read teacher maps: no cache.
     assert method_registry.methods()[name].reads_teacher_maps(None)
     with pytest.raises(UserError, match=r"cannot serve method\(s\) " + name):
       config_lib.validate(method_config(name, **{"distill.cache_teacher": True}))
   with pytest.raises(UserError, match="method=ofd needs feature maps"):
     end_to_end.train_and_evaluate(method_config("ofd", **{"student.model": "mlp"}),
-                            str(tmp_path / "ofd_mlp"), "distill", DEFAULT, (conv_teacher,))
+                                  str(tmp_path / "ofd_mlp"), "distill", DEFAULT, (conv_teacher,))
   with pytest.raises(UserError, match="vid.init_variance=1e-06 must exceed"):
     config_lib.validate(method_config("vid", **{"distill.vid.init_variance": 1e-6}))
   with pytest.raises(UserError, match="cc.taylor_order=-1 must be a whole number"):
     config_lib.validate(method_config("cc", **{"distill.cc.taylor_order": -1}))
   with pytest.raises(UserError, match="has no layer 'nope'"):
     end_to_end.train_and_evaluate(method_config("pkt", **{"distill.pkt.student_tap": "nope"}),
-                            str(tmp_path / "tap"), "distill", DEFAULT, (conv_teacher,))
+                                  str(tmp_path / "tap"), "distill", DEFAULT, (conv_teacher,))
 
 
 def test_capabilities_are_class_attributes_read_by_the_checks():

@@ -1,4 +1,5 @@
-"""OFD against float64 NumPy (mdistiller's partial L2 and margins), its connectors' weights read back."""
+"""OFD against float64 NumPy (mdistiller's partial L2 and margins), its connectors' weights read
+back."""
 
 import numpy as np
 import pytest

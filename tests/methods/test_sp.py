@@ -1,5 +1,5 @@
-"""Similarity-preserving KD against float64 NumPy from the paper (batch means), and split exactly over two
-"replicas" (local rows against the global batch)."""
+"""Similarity-preserving KD against float64 NumPy from the paper (batch means), and split exactly
+over two "replicas" (local rows against the global batch)."""
 
 import numpy as np
 

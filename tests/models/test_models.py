@@ -148,4 +148,5 @@ def test_the_article_models_former_names_still_build_load_and_match_identities(t
       "role": ("teacher", "student")}
   path = str(tmp_path / "old.keras")
   keras.Model(old.inputs, old.outputs, name="cnn_seed").save(path)
-  np.testing.assert_array_equal(model_registry.load_keras(path).get_weights()[0], old.get_weights()[0])
+  loaded = model_registry.load_keras(path)
+  np.testing.assert_array_equal(loaded.get_weights()[0], old.get_weights()[0])

@@ -86,7 +86,7 @@ def test_pretrained_teacher_pipeline_under_mirrored(tmp_path, strategy_factory):
   print(f"mobilenetv2 at 32x32: 2 epochs of 256 examples in {time.time() - start:.1f} s")
   assert teacher["steps"] == 8
   kd = end_to_end.train_and_evaluate(config, str(tmp_path / "kd"), "distill", strategy_factory(2),
-                               (str(tmp_path / "t" / "model.keras"),))
+                                     (str(tmp_path / "t" / "model.keras"),))
   assert kd["replicas"] == 2 and kd["teacher_test_accuracy"] == pytest.approx(
       teacher["test_accuracy"], abs=1e-9)
 

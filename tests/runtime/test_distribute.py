@@ -65,7 +65,7 @@ def test_malformed_tf_config(tf_config, match, monkeypatch):
 def test_global_batch_must_divide_by_replicas(strategy_factory, tmp_path):
   with pytest.raises(UserError, match="global_batch_size=66 is not divisible by the 4 replicas"):
     end_to_end.train_and_evaluate(tiny_config(global_batch_size=66), str(tmp_path), "student",
-                            strategy_factory(4))
+                                  strategy_factory(4))
 
 
 def weights_of(path):

@@ -60,7 +60,7 @@ def test_keras_peer_run_is_reported_and_skipped_when_finished(teacher_file, tmp_
   assert keras_peer.train_and_evaluate(config, workdir, teacher_file) == results
   assert os.path.getmtime(os.path.join(workdir, "results.json")) == stamp
   end_to_end.train_and_evaluate(config, str(tmp_path / "runs" / "ours"), "distill",
-                          tf.distribute.get_strategy(), (teacher_file,))
+                                tf.distribute.get_strategy(), (teacher_file,))
   runs_dir = str(tmp_path / "runs")
   table = report_tables.build_table(report_rows.find_runs(runs_dir), runs_dir)
   assert "keras.distillation Distiller (fit)" in table  # A row of its own beside ours.

@@ -74,7 +74,7 @@ def test_distillation_run_writes_everything(tmp_path, teacher_file):
   assert os.path.getmtime(os.path.join(workdir, "model.keras")) == mtime
   with pytest.raises(UserError, match=r"distill.temperature.start: 10.0 -> 3.0"):
     end_to_end.train_and_evaluate(tiny_config(**{"distill.temperature.start": 3.0}), workdir,
-                            "distill", DEFAULT, (teacher_file,))
+                                  "distill", DEFAULT, (teacher_file,))
 
 
 def test_resume_after_interruption_matches_uninterrupted(tmp_path, teacher_file, monkeypatch):
@@ -92,9 +92,9 @@ def test_distillation_does_not_depend_on_replica_count(tmp_path, teacher_file, r
                                                        strategy_factory):
   config = tiny_config(**{"student.epochs": 1})
   single = end_to_end.train_and_evaluate(config, str(tmp_path / "one"), "distill", DEFAULT,
-                                   (teacher_file,))
+                                         (teacher_file,))
   multi = end_to_end.train_and_evaluate(config, str(tmp_path / "many"), "distill",
-                                  strategy_factory(replicas), (teacher_file,))
+                                        strategy_factory(replicas), (teacher_file,))
   assert multi["replicas"] == replicas
   one = read_scalars(str(tmp_path / "one"))
   many = read_scalars(str(tmp_path / "many"))
@@ -209,10 +209,10 @@ def test_report_groups_seeds(tmp_path):
   accuracies = []
   for seed in (0, 1, 2):
     results = end_to_end.train_and_evaluate(tiny_config(**{"student.epochs": 1, "student.seed": seed}),
-                                      str(tmp_path / f"s{seed}"), "student", DEFAULT)
+                                            str(tmp_path / f"s{seed}"), "student", DEFAULT)
     accuracies.append(results["test_accuracy"])
   end_to_end.train_and_evaluate(tiny_config(**{"student.epochs": 1, "student.width": 16}),
-                          str(tmp_path / "narrow"), "student", DEFAULT)
+                                str(tmp_path / "narrow"), "student", DEFAULT)
   table = report_tables.build_table(report_rows.find_runs(str(tmp_path)), str(tmp_path))
   rows = [l for l in table.splitlines() if l.startswith("| student")]
   assert len(rows) == 2

@@ -47,7 +47,8 @@ def test_a_cohort_trains_the_same_on_one_and_two_replicas_and_saves_each_member(
   images = np.concatenate([np.asarray(b) for b in split.image_batches(1000)])
   outputs = []
   for index, member in enumerate(members):
-    model = model_registry.load_keras(workdir_lib.member_path(str(tmp_path / "one"), f"member_{index}"))
+    model = model_registry.load_keras(
+        workdir_lib.member_path(str(tmp_path / "one"), f"member_{index}"))
     logits = model.predict(images, verbose=0)
     outputs.append(logits)
     assert member["test_accuracy"] == pytest.approx(
@@ -68,10 +69,10 @@ def test_without_the_mutual_term_member_0_trains_exactly_like_the_labels_only_st
   monkeypatch.setattr(mutual.base, "kl_rows", lambda p, log_q: 0.0 * kl_rows(p, log_q))
   end_to_end.train_and_evaluate(tiny_config(), str(tmp_path / "labels"), "student", DEFAULT)
   end_to_end.train_and_evaluate(tiny_config(**{"student.cohort": 2}), str(tmp_path / "cohort"),
-                          "student", DEFAULT)
+                                "student", DEFAULT)
   monkeypatch.undo()
   end_to_end.train_and_evaluate(tiny_config(**{"student.cohort": 2}), str(tmp_path / "mutual"),
-                          "student", DEFAULT)
+                                "student", DEFAULT)
   labels_only = weights_of(str(tmp_path / "labels"))
   def member_0(run):
     model = model_registry.load_keras(workdir_lib.member_path(str(tmp_path / run), "member_0"))
@@ -107,5 +108,5 @@ def test_a_cohort_is_refused_where_it_has_no_meaning(tmp_path, teacher_file):
       config_lib.validate(tiny_config(**bad))
   with pytest.raises(UserError, match="not distill"):
     end_to_end.train_and_evaluate(tiny_config(**{"student.cohort": 2}), str(tmp_path / "d"),
-                            "distill", DEFAULT, (teacher_file,))
+                                  "distill", DEFAULT, (teacher_file,))
   assert not os.path.exists(tmp_path / "d" / "results.json")

@@ -100,7 +100,7 @@ def _sha(path):
 def test_teacher_file_untouched_by_distillation(tmp_path, teacher_file):
   before = _sha(teacher_file)
   end_to_end.train_and_evaluate(tiny_config(**{"student.epochs": 1}), str(tmp_path / "kd"), "distill",
-                          DEFAULT, (teacher_file,))
+                                DEFAULT, (teacher_file,))
   assert _sha(teacher_file) == before
   ckpt = tf.train.latest_checkpoint(str(tmp_path / "kd" / "checkpoints"))
   names = [name for name, _ in tf.train.list_variables(ckpt)]

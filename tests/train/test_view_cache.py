@@ -16,7 +16,7 @@ AUGMENTED = {"augment.ops": ("flip", "crop", "mixup"), "student.epochs": 2}
 def distil(tmp_path, name, teacher_file, strategy=DEFAULT, **overrides):
   config = tiny_config(**{**AUGMENTED, **overrides})
   result = end_to_end.train_and_evaluate(config, str(tmp_path / name), "distill", strategy,
-                                   (teacher_file,))
+                                         (teacher_file,))
   return result, weights_of(str(tmp_path / name))
 
 
