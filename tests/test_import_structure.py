@@ -162,13 +162,16 @@ def subpackages():
 
 
 def test_every_module_is_named_in_its_subpackage_docstring():
+  """Every module of every (nested) subpackage, named in that package's __init__ docstring."""
   unnamed = []
-  for sub in subpackages():
-    docstring = ast.get_docstring(ast.parse(open(os.path.join(PACKAGE, sub, "__init__.py")).read()))
-    for name in sorted(os.listdir(os.path.join(PACKAGE, sub))):
-      named = re.search(rf"(?<![\w.]){re.escape(name)}", docstring or "")
-      if name.endswith(".py") and name != "__init__.py" and not named:
-        unnamed.append(f"kd_research/{sub}/{name}")
+  for directory, _, files in os.walk(PACKAGE):
+    init = os.path.join(directory, "__init__.py")
+    if directory == PACKAGE or not os.path.exists(init):
+      continue
+    docstring = ast.get_docstring(ast.parse(open(init).read())) or ""
+    for name in sorted(f for f in files if f.endswith(".py") and f != "__init__.py"):
+      if not re.search(rf"(?<![\w.]){re.escape(name)}", docstring):
+        unnamed.append(os.path.relpath(os.path.join(directory, name), REPO))
   assert not unnamed, "not named in their subpackage's docstring: " + ", ".join(unnamed)
 
 
