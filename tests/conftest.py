@@ -290,7 +290,11 @@ def pytest_collection_modifyitems(config, items):
     module = item.module.__name__.rsplit(".", 1)[-1]
     if module in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
       item.add_marker(pytest.mark.slow)
-  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+  # The grouped modules are the largest units a worker takes (every test of the module, one
+  # after the other): they go first, as a scheduler places the largest jobs first, so that
+  # neither worker is left with a long block while the other idles at the end.
+  items.sort(key=lambda item: (item.get_closest_marker("slow") is None,
+                               item.module.__name__.rsplit(".", 1)[-1] not in GROUPED_MODULES))
 
 
 def pytest_xdist_make_scheduler(config, log):
