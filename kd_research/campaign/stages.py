@@ -58,10 +58,11 @@ def campaign_stages(config, workdir, chosen=None):
     out.append(dataclasses.replace(stage, after=tuple(dict.fromkeys(after))))
     producers[os.path.join(stage.run_dir, "model.keras")] = stage.id
 
-  for _, stage_dir, _, teacher_config in teacher_runs(config, workdir):
+  teachers = teacher_runs(config, workdir)
+  for _, stage_dir, _, teacher_config in teachers:
     if stage_dir:
       add(Stage(os.path.basename(stage_dir), "teachers", stage_dir, "teacher", teacher_config))
-  paths = [path for _, _, path, _ in teacher_runs(config, workdir)]
+  paths = [path for _, _, path, _ in teachers]
   for scheme in schemes_lib.active(config):
     scheme_stages, paths = scheme.teacher_stages(config, workdir, paths)
     for stage in scheme_stages:

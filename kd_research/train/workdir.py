@@ -137,7 +137,8 @@ def diff(old, new):
 
 def _with_canonical_model(identity):
   """``identity`` with its model under its registered name (a copy when it changes)."""
-  name = identity.get("model", {}).get("model") if isinstance(identity.get("model"), dict) else None
+  model = identity.get("model")
+  name = model.get("model") if isinstance(model, dict) else None
   if not name or model_registry.canonical(name) == name:
     return identity
   return dict(identity, model=dict(identity["model"], model=model_registry.canonical(name)))
