@@ -40,6 +40,7 @@ import keras
 import numpy as np
 
 from kd_research import config as config_lib
+from kd_research import run_spec
 from kd_research.campaign import pipeline
 from kd_research.common import fileio
 from kd_research.common.errors import UserError
@@ -182,7 +183,7 @@ def pipeline_run(experiment, workdir, overrides=None, overwrite=False, verbose=F
   """An experiment's whole pipeline (teacher -> baseline -> distilled): its results table."""
   c = make_config(experiment, overrides)
   console.configure(verbose)
-  config_lib.validate(c)
+  run_spec.parse(c)
   fileio.record_command(workdir, f"kd_research.pipeline_run({experiment!r}, {workdir!r})")
   _, table = pipeline.run(c, workdir, distribute.make_strategy(c.distribution),
                           overwrite=overwrite)
@@ -191,7 +192,7 @@ def pipeline_run(experiment, workdir, overrides=None, overwrite=False, verbose=F
 
 def _execute(c, workdir, role, teacher_paths, overwrite, verbose):
   console.configure(verbose)
-  config_lib.validate(c)
+  run_spec.parse(c)
   call = "distill" if role == "distill" else f"train_{role}"
   fileio.record_command(workdir, f"kd_research.{call}(workdir={workdir!r})")
   strategy = distribute.make_strategy(c.distribution)
@@ -268,7 +269,7 @@ def _import_path(function):
 
 def _splits_shape(c):
   from kd_research.data import datasets  # pylint: disable=g-import-not-at-top
-  splits = datasets.load_splits(c)
+  splits = datasets.load_splits(datasets.data_spec(c))
   return splits.input_shape, splits.num_classes
 
 

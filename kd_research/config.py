@@ -1,5 +1,6 @@
-"""The one base config that declares every field, and its validation (the per-section
-field checks are in config_checks.py).
+"""The one base config that declares every field, its schema check and its variants (the
+config is validated and parsed into typed values by run_spec.py, with the per-section
+checks of config_checks.py).
 
 Experiments (``experiments/<name>.py``) start from ``base_config()`` and change a
 few fields; ``main.py`` applies ``--config.x=y`` overrides on top. The config is
@@ -15,9 +16,6 @@ entries (``distill.alpha.start``, ``.end``, ``.kind``, ...); lists are tuples.
 
 import ml_collections
 
-from kd_research import config_checks as checks
-from kd_research.data import augment
-from kd_research.data import views
 from kd_research.methods import registry as methods_lib
 from kd_research.common import plugins
 from kd_research.common.errors import UserError
@@ -215,31 +213,6 @@ def finalize(config):
   fields fail from here on, and returns it."""
   check_schema(config)
   config.lock()
-  return config
-
-
-def validate(config):
-  """Checks every field a run depends on; raises UserError naming the field and valid values."""
-  check_schema(config)
-  checks.data_and_speed(config)
-  checks.bookkeeping(config)
-  for role, entry in model_entries(config):
-    checks.model_entry(role, entry)
-  mixing = tuple(set(augment.parse_ops(config.augment.ops)) & set(augment.MIXING))
-  views.parse(config.augment.views)
-  checks.distill_section(config.distill, 1 + len(config.extra_teachers), config.student.epochs,
-                    "config.distill", mixing)
-  for name in config.pipeline.variants:
-    for candidate, extra in [(None, None)] + list(config.pipeline.candidates.get(name, {}).items()):
-      variant = apply_variant(config, name, extra)
-      checks.distill_section(variant.distill, 1 + len(config.extra_teachers), config.student.epochs,
-                        f"variant {name}" + (f", candidate {candidate}" if candidate else ""),
-                        mixing)
-  for scheme in campaign_schemes().values():
-    scheme.validate(config)
-  unknown = sorted(set(config.pipeline.candidates) - set(config.pipeline.variants))
-  checks.need(not unknown, f"config.pipeline.candidates names {unknown}, which are not variants; "
-        f"variants: {', '.join(config.pipeline.variants) or 'none'}.")
   return config
 
 

@@ -1,17 +1,15 @@
-"""The field checks of config.validate, one function per section: each raises UserError
+"""The field checks of run_spec.parse, one function per section: each raises UserError
 naming the field, what is wrong and the valid values."""
 
 import os
 
 from kd_research.data import augment
-from kd_research.data import sources
+from kd_research.methods import losses
 from kd_research.methods import registry as methods_lib
 from kd_research.models import registry as model_registry
 from kd_research.models import user as user_models
 from kd_research.runtime import precision
-from kd_research.common import schedules
 from kd_research.common.errors import UserError
-from kd_research.methods.losses import COMBINE_MODES
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "auto")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -25,10 +23,10 @@ def need(cond, msg):
     raise UserError(msg)
 
 
-def data_and_speed(config):
-  """Data, precision, batch, split sizes and optimizer fields."""
-  builtin = sources.spec_of(config.dataset) is None  # UserError for an unknown name
-  need(not (builtin and config.image_size),
+def data_and_speed(config, data):
+  """Data (``data``: its parsed datasets.DataSpec), precision, batch, split sizes and
+  optimizer fields."""
+  need(not (data.source is None and config.image_size),
         f"config.image_size={config.image_size} resizes the images of file sources (folder:, "
         f"tfrecord:, tfds:); {config.dataset} is in memory at its own size. Drop it.")
   need(config.mixed_precision in precision.PRECISIONS,
@@ -50,9 +48,18 @@ def data_and_speed(config):
   need(opt.l2 >= 0, f"config.optimizer.l2 must be >= 0, got {opt.l2}.")
   need(opt.learning_rate.start > 0, f"config.optimizer.learning_rate.start must be > 0, got "
         f"{opt.learning_rate.start}.")
-  schedules.from_config(opt.learning_rate, 1000, "config.optimizer.learning_rate").check_range(
-      0.0, float("inf"), what_range="learning rate >= 0")
-  augment.parse_ops(config.augment.ops)
+
+
+def learning_rate(schedule):
+  """The learning-rate schedule (a ScheduleSpec) stays >= 0 over the run."""
+  schedule.check_range(0.0, float("inf"), what_range="learning rate >= 0")
+
+
+def stability_ops(ops):
+  """config.run.stability_ops (parsed): views of the same image, no label mixing."""
+  need(not set(ops) & set(augment.MIXING),
+        f"config.run.stability_ops={','.join(ops)!r} may not contain mixup/cutmix (they "
+        "change the label, not the view).")
 
 
 def bookkeeping(config):
@@ -63,9 +70,6 @@ def bookkeeping(config):
     need(run[field] >= 1, f"config.run.{field} must be a positive integer, got {run[field]}.")
   need(run.checkpoint_every_seconds >= 0,
         f"config.run.checkpoint_every_seconds must be >= 0, got {run.checkpoint_every_seconds}.")
-  need(not set(augment.parse_ops(run.stability_ops)) & set(augment.MIXING),
-        f"config.run.stability_ops={run.stability_ops!r} may not contain mixup/cutmix (they "
-        "change the label, not the view).")
   need(dist.strategy in STRATEGIES, f"config.distribution.strategy={dist.strategy!r} is "
         f"unknown; valid: {', '.join(STRATEGIES)}.")
   need(dist.num_cpu_devices >= 1, f"config.distribution.num_cpu_devices must be >= 1, got "
@@ -106,17 +110,16 @@ def model_entry(role, entry):
         f"config.{role}.finetune_lr_factor must be > 0, got {entry.finetune_lr_factor}.")
 
 
-def distill_section(d, num_teachers, student_epochs, where, mixing=()):
-  """A distill section (config.distill, or a variant's), named ``where`` in the errors;
-  ``mixing``: the mixup/cutmix ops the run's augmentation holds."""
-  from kd_research.methods import losses  # pylint: disable=g-import-not-at-top
-  names = methods_lib.parse(d.method)
-  readers = sorted({n for names_, _ in methods_lib.views_read(d).values() for n in names_})
+def distill_section(d, num_teachers, student_epochs, mixing=()):
+  """A parsed distill section (a DistillSpec: config.distill, or a variant's, named by its
+  ``where`` in the errors); ``mixing``: the mixup/cutmix ops of the run's augmentation."""
+  where = d.where
+  readers = sorted({n for names_, _ in d.views.values() for n in names_})
   need(not (d.cache_teacher and readers),
        f"{where}.cache_teacher=true cannot serve {', '.join(readers)}: it reads extra views "
        "of each image, and the cache holds the teachers' outputs on the main view only. "
        "Turn the cache off (the teachers then run live on every view).")
-  splitting = methods_lib.having("splits_target_class", names)
+  splitting = methods_lib.having("splits_target_class", d.methods)
   need(not (mixing and splitting),
         f"{where}.method={d.method!r} with config.augment.ops={','.join(mixing)}: "
         f"{', '.join(splitting)} split(s) the target class from the rest, and mixed images "
@@ -131,18 +134,17 @@ def distill_section(d, num_teachers, student_epochs, where, mixing=()):
         f"{where}.cache_topk must be an integer >= 0 (0: full logits), got {d.cache_topk!r}.")
   need(d.cache_dtype in ("float32", "float16"),
         f"{where}.cache_dtype={d.cache_dtype!r}; valid: float32 (exact), float16.")
-  need(not d.logit_standardization or methods_lib.having("standardizes_logits", names),
+  need(not d.logit_standardization or methods_lib.having("standardizes_logits", d.methods),
         f"{where}.logit_standardization modifies "
         f"{', '.join(methods_lib.having('standardizes_logits'))}; method is {d.method!r}.")
-  methods_lib.validate(d, where, student_epochs)
-  need(d.combine in COMBINE_MODES,
-        f"{where}.combine={d.combine!r}; valid: {', '.join(COMBINE_MODES)}.")
-  losses.normalise_weights(tuple(d.teacher_weights) or None, num_teachers)
+  methods_lib.validate(d, student_epochs)
+  need(d.combine in losses.COMBINE_MODES,
+        f"{where}.combine={d.combine!r}; valid: {', '.join(losses.COMBINE_MODES)}.")
+  losses.normalise_weights(d.teacher_weights or None, num_teachers)
   need(0 <= d.finetune_epochs < student_epochs,
         f"{where}.finetune_epochs={d.finetune_epochs} must be >= 0 and smaller than "
         f"config.student.epochs={student_epochs} (the total student epochs).")
   need(d.finetune_lr_factor > 0,
         f"{where}.finetune_lr_factor must be > 0, got {d.finetune_lr_factor}.")
-  schedules.from_config(d.alpha, 1000, f"{where}.alpha").check_range(0.0, 1.0)
-  schedules.from_config(d.temperature, 1000, f"{where}.temperature").check_range(
-      0.0, float("inf"), low_inclusive=False, what_range="T > 0")
+  d.alpha.check_range(0.0, 1.0)
+  d.temperature.check_range(0.0, float("inf"), low_inclusive=False, what_range="T > 0")

@@ -91,14 +91,12 @@ def _experiment_to_config_flag(argv):
 
 def _run(command, config, workdir):
   # Imported here so that --help works fast and TF starts only after flag parsing.
-  from kd_research import config as config_lib
   from kd_research.runtime import distribute
   from kd_research.train import evaluation
   from kd_research.campaign import pipeline
   from kd_research.train import end_to_end
   from kd_research.train import workdir as workdir_lib
 
-  config_lib.validate(config)
   if command == "export":
     config.distribution.strategy = "default"  # Export runs on one device.
   # Before any other TF op: collective ops (multi-worker) must be configured at startup.
@@ -171,9 +169,9 @@ def main(argv):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   peer_errors = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)
   try:
+    from kd_research import run_spec  # pylint: disable=g-import-not-at-top
+    run_spec.parse(config)  # Nothing is written for a config that cannot run.
     if argv[1] in ("train", "distill", "pipeline"):
-      from kd_research import config as config_lib  # pylint: disable=g-import-not-at-top
-      config_lib.validate(config)  # Nothing is written for a config that cannot run.
       _record_command(flags.FLAGS.workdir)
     _run(argv[1], config, flags.FLAGS.workdir)
   except UserError as e:

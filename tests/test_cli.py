@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from conftest import REPO, TF_CHATTER, run_main, run_main_module, tiny_config
-from kd_research import config as config_lib
+from kd_research import run_spec
 from kd_research.common.errors import UserError
 
 
@@ -54,7 +54,7 @@ def test_bad_config_fails_before_training(tmp_path):
 ])
 def test_bad_config_values_are_refused_by_validation(field, value, message):
   with pytest.raises(UserError) as error:
-    config_lib.validate(tiny_config(**{field: value}))
+    run_spec.parse(tiny_config(**{field: value}))
   assert message in str(error.value)
 
 

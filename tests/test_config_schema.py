@@ -9,6 +9,7 @@ import pytest
 from conftest import tiny_config
 from kd_research import api
 from kd_research import config as config_lib
+from kd_research import run_spec
 from kd_research.common.errors import UserError
 
 
@@ -22,19 +23,19 @@ def _with_variant(**variant):
 def test_a_misspelt_nested_variant_field_is_refused_with_the_valid_names():
   with pytest.raises(UserError, match=r"variant v: config.distill.dist has no field 'tau'; "
                      r"valid: beta, gamma, temperature, weight"):
-    config_lib.validate(_with_variant(method="dist", dist=dict(tau=1.0)))
+    run_spec.parse(_with_variant(method="dist", dist=dict(tau=1.0)))
   with pytest.raises(UserError, match=r"config.distill has no field 'temprature'"):
-    config_lib.validate(_with_variant(method="kd", temprature=2.0))
+    run_spec.parse(_with_variant(method="kd", temprature=2.0))
   with pytest.raises(UserError, match=r"config.distill.dist has no field 'weights'"):
-    config_lib.validate(_with_variant(method="dist", dist=dict(weights=2.0)))
+    run_spec.parse(_with_variant(method="dist", dist=dict(weights=2.0)))
   with pytest.raises(UserError, match=r"config.distill.dkd is a section"):
-    config_lib.validate(_with_variant(method="dkd", dkd=8.0))
+    run_spec.parse(_with_variant(method="dkd", dkd=8.0))
 
 
 def test_variant_fields_and_schedules_still_apply():
   config = _with_variant(method="dist", dist=dict(temperature=1.0), alpha=0.5,
                          temperature=dict(start=8.0, end=2.0, kind="linear"))
-  config_lib.validate(config)
+  run_spec.parse(config)
   variant = config_lib.apply_variant(config, "v")
   assert variant.distill.dist.temperature == 1.0 and variant.distill.dist.weight == 2.0
   assert (variant.distill.alpha.start, variant.distill.alpha.end) == (0.5, 0.5)
@@ -48,7 +49,7 @@ def test_a_candidate_with_an_unknown_field_is_refused():
         {"v": {"c1": {"dist": {"gama": 2.0}}}})
   with pytest.raises(UserError, match=r"variant v \(with its candidate\): config.distill.dist "
                      r"has no field 'gama'"):
-    config_lib.validate(config)
+    run_spec.parse(config)
 
 
 def test_an_experiment_module_that_adds_a_field_is_refused_at_finalize():
@@ -68,7 +69,7 @@ def test_api_overrides_of_unknown_nested_fields_are_refused():
   with pytest.raises(UserError, match=r"override 'distill.dist.tau'"):
     api.make_config("fashion_mnist:tiny", {"distill.dist.tau": 1.0})
   with pytest.raises(UserError, match=r"config.distill.dist.tau is not a config field"):
-    config_lib.validate(api.make_config("fashion_mnist:tiny", {"distill.dist": {"tau": 1.0}}))
+    run_spec.parse(api.make_config("fashion_mnist:tiny", {"distill.dist": {"tau": 1.0}}))
 
 
 def test_every_experiment_and_preset_passes_the_schema():

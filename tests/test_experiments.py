@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from kd_research import config as config_lib
+from kd_research import run_spec
 from conftest import REPO, load_experiment
 
 PRESETS = {"fashion_mnist": ["quick", "full", "tiny"], "cifar10_article": [None, "mini"],
@@ -29,7 +29,7 @@ def test_every_experiment_module_is_covered():
 @pytest.mark.parametrize("name,preset", [(n, p) for n, ps in PRESETS.items() for p in ps])
 def test_preset_validates_and_is_locked(name, preset):
   config = load_experiment(name, preset) if preset else load_experiment(name)
-  config_lib.validate(config)
+  run_spec.parse(config)
   with pytest.raises(AttributeError):
     config.distill.temprature = 4.0
   module = open(os.path.join(REPO, "experiments", f"{name}.py")).read()

@@ -1,10 +1,11 @@
 """The package's import structure: no circles, no upward imports, no private names across modules.
 
 Layers, bottom to top (a module may import its own layer and the ones below):
-common, runtime, data, models, methods, config_checks.py, config.py, train, report, tools,
-campaign (pipeline, plans, Slurm, training schemes), api.py (the Python API), main.py.
-config.py sits below train/ because every run resolves its config; train/ holds the
-run-directory format (workdir.py, results.py) that report/ and tools/ read.
+common, runtime, data, models, methods, config_checks.py, config.py, run_spec.py, train,
+report, tools, campaign (pipeline, plans, Slurm, training schemes), api.py (the Python API),
+main.py. config.py and run_spec.py (the config validated and parsed into typed values) sit
+below train/ because every run resolves its config; train/ holds the run-directory format
+(workdir.py, results.py) that report/ and tools/ read.
 Plug-ins (methods, model families, dataset sources, training schemes) are found with
 importlib by their registries: those are not static imports and are not counted (config.py
 finds the schemes' config fields that way; the schemes import config, never the reverse).
@@ -17,8 +18,8 @@ import re
 from conftest import REPO
 
 PACKAGE = os.path.join(REPO, "kd_research")
-LAYERS = ("common", "runtime", "data", "models", "methods", "config_checks", "config", "train",
-          "report", "tools", "campaign", "api", "main")
+LAYERS = ("common", "runtime", "data", "models", "methods", "config_checks", "config",
+          "run_spec", "train", "report", "tools", "campaign", "api", "main")
 
 
 def modules():

@@ -9,9 +9,10 @@ import keras
 import pytest
 
 from conftest import REPO, tiny_config
-from kd_research import config as config_lib
+from kd_research import run_spec
 from kd_research.common.errors import UserError
 from kd_research.methods import base
+from kd_research.methods import distill_spec
 from kd_research.methods import registry as method_registry
 from kd_research.models import registry as model_registry
 from kd_research.train import teachers
@@ -43,7 +44,7 @@ def test_truncated_teacher_file_is_named_as_truncated(tmp_path, teacher_file):
     ("optimizer.learning_rate.start", math.nan)])
 def test_non_finite_schedule_values_are_refused_up_front(field, value):
   with pytest.raises(UserError, match=r"finite|got nan"):
-    config_lib.validate(tiny_config(**{field: value}))
+    run_spec.parse(tiny_config(**{field: value}))
 
 
 FEATURE_METHODS = [n for n, cls in method_registry.methods().items() if cls.kind == "feature"]
@@ -59,15 +60,14 @@ def test_feature_methods_across_model_kinds_build_or_refuse_clearly(method, stud
   keras.utils.set_random_seed(0)
   student = model_registry.build(student_model, (28, 28, 1), 10, 4)
   teacher = model_registry.build(teacher_model, (28, 28, 1), 10, 8)
-  distill = tiny_config(**{"distill.method": method, "distill.crd.negatives": 16}).distill
+  fields = {"distill.method": method, "distill.crd.negatives": 16}
+  if method == "crd":
+    fields["distill.crd.negative_sampling"] = "uniform"
+  distill = distill_spec.parse(tiny_config(**fields).distill)
   context = base.BuildContext(distill, student, teacher, [1.0], 10, 100,
                               base.TrainingSet(64, None, 16, 0))
-  if method == "crd":
-    distill = tiny_config(**{"distill.method": method, "distill.crd.negatives": 16,
-                             "distill.crd.negative_sampling": "uniform"}).distill
-    context.distill = distill
   try:
-    objective = method_registry.build(distill, (method,), context)
+    objective = method_registry.build(context)
     method_registry.build_variables(
         objective, student, teachers.TeacherEnsemble([teacher], ["t"]).tap(objective.teacher_taps))
   except UserError as e:

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ENV, REPO, tiny_config
 import user_model_module
-from kd_research import config as config_lib
+from kd_research import run_spec
 from kd_research.common.errors import UserError
 from kd_research.models import registry
 from kd_research.models import user as user_models
@@ -126,7 +126,7 @@ def test_a_model_that_returns_probabilities_is_refused_with_how_to_return_logits
 ])
 def test_bad_model_entries_are_refused_before_any_run(overrides, message):
   with pytest.raises(UserError, match=message):
-    config_lib.validate(tiny_config(**overrides))
+    run_spec.parse(tiny_config(**overrides))
 
 
 def test_kwargs_and_init_are_absent_from_old_identities(tmp_path):

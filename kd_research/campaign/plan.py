@@ -21,7 +21,7 @@ import os
 
 import ml_collections
 
-from kd_research import config as config_lib
+from kd_research import run_spec
 from kd_research.campaign import candidates
 from kd_research.campaign import pipeline
 from kd_research.campaign import stages as stages_lib
@@ -58,7 +58,7 @@ def group_order(all_jobs):
 
 def write_plan(config, workdir, command=""):
   """Writes WORKDIR/plan.json (the config, the jobs, their groups); returns its path."""
-  config_lib.validate(config)
+  run_spec.parse(config)
   all_jobs = jobs(config, workdir)
   groups = []
   for name in group_order(all_jobs):

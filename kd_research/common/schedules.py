@@ -16,6 +16,7 @@ schedule's value over ``warmup_steps``. Because the step enters as a tensor, the
 graph is traced once and the value moves with the step without retracing.
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -115,11 +116,33 @@ class Schedule:
                       f"{rng} during the run: min {v.min():.4g}, max {v.max():.4g}.")
 
 
-def from_config(entry, total_steps, what):
-  """Builds ``Schedule`` from a schedule entry (config.schedule): kind, start, end, ...
+@dataclasses.dataclass(frozen=True)
+class ScheduleSpec:
+  """A schedule entry of the config, parsed and checked once (``parse``); ``over`` lays it
+  over a run's number of steps, which is known only once the data is."""
+  kind: str
+  start: float
+  end: float
+  boundaries: tuple
+  values: tuple
+  warmup_steps: int
+  warmup_from: float
+  what: str
 
-  For example ``distill.alpha = {kind: 'cosine', start: 0.9, end: 0.3, ...}``.
-  """
+  def over(self, total_steps):
+    """The ``Schedule`` of this entry over ``total_steps``."""
+    return Schedule(self.kind, total_steps, self.start, self.end, self.boundaries, self.values,
+                    self.warmup_steps, self.warmup_from, self.what)
+
+  def check_range(self, low, high, low_inclusive=True, what_range=None):
+    """UserError if the schedule leaves the range anywhere over a run (its shape is the
+    same for any length: checked on 1000 steps)."""
+    self.over(1000).check_range(low, high, low_inclusive, what_range)
+
+
+def parse(entry, what):
+  """A schedule entry (config.schedule: kind, start, end, ...) as a checked ``ScheduleSpec``,
+  e.g. ``distill.alpha = {kind: 'cosine', start: 0.9, end: 0.3, ...}``."""
   # Item access: ``values`` is also the name of a ConfigDict method.
   numbers = [("start", entry["start"]), ("end", entry["end"]),
              ("warmup_from", entry["warmup_from"])] + [
@@ -128,10 +151,14 @@ def from_config(entry, total_steps, what):
     if not np.isfinite(float(value)):
       raise UserError(f"{what}.{field}={value}: a schedule's values must be finite numbers "
                       "(NaN and infinity are refused before any step).")
-  return Schedule(
-      name=entry["kind"], total_steps=total_steps, start=entry["start"], end=entry["end"],
-      boundaries=entry["boundaries"], values=entry["values"],
-      warmup_steps=entry["warmup_steps"], warmup_from=entry["warmup_from"], what=what)
+  spec = ScheduleSpec(
+      kind=entry["kind"], start=float(entry["start"]), end=float(entry["end"]),
+      boundaries=parse_floats(entry["boundaries"], f"{what} boundaries"),
+      values=parse_floats(entry["values"], f"{what} values"),
+      warmup_steps=int(entry["warmup_steps"]), warmup_from=float(entry["warmup_from"]),
+      what=what)
+  spec.over(1)  # The shape's own checks (kind, piecewise boundaries, warm-up).
+  return spec
 
 
 def describe(entry):

@@ -77,7 +77,7 @@ def write(directory, x_train, y_train, x_test, y_test, classes=()):
   return path
 
 
-def open_npz(path, config):
+def open_npz(path, spec):
   """The file's train and test splits (in memory, like the built-ins)."""
   if not os.path.isfile(path):
     raise UserError(f"config.dataset=npz:{path}: no such file.")
@@ -94,7 +94,7 @@ def open_npz(path, config):
   train_y = as_labels(arrays["y_train"], len(train_x), "y_train")
   test_y = as_labels(arrays["y_test"], len(test_x), "y_test")
   classes = tuple(str(c) for c in arrays.get("classes", ()))
-  num_classes = config.data.num_classes or len(classes) or int(max(train_y.max(), test_y.max())) + 1
+  num_classes = spec.data.num_classes or len(classes) or int(max(train_y.max(), test_y.max())) + 1
   raw = sources.RawData(train_x, train_y, test_x, test_y, num_classes, f"npz:{path}")
   sources.check_arrays(raw)
   if classes and len(classes) != num_classes:

@@ -20,6 +20,7 @@ global batch, which stay on one replica whenever the per-replica batch is even.
 Extra views of the same images (data/views.py) draw with their own ``salt_offset``.
 """
 
+import dataclasses
 import math
 
 import tensorflow as tf
@@ -45,10 +46,34 @@ def parse_ops(text):
   return ops
 
 
+@dataclasses.dataclass(frozen=True)
+class AugmentSpec:
+  """config.augment parsed once: the main ops (checked names) and every op's parameters."""
+  ops: tuple
+  crop_padding: int
+  rotation_degrees: float
+  cutout_size: int
+  mixup_alpha: float
+  cutmix_alpha: float
+  randaugment_layers: int
+
+  @property
+  def mixing(self):
+    """The mixup/cutmix op of the main ops, if any (as a tuple)."""
+    return tuple(op for op in self.ops if op in MIXING)
+
+
+def parse(section):
+  """config.augment as an ``AugmentSpec`` (its views are parsed by views.py)."""
+  return AugmentSpec(parse_ops(section.ops), section.crop_padding, section.rotation_degrees,
+                     section.cutout_size, section.mixup_alpha, section.cutmix_alpha,
+                     section.randaugment_layers)
+
+
 def validate(cfg, input_shape, per_replica_batch, ops=None):
-  """Checks the augmentation parameters of ``ops`` (default: the main ops, ``cfg.ops``)
-  against the image size and the batch split."""
-  ops = parse_ops(cfg.ops if ops is None else ops)
+  """Checks the parameters (an ``AugmentSpec``) of ``ops`` (default: its main ops) against
+  the image size and the batch split."""
+  ops = cfg.ops if ops is None else tuple(ops)
   height, width = input_shape[:2]
   if "crop" in ops and not 0 < cfg.crop_padding < min(height, width):
     raise UserError(f"config.augment.crop_padding must be in [1, {min(height, width) - 1}], "

@@ -29,21 +29,50 @@ class Splits:
   skipped: dict = dataclasses.field(default_factory=dict)  # corrupt images skipped, per split
 
 
-def open_source(config):
-  """``config.dataset`` opened: sources.Opened with its train and test splits."""
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """What a run reads as data, parsed once from its config (``data_spec``): the dataset
+  (``source`` and ``argument`` for a spec such as folder:PATH, None and '' for a
+  built-in), how file sources are read (``data``, config.data; ``image_size``) and the
+  split sizes."""
+  dataset: str
+  source: object
+  argument: str
+  data: object
+  image_size: int
+  data_dir: str
+  validation_size: int
+  validation_seed: int
+  train_size: int
+  test_size: int
+  global_batch_size: int
+
+
+def data_spec(config):
+  """The config's ``DataSpec``; UserError for an unknown dataset name or spec."""
   spec = sources.spec_of(config.dataset)
-  if spec is None:
-    raw = sources.load(config.dataset, config.run.data_dir)
+  source, argument = spec if spec is not None else (None, "")
+  return DataSpec(config.dataset, source, argument, config.data, config.image_size,
+                  config.run.data_dir, config.validation_size, config.validation_seed,
+                  config.train_size, config.test_size, config.global_batch_size)
+
+
+def open_source(data):
+  """The dataset of ``data`` (a DataSpec) opened: sources.Opened with its train and test
+  splits."""
+  if data.source is None:
+    raw = sources.load(data.dataset, data.data_dir)
     return sources.Opened(splits_lib.ArraySplit(raw.train_x, raw.train_y),
                           splits_lib.ArraySplit(raw.test_x, raw.test_y), raw.num_classes, (),
                           raw.source)
-  source, argument = spec
-  return source.open(argument, config)
+  return data.source.open(data.argument, data)
 
 
-def load_splits(config):
-  """Opens ``config.dataset`` and carves the validation split from the training set."""
-  opened = open_source(config)
+def load_splits(data):
+  """Opens the dataset of ``data`` (a DataSpec) and carves the validation split from the
+  training set."""
+  config = data  # The split sizes keep their config names in the messages below.
+  opened = open_source(data)
   n = opened.train.num_examples
   if config.validation_size >= n:
     raise UserError(f"config.validation_size={config.validation_size} leaves no training data: "

@@ -91,10 +91,10 @@ def list_folder(path, data_config):
   return listed, classes, channels, sizes, skipped
 
 
-def open_folder(path, config):
+def open_folder(path, spec):
   """The train and test FileSplits of the image folder at ``path``."""
-  listed, classes, channels, sizes, skipped = list_folder(path, config.data)
-  view = preprocess.view_from_config(config.data, config.image_size, channels, sizes)
+  listed, classes, channels, sizes, skipped = list_folder(path, spec.data)
+  view = preprocess.view_from_config(spec.data, spec.image_size, channels, sizes)
   return sources.Opened(splits.FileSplit(*listed["train"], view),
                         splits.FileSplit(*listed["test"], view),
                         len(classes), classes, f"folder:{path}", skipped)

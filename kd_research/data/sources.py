@@ -14,7 +14,7 @@ dataset is one new file.
 
 Streamed sources are named by a spec, ``PREFIX:ARGUMENT`` (``folder:PATH``,
 ``tfrecord:PATTERN``, ``tfds:NAME[:VERSION]``), and register ``SpecSource(prefix, open)``:
-``open(argument, config)`` returns ``Opened`` splits that stream from files.
+``open(argument, spec)`` (spec: the run's datasets.DataSpec) returns ``Opened`` splits that stream from files.
 """
 
 import dataclasses
@@ -67,7 +67,7 @@ class Opened:
 class SpecSource:
   """A streamed source selected as --config.dataset=PREFIX:ARGUMENT."""
   prefix: str
-  open: Callable[[str, object], Opened]   # (argument, run config) -> Opened
+  open: Callable[[str, object], Opened]   # (argument, datasets.DataSpec) -> Opened
   usage: str                              # e.g. "folder:PATH", for the error messages
 
 

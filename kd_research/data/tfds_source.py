@@ -20,8 +20,8 @@ from kd_research.data import tfrecord
 TEST_SPLITS = ("test", "validation")
 
 
-def data_dir(config):
-  return (config.data.tfds_dir or os.environ.get("TFDS_DATA_DIR", "")
+def data_dir(spec):
+  return (spec.data.tfds_dir or os.environ.get("TFDS_DATA_DIR", "")
           or os.path.expanduser("~/tensorflow_datasets"))
 
 
@@ -61,7 +61,7 @@ def _image_and_label(info, where):
   return images[0], labels[0]
 
 
-def open_tfds(argument, config):
+def open_tfds(argument, spec):
   """Train and test ShardSplits of a prepared TFDS dataset (see module docstring)."""
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -69,7 +69,7 @@ def open_tfds(argument, config):
     raise UserError("tfds: datasets need the tensorflow-datasets package: run ./launch.sh "
                     "setup, or pip install tensorflow-datasets.")
   name, _, version = argument.partition(":")
-  root = data_dir(config)
+  root = data_dir(spec)
   directory = builder_dir(name, version, root)
   builder = tfds.builder_from_directory(directory)
   info = builder.info
@@ -83,11 +83,11 @@ def open_tfds(argument, config):
                     f"{', '.join(TEST_SPLITS)}.")
   image_key, label_key = _image_and_label(info, where)
   shape = info.features[image_key].shape
-  channels = config.data.channels or shape[-1]
+  channels = spec.data.channels or shape[-1]
   if not channels:
     raise UserError(f"{where}: the images' channel count varies; set --config.data.channels.")
   sizes = {tuple(shape[:2])} if None not in shape[:2] else None  # None: sizes vary
-  view = preprocess.view_from_config(config.data, config.image_size, channels, sizes)
+  view = preprocess.view_from_config(spec.data, spec.image_size, channels, sizes)
   parse = tfrecord.make_parse(image_key, label_key)
 
   def split_of(split_name):
@@ -97,7 +97,7 @@ def open_tfds(argument, config):
     if missing:
       raise UserError(f"{where}: shard {missing[0]} is missing ({len(missing)} of {len(files)}).")
     segments = tfrecord.segments_of(zip(files, split_info.shard_lengths))
-    return splits.ShardSplit(segments, parse, view, config.data.shuffle_buffer)
+    return splits.ShardSplit(segments, parse, view, spec.data.shuffle_buffer)
 
   classes = tuple(info.features[label_key].names)
   return sources.Opened(split_of("train"), split_of(test_name), len(classes), classes, where)

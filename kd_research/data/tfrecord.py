@@ -140,13 +140,13 @@ def _test_files(pattern):
                   f"{', '.join(os.path.join(head, tail.replace('train', n)) for n in TEST_NAMES)}.")
 
 
-def _open_glob(pattern, config):
+def _open_glob(pattern, spec):
   files = sorted(glob.glob(pattern))
   if not files:
     raise UserError(f"config.dataset=tfrecord:{pattern} matches no file.")
   test_files = _test_files(pattern)
   image_scan = scan.ImageScan(f"tfrecord:{pattern}")
-  data = config.data
+  data = spec.data
   train_counts, keys, largest = _scan_files(files, data.label_offset, data.num_classes,
                                             image_scan)
   test_counts, _, test_largest = _scan_files(test_files, data.label_offset, data.num_classes,
@@ -161,18 +161,18 @@ def _open_glob(pattern, config):
           data.label_offset, tuple(str(c) for c in range(num_classes)), channels, sizes)
 
 
-def _open_directory(directory, config):
+def _open_directory(directory, spec):
   manifest = _from_manifest(directory)
   def segs(split):
     return segments_of((os.path.join(directory, s["file"]), s["count"])
                        for s in manifest["splits"][split]["shards"])
   sizes = {tuple(s) for s in manifest["sizes"]}  # up to a few distinct sizes: enough to
-  channels = config.data.channels or manifest["channels"]  # tell fixed from varied
+  channels = spec.data.channels or manifest["channels"]  # tell fixed from varied
   return (segs("train"), segs("test"), tuple(manifest["keys"]), manifest.get("label_offset", 0),
           tuple(manifest["classes"]), channels, sizes)
 
 
-def open_tfrecord(pattern, config):
+def open_tfrecord(pattern, spec):
   """Train and test ShardSplits of the shards at ``pattern`` (see module docstring)."""
   opener = _open_directory if os.path.isdir(pattern) and os.path.exists(
       os.path.join(pattern, MANIFEST)) else _open_glob
@@ -180,10 +180,10 @@ def open_tfrecord(pattern, config):
     raise UserError(f"config.dataset=tfrecord:{pattern}: the directory has no {MANIFEST}; "
                     "give the converter's output directory or a glob of shards "
                     f"(tfrecord:{pattern}/train-*).")
-  train, test, keys, offset, classes, channels, sizes = opener(pattern, config)
-  view = preprocess.view_from_config(config.data, config.image_size, channels, sizes)
+  train, test, keys, offset, classes, channels, sizes = opener(pattern, spec)
+  view = preprocess.view_from_config(spec.data, spec.image_size, channels, sizes)
   parse = make_parse(*keys, offset)
-  make = lambda segments: splits.ShardSplit(segments, parse, view, config.data.shuffle_buffer)
+  make = lambda segments: splits.ShardSplit(segments, parse, view, spec.data.shuffle_buffer)
   return sources.Opened(make(train), make(test), len(classes), classes, f"tfrecord:{pattern}")
 
 

@@ -4,7 +4,8 @@ reviewkd.py, rkd.py, sp.py, vid.py; and the modifiers ctkd.py (learned temperatu
 logit_standardization.py.
 Shared: base.py (the Objective seam, Method and its base classes), losses.py (the soft-label
 math), maps.py (pairing and resizing feature maps), connectors.py (student -> teacher feature
-maps), registry.py (finds the methods by name, parses and combines them).
+maps), registry.py (finds the methods by name, parses and combines them), distill_spec.py
+(config.distill parsed once: the method list, their sections, alpha and T).
 
 May import: common, runtime, data, models.
 """

@@ -69,7 +69,7 @@ class TrainingSet:
 @dataclasses.dataclass
 class BuildContext:
   """Everything a method may read when it is built for a run."""
-  distill: object          # config.distill (the method's own section: distill[name])
+  distill: object          # the run's DistillSpec (methods/distill_spec.py)
   student: object          # the student model (taps by layer name)
   teacher: object          # the first teacher model (every teacher has the same taps)
   teacher_weights: list    # normalised per-teacher weights
@@ -79,7 +79,7 @@ class BuildContext:
   teachers: tuple = ()     # every teacher model (OFD reads each one's BatchNorm)
 
   def section(self, name):
-    return self.distill[name]
+    return self.distill.section(name)
 
   def tap_pair(self, section):
     """[(student tap, teacher tap)] from the section's student_tap / teacher_tap."""

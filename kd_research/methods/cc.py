@@ -57,7 +57,7 @@ class CC(base.RelationalMethod):
 
   @classmethod
   def validate(cls, distill, where, active, student_epochs):
-    s = distill.cc
+    s = distill.section("cc")
     base.require(int(s.taylor_order) == s.taylor_order and s.taylor_order >= 0,
                  f"{where}.cc.taylor_order={s.taylor_order} must be a whole number >= 0.")
     base.require(s.gamma > 0, f"{where}.cc.gamma={s.gamma} must be > 0.")

@@ -84,14 +84,14 @@ class LearnableTemperature:
 def temperature(ctx, fixed):
   """The temperature a kd / dkd method uses: ``fixed`` (a schedule or a number), or a
   LearnableTemperature when config.distill.ctkd is enabled."""
-  section = ctx.distill.ctkd
+  section = ctx.section("ctkd")
   return LearnableTemperature(section, ctx.steps_per_epoch) if section.enabled else fixed
 
 
 def validate(distill, where, modified, modifiable):
   """Checks config.distill.ctkd before any run (UserError naming the field): ``modified``,
   the configured methods it applies to, must not be empty; ``modifiable`` names them all."""
-  s = distill.ctkd
+  s = distill.section("ctkd")
   if not s.enabled:
     return
   if not modified:

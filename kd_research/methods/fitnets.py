@@ -50,12 +50,13 @@ class FitNets(base.OwnsModules, base.FeatureMethod):
 
   @classmethod
   def validate(cls, distill, where, active, student_epochs):
-    base.require(distill.fitnets.connector in connectors.KINDS,
-                 f"{where}.fitnets.connector={distill.fitnets.connector!r}; valid: "
+    s = distill.section("fitnets")
+    base.require(s.connector in connectors.KINDS,
+                 f"{where}.fitnets.connector={s.connector!r}; valid: "
                  f"{', '.join(connectors.KINDS)}.")
-    base.require(distill.fitnets.hint_epochs == 0 or active,
+    base.require(s.hint_epochs == 0 or active,
                  f"{where}.fitnets.hint_epochs needs method fitnets.")
-    base.require(distill.finetune_epochs + distill.fitnets.hint_epochs < student_epochs,
+    base.require(distill.finetune_epochs + s.hint_epochs < student_epochs,
                  f"{where}: fitnets.hint_epochs + finetune_epochs must leave distillation "
                  f"epochs of config.student.epochs={student_epochs}.")
 

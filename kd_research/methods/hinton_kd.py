@@ -7,7 +7,6 @@ the top of config.distill, not a section of their own); several teachers are com
 
 import tensorflow as tf
 
-from kd_research.common import schedules
 from kd_research.methods import base
 from kd_research.methods import ctkd
 from kd_research.methods import logit_standardization as ls
@@ -30,13 +29,10 @@ class HintonKD(ctkd.OwnsTemperature, base.Method):
 
   @classmethod
   def from_config(cls, ctx):
-    distill = ctx.distill
-    # Their ranges were checked once, by config.validate (config_checks.distill_section).
-    alpha = schedules.from_config(distill.alpha, ctx.distill_steps, "config.distill.alpha")
-    temperature = schedules.from_config(distill.temperature, ctx.distill_steps,
-                                        "config.distill.temperature")
-    return cls(alpha, ctkd.temperature(ctx, temperature), distill.combine,
-               ctx.teacher_weights, distill.logit_standardization)
+    distill = ctx.distill  # A DistillSpec: its schedules were parsed and checked once.
+    return cls(distill.alpha.over(ctx.distill_steps),
+               ctkd.temperature(ctx, distill.temperature.over(ctx.distill_steps)),
+               distill.combine, ctx.teacher_weights, distill.logit_standardization)
 
   def terms(self, batch, student, teacher, step):
     logits, teacher_logits = student["logits"], teacher["logits"]

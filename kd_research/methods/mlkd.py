@@ -148,7 +148,7 @@ class MLKD(base.Method):
   @classmethod
   def validate(cls, distill, where, active, student_epochs):
     del active, student_epochs
-    s = distill.mlkd
+    s = distill.section("mlkd")
     base.require(len(s.temperatures) > 0 and all(t > 0 for t in s.temperatures),
                  f"{where}.mlkd.temperatures={tuple(s.temperatures)} must be one or more "
                  "temperatures > 0.")

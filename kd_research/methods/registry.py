@@ -72,26 +72,25 @@ def parse(method):
   return tuple(sorted(requested, key=known.index))
 
 
-def needs_features(method):
-  """Whether the methods read intermediate features."""
-  registered = methods()
-  return any(registered[n].kind == "feature" for n in parse(method))
+def section_names():
+  """The names of config.distill's per-method sections (and the CTKD modifier's)."""
+  return tuple(defaults())
 
 
 def uncacheable(distill):
-  """The configured methods that read teacher feature maps (the cache holds logits and the
-  vector feature 'pooled' only)."""
+  """The methods of ``distill`` (a DistillSpec) that read teacher feature maps (the cache
+  holds logits and the vector feature 'pooled' only)."""
   registered = methods()
-  return [n for n in parse(distill.method)
-          if registered[n].reads_teacher_maps(distill[n] if n in distill else None)]
+  return [n for n in distill.methods
+          if registered[n].reads_teacher_maps(distill.sections.get(n))]
 
 
-def views_read(distill):
-  """{view name: ([methods reading it], the first one's default ops)} of the configured
-  methods."""
+def views_read(method_names, sections):
+  """{view name: ([methods reading it], the first one's default ops)} of the methods
+  ``method_names`` with their ``sections`` ({name: config.distill.<name>})."""
   registered, read = methods(), {}
-  for n in parse(distill.method):
-    for view, ops in registered[n].views_read(distill[n] if n in distill else None).items():
+  for n in method_names:
+    for view, ops in registered[n].views_read(sections.get(n)).items():
       read.setdefault(view, ([], ops))[0].append(n)
   return read
 
@@ -104,18 +103,20 @@ def having(capability, names=None):
           if getattr(registered[n], capability)]
 
 
-def validate(distill, where, student_epochs):
-  """Every method's own config checks (active or not: a stray section is an error too)."""
-  active = parse(distill.method)
+def validate(distill, student_epochs):
+  """Every method's own config checks of ``distill`` (a DistillSpec), active or not: a
+  stray section is an error too."""
+  active = distill.methods
   for name, cls in methods().items():
-    cls.validate(distill, where, name in active, student_epochs)
-  ctkd.validate(distill, where, having("ctkd_modifies", active), having("ctkd_modifies"))
+    cls.validate(distill, distill.where, name in active, student_epochs)
+  ctkd.validate(distill, distill.where, having("ctkd_modifies", active),
+                having("ctkd_modifies"))
 
 
-def build(distill, method_names, context):
-  """The objective of the distillation phase for ``method_names`` (see ``parse``)."""
+def build(context):
+  """The objective of the distillation phase: ``context.distill``'s methods (BuildContext)."""
   registered = methods()
-  parts = [registered[name].from_config(context) for name in method_names]
+  parts = [registered[name].from_config(context) for name in context.distill.methods]
   return parts[0] if len(parts) == 1 else base.Combined(parts)
 
 

@@ -89,7 +89,7 @@ class ReviewKD(base.OwnsModules, base.FeatureMethod):
 
   @classmethod
   def validate(cls, distill, where, active, student_epochs):
-    s = distill.reviewkd
+    s = distill.section("reviewkd")
     base.require(s.warmup_epochs >= 0 and s.max_mid_channels >= 1,
                  f"{where}.reviewkd: warmup_epochs={s.warmup_epochs} must be >= 0 and "
                  f"max_mid_channels={s.max_mid_channels} >= 1.")

@@ -59,7 +59,7 @@ class VID(base.OwnsModules, base.FeatureMethod):
 
   @classmethod
   def validate(cls, distill, where, active, student_epochs):
-    s = distill.vid
+    s = distill.section("vid")
     base.require(s.init_variance > s.eps > 0, f"{where}.vid.init_variance={s.init_variance} "
                  f"must exceed {where}.vid.eps={s.eps}, which must be > 0.")
 

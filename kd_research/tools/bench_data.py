@@ -130,7 +130,7 @@ def source_rows(workdir, n, size, image_size, batch=128, batches=20):
   specs, mean_bytes = prepare(workdir, n, size)
   folder = specs["folder"].split(":", 1)[1]
   specs["tfds"] = _tfds_copy(folder, os.path.join(workdir, "tfds"), size)
-  opened = {k: datasets.open_source(_config(v, image_size, data_dir=f"{workdir}/tfds"))
+  opened = {k: datasets.open_source(datasets.data_spec(_config(v, image_size, data_dir=f"{workdir}/tfds")))
             for k, v in specs.items()}
   rows = [{"source": "in memory (decoded)",
            "examples_per_second_per_core": _train_rate(
@@ -147,8 +147,8 @@ def training_ratio(opts, specs, image_size):
   """Student training examples/s streamed (tfrecord:) and in memory on the same pixels."""
   from kd_research.data import datasets  # pylint: disable=g-import-not-at-top
   from kd_research.data import sources  # pylint: disable=g-import-not-at-top
-  memory = datasets.in_memory(datasets.open_source(_config(specs["folder"], image_size)).train)
-  test = datasets.in_memory(datasets.open_source(_config(specs["folder"], image_size)).test)
+  memory = datasets.in_memory(datasets.open_source(datasets.data_spec(_config(specs["folder"], image_size))).train)
+  test = datasets.in_memory(datasets.open_source(datasets.data_spec(_config(specs["folder"], image_size))).test)
   sources.register(sources.Source("bench_in_memory", lambda _: sources.RawData(
       memory.images, memory.labels, test.images, test.labels, 10, "bench images in memory")))
   rates = {}
@@ -168,7 +168,7 @@ def jpeg_rows(workdir, n, height=375, width=500, batch=32, batches=8):
   from kd_research.data import datasets  # pylint: disable=g-import-not-at-top
   folder, mean_bytes = write_jpeg_folder(os.path.join(workdir, "jpeg"), n, height, width,
                                          test=10)
-  split = datasets.open_source(_config(f"folder:{folder}", 224, "inception")).train
+  split = datasets.open_source(datasets.data_spec(_config(f"folder:{folder}", 224, "inception"))).train
   raw = tf.data.Dataset.from_tensor_slices(split.paths.astype(str)).repeat().map(
       lambda p: tf.io.decode_jpeg(tf.io.read_file(p), channels=3)).map(
           lambda image: tf.shape(image)).batch(batch)

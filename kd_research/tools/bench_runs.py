@@ -185,13 +185,14 @@ def bench_config(opts, overrides=(), role="distill", teachers=1, needed_steps=0)
   """The config of a bench row: a real run's config (config.base_config) with the bench's
   models, data size and batch, Adam at a constant 1e-3, KD alpha 0.7 / T 4 constant."""
   from kd_research import config as config_lib  # pylint: disable=g-import-not-at-top
+  from kd_research import run_spec  # pylint: disable=g-import-not-at-top
   from kd_research.data import datasets  # pylint: disable=g-import-not-at-top
   overrides = dict(overrides)
   config = config_lib.base_config()
   with config.unlocked():  # The data first: its size decides the splits below.
     config.dataset = overrides.pop("dataset", opts.dataset)
     config.image_size = overrides.pop("image_size", 0)
-  available = datasets.open_source(config).train.num_examples
+  available = datasets.open_source(datasets.data_spec(config)).train.num_examples
   with config.unlocked():
     config.global_batch_size = opts.batch
     # Small validation and test splits: the teachers are evaluated on them once per row.
@@ -212,7 +213,7 @@ def bench_config(opts, overrides=(), role="distill", teachers=1, needed_steps=0)
                                                                   opts.teacher_width)
   for key, value in overrides.items():
     config = config_lib.replaced(config, **{key: value})
-  config_lib.validate(config)
+  run_spec.parse(config)
   return config
 
 
@@ -221,7 +222,7 @@ def _teacher_files(config, count, directory):
   import keras  # pylint: disable=g-import-not-at-top
   from kd_research.data import datasets  # pylint: disable=g-import-not-at-top
   from kd_research.models import registry as model_registry  # pylint: disable=g-import-not-at-top
-  splits = datasets.load_splits(config)
+  splits = datasets.load_splits(datasets.data_spec(config))
   paths = []
   for k in range(count):
     keras.utils.set_random_seed(k)
@@ -243,6 +244,7 @@ def run_resolved(opts, overrides=(), role="distill", teachers=1, profile_dir=Non
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from kd_research.data import datasets  # pylint: disable=g-import-not-at-top
   from kd_research.runtime import precision  # pylint: disable=g-import-not-at-top
+  from kd_research import run_spec  # pylint: disable=g-import-not-at-top
   from kd_research.train import resolve  # pylint: disable=g-import-not-at-top
   from kd_research.train import end_to_end  # pylint: disable=g-import-not-at-top
   strategy = strategy or tf.distribute.get_strategy()
@@ -256,8 +258,9 @@ def run_resolved(opts, overrides=(), role="distill", teachers=1, profile_dir=Non
   try:
     keras.utils.set_random_seed(config.student.seed)
     start = time.perf_counter()
-    run = resolve.resolve(config, os.path.join(workdir, "run"), role, strategy,
-                          datasets.load_splits(config), tuple(paths), chief=True)
+    spec = run_spec.parse(config)
+    run = resolve.resolve(spec, os.path.join(workdir, "run"), role, strategy,
+                          datasets.load_splits(spec.data), tuple(paths), chief=True)
     if views:
       print(f"  the view cache of {needed} steps took {time.perf_counter() - start:.1f} s to "
             "build (with the teacher checks), once", flush=True)

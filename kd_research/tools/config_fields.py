@@ -14,7 +14,7 @@ fields and the sections `optimizer`, `teacher`, `student`, `extra_teachers`, `au
 `run`, `distribution` and `pipeline` never do, so they may change between a run and its
 resume. Lists are tuples: `--config.pipeline.seeds=0,1,2` or
 `"--config.augment.ops=('flip','crop')"` (a comma list in one string works too).
-Every value is checked before anything is written (`config.validate`)."""
+Every value is checked before anything is written (`run_spec.parse`)."""
 
 SCHEDULES = ("distill.alpha", "distill.temperature", "optimizer.learning_rate")
 

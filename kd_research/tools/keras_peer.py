@@ -35,7 +35,7 @@ from kd_research.train import results as results_lib
 from kd_research.common import machine
 from kd_research.models import registry as model_registry
 from kd_research.train import optimizers
-from kd_research.common import schedules
+from kd_research import run_spec
 from kd_research.train import teachers as teachers_lib
 from kd_research.common import timing
 from kd_research.train import workdir as workdir_lib
@@ -65,8 +65,9 @@ def _constant(schedule, what):
 
 def train_and_evaluate(config, workdir, teacher_path, overwrite=False, kl="default"):
   """Distils config.student from ``teacher_path`` with Keras' Distiller; returns results."""
-  distill = config.distill
-  if distill.method != "kd" or distill.logit_standardization or distill.finetune_epochs:
+  spec = run_spec.parse(config)
+  distill = spec.distill
+  if distill.methods != ("kd",) or distill.logit_standardization or distill.finetune_epochs:
     raise UserError("The Keras peer runs plain Hinton KD: config.distill.method=kd without "
                     "logit standardization or fine-tuning.")
   alpha = _constant(distill.alpha, "config.distill.alpha")
@@ -80,7 +81,7 @@ def train_and_evaluate(config, workdir, teacher_path, overwrite=False, kl="defau
     finished = workdir_lib.prepare(workdir, identity, overwrite)
     if finished is not None:
       return finished
-    splits = datasets.load_splits(config)
+    splits = datasets.load_splits(spec.data)
     if not isinstance(splits.train, splits_lib.ArraySplit):
       raise UserError(f"keras_peer fits Keras on in-memory arrays; {config.dataset} streams "
                       "from files. Use a built-in dataset for the Keras reference.")
@@ -90,8 +91,7 @@ def train_and_evaluate(config, workdir, teacher_path, overwrite=False, kl="defau
     teacher = teachers_lib.load_teacher(teacher_path, splits.input_shape, splits.num_classes)
     steps_per_epoch = splits.train.steps_per_epoch(config.global_batch_size)
     total = steps_per_epoch * config.student.epochs
-    lr = schedules.from_config(config.optimizer.learning_rate, total,
-                               "config.optimizer.learning_rate")
+    lr = spec.learning_rate.over(total)
     model = distiller(teacher, student, alpha, temperature, kl)
     model.compile(optimizer=optimizers.make_optimizer(config.optimizer, lr),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))

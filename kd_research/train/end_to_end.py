@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from kd_research import config as config_lib
+from kd_research import run_spec
 from kd_research.common import fileio
 from kd_research.common import machine
 from kd_research.common import timing
@@ -66,7 +67,8 @@ def train_and_evaluate(config, workdir, role, strategy, teacher_paths=(), overwr
                    finished["test_accuracy"])
       return finished
     _check_strategy(config, strategy)
-    splits = datasets.load_splits(config)
+    spec = run_spec.parse(config)
+    splits = datasets.load_splits(spec.data)
     if chief and splits.classes:  # A file source: which label is which class.
       fileio.atomic_write_json(os.path.join(workdir, CLASSES_FILE),
                                {"source": splits.source, "classes": list(splits.classes)})
@@ -76,7 +78,7 @@ def train_and_evaluate(config, workdir, role, strategy, teacher_paths=(), overwr
     keras.utils.set_random_seed(resolve_lib.entry_of(config, role).seed)
     try:
       with preemption.Guard(strategy) as guard:  # SIGTERM from here on: save, then stop.
-        run = resolve_lib.resolve(config, workdir, role, strategy, splits, tuple(teacher_paths),
+        run = resolve_lib.resolve(spec, workdir, role, strategy, splits, tuple(teacher_paths),
                                   chief)
         results = _train(run, guard)
     finally:
@@ -149,11 +151,11 @@ def train_stream(run, writer=None):
   ``writer`` gets the first augmented images."""
   config, splits = run.config, run.splits
   per_replica = config.global_batch_size // run.strategy.num_replicas_in_sync
-  ops = augment.validate(config.augment, splits.input_shape, per_replica)
-  extra = resolve_lib.run_views(config, run.role)
+  augment.validate(run.spec.augment, splits.input_shape, per_replica)
+  extra = resolve_lib.run_views(run.spec, run.role)
   for _, view_ops in extra:
-    augment.validate(config.augment, splits.input_shape, per_replica, view_ops)
-  transform = resolve_lib.augmentation(config, run.entry.seed, splits, run.role, ops)
+    augment.validate(run.spec.augment, splits.input_shape, per_replica, view_ops)
+  transform = resolve_lib.augmentation(run.spec, run.entry.seed, splits, run.role)
   extras = {}
   if run.teachers and run.teachers.train_outputs is not None:
     extras.update(teacher_sources.cache_extras(run.teachers.train_outputs))

@@ -16,8 +16,6 @@ from typing import Optional
 from absl import logging
 import numpy as np
 
-from kd_research import config as config_lib
-from kd_research.common import schedules
 from kd_research.data import augment
 from kd_research.data import views as views_lib
 from kd_research.data import datasets
@@ -47,7 +45,8 @@ def entry_of(config, role):
 @dataclasses.dataclass
 class ResolvedRun:
   """Everything resolved for one run (see ``resolve``)."""
-  config: object
+  config: object          # the run's config (its record and bookkeeping fields)
+  spec: object            # its typed values (run_spec.RunSpec)
   workdir: str
   role: str
   strategy: object
@@ -76,13 +75,15 @@ class EvaluatedTeachers:
   final_temperature: float
 
 
-def resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
-  """The run's schedule, teachers, training state and phases."""
+def resolve(spec, workdir, role, strategy, splits, teacher_paths, chief):
+  """The run's schedule, teachers, training state and phases, from its ``spec``
+  (run_spec.RunSpec)."""
+  config = spec.config
   entry = entry_of(config, role)
   # User models' modules first (the run's own, and a distillation's teachers'): custom
   # layers they register must exist before any load.
-  user_models.import_modules([entry.model] + ([e.model for _, e in config_lib.teacher_entries(
-      config)] if role == "distill" else []))
+  user_models.import_modules([entry.model] + ([t.entry.model for t in spec.teachers]
+                                              if role == "distill" else []))
   train, labelled = datasets.transfer_set(config.labels, role, splits.train,
                                           config.global_batch_size)
   # The full training split sets the budget: a labels-only student cycles over its subset.
@@ -90,7 +91,7 @@ def resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
   total = entry.epochs * spe
   distill_steps = (entry.epochs - config.distill.finetune_epochs) * spe
   head_steps = entry.head_epochs * spe if role == "teacher" else 0
-  lr_fn = _learning_rate(config, entry, role, total, head_steps, distill_steps)
+  lr_fn = _learning_rate(spec, entry, role, total, head_steps, distill_steps)
   method = {}  # The distillation objective, built with the state (it may own variables).
 
   def method_variables(model):
@@ -100,10 +101,9 @@ def resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
       return []
     method["ensemble"] = teachers_lib.load(teacher_paths, splits.input_shape,
                                            splits.num_classes)
-    method["objective"] = method_registry.build(
-        config.distill, method_registry.parse(config.distill.method), method_base.BuildContext(
-            config.distill, model, method["ensemble"].models[0],
-            _normalised_weights(config, len(teacher_paths)), spe, distill_steps,
+    method["objective"] = method_registry.build(method_base.BuildContext(
+            spec.distill, model, method["ensemble"].models[0],
+            _normalised_weights(spec, len(teacher_paths)), spe, distill_steps,
             method_base.TrainingSet(
                 splits.train.num_examples,
                 None if config.labels.count or config.labels.fraction
@@ -120,43 +120,42 @@ def resolve(config, workdir, role, strategy, splits, teacher_paths, chief):
       method_variables, workdir, config.run.keep_checkpoints, chief, entry.model)
   teachers = None
   if role == "distill":  # Checked and evaluated once, before any student step.
-    teachers = _teachers_once(config, workdir, method["ensemble"], teacher_paths, splits,
+    teachers = _teachers_once(spec, workdir, method["ensemble"], teacher_paths, splits,
                               chief, distill_steps, method["objective"].teacher_taps)
   phases = _phases(config, role, entry, state.model, teachers, method.get("objective"),
                    total, head_steps, distill_steps)
   logging.info("%s: %s %s, %d params, %d steps (%d/epoch), %d replica(s), %s.", workdir, role,
                entry.model, state.model.count_params(), total, spe,
                strategy.num_replicas_in_sync, splits.source)
-  return ResolvedRun(config, workdir, role, strategy, splits, chief, entry, spe, phases, lr_fn,
-                     state, teachers, train, labelled)
+  return ResolvedRun(config, spec, workdir, role, strategy, splits, chief, entry, spe, phases,
+                     lr_fn, state, teachers, train, labelled)
 
 
-def run_views(config, role):
+def run_views(spec, role):
   """The run's extra views: config.augment.views, and for a distillation run each view its
   methods read that those do not define, with the method's own ops (MLKD's strong view)."""
-  extra = views_lib.parse(config.augment.views)
+  extra = spec.views
   if role == "distill":
     defined = {name for name, _ in extra}
-    extra += tuple((name, augment.parse_ops(ops)) for name, (_, ops)
-                   in method_registry.views_read(config.distill).items() if name not in defined)
+    extra += tuple((name, ops) for name, (_, ops) in spec.distill.views.items()
+                   if name not in defined)
   return extra
 
 
-def augmentation(config, seed, splits, role, ops=None):
-  """The run's batch augmentation (augment.augment_batch with its config and ``seed``, and
-  the extra views of ``run_views``), or None without either: the training stream's and the
-  view cache's, one definition."""
-  ops = augment.parse_ops(config.augment.ops) if ops is None else ops
-  extra = run_views(config, role)
+def augmentation(spec, seed, splits, role):
+  """The run's batch augmentation (augment.augment_batch with its parameters and ``seed``,
+  and the extra views of ``run_views``), or None without either: the training stream's and
+  the view cache's, one definition."""
+  extra = run_views(spec, role)
+  batch_size = spec.data.global_batch_size
   main = None
-  if ops:
-    main = functools.partial(augment.augment_batch, ops=ops, cfg=config.augment, seed=seed,
-                             num_classes=splits.num_classes,
-                             global_batch_size=config.global_batch_size)
+  if spec.augment.ops:
+    main = functools.partial(augment.augment_batch, ops=spec.augment.ops, cfg=spec.augment,
+                             seed=seed, num_classes=splits.num_classes,
+                             global_batch_size=batch_size)
   if not extra:
     return main
-  return views_lib.transform(main, extra, config.augment, seed, splits.num_classes,
-                             config.global_batch_size)
+  return views_lib.transform(main, extra, spec.augment, seed, splits.num_classes, batch_size)
 
 
 def build_model(entry, splits, role):
@@ -181,9 +180,9 @@ def build_model(entry, splits, role):
   return model
 
 
-def _learning_rate(config, entry, role, total, head_steps, distill_steps):
-  lr_fn = schedules.from_config(config.optimizer.learning_rate, total,
-                                "config.optimizer.learning_rate")
+def _learning_rate(spec, entry, role, total, head_steps, distill_steps):
+  config = spec.config
+  lr_fn = spec.learning_rate.over(total)
   if head_steps:
     lr_fn = optimizers.LRFactorAfter(lr_fn, head_steps, entry.finetune_lr_factor)
   if (role == "distill" and config.distill.finetune_epochs
@@ -192,8 +191,8 @@ def _learning_rate(config, entry, role, total, head_steps, distill_steps):
   return lr_fn
 
 
-def _normalised_weights(config, num_teachers):
-  return losses.normalise_weights(config_lib.teacher_weights(config), num_teachers)
+def _normalised_weights(spec, num_teachers):
+  return losses.normalise_weights(spec.distill.teacher_weights or None, num_teachers)
 
 
 def _phases(config, role, entry, model, teachers, objective, total, head_steps,
@@ -228,11 +227,12 @@ def _phases(config, role, entry, model, teachers, objective, total, head_steps,
   return phases
 
 
-def _teachers_once(config, workdir, ensemble, paths, splits, chief, distill_steps, taps):
+def _teachers_once(spec, workdir, ensemble, paths, splits, chief, distill_steps, taps):
   """Loads what the run needs from its frozen teachers, once, before any student step:
   logits on validation and test, and with the cache their outputs on the training split
   (logits, and the vector features ``taps`` a feature method reads)."""
-  weights = config_lib.teacher_weights(config)
+  config = spec.config
+  weights = list(spec.distill.teacher_weights) or None
   cache_dir = config.run.cache_dir or os.path.join(workdir, "teacher_cache")
   outputs = {}
   for split in ("validation", "test") + (("train",) if config.distill.cache_teacher else ()):
@@ -240,11 +240,11 @@ def _teachers_once(config, workdir, ensemble, paths, splits, chief, distill_step
     split_taps = taps if split == "train" else ()
     if split == "train":
       teacher_cache.refuse_feature_maps(ensemble, taps)
-      ops = augment.parse_ops(config.augment.ops)
-      if view_cache.needed(ops, getattr(data, "view", None)):  # Views change every step.
+      # Augmented or randomly cropped views change every step: their own cache.
+      if view_cache.needed(spec.augment.ops, getattr(data, "view", None)):
         seed = config.student.seed
         outputs[split] = view_cache.load_or_compute(
-            cache_dir, ensemble, data, augmentation(config, seed, splits, "distill", ops), seed,
+            cache_dir, ensemble, data, augmentation(spec, seed, splits, "distill"), seed,
             distill_steps, config.global_batch_size,
             view_cache.fingerprint(paths, data, config, seed, distill_steps, taps), taps,
             write=chief, dtype=config.distill.cache_dtype,
@@ -259,8 +259,7 @@ def _teachers_once(config, workdir, ensemble, paths, splits, chief, distill_step
             else teacher_cache.load_or_compute_outputs)
     outputs[split] = load(cache_dir, split, ensemble, data, digest, split_taps, write=chief)
   logits = {split: outputs[split]["logits"] for split in ("validation", "test")}
-  final_t = float(schedules.from_config(config.distill.temperature, max(distill_steps, 1),
-                                        "config.distill.temperature")(max(distill_steps, 1)))
+  final_t = float(spec.distill.temperature.over(max(distill_steps, 1))(max(distill_steps, 1)))
   labels = {"validation": splits.validation.labels, "test": splits.test.labels}
   report = evaluation.teacher_report({s: logits[s] for s in labels}, labels, ensemble.names,
                                      weights, final_t)
@@ -269,6 +268,6 @@ def _teachers_once(config, workdir, ensemble, paths, splits, chief, distill_step
                                     splits.validation.labels, splits.num_classes)
   if config.run.stability_ops:
     report["stability"] = evaluation.teacher_stability(
-        ensemble, splits.validation, logits["validation"],
-        augment.parse_ops(config.run.stability_ops), config.augment, weights)
+        ensemble, splits.validation, logits["validation"], spec.stability_ops, spec.augment,
+        weights)
   return EvaluatedTeachers(ensemble, paths, weights, logits, report, outputs.get("train"), final_t)

@@ -62,7 +62,8 @@ def run_identity(config, role, teacher_paths=()):
     identity.pop("data")
   if not config.optimizer.l2:  # Runs from before the coupled L2 option keep their identity.
     identity["optimizer"].pop("l2")
-  method_views = ([ops for _, ops in methods_lib.views_read(config.distill).values()]
+  method_views = ([ops for _, ops in methods_lib.views_read(
+      methods_lib.parse(config.distill.method), config.distill).values()]
                   if role == "distill" else [])
   _drop_unused_augmentation(identity["augment"], method_views)
   if role == "distill":
@@ -239,4 +240,4 @@ def splits_of_run(config, workdir):
         config[field].update(identity[field])
       elif field in identity:
         config[field] = identity[field]
-  return datasets.load_splits(config)
+  return datasets.load_splits(datasets.data_spec(config))

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from kd_research import config as config_lib
+from kd_research import run_spec
 from kd_research import main as main_lib
 from kd_research.campaign import pipeline
 from kd_research.common.errors import UserError
@@ -24,7 +25,7 @@ def test_pipeline_with_variants_and_rerun(tmp_path):
     config.pipeline.variants = ml_collections.ConfigDict({
         "low_alpha": {"alpha": 0.3},
         "finetune": {"finetune_epochs": 1}})
-  config_lib.validate(config)
+  run_spec.parse(config)
   workdir = str(tmp_path / "p")
   strategy = tf.distribute.get_strategy()
   results, table = pipeline.run(config, workdir, strategy)
@@ -46,7 +47,7 @@ def test_variant_with_unknown_field():
   with config.unlocked():
     config.pipeline.variants = ml_collections.ConfigDict({"bad": {"temprature": 3.0}})
   with pytest.raises(UserError, match="temprature"):
-    config_lib.validate(config)
+    run_spec.parse(config)
 
 
 def test_pipeline_seeds_variants_with_teacher_choice_and_given_teacher(tmp_path):
@@ -65,7 +66,7 @@ def test_pipeline_seeds_variants_with_teacher_choice_and_given_teacher(tmp_path)
         {"b": config_lib.model_config("mlp", width=48, epochs=1, seed=1)})
     config.pipeline.variants = ml_collections.ConfigDict({
         "single": {"teachers": "primary"}, "multi": {"alpha": 0.9}})
-  config_lib.validate(config)
+  run_spec.parse(config)
   workdir = str(tmp_path / "seeds")
   results, table = pipeline.run(config, workdir, tf.distribute.get_strategy())
   for stage in ("student_baseline", "student_kd_single", "student_kd_multi"):
@@ -109,14 +110,14 @@ def test_pipeline_seeds_variants_with_teacher_choice_and_given_teacher(tmp_path)
 
 def test_bad_seeds_are_refused():
   with pytest.raises(UserError, match="config.pipeline.seeds"):
-    config_lib.validate(tiny_config(**{"pipeline.seeds": (0, 0)}))
+    run_spec.parse(tiny_config(**{"pipeline.seeds": (0, 0)}))
   with pytest.raises(UserError, match="config.pipeline.seeds"):
-    config_lib.validate(tiny_config(**{"pipeline.seeds": (0, 1.5)}))
+    run_spec.parse(tiny_config(**{"pipeline.seeds": (0, 1.5)}))
   config = tiny_config()
   with config.unlocked():
     config.pipeline.variants = ml_collections.ConfigDict({"v": {"teachers": "best"}})
   with pytest.raises(UserError, match="teachers='best'"):
-    config_lib.validate(config)
+    run_spec.parse(config)
 
 
 def check_report_page(tmp_path, workdir, best):
@@ -156,7 +157,7 @@ def test_candidates_chosen_on_validation_then_seeds_and_rerun_skips(tmp_path):
     config.pipeline.variants = ml_collections.ConfigDict({"kd": {"method": "kd"}})
     config.pipeline.candidates = ml_collections.ConfigDict(
         {"kd": {"low": {"alpha": 0.1}, "high": {"alpha": 0.9, "temperature": 2.0}}})
-  config_lib.validate(config)
+  run_spec.parse(config)
   workdir = str(tmp_path / "bench" / "pair")
   pipeline.run(config, workdir, tf.distribute.get_strategy())
   sweep = tmp_path / "bench_sweep" / "pair"
@@ -191,7 +192,7 @@ def test_candidates_chosen_on_validation_then_seeds_and_rerun_skips(tmp_path):
   with config.unlocked():
     config.pipeline.candidates = ml_collections.ConfigDict({"nope": {"a": {"alpha": 0.5}}})
   with pytest.raises(UserError, match="not variants"):
-    config_lib.validate(config)
+    run_spec.parse(config)
 
 
 def test_report_counts_a_seed_once_per_setting():
@@ -386,4 +387,4 @@ def test_a_dml_cohort_is_a_labels_only_stage_of_the_pipeline(tmp_path):
   (job,) = [j for j in plan["jobs"] if j["id"] == "student_dml"]
   assert job["group"] == "baseline" and campaign.finished(job)
   with pytest.raises(UserError, match="dml_cohort=1"):
-    config_lib.validate(tiny_config(**{"pipeline.dml_cohort": 1}))
+    run_spec.parse(tiny_config(**{"pipeline.dml_cohort": 1}))

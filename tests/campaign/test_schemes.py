@@ -9,6 +9,7 @@ import pytest
 
 from conftest import tiny_config
 from kd_research import config as config_lib
+from kd_research import run_spec
 from kd_research.campaign import plan as plan_lib
 from kd_research.campaign import schemes
 from kd_research.campaign import stages as stages_lib
@@ -53,15 +54,15 @@ def test_the_registered_schemes_declare_their_fields():
   pipeline = config_lib.base_config().pipeline
   assert pipeline.chain == () and pipeline.dml_cohort == 0
   with pytest.raises(UserError, match="dml_cohort=1: 0 .none. or a cohort of 2 or more"):
-    config_lib.validate(tiny_config(**{"pipeline.dml_cohort": 1}))
+    run_spec.parse(tiny_config(**{"pipeline.dml_cohort": 1}))
   with pytest.raises(UserError, match="unknown model 'nope'"):
-    config_lib.validate(tiny_config(**{"pipeline.chain": ("nope",)}))
+    run_spec.parse(tiny_config(**{"pipeline.chain": ("nope",)}))
 
 
 def test_a_new_scheme_is_one_file(throwaway, tmp_path):
   assert config_lib.base_config().pipeline.self_distill == 0
   with pytest.raises(UserError, match="self_distill=2: 0 or 1"):
-    config_lib.validate(tiny_config(**{"pipeline.self_distill": 2}))
+    run_spec.parse(tiny_config(**{"pipeline.self_distill": 2}))
   config = tiny_config(**{"pipeline.self_distill": 1, "pipeline.seeds": (0, 1)})
   workdir = str(tmp_path / "c")
   stages = {s.id: s for s in stages_lib.campaign_stages(config, workdir)}

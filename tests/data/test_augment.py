@@ -22,9 +22,9 @@ ALL = ("flip", "crop", "rotate", "cutout", "mixup")
 
 def params(**kw):
   base = dict(ops="", crop_padding=2, rotation_degrees=20.0, cutout_size=3, mixup_alpha=0.4,
-              cutmix_alpha=1.0)
+              cutmix_alpha=1.0, randaugment_layers=2)
   base.update(kw)
-  return ml_collections.ConfigDict(base)
+  return augment.parse(ml_collections.ConfigDict(base))
 
 
 def dataset(n=64, size=8, seed=0):

@@ -65,14 +65,14 @@ def test_cifar10_python_batches(tmp_path):
 
 def test_validation_split_is_disjoint_and_sized():
   config = tiny_config(validation_size=300, train_size=1000)
-  splits = datasets.load_splits(config)
+  splits = datasets.load_splits(datasets.data_spec(config))
   assert len(splits.validation.images) == 300 and len(splits.train.images) == 1000
   train_rows = {r.tobytes() for r in splits.train.images}
   assert not any(r.tobytes() in train_rows for r in splits.validation.images)
   with pytest.raises(UserError, match="train_size"):
-    datasets.load_splits(tiny_config(train_size=10**6))
+    datasets.load_splits(datasets.data_spec(tiny_config(train_size=10**6)))
   with pytest.raises(UserError, match="validation_size"):
-    datasets.load_splits(tiny_config(validation_size=2000))
+    datasets.load_splits(datasets.data_spec(tiny_config(validation_size=2000)))
 
 
 @pytest.mark.parametrize("replicas,pipelines", [(2, 1), (4, 1), (4, 2), (2, 2)])
@@ -135,7 +135,7 @@ def test_wrong_shapes_and_empty_splits():
   with pytest.raises(UserError, match="differ in shape"):
     sources.check_arrays(mismatch)
   with pytest.raises(UserError, match="fewer than one global batch"):
-    datasets.load_splits(tiny_config(train_size=10, global_batch_size=64))
+    datasets.load_splits(datasets.data_spec(tiny_config(train_size=10, global_batch_size=64)))
 
 
 def test_train_stream_is_not_autotuned():

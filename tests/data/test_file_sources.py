@@ -10,6 +10,7 @@ import tensorflow as tf
 from conftest import tiny_config
 from generated_data import write_image_folder, write_tfds_dataset
 from kd_research import config as config_lib
+from kd_research import run_spec
 from kd_research.common.errors import UserError
 from kd_research.data import datasets
 from kd_research.data import image_files
@@ -47,8 +48,8 @@ def test_image_files_inspect_reads_mode_size_and_truncation():
 def test_folder_source_lists_classes_and_needs_a_size_when_sizes_vary(tmp_path):
   root = write_image_folder(str(tmp_path / "images"))
   with pytest.raises(UserError, match="different sizes.*config.image_size"):
-    datasets.load_splits(config_for(f"folder:{root}", image_size=0))
-  splits = datasets.load_splits(config_for(f"folder:{root}"))
+    datasets.load_splits(datasets.data_spec(config_for(f"folder:{root}", image_size=0)))
+  splits = datasets.load_splits(datasets.data_spec(config_for(f"folder:{root}")))
   assert splits.classes == ("class_0", "class_1", "class_2")
   assert splits.input_shape == (16, 16, 3) and splits.num_classes == 3
   assert (splits.train.num_examples, splits.validation.num_examples,
@@ -70,15 +71,15 @@ def test_folder_source_errors_name_the_file(tmp_path):
   with open(bad, "wb") as f:
     f.write(data[:len(data) // 2])
   with pytest.raises(UserError, match="0001.jpg: a truncated JPEG.*skip_corrupt"):
-    datasets.load_splits(config_for(f"folder:{root}"))
-  splits = datasets.load_splits(config_for(f"folder:{root}", skip_corrupt=True))
+    datasets.load_splits(datasets.data_spec(config_for(f"folder:{root}")))
+  splits = datasets.load_splits(datasets.data_spec(config_for(f"folder:{root}", skip_corrupt=True)))
   assert splits.skipped == {"train": 1, "test": 0}
   assert splits.train.num_examples + splits.validation.num_examples == 89
   os.makedirs(os.path.join(root, "train", "empty_class"))
   with pytest.raises(UserError, match="empty_class holds no image"):
-    datasets.load_splits(config_for(f"folder:{root}", skip_corrupt=True))
+    datasets.load_splits(datasets.data_spec(config_for(f"folder:{root}", skip_corrupt=True)))
   with pytest.raises(UserError, match="is missing; expected"):
-    datasets.load_splits(config_for(f"folder:{tmp_path}"))
+    datasets.load_splits(datasets.data_spec(config_for(f"folder:{tmp_path}")))
 
 
 def test_folder_source_mixed_modes_need_channels(tmp_path):
@@ -92,8 +93,8 @@ def test_folder_source_mixed_modes_need_channels(tmp_path):
   import shutil
   shutil.rmtree(os.path.join(root, "grey"))
   with pytest.raises(UserError, match="not all grey or all RGB.*grey: 3 image.*channels=3"):
-    datasets.load_splits(config_for(f"folder:{root}"))
-  splits = datasets.load_splits(config_for(f"folder:{root}", channels=3))
+    datasets.load_splits(datasets.data_spec(config_for(f"folder:{root}")))
+  splits = datasets.load_splits(datasets.data_spec(config_for(f"folder:{root}", channels=3)))
   batch = next(iter(splits.test.eval_fn(10)(tf.distribute.InputContext())))
   assert batch["image"].shape[-1] == 3
 
@@ -108,8 +109,8 @@ def test_converter_round_trip_and_bad_shards(tmp_path):
   assert len(manifest["sizes"]) == 3 and manifest["channels"] == 3
   with pytest.raises(UserError, match="already holds a conversion"):
     tfrecord_shards.convert(f"folder:{root}", out, shards=4)
-  folder_splits = datasets.load_splits(config_for(f"folder:{root}", validation_size=0))
-  shard_splits = datasets.load_splits(config_for(f"tfrecord:{out}", validation_size=0))
+  folder_splits = datasets.load_splits(datasets.data_spec(config_for(f"folder:{root}", validation_size=0)))
+  shard_splits = datasets.load_splits(datasets.data_spec(config_for(f"tfrecord:{out}", validation_size=0)))
   np.testing.assert_array_equal(all_labels(shard_splits.train), all_labels(folder_splits.train))
   assert shard_splits.classes == folder_splits.classes
   # Same files, same eval view: the multiset of image means is the same.
@@ -120,31 +121,31 @@ def test_converter_round_trip_and_bad_shards(tmp_path):
   with open(shard, "r+b") as f:
     f.truncate(os.path.getsize(shard) - 100)
   with pytest.raises(UserError, match=r"train-00002-of-00004.tfrecord has \d+ bytes.*truncated"):
-    datasets.load_splits(config_for(f"tfrecord:{out}"))
+    datasets.load_splits(datasets.data_spec(config_for(f"tfrecord:{out}")))
 
 
 def test_tfrecord_glob_without_manifest(tmp_path):
   out = str(tmp_path / "shards")
   tfrecord_shards.convert(f"folder:{write_image_folder(str(tmp_path / 'images'))}", out, shards=3)
   os.remove(os.path.join(out, tfrecord.MANIFEST))
-  splits = datasets.load_splits(config_for(f"tfrecord:{out}/train-*", validation_size=0))
+  splits = datasets.load_splits(datasets.data_spec(config_for(f"tfrecord:{out}/train-*", validation_size=0)))
   np.testing.assert_array_equal(all_labels(splits.train), np.repeat([0, 1, 2], 30))
   assert splits.test.num_examples == 27 and splits.num_classes == 3
   with pytest.raises(UserError, match=r"label 2 \(after label_offset 0\) is outside \[0, 1\]"):
-    datasets.load_splits(config_for(f"tfrecord:{out}/train-*", num_classes=2))
+    datasets.load_splits(datasets.data_spec(config_for(f"tfrecord:{out}/train-*", num_classes=2)))
   shard = os.path.join(out, "train-00001-of-00003.tfrecord")
   with open(shard, "r+b") as f:
     f.truncate(os.path.getsize(shard) - 5)
   with pytest.raises(UserError, match="train-00001-of-00003.tfrecord is truncated at record"):
-    datasets.load_splits(config_for(f"tfrecord:{out}/train-*"))
+    datasets.load_splits(datasets.data_spec(config_for(f"tfrecord:{out}/train-*")))
   with pytest.raises(UserError, match="has no manifest.json"):
-    datasets.load_splits(config_for(f"tfrecord:{out}"))
+    datasets.load_splits(datasets.data_spec(config_for(f"tfrecord:{out}")))
 
 
 def test_tfds_source_reads_a_prepared_dataset(tmp_path):
   write_tfds_dataset(tmp_path / "tfds")
-  splits = datasets.load_splits(config_for("tfds:kd_toy", image_size=0,
-                                           tfds_dir=str(tmp_path / "tfds")))
+  splits = datasets.load_splits(datasets.data_spec(config_for("tfds:kd_toy", image_size=0,
+                                           tfds_dir=str(tmp_path / "tfds"))))
   assert splits.classes == ("dark", "mid", "bright") and splits.input_shape == (16, 16, 3)
   together = np.concatenate([splits.train.labels, splits.validation.labels])
   np.testing.assert_array_equal(np.bincount(together), [30, 30, 30])
@@ -152,16 +153,16 @@ def test_tfds_source_reads_a_prepared_dataset(tmp_path):
   for c in range(3):
     assert abs(float(tf.reduce_mean(batch["image"][batch["label"] == c])) - 40 - 85 * c) < 4
   with pytest.raises(UserError, match="'kd_missing' is not prepared in .*tfds build kd_missing"):
-    datasets.load_splits(config_for("tfds:kd_missing", tfds_dir=str(tmp_path / "tfds")))
+    datasets.load_splits(datasets.data_spec(config_for("tfds:kd_missing", tfds_dir=str(tmp_path / "tfds"))))
 
 
 def test_unknown_spec_and_image_size_on_builtins_are_refused():
   with pytest.raises(UserError, match="valid: .*folder:PATH, npz:PATH, tfds:NAME.*, tfrecord:PATTERN"):
-    config_lib.validate(config_for("s3:bucket"))
+    run_spec.parse(config_for("s3:bucket"))
   with pytest.raises(UserError, match="config.image_size=16 resizes the images of file"):
-    config_lib.validate(config_for("synthetic"))
+    run_spec.parse(config_for("synthetic"))
   with pytest.raises(UserError, match="lacks its argument"):
-    config_lib.validate(config_for("folder:"))
+    run_spec.parse(config_for("folder:"))
 
 
 def test_manifest_format_is_checked(tmp_path):
@@ -169,7 +170,7 @@ def test_manifest_format_is_checked(tmp_path):
   with open(tmp_path / "d" / tfrecord.MANIFEST, "w") as f:
     json.dump({"format": "other"}, f)
   with pytest.raises(UserError, match="is not a kd_research.tfrecord/1 manifest"):
-    datasets.load_splits(config_for(f"tfrecord:{tmp_path / 'd'}"))
+    datasets.load_splits(datasets.data_spec(config_for(f"tfrecord:{tmp_path / 'd'}")))
 
 
 def test_converter_from_a_builtin_is_lossless(tmp_path):
@@ -178,7 +179,7 @@ def test_converter_from_a_builtin_is_lossless(tmp_path):
   manifest = tfrecord_shards.convert("synthetic", str(tmp_path / "shards"), shards=3)
   assert manifest["splits"]["train"]["count"] == len(raw.train_x)
   assert manifest["sizes"] == [list(raw.train_x.shape[1:3])]
-  streamed = datasets.open_source(config_for(f"tfrecord:{tmp_path / 'shards'}", image_size=0))
+  streamed = datasets.open_source(datasets.data_spec(config_for(f"tfrecord:{tmp_path / 'shards'}", image_size=0)))
   # PNG is lossless: the eval view of every record is the original image, label for label.
   images = np.concatenate([b.numpy() for b in streamed.test.image_batches(128)])
   def canonical(x, y):  # the examples sorted by (label, pixels): the shards' order differs
@@ -200,17 +201,17 @@ def test_npz_arrays_source_round_trip_and_bad_files(tmp_path):
   path = arrays.write(str(tmp_path), x, y, x[:10], y[:10], classes=("a", "b", "c", "d"))
   assert path == arrays.write(str(tmp_path), x, y, x[:10], y[:10], classes=("a", "b", "c", "d"))
   config = tiny_config(dataset=f"npz:{path}", validation_size=8, global_batch_size=8)
-  splits = datasets.load_splits(config)
+  splits = datasets.load_splits(datasets.data_spec(config))
   assert splits.input_shape == (6, 6, 1) and splits.num_classes == 4
   assert splits.classes == ("a", "b", "c", "d") and splits.source == f"npz:{path}"
   got = np.concatenate([splits.validation.images, splits.train.images])
   assert sorted(map(bytes, got)) == sorted(map(bytes, np.round(x).astype(np.uint8)[..., None]))
   np.savez(tmp_path / "partial.npz", x_train=x, y_train=y)
   with pytest.raises(UserError, match="lacks x_test, y_test"):
-    datasets.load_splits(tiny_config(dataset=f"npz:{tmp_path / 'partial.npz'}"))
+    datasets.load_splits(datasets.data_spec(tiny_config(dataset=f"npz:{tmp_path / 'partial.npz'}")))
   (tmp_path / "broken.npz").write_bytes(b"not a zip")
   with pytest.raises(UserError, match="not a readable .npz file"):
-    datasets.load_splits(tiny_config(dataset=f"npz:{tmp_path / 'broken.npz'}"))
+    datasets.load_splits(datasets.data_spec(tiny_config(dataset=f"npz:{tmp_path / 'broken.npz'}")))
   with pytest.raises(UserError, match=r"pixel values must lie in \[0, 255\]"):
     arrays.write(str(tmp_path), x * 2, y, x, y)
   with pytest.raises(UserError, match="not one-hot"):
@@ -236,8 +237,8 @@ def test_float_images_in_zero_one_are_scaled_not_quantised(tmp_path):
   np.testing.assert_array_equal(arrays.as_images(pixels.astype(np.float64), "x")[..., 0], pixels)
   np.savez(tmp_path / "floats.npz", x_train=pixels / 255.0, y_train=np.arange(20) % 2,
            x_test=pixels[:6] / 255.0, y_test=np.arange(6) % 2)
-  splits = datasets.load_splits(tiny_config(dataset=f"npz:{tmp_path / 'floats.npz'}",
-                                            validation_size=4, global_batch_size=4))
+  splits = datasets.load_splits(datasets.data_spec(tiny_config(dataset=f"npz:{tmp_path / 'floats.npz'}",
+                                            validation_size=4, global_batch_size=4)))
   got = np.concatenate([splits.validation.images, splits.train.images])
   assert sorted(map(bytes, got)) == sorted(map(bytes, pixels[..., None]))
   with pytest.raises(UserError, match="not standardised values"):
@@ -284,7 +285,7 @@ def test_folder_as_users_have_it_cmyk_png_named_jpg_stray_files_and_odd_names(tm
         written[kind] = str(path)
   head, tail = image_files.read_ends(written["cmyk"])
   assert image_files.inspect(head, tail).channels == 3  # Decoded to RGB.
-  splits = datasets.load_splits(config_for(f"folder:{root}", validation_size=4, image_size=0))
+  splits = datasets.load_splits(datasets.data_spec(config_for(f"folder:{root}", validation_size=4, image_size=0)))
   assert splits.classes == ("blue jay", "red fox") and splits.input_shape == (16, 16, 3)
   assert (splits.train.num_examples + splits.validation.num_examples,
           splits.test.num_examples) == (24, 12)

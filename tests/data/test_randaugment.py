@@ -159,20 +159,20 @@ def test_cutout_is_the_grey_square_of_its_definition():
 
 def params(**kw):
   base = dict(ops=("flip",), crop_padding=2, rotation_degrees=20.0, cutout_size=3,
-              mixup_alpha=0.4, cutmix_alpha=1.0, randaugment_layers=2,
-              views="strong=flip,crop,randaugment;plain=")
+              mixup_alpha=0.4, cutmix_alpha=1.0, randaugment_layers=2)
   base.update(kw)
-  return ml_collections.ConfigDict(base)
+  return augment.parse(ml_collections.ConfigDict(base))
 
 
-def view_stream(gb=16, start_step=0, **kw):
+def view_stream(gb=16, start_step=0, views_text="strong=flip,crop,randaugment;plain=", **kw):
   rng = np.random.default_rng(1)
   x = rng.integers(0, 255, (64, 8, 8, 3)).astype(np.uint8)
   y = rng.integers(0, 5, 64).astype(np.int32)
   cfg = params(**kw)
+  extra = views.parse(views_text)
   main = functools.partial(augment.augment_batch, ops=cfg.ops, cfg=cfg, seed=7, num_classes=5,
                            global_batch_size=gb) if cfg.ops else None
-  transform = views.transform(main, views.parse(cfg.views), cfg, 7, 5, gb)
+  transform = views.transform(main, extra, cfg, 7, 5, gb)
   return datasets.train_dataset_fn(x, y, gb, seed=3, start_step=start_step, transform=transform)
 
 
@@ -191,7 +191,7 @@ def test_views_resume_and_are_drawn_apart_from_the_main_view():
   for a, b in zip(full[4:], resumed):
     np.testing.assert_array_equal(a["view_strong"], b["view_strong"])
   first = full[0]
-  original = global_batches(view_stream(ops=(), views="plain="), 1, 1)[0]["image"]
+  original = global_batches(view_stream(ops=(), views_text="plain="), 1, 1)[0]["image"]
   np.testing.assert_array_equal(first["view_plain"], original)  # a view of the clean image
   assert not np.allclose(first["view_strong"], first["image"])
   assert not np.allclose(full[0]["view_strong"], full[1]["view_strong"])

@@ -31,7 +31,7 @@ def train_split(dataset, view="inception", validation_size=12, shuffle_buffer=20
   config.dataset, config.validation_size, config.global_batch_size = dataset, validation_size, GB
   config.image_size, config.data.train_view = 12, view
   config.data.shuffle_buffer = shuffle_buffer
-  return datasets.load_splits(config).train
+  return datasets.load_splits(datasets.data_spec(config)).train
 
 
 def batches(split, steps, replicas=1, pipelines=1, start_step=0, seed=5):

@@ -141,10 +141,10 @@ def test_pooled_feature_cache_serves_crd_like_the_live_teacher(conv_teacher, tmp
   diff = max(float(np.abs(a - b).max()) for a, b in zip(weights_of(live), weights_of(cached)))
   print(f"crd: live vs cached teacher max |dw| {diff:.2e}")
   assert diff < 1e-4
-  from kd_research import config as config_lib  # pylint: disable=g-import-not-at-top
+  from kd_research import run_spec  # pylint: disable=g-import-not-at-top
   from kd_research.common.errors import UserError  # pylint: disable=g-import-not-at-top
   with pytest.raises(UserError, match="feature maps"):
-    config_lib.validate(method_config("crd", **{"distill.cache_teacher": True,
+    run_spec.parse(method_config("crd", **{"distill.cache_teacher": True,
                                                 "distill.crd.teacher_tap": "last_stage"}))
 
 

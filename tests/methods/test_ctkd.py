@@ -110,7 +110,7 @@ def test_dkd_with_learnable_temperature_matches_its_terms_at_that_temperature():
 
 def test_ctkd_config_is_checked_and_left_out_of_identities_when_off():
   from conftest import tiny_config  # pylint: disable=g-import-not-at-top
-  from kd_research import config as config_lib  # pylint: disable=g-import-not-at-top
+  from kd_research import run_spec  # pylint: disable=g-import-not-at-top
   from kd_research.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   config = tiny_config()
   assert "ctkd" not in workdir_lib.run_identity(config, "distill", ())["distill"]
@@ -121,7 +121,7 @@ def test_ctkd_config_is_checked_and_left_out_of_identities_when_off():
                              ({"distill.ctkd.decay_epochs": 0}, "decay_epochs must be")):
     bad = tiny_config(**{"distill.ctkd.enabled": True, **overrides})
     with pytest.raises(UserError, match=message):
-      config_lib.validate(bad)
+      run_spec.parse(bad)
 
 
 def test_bench_rows_take_the_ctkd_modifier():

@@ -5,7 +5,7 @@ refused. Each method's own loss and runs are in its own file, tests/methods/test
 import numpy as np
 import pytest
 
-from kd_research import config as config_lib
+from kd_research import run_spec
 from kd_research.methods import registry as method_registry
 from kd_research.train import end_to_end
 from kd_research.common.errors import UserError
@@ -72,9 +72,9 @@ def test_relational_gradients_match_a_single_device(method, strategy_factory):
 
 def test_methods_refuse_what_they_cannot_do(conv_teacher, tmp_path):
   with pytest.raises(UserError, match="unknown method"):
-    config_lib.validate(method_config("crd2"))
+    run_spec.parse(method_config("crd2"))
   with pytest.raises(UserError, match=r"cannot serve method\(s\) at"):
-    config_lib.validate(method_config("at", **{"distill.cache_teacher": True}))
+    run_spec.parse(method_config("at", **{"distill.cache_teacher": True}))
   with pytest.raises(UserError, match="pick one"):
     method_registry.parse("kd,dkd")
   with pytest.raises(UserError, match="needs feature maps"):
@@ -83,14 +83,14 @@ def test_methods_refuse_what_they_cannot_do(conv_teacher, tmp_path):
   for name in ("ofd", "reviewkd", "vid", "nst"):  # They read teacher maps: no cache.
     assert method_registry.methods()[name].reads_teacher_maps(None)
     with pytest.raises(UserError, match=r"cannot serve method\(s\) " + name):
-      config_lib.validate(method_config(name, **{"distill.cache_teacher": True}))
+      run_spec.parse(method_config(name, **{"distill.cache_teacher": True}))
   with pytest.raises(UserError, match="method=ofd needs feature maps"):
     end_to_end.train_and_evaluate(method_config("ofd", **{"student.model": "mlp"}),
                                   str(tmp_path / "ofd_mlp"), "distill", DEFAULT, (conv_teacher,))
   with pytest.raises(UserError, match="vid.init_variance=1e-06 must exceed"):
-    config_lib.validate(method_config("vid", **{"distill.vid.init_variance": 1e-6}))
+    run_spec.parse(method_config("vid", **{"distill.vid.init_variance": 1e-6}))
   with pytest.raises(UserError, match="cc.taylor_order=-1 must be a whole number"):
-    config_lib.validate(method_config("cc", **{"distill.cc.taylor_order": -1}))
+    run_spec.parse(method_config("cc", **{"distill.cc.taylor_order": -1}))
   with pytest.raises(UserError, match="has no layer 'nope'"):
     end_to_end.train_and_evaluate(method_config("pkt", **{"distill.pkt.student_tap": "nope"}),
                                   str(tmp_path / "tap"), "distill", DEFAULT, (conv_teacher,))
@@ -104,8 +104,8 @@ def test_capabilities_are_class_attributes_read_by_the_checks():
   assert method_registry.having("splits_target_class") == ["dkd"]
   assert [n for n, c in method_registry.methods().items() if c.bank_field] == ["crd"]
   with pytest.raises(UserError, match="ctkd.enabled=true modifies kd or dkd"):
-    config_lib.validate(method_config("dist", **{"distill.ctkd.enabled": True}))
+    run_spec.parse(method_config("dist", **{"distill.ctkd.enabled": True}))
   with pytest.raises(UserError, match="logit_standardization modifies kd, dkd, mlkd"):
-    config_lib.validate(method_config("dist", **{"distill.logit_standardization": True}))
+    run_spec.parse(method_config("dist", **{"distill.logit_standardization": True}))
   with pytest.raises(UserError, match="dkd split.s. the target class"):
-    config_lib.validate(method_config("dkd", **{"augment.ops": ("mixup",)}))
+    run_spec.parse(method_config("dkd", **{"augment.ops": ("mixup",)}))

@@ -151,22 +151,23 @@ def test_one_step_gradient_matches_a_single_device(strategy_factory):
     ({"augment.views": "strong=flip,cutmix"}, "mixes labels"),
 ])
 def test_mlkd_config_errors_name_the_field(overrides, match):
-  from kd_research import config as config_lib  # pylint: disable=g-import-not-at-top
+  from kd_research import run_spec  # pylint: disable=g-import-not-at-top
   from kd_research.common.errors import UserError  # pylint: disable=g-import-not-at-top
   from conftest import method_config  # pylint: disable=g-import-not-at-top
   with pytest.raises(UserError, match=match):
-    config_lib.validate(method_config("mlkd", **overrides))
+    run_spec.parse(method_config("mlkd", **overrides))
 
 
 def test_the_strong_view_comes_with_the_method_unless_configured():
+  from kd_research import run_spec  # pylint: disable=g-import-not-at-top
   from kd_research.train import resolve  # pylint: disable=g-import-not-at-top
   from conftest import method_config  # pylint: disable=g-import-not-at-top
-  config = method_config("mlkd")
-  assert resolve.run_views(config, "distill") == (("strong", ("flip", "crop", "randaugment")),)
-  assert resolve.run_views(config, "student") == ()  # labels-only runs read no views
-  config = method_config("mlkd", **{"augment.views": "strong=randaugment;extra=flip"})
-  assert resolve.run_views(config, "distill") == (("strong", ("randaugment",)),
-                                                  ("extra", ("flip",)))
+  spec = run_spec.parse(method_config("mlkd"))
+  assert resolve.run_views(spec, "distill") == (("strong", ("flip", "crop", "randaugment")),)
+  assert resolve.run_views(spec, "student") == ()  # labels-only runs read no views
+  spec = run_spec.parse(method_config("mlkd", **{"augment.views": "strong=randaugment;extra=flip"}))
+  assert resolve.run_views(spec, "distill") == (("strong", ("randaugment",)),
+                                                ("extra", ("flip",)))
 
 
 def test_run_identity_holds_the_strong_views_randaugment_layers():

@@ -120,10 +120,10 @@ def test_local_weights_file(tmp_path):
 
 
 def test_head_epochs_needs_an_application():
-  from kd_research import config as config_lib
+  from kd_research import run_spec
   with pytest.raises(UserError, match="pretrained backbone"):
-    config_lib.validate(tiny_config(**{"teacher.head_epochs": 1}))
-  config_lib.validate(load_experiment("fashion_mnist_pretrained_teacher"))
+    run_spec.parse(tiny_config(**{"teacher.head_epochs": 1}))
+  run_spec.parse(load_experiment("fashion_mnist_pretrained_teacher"))
 
 
 def test_application_teachers_expose_stage_taps_after_save_and_load(tmp_path):

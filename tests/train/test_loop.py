@@ -53,7 +53,7 @@ def test_distillation_run_writes_everything(tmp_path, teacher_file):
   assert "_hparams_/session_start_info" in acc.Tags()["tensors"]
   # distill/agreement at the last evaluation equals NumPy on the saved models.
   from kd_research.data import datasets
-  val_x = datasets.load_splits(config).validation.images
+  val_x = datasets.load_splits(datasets.data_spec(config)).validation.images
   student = keras.models.load_model(os.path.join(workdir, "model.keras"), compile=False)
   teacher = keras.models.load_model(teacher_file, compile=False)
   agree = np.mean(np.argmax(student(val_x.astype(np.float32)), 1) ==

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from kd_research import config as config_lib
+from kd_research import run_spec
 from kd_research.common.errors import UserError
 from kd_research.data import datasets
 from kd_research.methods import mutual
@@ -43,7 +43,7 @@ def test_a_cohort_trains_the_same_on_one_and_two_replicas_and_saves_each_member(
   assert results["one"]["test_accuracy"] == members[0]["test_accuracy"]
   assert results["one"]["params"] == sum(m["params"] for m in members)
   cohort = model_registry.load_keras(str(tmp_path / "one" / "model.keras"))
-  split = datasets.load_splits(config).test  # The run's test split, predicted again.
+  split = datasets.load_splits(datasets.data_spec(config)).test  # The run's test split, predicted again.
   images = np.concatenate([np.asarray(b) for b in split.image_batches(1000)])
   outputs = []
   for index, member in enumerate(members):
@@ -105,7 +105,7 @@ def test_a_cohort_is_refused_where_it_has_no_meaning(tmp_path, teacher_file):
   for bad, message in (({"student.cohort": 1}, "2 or more members"),
                        ({"teacher.cohort": 2}, "only config.student")):
     with pytest.raises(UserError, match=message):
-      config_lib.validate(tiny_config(**bad))
+      run_spec.parse(tiny_config(**bad))
   with pytest.raises(UserError, match="not distill"):
     end_to_end.train_and_evaluate(tiny_config(**{"student.cohort": 2}), str(tmp_path / "d"),
                                   "distill", DEFAULT, (teacher_file,))

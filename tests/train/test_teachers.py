@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from kd_research import config as config_lib
+from kd_research import run_spec
 from kd_research.common import metrics
 from kd_research.train import end_to_end
 from kd_research.campaign import pipeline
@@ -33,7 +34,7 @@ def three_teacher_config(**overrides):
 def multi_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("multi"))
   config = three_teacher_config(**{"distill.teacher_weights": (2.0, 1.0, 1.0)})
-  config_lib.validate(config)
+  run_spec.parse(config)
   results, table = pipeline.run(config, workdir, DEFAULT)
   return workdir, results, table
 
@@ -64,7 +65,7 @@ def test_teacher_report_matches_numpy(multi_run):
                                                           abs=1e-9)
   # The ensemble and agreement from the teachers' saved models, in NumPy.
   from kd_research.data import datasets
-  splits = datasets.load_splits(tiny_config())
+  splits = datasets.load_splits(datasets.data_spec(tiny_config()))
   images, labels = splits.test.images, splits.test.labels
   probs = []
   for stage in ("teacher", "teacher_b", "teacher_c"):
@@ -149,10 +150,10 @@ def test_stale_or_corrupt_cache_is_rebuilt(multi_run, tmp_path):
                                            ((1.0, 1.0), "2 teacher weights for 3 teachers")])
 def test_bad_teacher_weights_in_config(weights, match):
   with pytest.raises(UserError, match=match):
-    config_lib.validate(three_teacher_config(**{"distill.teacher_weights": weights}))
+    run_spec.parse(three_teacher_config(**{"distill.teacher_weights": weights}))
 
 
 def test_multi_teacher_experiment_validates():
   config = load_experiment("fashion_mnist_multi_teacher")
-  config_lib.validate(config)
+  run_spec.parse(config)
   assert len(config_lib.teacher_entries(config)) >= 3

@@ -56,10 +56,10 @@ def test_view_cache_on_two_replicas_and_shared_by_students(tmp_path, teacher_fil
 
 
 def test_dkd_with_mixed_labels_is_refused():
-  from kd_research import config as config_lib
+  from kd_research import run_spec
   from kd_research.common.errors import UserError
   with pytest.raises(UserError, match="dkd split.s. the target class"):
-    config_lib.validate(tiny_config(**{**AUGMENTED, "distill.method": "dkd"}))
+    run_spec.parse(tiny_config(**{**AUGMENTED, "distill.method": "dkd"}))
 
 
 def test_float16_views_halve_the_disk(tmp_path, teacher_file):

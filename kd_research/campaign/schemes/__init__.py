@@ -5,7 +5,7 @@ A scheme is one module of this package holding one ``Scheme`` subclass, register
 
 - ``fields``: its fields of ``config.pipeline`` ({name: (default, what it means)}); config.py
   adds them to the schema and docs/config.md lists them;
-- ``validate(config)``: its checks, run by ``config.validate`` before anything is written;
+- ``validate(config)``: its checks, run by ``run_spec.parse`` before anything is written;
 - ``teacher_stages``: the runs that make the students' teachers (a chain of teacher
   assistants or born-again generations), each a ``stages.Stage`` with its run config and
   teachers; what it runs after follows from its teachers;
