@@ -113,7 +113,7 @@ def _train(run, guard):
   teacher_arg = None
   if run.teachers:
     writer.scalars(0, evaluation.teacher_scalars(run.teachers.report))
-    teacher_arg = (run.teachers.final_temperature, config.distill.combine,
+    teacher_arg = (run.teachers.final_temperature, run.spec.distill.combine,
                    list(run.teachers.report["weights"]))
   evaluator = evaluation.Evaluator(
       strategy, run.state.model, run.splits.num_classes,

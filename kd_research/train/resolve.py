@@ -1,9 +1,9 @@
-"""Run resolution: (config, role) -> everything the driver needs, built once.
+"""Run resolution: (RunSpec, role) -> everything the driver needs, built once.
 
-``resolve`` turns a config and a role (teacher | student | distill) into the run's data,
-training state (model, optimizer, the objective's variables, checkpoint), phases with
-their objectives and teacher sources, learning-rate schedule and frozen teachers (checked
-and evaluated once, before any student step). ``end_to_end.train_and_evaluate`` and the
+``resolve`` turns a parsed config (run_spec.RunSpec) and a role (teacher | student |
+distill) into the run's data, training state (model, optimizer, the objective's variables,
+checkpoint), phases with their objectives and teacher sources, learning-rate schedule and
+frozen teachers (checked and evaluated once, before any student step). ``end_to_end.train_and_evaluate`` and the
 benchmark (tools/bench_runs.py) both build their runs here, so a bench row measures what a
 run trains.
 """
@@ -89,7 +89,7 @@ def resolve(spec, workdir, role, strategy, splits, teacher_paths, chief):
   # The full training split sets the budget: a labels-only student cycles over its subset.
   spe = splits.train.steps_per_epoch(config.global_batch_size, distribute.num_workers(strategy))
   total = entry.epochs * spe
-  distill_steps = (entry.epochs - config.distill.finetune_epochs) * spe
+  distill_steps = (entry.epochs - spec.distill.finetune_epochs) * spe
   head_steps = entry.head_epochs * spe if role == "teacher" else 0
   lr_fn = _learning_rate(spec, entry, role, total, head_steps, distill_steps)
   method = {}  # The distillation objective, built with the state (it may own variables).
@@ -122,7 +122,7 @@ def resolve(spec, workdir, role, strategy, splits, teacher_paths, chief):
   if role == "distill":  # Checked and evaluated once, before any student step.
     teachers = _teachers_once(spec, workdir, method["ensemble"], teacher_paths, splits,
                               chief, distill_steps, method["objective"].teacher_taps)
-  phases = _phases(config, role, entry, state.model, teachers, method.get("objective"),
+  phases = _phases(role, entry, state.model, teachers, method.get("objective"),
                    total, head_steps, distill_steps)
   logging.info("%s: %s %s, %d params, %d steps (%d/epoch), %d replica(s), %s.", workdir, role,
                entry.model, state.model.count_params(), total, spe,
@@ -181,13 +181,12 @@ def build_model(entry, splits, role):
 
 
 def _learning_rate(spec, entry, role, total, head_steps, distill_steps):
-  config = spec.config
   lr_fn = spec.learning_rate.over(total)
   if head_steps:
     lr_fn = optimizers.LRFactorAfter(lr_fn, head_steps, entry.finetune_lr_factor)
-  if (role == "distill" and config.distill.finetune_epochs
-      and config.distill.finetune_lr_factor != 1.0):
-    lr_fn = optimizers.LRFactorAfter(lr_fn, distill_steps, config.distill.finetune_lr_factor)
+  distill = spec.distill
+  if role == "distill" and distill.finetune_epochs and distill.finetune_lr_factor != 1.0:
+    lr_fn = optimizers.LRFactorAfter(lr_fn, distill_steps, distill.finetune_lr_factor)
   return lr_fn
 
 
@@ -195,8 +194,7 @@ def _normalised_weights(spec, num_teachers):
   return losses.normalise_weights(spec.distill.teacher_weights or None, num_teachers)
 
 
-def _phases(config, role, entry, model, teachers, objective, total, head_steps,
-            distill_steps):
+def _phases(role, entry, model, teachers, objective, total, head_steps, distill_steps):
   """The run as phases: [head warm-up,] training, or [hint,] distillation [, fine-tuning]."""
   def trainable(mode):
     return functools.partial(pretrained.set_trainable, model, mode, entry.unfreeze_top,
@@ -235,7 +233,7 @@ def _teachers_once(spec, workdir, ensemble, paths, splits, chief, distill_steps,
   weights = list(spec.distill.teacher_weights) or None
   cache_dir = config.run.cache_dir or os.path.join(workdir, "teacher_cache")
   outputs = {}
-  for split in ("validation", "test") + (("train",) if config.distill.cache_teacher else ()):
+  for split in ("validation", "test") + (("train",) if spec.distill.cache_teacher else ()):
     data = getattr(splits, split)
     split_taps = taps if split == "train" else ()
     if split == "train":
@@ -247,12 +245,12 @@ def _teachers_once(spec, workdir, ensemble, paths, splits, chief, distill_steps,
             cache_dir, ensemble, data, augmentation(spec, seed, splits, "distill"), seed,
             distill_steps, config.global_batch_size,
             view_cache.fingerprint(paths, data, config, seed, distill_steps, taps), taps,
-            write=chief, dtype=config.distill.cache_dtype,
+            write=chief, dtype=spec.distill.cache_dtype,
             steps_per_epoch=data.steps_per_epoch(config.global_batch_size),
-            topk=config.distill.cache_topk)
+            topk=spec.distill.cache_topk)
         continue
     digest = teacher_cache.fingerprint(paths, data, config.mixed_precision,
-                                       config.distill.combine, split_taps)
+                                       spec.distill.combine, split_taps)
     # A streamed training split's cache stays in files, read per batch (O(batch) memory).
     load = (teacher_cache.load_or_compute_rows
             if split == "train" and not isinstance(data, splits_lib.ArraySplit)
