@@ -33,6 +33,9 @@ class AttentionTransfer(base.FeatureMethod):
   name, order = "at", 4
   defaults = dict(weight=1000.0, p=2.0)
   reference = "RepDistiller scripts/run_cifar_distill.sh"
+  field_docs = dict(
+      weight="weight of the attention-transfer loss (beta)",
+      p="power of the attention map: sum over channels of |A|^p")
 
   def __init__(self, weight, ce_weight, teacher_weights, pairs, p=2.0):
     super().__init__(weight, ce_weight, teacher_weights, pairs)

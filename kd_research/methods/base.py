@@ -28,6 +28,10 @@ from kd_research.methods import losses
 from kd_research.models import taps as taps_lib
 
 REGISTERED = {}  # name -> Method subclass, filled by @register
+# What the tap fields of the methods that read one pair of taps mean (their field_docs).
+TAP_DOCS = dict(
+    student_tap="student tap: a layer name, or pooled / last_stage / middle_stage",
+    teacher_tap="teacher tap: the same names, on every teacher")
 TEACHER_FREE = {}  # name -> Objective of labels-only runs, filled by @register_teacher_free
 
 
@@ -198,6 +202,7 @@ class Method(Objective):
   order = 100           # position in a combination and in listings
   defaults = None       # config.distill.<name> (None: the method has no section)
   reference = ""        # where the defaults come from
+  field_docs = None     # {field of defaults: what it means} (docs/config.md's tables)
   # Capabilities, read by the config checks and the tools (no list of names elsewhere):
   ctkd_modifies = False         # CTKD's learnable temperature may replace its T (ctkd.py)
   standardizes_logits = False   # config.distill.logit_standardization applies to it

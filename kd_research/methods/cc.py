@@ -50,6 +50,11 @@ class CC(base.RelationalMethod):
   defaults = dict(weight=100.0, gamma=0.4, taylor_order=2, student_tap="pooled",
                   teacher_tap="pooled")
   reference = "Peng et al. 2019 eq. 7; torchdistill CCKDLoss (gamma 0.4, P 2)"
+  field_docs = dict(
+      weight="weight of the correlation-congruence loss",
+      gamma="gamma of the Gaussian RBF kernel between embeddings",
+      taylor_order="P: order of the kernel's Taylor expansion",
+      **base.TAP_DOCS)
 
   def __init__(self, weight, ce_weight, teacher_weights, pairs, gamma=0.4, taylor_order=2):
     super().__init__(weight, ce_weight, teacher_weights, pairs)

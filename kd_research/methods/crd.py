@@ -104,6 +104,14 @@ class CRD(base.FeatureMethod):
                   momentum=0.5, negative_sampling="other_class", student_tap="pooled",
                   teacher_tap="pooled")
   reference = "RepDistiller scripts/run_cifar_distill.sh, mdistiller configs/cifar100/crd"
+  field_docs = dict(
+      weight="weight of the contrastive loss",
+      feature_dim="dimension of the embedding heads",
+      negatives="negatives drawn per example from the memory banks",
+      temperature="NCE temperature",
+      momentum="momentum of the memory-bank update",
+      negative_sampling="other_class (RepDistiller's exact mode) or uniform (needs no labels)",
+      **base.TAP_DOCS)
 
   def __init__(self, weight, ce_weight, teacher_weights, pairs, num_examples, global_batch_size,
                feature_dim=128, negatives=16384, temperature=0.07, momentum=0.5, seed=0,

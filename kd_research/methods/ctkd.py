@@ -28,6 +28,13 @@ from kd_research.common.errors import UserError
 DEFAULTS = dict(enabled=False, t_start=1.0, t_range=20.0, init=1.0, lambda_max=1.0,
                 decay_epochs=10)
 REFERENCE = "github zhengli97/CTKD scripts/run_cifar_distill.sh, models/temp_global.py"
+FIELD_DOCS = dict(
+    enabled="true: the method's temperature becomes CTKD's learnable one",
+    t_start="lowest temperature: T = t_start + t_range * sigmoid(v)",
+    t_range="range of the temperature above t_start (the reference's t_end)",
+    init="initial value of v (1: T starts at t_start + 0.731 t_range)",
+    lambda_max="largest strength of the gradient reversal",
+    decay_epochs="epochs of the cosine curriculum that raises the strength to lambda_max")
 
 
 def curriculum(step, steps_per_epoch, lambda_max, decay_epochs):

@@ -46,6 +46,11 @@ class DIST(base.TeacherWeighted):
   defaults = dict(weight=2.0, beta=1.0, gamma=1.0, temperature=1.0)
   reference = ("hunto/DIST_KD configs/strategies/distill/dist_cifar.yaml, resnet_dist.yaml "
                "(kd_loss_weight 2); lib/models/losses/kd_loss.py (dist: tau 1)")
+  field_docs = dict(
+      weight="weight of the DIST loss",
+      beta="weight of the inter-class (per-example) relation",
+      gamma="weight of the intra-class (per-class) relation",
+      temperature="tau: temperature of both softmaxes")
 
   def __init__(self, weight, beta, gamma, tau, ce_weight, teacher_weights):
     super().__init__(weight, ce_weight, teacher_weights)

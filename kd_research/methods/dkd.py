@@ -38,6 +38,11 @@ class DKD(ctkd.OwnsTemperature, base.TeacherWeighted):
   ctkd_modifies = standardizes_logits = splits_target_class = True
   defaults = dict(alpha=1.0, beta=8.0, temperature=4.0, warmup_epochs=20)
   reference = "mdistiller configs/cifar100/dkd"
+  field_docs = dict(
+      alpha="weight of the target-class term (TCKD)",
+      beta="weight of the non-target-class term (NCKD)",
+      temperature="temperature of both terms",
+      warmup_epochs="epochs over which the DKD loss ramps in linearly")
 
   def __init__(self, alpha, beta, temperature, warmup_steps, ce_weight, teacher_weights,
                standardize=False):

@@ -32,6 +32,12 @@ class FitNets(base.OwnsModules, base.FeatureMethod):
   defaults = dict(weight=100.0, student_tap="middle_stage", teacher_tap="middle_stage",
                   hint_epochs=0, connector="reference")
   reference = "RepDistiller scripts/run_cifar_distill.sh"
+  field_docs = dict(
+      weight="weight of the hint (regression) loss",
+      **base.TAP_DOCS,
+      hint_epochs="epochs of the hint stage alone, before distillation (0: none)",
+      connector="reference (ConvReg: conv -> BN -> ReLU) or resize (bilinear resize, then "
+                "ConvReg's 1x1 conv -> BN -> ReLU)")
 
   def __init__(self, weight, ce_weight, teacher_weights, pairs,
                connector_fn=connectors.connector, hint_epochs=0):

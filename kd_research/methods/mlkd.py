@@ -132,6 +132,16 @@ class MLKD(base.Method):
                   mask="reference", instance_weight=1.0, batch_weight=1.0, class_weight=1.0)
   reference = ("github Jin-Ying/Multi-Level-Logit-Distillation KD_ours.py, mdistiller "
                "engine/cfg.py (CFG.KD.LOSS)")
+  field_docs = dict(
+      view="name of the strong view it reads",
+      view_ops="the strong view's ops, unless config.augment.views defines the view",
+      temperatures="the temperatures each level is computed at",
+      weight="weight of the multi-level terms",
+      ce_weight="weight of CE on the weak and the strong view",
+      mask="reference (the masked share scales each term) or select (masked rows only)",
+      instance_weight="weight of the instance level (KL per example)",
+      batch_weight="weight of the batch level (B x B Gram matrices)",
+      class_weight="weight of the class level (C x C class correlations)")
 
   def __init__(self, view, temperatures, weight, ce_weight, teacher_weights, mask="reference",
                standardize=False, level_weights=(1.0, 1.0, 1.0)):

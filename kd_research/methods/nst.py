@@ -40,6 +40,8 @@ class NST(base.FeatureMethod):
   name, order = "nst", 12
   defaults = dict(weight=50.0)
   reference = "mdistiller engine/cfg.py, distillers/NST.py"
+  field_docs = dict(
+      weight="weight of the NST (polynomial-kernel MMD) loss")
 
   @classmethod
   def from_config(cls, ctx):

@@ -80,6 +80,9 @@ class OFD(base.OwnsModules, base.FeatureMethod):
   name, order = "ofd", 9
   defaults = dict(weight=0.001, kernel_size=1)
   reference = "mdistiller engine/cfg.py, distillers/OFD.py"
+  field_docs = dict(
+      weight="weight of the partial L2 feature loss",
+      kernel_size="kernel size of the student -> teacher connector conv")
 
   def __init__(self, weight, ce_weight, teacher_weights, pairs, margins, kernel_size=1):
     super().__init__(weight, ce_weight, teacher_weights, pairs)

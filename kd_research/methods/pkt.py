@@ -27,6 +27,9 @@ class PKT(base.RelationalMethod):
   name, order = "pkt", 6
   defaults = dict(weight=30000.0, student_tap="pooled", teacher_tap="pooled")
   reference = "RepDistiller scripts/run_cifar_distill.sh"
+  field_docs = dict(
+      weight="weight of the probabilistic knowledge-transfer loss",
+      **base.TAP_DOCS)
 
   def relation(self, s_local, t_local, s_global, t_global, offset):
     return pkt(s_local, t_local, s_global, t_global)

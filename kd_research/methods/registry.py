@@ -72,6 +72,14 @@ def parse(method):
   return tuple(sorted(requested, key=known.index))
 
 
+def field_docs():
+  """{section: {field: meaning}} of config.distill's per-method sections (and CTKD's)."""
+  docs = {name: dict(cls.field_docs or {}) for name, cls in methods().items()
+          if cls.defaults is not None}
+  docs[MODIFIER] = dict(ctkd.FIELD_DOCS)
+  return docs
+
+
 def section_names():
   """The names of config.distill's per-method sections (and the CTKD modifier's)."""
   return tuple(defaults())

@@ -82,6 +82,10 @@ class ReviewKD(base.OwnsModules, base.FeatureMethod):
   name, order = "reviewkd", 10
   defaults = dict(weight=5.0, warmup_epochs=20, max_mid_channels=512)
   reference = "mdistiller configs/cifar100/reviewkd.yaml, engine/cfg.py"
+  field_docs = dict(
+      weight="weight of the hierarchical context loss",
+      warmup_epochs="epochs over which the loss ramps in linearly",
+      max_mid_channels="largest channel count of the fusion modules")
 
   def __init__(self, weight, ce_weight, teacher_weights, pairs, warmup_steps, max_mid=512):
     super().__init__(weight, ce_weight, teacher_weights, pairs)

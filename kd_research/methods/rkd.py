@@ -59,6 +59,11 @@ class RKD(base.RelationalMethod):
   defaults = dict(weight=1.0, distance=25.0, angle=50.0, student_tap="pooled",
                   teacher_tap="pooled")
   reference = "RepDistiller scripts/run_cifar_distill.sh"
+  field_docs = dict(
+      weight="weight of the relational loss",
+      distance="weight of the distance term",
+      angle="weight of the angle term",
+      **base.TAP_DOCS)
 
   def __init__(self, weight, ce_weight, teacher_weights, pairs, distance_weight=25.0,
                angle_weight=50.0):

@@ -24,6 +24,9 @@ class SP(base.RelationalMethod):
   name, order = "sp", 7
   defaults = dict(weight=3000.0, student_tap="last_stage", teacher_tap="last_stage")
   reference = "RepDistiller scripts/run_cifar_distill.sh"
+  field_docs = dict(
+      weight="weight of the similarity-preserving loss",
+      **base.TAP_DOCS)
 
   def relation(self, s_local, t_local, s_global, t_global, offset):
     return sp(s_local, t_local, s_global, t_global)

@@ -52,6 +52,10 @@ class VID(base.OwnsModules, base.FeatureMethod):
   name, order = "vid", 11
   defaults = dict(weight=1.0, init_variance=5.0, eps=1e-5)
   reference = "mdistiller engine/cfg.py, distillers/VID.py"
+  field_docs = dict(
+      weight="weight of the variational information loss",
+      init_variance="initial variance of each teacher channel",
+      eps="smallest variance (added to softplus)")
 
   def __init__(self, weight, ce_weight, teacher_weights, pairs, init_variance=5.0, eps=1e-5):
     super().__init__(weight, ce_weight, teacher_weights, pairs)

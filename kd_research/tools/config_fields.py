@@ -68,8 +68,9 @@ SECTIONS = (
 METHODS_INTRO = """## Method sections: `distill.<name>`
 
 `--config.distill.method=NAME` (several: `kd,at`) picks the methods; each method's fields
-live in its own section. What each method computes, the taps it reads and every departure
-from its reference: docs/methods.md."""
+live in its own section, documented by the method itself (its `defaults` and `field_docs`).
+What each method computes, the taps it reads and every departure from its reference:
+docs/methods.md."""
 
 FIELDS = {
     # Top level.

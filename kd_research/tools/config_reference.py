@@ -100,23 +100,36 @@ def _section_rows(fields, section):
 
 
 def _method_sections():
-  """One table per method section (and the CTKD modifier's), with where its defaults come
-  from; what each field means is in the method's module docstring and docs/methods.md."""
+  """One table per method section (and the CTKD modifier's): each field's default and
+  meaning (the method's ``field_docs``), and where the defaults come from."""
   methods = method_registry.methods()
+  docs = method_registry.field_docs()
   out = []
   for name, section in method_registry.defaults().items():
     reference = methods[name].reference if name in methods else ctkd.REFERENCE
-    lines = [f"### `distill.{name}`", "", f"Defaults from: {reference or 'this project'}.",
-             "", "| field | default |", "|---|---|"]
-    lines += [f"| `distill.{name}.{field}` | `{format_default(value)}` |"
-              for field, value in section.items()]
-    out.append("\n".join(lines))
+    rows = [(f"distill.{name}.{field}", value, docs[name].get(field, ""))
+            for field, value in section.items()]
+    out.append("\n".join([f"### `distill.{name}`", "",
+                          f"Defaults from: {reference or 'this project'}.", "",
+                          _table(rows)]))
   return out
+
+
+def check_method_docs():
+  """UserError naming every method field without a meaning, or a meaning without a field."""
+  docs = method_registry.field_docs()
+  bad = []
+  for name, section in method_registry.defaults().items():
+    bad += [f"distill.{name}.{f}" for f in set(section) ^ set(docs[name])]
+  if bad:
+    raise UserError(f"Method fields without a meaning in their method's field_docs (or "
+                    f"meanings of no field): {', '.join(sorted(bad))}.")
 
 
 def markdown():
   """The whole page."""
   check_descriptions()
+  check_method_docs()
   fields = schema_fields()
   parts = [config_fields.INTRO.format(command=COMMAND)]
   for section, title, text in config_fields.SECTIONS:

@@ -22,7 +22,8 @@ def test_every_field_is_described_with_the_schema_default():
   text = config_reference.markdown()
   flat = config_lib.flatten(config_lib.base_config().to_dict())
   assert "| `global_batch_size` | `128` |" in text
-  assert f"| `distill.dkd.beta` | `{flat['distill.dkd.beta']!r}` |" in text
+  assert (f"| `distill.dkd.beta` | `{flat['distill.dkd.beta']!r}` | weight of the "
+          "non-target-class term (NCKD) |") in text
   for field in config_reference.schema_fields():
     assert f"| `{field}` |" in text
   assert "| `model.cohort` | `0` |" in text and "| `schedule.kind` | `constant` |" in text
@@ -42,3 +43,15 @@ def test_a_field_without_a_description_or_a_stale_one_is_refused(monkeypatch, tm
   assert config_reference.main(["--check", "--output", str(stale)]) == 1
   assert config_reference.main(["--output", str(stale)]) == 0
   assert config_reference.main(["--check", "--output", str(stale)]) == 0
+
+
+def test_a_method_field_without_a_meaning_is_refused(monkeypatch):
+  """Each method documents its own fields (field_docs beside defaults): one missing, or
+  one left after its field went, names the field."""
+  from kd_research.methods import dkd  # pylint: disable=g-import-not-at-top
+  docs = dict(dkd.DKD.field_docs)
+  del docs["beta"]
+  docs["gamma"] = "no such field"
+  monkeypatch.setattr(dkd.DKD, "field_docs", docs)
+  with pytest.raises(UserError, match=r"distill\.dkd\.beta, distill\.dkd\.gamma"):
+    config_reference.markdown()
