@@ -114,7 +114,8 @@ FIELDS = {
                     "(the CIFAR-100 protocol's 5e-4)",
     # Model entries (teacher, student, extra_teachers.NAME).
     "model.model": "a registered family (resnet_article, cnn_article, mlp, the CIFAR family "
-                   "resnet20 ... wrn_40_2, vgg13, the ImageNet family resnet18 ..., "
+                   "resnet20 ... wrn_40_2, vgg13, the ImageNet family resnet18 ..., the "
+                   "vision transformers deit_tiny ... deit_base[_distilled], vit_mini[_distilled], "
                    "keras.applications backbones) or the user's package.module:function",
     "model.width": "0: the model's default; the CIFAR family scales every channel count by "
                    "width / default",
