@@ -155,7 +155,7 @@ FIELDS = {
                      "NAME=OPS;... (MLKD's own strong view needs no entry)",
     # distill
     "distill.method": "the registered methods, one or several: kd, dkd, dist, mlkd, "
-                      "fitnets, at, rkd, pkt, sp, crd, ofd, reviewkd, vid, nst, cc; 'kd,at'",
+                      "fitnets, at, rkd, pkt, sp, crd, ofd, reviewkd, vid, nst, cc, deit; 'kd,at'",
     "distill.ce_weight": "CE weight of the methods beyond kd (kd weighs it 1 - alpha)",
     "distill.logit_standardization": "Sun et al. 2024: z-scored logits (kd, dkd, mlkd)",
     "distill.combine": "several teachers: prob_mean | logit_mean | kl_sum",
