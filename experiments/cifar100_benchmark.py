@@ -167,6 +167,7 @@ def get_config(arg="resnet32x4_resnet8x4"):
     c.global_batch_size = 16
     c.run.eval_batch_size = 32
     c.run.steps_per_loop = 5
+    c.run.latency_repeats = 2  # A smoke test: its latency figures are not read.
     c.run.eval_every_epochs = 1
     c.teacher = config_lib.model_config("resnet8x4", width=4, epochs=1, seed=0)
     c.student = config_lib.model_config("resnet8x4", width=2, epochs=2, seed=0)

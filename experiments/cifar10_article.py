@@ -60,6 +60,7 @@ def get_config(arg=None):
     c.teacher = config_lib.model_config("resnet_article", width=4, epochs=1, seed=0)
     c.student = config_lib.model_config("cnn_article", width=4, epochs=1, seed=0)
     c.run.steps_per_loop = 5
+    c.run.latency_repeats = 2  # A smoke test: its latency figures are not read.
     # A smoke test of the pipeline: one epoch of a width-4 teacher is not expected to
     # beat chance, so the teacher check is waived on purpose.
     c.run.allow_weak_teacher = True

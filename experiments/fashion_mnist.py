@@ -56,6 +56,7 @@ def get_config(arg=None):
     c.teacher = config_lib.model_config("mlp", width=64, epochs=2, seed=0)
     c.student = config_lib.model_config("mlp", width=32, epochs=2, seed=0)
     c.run.steps_per_loop = 10
+    c.run.latency_repeats = 2  # A smoke test: its latency figures are not read.
     c.run.log_every_steps = 10
     c.run.checkpoint_every_steps = 20
   return config_lib.finalize(c)

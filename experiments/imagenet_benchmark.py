@@ -132,6 +132,7 @@ def get_config(arg="resnet34_resnet18"):
     c.optimizer.learning_rate = learning_rate(c.global_batch_size)
     c.run.eval_batch_size = 24
     c.run.steps_per_loop = 2
+    c.run.latency_repeats = 2  # A smoke test: its latency figures are not read.
     c.teacher = config_lib.model_config("resnet18", width=8, epochs=1, seed=0)
     c.student = config_lib.model_config("mobilenetv1", width=4, epochs=1, seed=0)
     c.distill.dkd.warmup_epochs = 1

@@ -186,6 +186,7 @@ def _shrink_to_tiny(c):
   c.global_batch_size = 64
   c.run.eval_batch_size = 128
   c.run.steps_per_loop = 10
+  c.run.latency_repeats = 2  # Its latency figures are not read.
   c.teacher = config_lib.model_config("resnet_article", width=4, epochs=1, seed=0)
   c.student = config_lib.model_config("cnn_article", width=4, epochs=1, seed=0)
   c.pipeline.seeds = (0, 1)

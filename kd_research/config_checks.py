@@ -66,7 +66,7 @@ def bookkeeping(config):
   """config.run, config.distribution and the pipeline's seeds."""
   run, dist = config.run, config.distribution
   for field in ("eval_batch_size", "steps_per_loop", "log_every_steps", "checkpoint_every_steps",
-                "keep_checkpoints", "eval_every_epochs"):
+                "keep_checkpoints", "eval_every_epochs", "latency_repeats"):
     need(run[field] >= 1, f"config.run.{field} must be a positive integer, got {run[field]}.")
   need(run.checkpoint_every_seconds >= 0,
         f"config.run.checkpoint_every_seconds must be >= 0, got {run.checkpoint_every_seconds}.")

@@ -179,6 +179,9 @@ FIELDS = {
     "run.eval_every_epochs": "validation every N epochs",
     "run.steps_per_loop": "steps per tf.function call",
     "run.eval_batch_size": "rounded up to a multiple of the replica count",
+    "run.latency_repeats": "timed inference passes (after as many warm-up passes, at most 3) "
+                           "behind results.json's ms/batch: their median; smoke presets time "
+                           "few",
     "run.jit_compile": "XLA for the forward and backward pass (a GPU option; slower on CPU)",
     "run.data_threads": "tf.data's private thread pool (0: TF's default)",
     "run.stability_ops": "the teacher-stability probe's augmentation (empty: off)",

@@ -122,6 +122,7 @@ def _results(config, splits, student, teacher, steps, seconds, trainer):
       test_accuracy=test["accuracy"], test_loss=test["loss"], test_count=test["count"],
       test=test, validation_accuracy=validation["accuracy"], steps=steps,
       epochs=config.student.epochs, train_seconds=seconds,
-      ms_per_batch_128=timing.inference_ms_per_batch(student, splits.input_shape, 128),
+      ms_per_batch_128=timing.inference_ms_per_batch(student, splits.input_shape, 128,
+                                                     config.run.latency_repeats),
       replicas=1, dataset=config.dataset, machine=machine.describe(), method="kd",
       teacher_test_accuracy=teacher_test["accuracy"])

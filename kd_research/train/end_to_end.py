@@ -200,6 +200,7 @@ def _final_results(run, evaluator, last_validation):
   validation = (last_validation["result"] if last_validation.get("step") == step
                 else _evaluate(run, evaluator, "validation"))
   model, shape, entry = run.state.model, run.splits.input_shape, run.entry
+  repeats = run.config.run.latency_repeats
   extra = run.state.extra.variables_list
   results = results_lib.ResultsRecord(
       role=run.role, model=entry.model, width=entry.width, seed=entry.seed,
@@ -207,8 +208,8 @@ def _final_results(run, evaluator, last_validation):
       test_loss=test["loss"], test_count=test["count"], test=test,
       validation_accuracy=validation["accuracy"], steps=step, epochs=entry.epochs,
       train_seconds=float(run.state.train_seconds.numpy()),
-      ms_per_batch_128=timing.inference_ms_per_batch(model, shape, 128),
-      ms_per_batch_1=timing.inference_ms_per_batch(model, shape, 1),
+      ms_per_batch_128=timing.inference_ms_per_batch(model, shape, 128, repeats),
+      ms_per_batch_1=timing.inference_ms_per_batch(model, shape, 1, repeats),
       replicas=run.strategy.num_replicas_in_sync, dataset=run.config.dataset,
       workdir=os.path.abspath(run.workdir), machine=machine.describe(),
       # Connectors and other objective variables: trained, never exported.

@@ -171,6 +171,7 @@ def evaluate_saved_run(config, workdir, strategy):
                         eval_batch_size(config.run.eval_batch_size, strategy))
   result = evaluator(splits.test)
   result["test_accuracy"], result["test_count"] = result["accuracy"], result["count"]
-  result["ms_per_batch_128"] = timing.inference_ms_per_batch(model, splits.input_shape)
+  result["ms_per_batch_128"] = timing.inference_ms_per_batch(
+      model, splits.input_shape, repeats=config.run.latency_repeats)
   fileio.atomic_write_json(os.path.join(workdir, "eval.json"), result)
   return result

@@ -96,10 +96,10 @@ def test_bad_section_values_are_refused():
     run_spec.parse(tiny_config(**{"distill.method": "deit", "distill.deit.alpha": 1.5}))
 
 
-@pytest.mark.parametrize("kind", ["hard", "soft"])
+@pytest.mark.parametrize("kind", ["soft"])  # 'hard': the replica test below runs it
 def test_a_distilled_vit_student_learns_from_a_teacher(tmp_path, teacher_file, kind):
   """vit_mini_distilled (width 16) distilled from the session's MLP teacher for one epoch:
-  the run logs the deit terms, evaluates the averaged heads and saves both."""
+  the run evaluates the averaged heads and records the section."""
   config = tiny_config(**{"student.model": "vit_mini_distilled", "student.width": 16,
                           "student.epochs": 1, "distill.method": "deit",
                           "distill.deit.type": kind})
