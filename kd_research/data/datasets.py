@@ -1,8 +1,8 @@
 """A dataset's train / validation / test splits, its transfer set, and the array streams.
 
-``load_splits`` opens ``config.dataset`` (a built-in name, loaded into memory, or a spec
-such as ``folder:PATH`` that streams from files; see sources.py) and carves the
-validation split from the training set. Each split is a data/splits.py object with one
+``load_splits`` opens the dataset of a ``DataSpec`` (``data_spec(config)``, parsed once:
+config.dataset, a built-in name loaded into memory or a spec such as ``folder:PATH`` that
+streams from files, see sources.py) and carves the validation split from the training set. Each split is a data/splits.py object with one
 face for the training and evaluation streams, whatever holds the examples.
 """
 
@@ -71,28 +71,27 @@ def open_source(data):
 def load_splits(data):
   """Opens the dataset of ``data`` (a DataSpec) and carves the validation split from the
   training set."""
-  config = data  # The split sizes keep their config names in the messages below.
   opened = open_source(data)
   n = opened.train.num_examples
-  if config.validation_size >= n:
-    raise UserError(f"config.validation_size={config.validation_size} leaves no training data: "
-                    f"{config.dataset} has {n} training examples.")
-  validation, train = opened.train.carve(config.validation_size, config.validation_seed)
-  if config.train_size:
-    if config.train_size > train.num_examples:
-      raise UserError(f"config.train_size={config.train_size} is larger than the "
+  if data.validation_size >= n:
+    raise UserError(f"config.validation_size={data.validation_size} leaves no training data: "
+                    f"{data.dataset} has {n} training examples.")
+  validation, train = opened.train.carve(data.validation_size, data.validation_seed)
+  if data.train_size:
+    if data.train_size > train.num_examples:
+      raise UserError(f"config.train_size={data.train_size} is larger than the "
                       f"{train.num_examples} training examples left after the validation "
                       "split.")
-    train = train.head(config.train_size)
+    train = train.head(data.train_size)
   test = opened.test
-  if config.test_size:
-    if config.test_size > test.num_examples:
-      raise UserError(f"config.test_size={config.test_size} is larger than the test split "
+  if data.test_size:
+    if data.test_size > test.num_examples:
+      raise UserError(f"config.test_size={data.test_size} is larger than the test split "
                       f"({test.num_examples} examples).")
-    test = test.head(config.test_size)
-  if train.num_examples < config.global_batch_size:
+    test = test.head(data.test_size)
+  if train.num_examples < data.global_batch_size:
     raise UserError(f"Only {train.num_examples} training examples, fewer than one global "
-                    f"batch (config.global_batch_size={config.global_batch_size}).")
+                    f"batch (config.global_batch_size={data.global_batch_size}).")
   return Splits(train=train, validation=validation, test=test, num_classes=opened.num_classes,
                 input_shape=tuple(train.example_shape), source=opened.source,
                 classes=tuple(opened.classes), skipped=dict(opened.skipped))

@@ -57,6 +57,7 @@ def train_and_evaluate(config, workdir, role, strategy, teacher_paths=(), overwr
     logging.info("Precision: %s (%s: %s).", choice.used, choice.requested, choice.reason)
   if choice.requested != choice.used:
     config = config_lib.replaced(config, mixed_precision=choice.used)
+  spec = run_spec.parse(config)  # Checked before anything is written.
   identity = workdir_lib.run_identity(config, role, teacher_paths)
   if chief:
     fileio.check_writable(workdir)
@@ -67,7 +68,6 @@ def train_and_evaluate(config, workdir, role, strategy, teacher_paths=(), overwr
                    finished["test_accuracy"])
       return finished
     _check_strategy(config, strategy)
-    spec = run_spec.parse(config)
     splits = datasets.load_splits(spec.data)
     if chief and splits.classes:  # A file source: which label is which class.
       fileio.atomic_write_json(os.path.join(workdir, CLASSES_FILE),
