@@ -85,6 +85,9 @@ def base_config():
   c.deterministic = False        # enable_op_determinism (slower, bit-exact resume)
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adam", momentum=0.9, weight_decay=0.0,
+      # False: weight_decay spares biases, norm scales and offsets, a ViT's tokens and
+      # position embeddings (timm's and DeiT's rule for transformers).
+      decay_norms_biases_tokens=True,
       # Coupled L2: l2 * w added to the gradient, as PyTorch SGD's weight_decay (the
       # CIFAR-100 protocol's 5e-4); weight_decay above is decoupled (AdamW-style).
       l2=0.0,

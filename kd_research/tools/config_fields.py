@@ -110,6 +110,9 @@ FIELDS = {
     "optimizer.name": "adam | adamw | sgd",
     "optimizer.momentum": "SGD's momentum",
     "optimizer.weight_decay": "decoupled weight decay (AdamW-style)",
+    "optimizer.decay_norms_biases_tokens": "false: weight_decay spares biases, norm scales "
+                                           "and offsets, ViT tokens and position embeddings "
+                                           "(timm's rule; coupled l2 is not affected)",
     "optimizer.l2": "coupled L2: l2 * w added to the gradient, PyTorch SGD's weight_decay "
                     "(the CIFAR-100 protocol's 5e-4)",
     # Model entries (teacher, student, extra_teachers.NAME).

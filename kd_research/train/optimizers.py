@@ -11,6 +11,12 @@ the dominant communication cost of a multi-GPU step.
 import keras
 import tensorflow as tf
 
+# Variable names that ``decay_norms_biases_tokens=False`` spares from weight decay (matched
+# in the variable's name): biases, BatchNorm / LayerNorm scales and offsets, a ViT's class
+# and distillation tokens and position embeddings (models/vit.py): timm's rule of no decay
+# on 1-D parameters and on ``no_weight_decay()`` names.
+NO_DECAY_NAMES = ("bias", "gamma", "beta", "tokens", "positions")
+
 
 class LRFactorAfter:
   """lr(step) = base(step) * (factor once step >= warmup_steps): lower LR after unfreezing."""
@@ -53,6 +59,8 @@ def make_optimizer(opt_cfg, lr_schedule, loss_scale=None):
     optimizer = keras.optimizers.AdamW(lr, weight_decay=opt_cfg.weight_decay)
   else:
     optimizer = keras.optimizers.SGD(lr, momentum=opt_cfg.momentum, weight_decay=decay)
+  if decay and not opt_cfg.decay_norms_biases_tokens:
+    optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_NAMES))
   apply_gradients_as_given(optimizer)
   if loss_scale is None:
     return optimizer

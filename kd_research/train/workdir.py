@@ -62,6 +62,8 @@ def run_identity(config, role, teacher_paths=()):
     identity.pop("data")
   if not config.optimizer.l2:  # Runs from before the coupled L2 option keep their identity.
     identity["optimizer"].pop("l2")
+  if config.optimizer.decay_norms_biases_tokens:  # The default: older runs' identity holds.
+    identity["optimizer"].pop("decay_norms_biases_tokens")
   method_views = ([ops for _, ops in methods_lib.views_read(
       methods_lib.parse(config.distill.method), config.distill).values()]
                   if role == "distill" else [])
