@@ -47,6 +47,7 @@ from keras import ops
 from kd_research.common.errors import UserError
 from kd_research.models import imagenet
 from kd_research.models import parts
+from kd_research.models import pytorch_layers
 from kd_research.models import registry
 
 LN_EPSILON = 1e-6  # timm's partial(nn.LayerNorm, eps=1e-6)
@@ -157,12 +158,10 @@ def vision_transformer(input_shape, num_classes, width, depth, heads, patch, dis
   grid = (height // patch, wide // patch)
   num_tokens = 2 if distilled else 1
   inputs, x = imagenet.normalised_input(input_shape)
+  bound = 1.0 / math.sqrt(patch * patch * input_shape[-1])  # PyTorch's Conv2d bias init
   x = keras.layers.Conv2D(width, patch, strides=patch, name="patch_embed",
-                          kernel_initializer=keras.initializers.VarianceScaling(
-                              1.0 / 3.0, "fan_in", "uniform"),
-                          bias_initializer=keras.initializers.RandomUniform(
-                              -1.0 / math.sqrt(patch * patch * input_shape[-1]),
-                              1.0 / math.sqrt(patch * patch * input_shape[-1])))(x)
+                          kernel_initializer=pytorch_layers.conv_initializer("default"),
+                          bias_initializer=keras.initializers.RandomUniform(-bound, bound))(x)
   x = TokensAndPositions(num_tokens, name="tokens")(keras.layers.Reshape((-1, width))(x))
   for i in range(depth):
     x = _block(x, heads, drop_path_rate * i / max(depth - 1, 1), i + 1)
