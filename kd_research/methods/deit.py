@@ -33,14 +33,6 @@ TYPES = ("hard", "soft", "none")
 DIST_HEAD = "head_dist"  # the distillation token's head (models/vit.py)
 
 
-def smoothed_targets(labels, num_classes, smoothing):
-  """The label distribution (1 - eps) y + eps / C of integer or distribution labels."""
-  labels = tf.convert_to_tensor(labels)
-  if labels.shape.rank == 1:
-    labels = tf.one_hot(tf.cast(labels, tf.int32), num_classes)
-  return tf.cast(labels, tf.float32) * (1.0 - smoothing) + smoothing / num_classes
-
-
 def soft_distillation(dist_logits, teacher_logits, temperature):
   """Per example KL(softmax(t / T) || softmax(d / T)) T^2 / C (DeiT's 'soft')."""
   t = base.f32(temperature)
@@ -104,7 +96,7 @@ class DeiT(base.Method):
   def terms(self, batch, student, teacher, step):
     del step
     logits, dist = student["logits"], student["features"][DIST_HEAD]
-    targets = smoothed_targets(batch["label"], logits.shape[-1], self.label_smoothing)
+    targets = losses.smoothed_targets(batch["label"], logits.shape[-1], self.label_smoothing)
     ce = base.labelled_cross_entropy(dict(batch, label=targets), logits)
     if self.kind == "none":
       return {"total": ce, "distill": tf.zeros_like(ce), "ce": ce}

@@ -36,6 +36,15 @@ def cross_entropy(logits, labels):
   return tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32), logits)
 
 
+def smoothed_targets(labels, num_classes, smoothing):
+  """The label distribution (1 - eps) y + eps / C of integer or distribution labels (label
+  smoothing as timm's LabelSmoothingCrossEntropy and its mixup targets apply it)."""
+  labels = tf.convert_to_tensor(labels)
+  if labels.shape.rank == 1:
+    labels = tf.one_hot(tf.cast(labels, tf.int32), num_classes)
+  return _f32(labels) * (1.0 - smoothing) + smoothing / num_classes
+
+
 def kl_to_probs(student_logits, teacher_probs, temperature):
   """Per-example KL(p_teacher || softmax(student / T)) for an already softened teacher."""
   teacher_probs = _f32(teacher_probs)

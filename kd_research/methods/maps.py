@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from kd_research.common.errors import UserError
 from kd_research.models import taps as taps_lib
+from kd_research.models import vit
 
 
 def _pool_matrix(size_in, size_out):
@@ -78,13 +79,25 @@ def stage_pairs(student, teacher, method):
   n = min(len(s_stages), len(t_stages))
   if not n:
     raise UserError(f"config.distill.method={method} needs feature maps: the student and the "
-                    "teacher must both have stage taps (stage1, stage2, ...).")
+                    "teacher must both have stage taps (stage1, stage2, ...)."
+                    + _vit_hint(student, teacher))
   pairs = list(zip(s_stages[-n:], t_stages[-n:]))
   for s_tap, t_tap in pairs:
     if len(taps_lib.shape(student, s_tap)) != 3 or len(taps_lib.shape(teacher, t_tap)) != 3:
       raise UserError(f"config.distill.method={method} needs feature maps [H, W, C]; the stage "
                       f"taps {s_tap} (student) / {t_tap} (teacher) are vectors (e.g. an MLP).")
   return pairs
+
+
+def _vit_hint(*models):
+  """What to use instead when a model of the pair is a ViT (its token maps are no stages)."""
+  vits = [m.name for m in models if vit.token_layout(m) is not None]
+  if not vits:
+    return ""
+  return (f" Model {vits[0]} is a vision transformer: its token maps (block<i>_map) are not "
+          "CNN stages. For a pair across architectures use config.distill.method=ofa "
+          "(OFA-KD: each student stage projected into the logit space), a logit method, "
+          "or fitnets with explicit taps (e.g. config.distill.fitnets.student_tap=block3_map).")
 
 
 def preact_pairs(student, teacher, method, student_preact):

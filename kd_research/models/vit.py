@@ -40,6 +40,7 @@ count. The registered models use rate 0.
 """
 
 import math
+import re
 
 import keras
 from keras import ops
@@ -200,3 +201,15 @@ def _builder(name, distilled):
 for _config in CONFIGS:
   for _distilled in (False, True):
     registry.register(*_builder(_config, _distilled))
+
+
+def token_layout(model):
+  """(depth, patch grid (rows, columns), class tokens) of a ViT of this family, or None for
+  any other model: read from its ``block<i>`` and ``block<i>_map`` taps."""
+  names = {layer.name for layer in model.layers}
+  if "block1_map" not in names:
+    return None
+  depth = sum(1 for name in names if re.fullmatch(r"block\d+", name))
+  grid = tuple(model.get_layer("block1_map").output.shape[1:3])
+  tokens = model.get_layer("block1").output.shape[1]
+  return depth, grid, tokens - grid[0] * grid[1]

@@ -13,10 +13,11 @@ from conftest import DEFAULT, gradients_on_one_and_two_replicas
 from conftest import method_config, read_scalars, weights_of
 
 # CRD's replica test, banks included, is tests/methods/test_crd.py's.
+# DeiT's (with OFA-KD on a ViT student) is tests/methods/test_deit.py's.
 # Every method in a whole run on 1 and 2 replicas, several per run (their terms add up in one
 # objective, each logged under its own name): four pairs of runs instead of fifteen, one per
 # logit method (kd, dkd, dist and mlkd each distil the logits: one per objective).
-METHOD_GROUPS = ("kd,at,fitnets,sp,rkd", "dkd,pkt,nst,cc,vid", "dist,reviewkd", "mlkd,ofd")
+METHOD_GROUPS = ("kd,at,fitnets,sp,rkd", "dkd,pkt,nst,cc,vid", "dist,reviewkd,ofa", "mlkd,ofd")
 
 
 # SGD with momentum, not Adam, for OFD: Adam divides a gradient by its own magnitude, so
