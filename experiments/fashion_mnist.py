@@ -57,6 +57,7 @@ def get_config(arg=None):
     c.student = config_lib.model_config("mlp", width=32, epochs=2, seed=0)
     c.run.steps_per_loop = 10
     c.run.latency_repeats = 2  # A smoke test: its latency figures are not read.
+    c.run.saved_model = False  # Written by the runs whose tests read it (tests/train/test_loop.py).
     c.run.log_every_steps = 10
     c.run.checkpoint_every_steps = 20
   return config_lib.finalize(c)

@@ -191,6 +191,7 @@ def _run_section():
       steps_per_loop=50,         # steps per tf.function call
       eval_batch_size=1000,      # rounded up to a multiple of the replica count
       latency_repeats=20,        # timed inference passes behind results.json's ms/batch
+      saved_model=True,          # also write RUN/saved_model (./launch.sh export: verified + TFLite)
       jit_compile=False,         # XLA for forward/backward (a GPU option; slower on CPU)
       data_threads=0,            # tf.data private thread pool size (0 = TF default)
       # Teacher stability monitor: teacher top-1 on an augmented view vs the clean image.

@@ -253,10 +253,10 @@ def run_main_module(module, *args):
                         capture_output=True, text=True, timeout=600)
 
 
-def distill_cmd(workdir, teacher_file):
+def distill_cmd(workdir, teacher_file, epochs=4):
   return [sys.executable, "-m", "kd_research.main", "distill", "--experiment=fashion_mnist:tiny",
           f"--workdir={workdir}", f"--config.teacher.path={teacher_file}",
-          "--config.deterministic=true", "--config.student.epochs=4",
+          "--config.deterministic=true", f"--config.student.epochs={epochs}",
           "--config.run.checkpoint_every_steps=10", "--config.run.steps_per_loop=2",
           "--config.run.log_every_steps=2", "--config.augment.ops=('flip','crop','cutout')",
           "--config.distill.alpha.kind=linear", "--config.distill.alpha.end=0.2"]

@@ -48,12 +48,19 @@ def _gather_extras(extras):
   return fn
 
 
+def plain(fn):
+  """``fn`` for ``Dataset.map`` without autograph's source conversion: the image and
+  augmentation functions have no Python branch on a tensor (their choices are tf.cond and
+  tf.switch_case), and converting them cost seconds at the start of every run."""
+  return tf.autograph.experimental.do_not_convert(fn)
+
+
 def _finish(ds, extras, transform, threads):
   """Extras, augmentation, options and prefetch: the common tail of every train stream."""
   if extras:
     ds = ds.map(_gather_extras(extras), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if transform is not None:
-    ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(plain(transform), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.with_options(streams.options(threads)).prefetch(tf.data.AUTOTUNE)
 
 
@@ -187,7 +194,7 @@ class FileSplit(RandomAccess):
       batches = streams.indexed_batches(self.num_examples, global_batch_size, seed, start_step)
       ds = streams.replica_slices(batches, input_context, global_batch_size).unbatch()
       load = self._load(_train_view(self.view, seed))
-      ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      ds = ds.map(plain(load), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
       return _finish(ds.batch(per_replica, drop_remainder=True), extras, transform, threads)
     return fn
 
@@ -197,7 +204,7 @@ class FileSplit(RandomAccess):
       batches = tf.data.Dataset.from_tensor_slices({"index": rows, "weight": weight})
       per_replica = streams.per_replica_batch(input_context, global_batch_size)
       ds = streams.replica_slices(batches, input_context, global_batch_size).unbatch()
-      ds = ds.map(self._load(_eval_view(self.view)),
+      ds = ds.map(plain(self._load(_eval_view(self.view))),
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
       ds = ds.batch(per_replica, drop_remainder=True)
       return ds.map(_gather_extras(extras)).with_options(streams.options()).prefetch(2)
@@ -308,13 +315,13 @@ class ShardSplit:
           streams.pipeline_segments(self.segments, input_context), seed, spe, pipeline_batch,
           first, start_step, self.shuffle_buffer)
       decode = self._decode(_train_view(self.view, seed))
-      ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      ds = ds.map(plain(decode), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
       return _finish(ds.batch(per_replica, drop_remainder=True), extras, transform, threads)
     return fn
 
   def _eval_examples(self):
     return streams.canonical_records(self.segments).map(
-        self._decode(_eval_view(self.view)),
+        plain(self._decode(_eval_view(self.view))),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
   def eval_fn(self, global_batch_size, extras=None):

@@ -185,6 +185,8 @@ FIELDS = {
     "run.latency_repeats": "timed inference passes (after as many warm-up passes, at most 3) "
                            "behind results.json's ms/batch: their median; smoke presets time "
                            "few",
+    "run.saved_model": "also write RUN/saved_model, a SavedModel of the trained model "
+                       "(./launch.sh export writes a verified one with the TFLite files)",
     "run.jit_compile": "XLA for the forward and backward pass (a GPU option; slower on CPU)",
     "run.data_threads": "tf.data's private thread pool (0: TF's default)",
     "run.stability_ops": "the teacher-stability probe's augmentation (empty: off)",

@@ -234,21 +234,25 @@ def _final_results(run, evaluator, last_validation):
 def _write(run, results):
   """The chief exports the model and writes results.json; other workers clean up. Returns
   the results as a dict."""
+  saved_model = run.config.run.saved_model
   if run.chief:
-    _export(run.state.model, run.workdir)
+    _export(run.state.model, run.workdir, saved_model)
     return results_lib.write(run.workdir, results)
   scratch = tempfile.mkdtemp(prefix="kd_worker_export_")
-  _export(run.state.model, scratch)  # Saving may need every worker; the copy is thrown away.
+  # Saving may need every worker; the copy is thrown away.
+  _export(run.state.model, scratch, saved_model)
   for path in (run.state.manager.directory, scratch):
     shutil.rmtree(path, ignore_errors=True)
   return results.as_dict()
 
 
-def _export(model, workdir):
-  """Saves the trained model as RUN/model.keras and RUN/saved_model, each atomically."""
+def _export(model, workdir, saved_model):
+  """Saves the trained model as RUN/model.keras and (``saved_model``) RUN/saved_model, each
+  atomically."""
   fileio.atomic_save_keras(model, os.path.join(workdir, "model.keras"))
   for member in model_registry.members(model):  # A cohort's members, each a model of its own.
     fileio.atomic_save_keras(member, workdir_lib.member_path(workdir, member.name))
-  fileio.atomic_save_dir(os.path.join(workdir, "saved_model"),
+  if saved_model:
+    fileio.atomic_save_dir(os.path.join(workdir, "saved_model"),
                            lambda d: model.export(d, verbose=False))
 

@@ -25,7 +25,7 @@ from conftest import (DEFAULT, interrupt_then_resume, mlp_sgd, read_scalars, tin
 
 def test_distillation_run_writes_everything(tmp_path, teacher_file):
   workdir = str(tmp_path / "kd")
-  config = tiny_config()
+  config = tiny_config(**{"run.saved_model": True})  # The tiny preset leaves it out.
   results = end_to_end.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_file,))
   for name in ("config.json", "results.json", "model.keras", "saved_model/saved_model.pb"):
     assert os.path.exists(os.path.join(workdir, name)), name
@@ -85,6 +85,7 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, teacher_file,
                         expected_checkpoint=20)
   for a, b in zip(weights_of(full_dir), weights_of(cut_dir)):
     np.testing.assert_array_equal(a, b)
+  assert not os.path.exists(os.path.join(full_dir, "saved_model"))  # run.saved_model false
 
 
 @pytest.mark.parametrize("replicas", [2, 4])

@@ -35,8 +35,11 @@ EVERY_STATE = ["--config.distill.method=kd,mlkd,crd,ofd,reviewkd,vid",
                "--config.run.allow_weak_teacher=true"]
 
 
+EPOCHS, STEPS_PER_EPOCH = 3, 28  # 84 steps: a kill after step 40 leaves a rerun's worth.
+
+
 def _command(workdir, teacher_file, checkpoint_every_steps):
-  return distill_cmd(workdir, teacher_file) + EVERY_STATE + [
+  return distill_cmd(workdir, teacher_file, EPOCHS) + EVERY_STATE + [
       f"--config.run.checkpoint_every_steps={checkpoint_every_steps}"]
 
 
@@ -68,10 +71,11 @@ def test_sigterm_then_sigkill_then_rerun_matches_uninterrupted_run(tmp_path, con
   assert status == PREEMPTED_EXIT_STATUS, err[-2000:]
   assert "preempted: stopped by SIGTERM at step" in err
   saved = int(tf.train.latest_checkpoint(ckpt_dir).rsplit("-", 1)[1])
-  assert 0 < saved < 4 * 28  # Saved because of the signal (no periodic one before 1000).
+  # Saved because of the signal (no periodic checkpoint before 1000).
+  assert 0 < saved < EPOCHS * STEPS_PER_EPOCH
   assert not os.path.exists(os.path.join(cut, "results.json"))
   killed_at = kill_after_checkpoint(_command(cut, conv_teacher, 10), ckpt_dir, 40)
-  assert 40 <= killed_at < 4 * 28
+  assert 40 <= killed_at < EPOCHS * STEPS_PER_EPOCH
   assert not os.path.exists(os.path.join(cut, "results.json"))
   resumed = subprocess.run(_command(cut, conv_teacher, 10), cwd=REPO, env=ENV,
                            capture_output=True, text=True, timeout=600)
