@@ -7,6 +7,7 @@ from here, the generated datasets from generated_data.py (and the methods' NumPy
 from methods/method_references.py), and never from each other.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -189,6 +190,27 @@ def kill_after_checkpoint(cmd, checkpoint_dir, at_least, timeout=240):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   return int(tf.train.latest_checkpoint(checkpoint_dir).rsplit("-", 1)[1])
+
+
+def killed_rerun_matches_uninterrupted(command, tmp_path, at_least, total_steps):
+  """Runs ``command(workdir)`` uninterrupted in ``tmp_path/full``; in ``tmp_path/cut`` it is
+  SIGKILLed after a checkpoint of step >= ``at_least`` (< ``total_steps``), then rerun to the
+  end, which must say it resumed. Returns (the killed run's step, max |w_full - w_cut|, the
+  two results.json)."""
+  full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+  done = subprocess.run(command(full), cwd=REPO, env=ENV, capture_output=True, text=True,
+                        timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  killed_at = kill_after_checkpoint(command(cut), os.path.join(cut, "checkpoints"), at_least)
+  assert at_least <= killed_at < total_steps
+  assert not os.path.exists(os.path.join(cut, "results.json"))
+  resumed = subprocess.run(command(cut), cwd=REPO, env=ENV, capture_output=True, text=True,
+                           timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f"ckpt-{killed_at}" in resumed.stderr and "Resumed" in resumed.stderr
+  diff = max(float(np.max(np.abs(a - b))) for a, b in zip(weights_of(full), weights_of(cut)))
+  results = [json.load(open(os.path.join(d, "results.json"))) for d in (full, cut)]
+  return killed_at, diff, results
 
 
 @pytest.fixture(scope="session")

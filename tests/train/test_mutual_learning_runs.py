@@ -1,9 +1,7 @@
 """Deep mutual learning runs (config.student.cohort): independent of the replica count,
 resumed exactly after SIGKILL (every member), each member evaluated and saved on its own."""
 
-import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -16,7 +14,7 @@ from kd_research.methods import mutual
 from kd_research.models import registry as model_registry
 from kd_research.train import workdir as workdir_lib
 from kd_research.train import end_to_end
-from conftest import DEFAULT, ENV, REPO, kill_after_checkpoint, read_scalars, tiny_config
+from conftest import DEFAULT, killed_rerun_matches_uninterrupted, read_scalars, tiny_config
 from conftest import weights_of
 
 
@@ -84,20 +82,10 @@ def test_without_the_mutual_term_member_0_trains_exactly_like_the_labels_only_st
 
 
 def test_sigkill_and_rerun_of_a_cohort_matches_the_uninterrupted_run(tmp_path):
-  full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
-  done = subprocess.run(_cohort_cmd(full), cwd=REPO, env=ENV, capture_output=True, text=True,
-                        timeout=300)
-  assert done.returncode == 0, done.stderr[-2000:]
-  killed_at = kill_after_checkpoint(_cohort_cmd(cut), os.path.join(cut, "checkpoints"), 40)
-  assert 40 <= killed_at < 4 * 28
-  resumed = subprocess.run(_cohort_cmd(cut), cwd=REPO, env=ENV, capture_output=True, text=True,
-                           timeout=300)
-  assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert "Resumed" in resumed.stderr
-  diffs = [float(np.max(np.abs(a - b))) for a, b in zip(weights_of(full), weights_of(cut))]
-  print(f"dml cohort killed after checkpoint {killed_at}; max |dw| vs uninterrupted: {max(diffs)}")
-  assert max(diffs) == 0.0
-  a, b = (json.load(open(os.path.join(d, "results.json"))) for d in (full, cut))
+  killed_at, diff, (a, b) = killed_rerun_matches_uninterrupted(_cohort_cmd, tmp_path, 40,
+                                                               4 * 28)
+  print(f"dml cohort killed after checkpoint {killed_at}; max |dw| vs uninterrupted: {diff}")
+  assert diff == 0.0
   assert a["members"] == b["members"]
 
 

@@ -18,7 +18,7 @@ from kd_research.train import teachers as teachers_lib
 from kd_research.common.errors import PREEMPTED_EXIT_STATUS
 from kd_research.common.errors import UserError
 from conftest import DEFAULT, ENV, REPO, distill_cmd, kill_after_checkpoint, tiny_config
-from conftest import weights_of
+from conftest import killed_rerun_matches_uninterrupted, weights_of
 from generated_data import write_fake_mnist
 
 
@@ -95,6 +95,25 @@ def test_sigterm_then_sigkill_then_rerun_matches_uninterrupted_run(tmp_path, con
   assert len(names) > 40, names
   for name in names:
     np.testing.assert_array_equal(readers[0].get_tensor(name), readers[1].get_tensor(name))
+
+
+def _distilled_vit_cmd(teacher_file):
+  """DeiT's hard distillation with OFA-KD's branches into vit_mini_distilled, 2 epochs."""
+  return lambda workdir: distill_cmd(workdir, teacher_file, 2) + [
+      "--config.student.model=vit_mini_distilled", "--config.student.width=16",
+      "--config.distill.method=deit,ofa", "--config.augment.ops=('flip','crop','cutmix')"]
+
+
+def test_sigkill_and_rerun_of_a_distilled_vit_matches_the_uninterrupted_run(tmp_path,
+                                                                            teacher_file):
+  """The ViT's tokens and position embeddings, its two heads, OFA's branches and the
+  optimizer's moments resume exactly: SIGKILL after a checkpoint of step >= 20 of 56."""
+  killed_at, diff, (a, b) = killed_rerun_matches_uninterrupted(
+      _distilled_vit_cmd(teacher_file), tmp_path, 20, 2 * STEPS_PER_EPOCH)
+  print(f"vit_mini_distilled (deit + ofa) killed after checkpoint {killed_at}; "
+        f"max |dw| vs uninterrupted: {diff}")
+  assert diff == 0.0
+  assert a["test_accuracy"] == b["test_accuracy"] and a["method"] == "deit,ofa"
 
 
 def _sha(path):
