@@ -14,7 +14,9 @@ from kd_research.tools import profiling
 
 
 def forward_flops(model):
-  """Multiply-add FLOPs (x2) of Conv2D and Dense layers for one example."""
+  """Multiply-add FLOPs (x2) of the Conv2D, Dense and multi-head attention layers for one
+  example (a Dense layer on tokens [T, D] counts once per token; attention counts its four
+  projections and its two T x T products)."""
   import keras  # pylint: disable=g-import-not-at-top
   total = 0
   for layer in model._flatten_layers(include_self=False):  # pylint: disable=protected-access
@@ -22,7 +24,12 @@ def forward_flops(model):
       h, w, cout = layer.output.shape[1:]
       total += 2 * h * w * cout * int(np.prod(layer.kernel_size)) * layer.input.shape[-1]
     elif isinstance(layer, keras.layers.Dense):
-      total += 2 * layer.input.shape[-1] * layer.units
+      positions = int(np.prod(layer.input.shape[1:-1]))
+      total += 2 * positions * layer.input.shape[-1] * layer.units
+    elif isinstance(layer, keras.layers.MultiHeadAttention):
+      tokens, width = layer.output.shape[1:]
+      inner = layer.num_heads * layer.key_dim
+      total += 2 * tokens * width * inner * 4 + 2 * 2 * tokens * tokens * inner
   return total
 
 
