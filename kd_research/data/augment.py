@@ -15,6 +15,12 @@ Ops (``config.augment.ops``, comma-separated, applied in this order):
   cutmix   paste a box of x_j into x_i (area 1 - lam, lam ~ Beta(cutmix_alpha, ...))
   randaugment  ``randaugment_layers`` random ops per example, then a random grey Cutout
                (data/randaugment.py; MLKD's strong view)
+  erase    timm's RandomErasing as DeiT uses it (--reprob, mode 'pixel', count 1): with
+           probability ``erase_prob`` a box of U(0.02, 1/3) of the area and aspect ratio
+           exp(U(log 0.3, log 1 / 0.3)) (the first of 10 draws that fits), at a uniform
+           position, filled with per-pixel N(0, 1) noise of the normalised image: timm
+           erases after normalising by the ImageNet mean and std, so here, on [0, 255]
+           pixels, 255 (mean_c + std_c z) (grey images: the channels' mean 0.449, std 0.226)
 Mixing partners are neighbouring positions (0<->1, 2<->3, ...) of the shuffled
 global batch, which stay on one replica whenever the per-replica batch is even.
 Extra views of the same images (data/views.py) draw with their own ``salt_offset``.
@@ -28,7 +34,7 @@ import tensorflow as tf
 from kd_research.common.errors import UserError
 from kd_research.data import randaugment as randaugment_lib
 
-OPS = ("flip", "crop", "rotate", "cutout", "randaugment", "mixup", "cutmix")
+OPS = ("flip", "crop", "rotate", "cutout", "randaugment", "erase", "mixup", "cutmix")
 MIXING = ("mixup", "cutmix")
 
 
@@ -56,6 +62,7 @@ class AugmentSpec:
   mixup_alpha: float
   cutmix_alpha: float
   randaugment_layers: int
+  erase_prob: float
 
   @property
   def mixing(self):
@@ -67,7 +74,7 @@ def parse(section):
   """config.augment as an ``AugmentSpec`` (its views are parsed by views.py)."""
   return AugmentSpec(parse_ops(section.ops), section.crop_padding, section.rotation_degrees,
                      section.cutout_size, section.mixup_alpha, section.cutmix_alpha,
-                     section.randaugment_layers)
+                     section.randaugment_layers, section.erase_prob)
 
 
 def validate(cfg, input_shape, per_replica_batch, ops=None):
@@ -84,6 +91,8 @@ def validate(cfg, input_shape, per_replica_batch, ops=None):
   if "cutout" in ops and not 0 < cfg.cutout_size <= min(height, width):
     raise UserError(f"config.augment.cutout_size must be in [1, {min(height, width)}] for "
                     f"{height}x{width} images, got {cfg.cutout_size}.")
+  if "erase" in ops and not 0 < cfg.erase_prob <= 1:
+    raise UserError(f"config.augment.erase_prob must be in (0, 1], got {cfg.erase_prob}.")
   for op, alpha in (("mixup", cfg.mixup_alpha), ("cutmix", cfg.cutmix_alpha)):
     if op in ops and alpha <= 0:
       raise UserError(f"config.augment.{op}_alpha must be > 0, got {alpha}.")
@@ -158,6 +167,58 @@ def _cutout(images, u_y, u_x, size):
   return images * (1.0 - mask)
 
 
+# timm's RandomErasing defaults (DeiT's): area fraction, log aspect ratio, attempts.
+ERASE_AREA = (0.02, 1 / 3)
+ERASE_LOG_RATIO = (math.log(0.3), math.log(1 / 0.3))
+ERASE_ATTEMPTS = 10
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+GREY_MEAN, GREY_STD = 0.449, 0.226
+ERASE_SALT = 10  # one draw of [global batch, 1 + 4 attempts] uniforms; 11: the noise
+
+
+def erase_boxes(u, height, width):
+  """(a box fits, top, left, h, w) per example from uniforms ``u`` [B, 1 + 4 * attempts]
+  (u[:, 0] is the erase-or-not draw): the first attempt whose box fits (timm: w < W and
+  h < H); no box when none fits."""
+  attempts = tf.reshape(u[:, 1:], [-1, ERASE_ATTEMPTS, 4])
+  area = (ERASE_AREA[0] + (ERASE_AREA[1] - ERASE_AREA[0]) * attempts[..., 0]) * height * width
+  ratio = tf.exp(ERASE_LOG_RATIO[0] + (ERASE_LOG_RATIO[1] - ERASE_LOG_RATIO[0])
+                 * attempts[..., 1])
+  h = tf.round(tf.sqrt(area * ratio))  # Python's round: half to even, as tf.round
+  w = tf.round(tf.sqrt(area / ratio))
+  fits = (w < width) & (h < height)
+  first = tf.argmax(tf.cast(fits, tf.int32), axis=1, output_type=tf.int32)
+  pick = lambda x: tf.gather(x, first, batch_dims=1)  # noqa: E731
+  h, w = pick(h), pick(w)
+  top = tf.floor(pick(attempts[..., 2]) * (height - h + 1))  # randint(0, H - h)
+  left = tf.floor(pick(attempts[..., 3]) * (width - w + 1))
+  return tf.reduce_any(fits, axis=1), top, left, h, w
+
+
+def _erase(images, u, noise, probability):
+  """RandomErasing of each image: ``u`` its uniforms, ``noise`` [B, H, W, C] N(0, 1)."""
+  height, width, channels = images.shape[1], images.shape[2], images.shape[3]
+  erase, top, left, h, w = erase_boxes(u, height, width)
+  erase &= u[:, 0] < probability
+  ys = tf.range(height, dtype=tf.float32)[None, :, None]
+  xs = tf.range(width, dtype=tf.float32)[None, None, :]
+  inside = ((ys >= top[:, None, None]) & (ys < (top + h)[:, None, None])
+            & (xs >= left[:, None, None]) & (xs < (left + w)[:, None, None])
+            & erase[:, None, None])
+  mean, std = ((IMAGENET_MEAN, IMAGENET_STD) if channels == 3
+               else ((GREY_MEAN,) * channels, (GREY_STD,) * channels))
+  fill = 255.0 * (tf.constant(mean) + tf.constant(std) * noise)
+  return tf.where(inside[..., None], fill, images)
+
+
+def _example_noise(seed, step, salt, positions, n_global, shape):
+  """N(0, 1) of ``shape`` per example, keyed on (seed, salt, step, global position)."""
+  keys = tf.stack([tf.fill(tf.shape(positions), tf.cast(seed, tf.int64) * 1000003 + salt),
+                   tf.cast(step, tf.int64) * n_global + tf.cast(positions, tf.int64)], axis=1)
+  return tf.map_fn(lambda key: tf.random.stateless_normal(shape, seed=key), keys,
+                   fn_output_signature=tf.float32)
+
+
 def _partners(n):
   return tf.bitwise.bitwise_xor(tf.range(n), 1)
 
@@ -187,6 +248,12 @@ def augment_batch(batch, ops, cfg, seed, num_classes, global_batch_size, salt_of
     images = _cutout(images, draw(5), draw(6), cfg.cutout_size)
   if "randaugment" in ops:
     images = randaugment_lib.randaugment(images, draw, cfg.randaugment_layers)
+  if "erase" in ops:
+    u = tf.gather(_uniform(seed, step, ERASE_SALT + salt_offset,
+                           [n_global, 1 + 4 * ERASE_ATTEMPTS]), pos)
+    noise = _example_noise(seed, step, ERASE_SALT + 1 + salt_offset, pos, n_global,
+                           images.shape[1:])
+    images = _erase(images, u, noise, cfg.erase_prob)
   out = dict(batch, image=images)
   mixing = [op for op in ops if op in MIXING]
   if mixing:

@@ -151,6 +151,8 @@ FIELDS = {
     "augment.crop_padding": "crop: pixels of padding before the random crop",
     "augment.rotation_degrees": "rotate: the largest angle",
     "augment.cutout_size": "cutout: the side of the square",
+    "augment.erase_prob": "erase: the probability of erasing a box of an image (DeiT's "
+                          "--reprob 0.25)",
     "augment.mixup_alpha": "mixup: Beta(alpha, alpha)",
     "augment.cutmix_alpha": "cutmix: Beta(alpha, alpha)",
     "augment.randaugment_layers": "randaugment: ops per image",

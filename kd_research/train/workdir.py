@@ -83,8 +83,8 @@ def run_identity(config, role, teacher_paths=()):
 
 
 def _drop_unused_augmentation(augment, method_views=()):
-  """Runs from before extra views and RandAugment keep their identity: the fields out
-  unless used (RandAugment in the main ops, config.augment.views or ``method_views``, the
+  """Runs from before extra views, RandAugment and erasing keep their identity: the
+  fields out unless used (RandAugment in the main ops, config.augment.views or ``method_views``, the
   ops of the views the run's methods bring)."""
   views = augment.get("views", "")
   if not views:
@@ -92,6 +92,8 @@ def _drop_unused_augmentation(augment, method_views=()):
   used = list(augment.get("ops", ())) + [views] + list(method_views)
   if not any("randaugment" in ops for ops in used):
     augment.pop("randaugment_layers", None)
+  if not any("erase" in ops for ops in used):
+    augment.pop("erase_prob", None)
 
 
 def _schedule_v1(d, prefix):

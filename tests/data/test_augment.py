@@ -1,6 +1,7 @@
 """Augmentation: replica-independent, resumable, same batch for teacher and student, errors."""
 
 import functools
+import math
 
 import keras
 import ml_collections
@@ -22,7 +23,7 @@ ALL = ("flip", "crop", "rotate", "cutout", "mixup")
 
 def params(**kw):
   base = dict(ops="", crop_padding=2, rotation_degrees=20.0, cutout_size=3, mixup_alpha=0.4,
-              cutmix_alpha=1.0, randaugment_layers=2)
+              cutmix_alpha=1.0, randaugment_layers=2, erase_prob=0.5)
   base.update(kw)
   return augment.parse(ml_collections.ConfigDict(base))
 
@@ -40,7 +41,8 @@ def train_fn(ops, gb=16, start_step=0, **kw):
   return datasets.train_dataset_fn(x, y, gb, seed=3, start_step=start_step, transform=transform)
 
 
-@pytest.mark.parametrize("ops", [("flip", "crop", "rotate", "cutout", "mixup"), ("cutmix",)])
+@pytest.mark.parametrize("ops", [("flip", "crop", "rotate", "cutout", "mixup"), ("cutmix",),
+                                 ("erase",)])
 @pytest.mark.parametrize("replicas", [2, 4])
 def test_same_augmented_batch_for_any_replica_count(ops, replicas):
   reference = global_batches(train_fn(ops), 1, 6)
@@ -95,6 +97,48 @@ def test_flip_crop_and_cutout_geometry():
   assert np.all(changed <= 9) and np.all((cut == 0) | (cut == plain))
 
 
+def reference_random_erasing(image, u, noise, probability, mean, std):
+  """timm's RandomErasing._erase (count 1, mode 'pixel') on one [H, W, C] image, its
+  random.random / uniform / randint calls read from ``u`` in order, its per-pixel normal
+  draws from ``noise``, applied after Normalize(mean, std) (hence the 255 (mean + std z)
+  in pixel units)."""
+  image = image.astype(np.float64).copy()
+  height, width = image.shape[:2]
+  if u[0] >= probability:
+    return image
+  for attempt in range(10):
+    a, r, t, l = u[1 + 4 * attempt:5 + 4 * attempt]
+    target_area = (0.02 + (1 / 3 - 0.02) * a) * height * width
+    aspect_ratio = math.exp(math.log(0.3) + (math.log(1 / 0.3) - math.log(0.3)) * r)
+    h = int(round(math.sqrt(target_area * aspect_ratio)))
+    w = int(round(math.sqrt(target_area / aspect_ratio)))
+    if w < width and h < height:
+      top, left = int(t * (height - h + 1)), int(l * (width - w + 1))  # randint(0, H - h)
+      image[top:top + h, left:left + w] = 255 * (np.asarray(mean) + np.asarray(std)
+                                                 * noise[top:top + h, left:left + w])
+      break
+  return image
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_erase_is_timms_random_erasing(channels):
+  rng = np.random.default_rng(channels)
+  n, size = 64, 16
+  images = rng.uniform(0, 255, (n, size, size, channels)).astype(np.float32)
+  u = rng.uniform(0, 1, (n, 41)).astype(np.float32)
+  u[:4, 1::4] = u[:4, 2::4] = 0.999  # 1/3 of the area at ratio 3.3: never fits, no erase
+  noise = rng.normal(0, 1, images.shape).astype(np.float32)
+  got = augment._erase(  # pylint: disable=protected-access
+      tf.constant(images), tf.constant(u), tf.constant(noise), 0.5).numpy()
+  mean, std = ((augment.IMAGENET_MEAN, augment.IMAGENET_STD) if channels == 3
+               else ((augment.GREY_MEAN,), (augment.GREY_STD,)))
+  want = np.stack([reference_random_erasing(images[i], u[i].astype(np.float64), noise[i], 0.5,
+                                            mean, std) for i in range(n)])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+  erased = (got != images).any(axis=(1, 2, 3))
+  assert not erased[:4].any() and 0 < erased.mean() < 0.7
+
+
 class _Recorder(keras.layers.Layer):
   """Stores the last input it saw in a variable, then flattens it to logits."""
 
@@ -141,6 +185,7 @@ def test_teacher_and_student_receive_the_same_augmented_batch():
     (dict(ops="mixup", mixup_alpha=0.0), "mixup_alpha"),
     (dict(ops="crop", crop_padding=8), "crop_padding"),
     (dict(ops="mixup,cutmix"), "only one of"),
+    (dict(ops="erase", erase_prob=0.0), "erase_prob must be in"),
 ])
 def test_bad_augmentation_config(kw, match):
   with pytest.raises(UserError, match=match):

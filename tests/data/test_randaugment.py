@@ -159,7 +159,7 @@ def test_cutout_is_the_grey_square_of_its_definition():
 
 def params(**kw):
   base = dict(ops=("flip",), crop_padding=2, rotation_degrees=20.0, cutout_size=3,
-              mixup_alpha=0.4, cutmix_alpha=1.0, randaugment_layers=2)
+              mixup_alpha=0.4, cutmix_alpha=1.0, randaugment_layers=2, erase_prob=0.25)
   base.update(kw)
   return augment.parse(ml_collections.ConfigDict(base))
 
