@@ -42,7 +42,8 @@ def model_config(name, width=0, epochs=1, seed=0, path="", **kwargs):
   ``.keras`` file to start training from (its architecture and weights; ``model`` then
   only names it). ``path`` (teachers): a trained ``.keras`` file used instead of training.
   ``cohort`` (students): N >= 2 trains N students together by deep mutual learning
-  (models/cohort.py, methods/mutual.py); 0 = one student.
+  (models/cohort.py, methods/mutual.py); 0 = one student. ``drop_path``: the stochastic
+  depth rate of the models that have it (the ViTs: the last block's; 0 = none).
 
   keras.applications teachers also use image_size (0 = 224), weights ('' | 'imagenet' |
   file), head_epochs (head-only warm-up before unfreezing), unfreeze_top (backbone layers
@@ -50,7 +51,7 @@ def model_config(name, width=0, epochs=1, seed=0, path="", **kwargs):
   """
   entry = dict(model=name, width=width, sync_bn=False, epochs=epochs, seed=seed, path=path,
                image_size=0, weights="", head_epochs=0, unfreeze_top=0, finetune_lr_factor=0.1,
-               kwargs="", init="", cohort=0)
+               kwargs="", init="", cohort=0, drop_path=0.0)
   unknown = set(kwargs) - set(entry)
   if unknown:
     raise ValueError(f"model_config got unknown fields {sorted(unknown)}")

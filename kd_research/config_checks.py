@@ -14,7 +14,8 @@ from kd_research.common.errors import UserError
 STRATEGIES = ("default", "mirrored", "multi_worker", "auto")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 MODEL_FIELDS = ("model", "width", "sync_bn", "epochs", "seed", "path", "image_size", "weights",
-                "head_epochs", "unfreeze_top", "finetune_lr_factor", "kwargs", "init", "cohort")
+                "head_epochs", "unfreeze_top", "finetune_lr_factor", "kwargs", "init", "cohort",
+                "drop_path")
 
 
 def need(cond, msg):
@@ -108,6 +109,11 @@ def model_entry(role, entry):
     wrapper.validate(role, entry)
   need(entry.finetune_lr_factor > 0,
         f"config.{role}.finetune_lr_factor must be > 0, got {entry.finetune_lr_factor}.")
+  need(0 <= entry.drop_path < 1,
+        f"config.{role}.drop_path must be in [0, 1), got {entry.drop_path}.")
+  need(not entry.drop_path or model_registry.has_drop_path(entry.model),
+        f"config.{role}.drop_path={entry.drop_path}: model {entry.model} has no stochastic "
+        f"depth; models with it: {', '.join(model_registry.drop_path_names())}.")
 
 
 def distill_section(d, num_teachers, student_epochs, mixing=()):

@@ -31,6 +31,7 @@ import math
 
 import tensorflow as tf
 
+from kd_research.common import example_draws
 from kd_research.common.errors import UserError
 from kd_research.data import randaugment as randaugment_lib
 
@@ -211,14 +212,6 @@ def _erase(images, u, noise, probability):
   return tf.where(inside[..., None], fill, images)
 
 
-def _example_noise(seed, step, salt, positions, n_global, shape):
-  """N(0, 1) of ``shape`` per example, keyed on (seed, salt, step, global position)."""
-  keys = tf.stack([tf.fill(tf.shape(positions), tf.cast(seed, tf.int64) * 1000003 + salt),
-                   tf.cast(step, tf.int64) * n_global + tf.cast(positions, tf.int64)], axis=1)
-  return tf.map_fn(lambda key: tf.random.stateless_normal(shape, seed=key), keys,
-                   fn_output_signature=tf.float32)
-
-
 def _partners(n):
   return tf.bitwise.bitwise_xor(tf.range(n), 1)
 
@@ -251,8 +244,9 @@ def augment_batch(batch, ops, cfg, seed, num_classes, global_batch_size, salt_of
   if "erase" in ops:
     u = tf.gather(_uniform(seed, step, ERASE_SALT + salt_offset,
                            [n_global, 1 + 4 * ERASE_ATTEMPTS]), pos)
-    noise = _example_noise(seed, step, ERASE_SALT + 1 + salt_offset, pos, n_global,
-                           images.shape[1:])
+    noise = example_draws.per_example(tf.random.stateless_normal, seed,
+                                      ERASE_SALT + 1 + salt_offset, step, pos, n_global,
+                                      images.shape[1:])
     images = _erase(images, u, noise, cfg.erase_prob)
   out = dict(batch, image=images)
   mixing = [op for op in ops if op in MIXING]

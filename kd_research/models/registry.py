@@ -19,6 +19,7 @@ them, so adding a family is one new file.
 """
 
 import dataclasses
+import inspect
 import os
 from typing import Callable
 
@@ -135,12 +136,24 @@ def load_start(path, input_shape, num_classes, where):
   return model
 
 
+def has_drop_path(name):
+  """Whether the registered model ``name`` takes a stochastic depth rate."""
+  family = families().get(canonical(name)) if not user.is_spec(name) else None
+  return bool(family) and "drop_path_rate" in inspect.signature(family.builder).parameters
+
+
+def drop_path_names():
+  """The registered models with stochastic depth."""
+  return [name for name in families() if has_drop_path(name)]
+
+
 def build(name, input_shape, num_classes, width=None, sync_bn=False, image_size=None,
-          weights="", kwargs=None):
+          weights="", kwargs=None, drop_path=0.0):
   """Builds the registered model ``name`` for images of ``input_shape`` and ``num_classes``.
 
   ``image_size`` and ``weights`` apply to the pretrained backbones only; a user's
-  ``module:function`` (models/user.py) gets ``kwargs`` instead of width and BN sync.
+  ``module:function`` (models/user.py) gets ``kwargs`` instead of width and BN sync;
+  ``drop_path`` is the stochastic depth rate of the models that have it.
   """
   if user.is_spec(name):
     return user.build(name, input_shape, num_classes, kwargs or {})
@@ -160,4 +173,10 @@ def build(name, input_shape, num_classes, width=None, sync_bn=False, image_size=
   if weights:
     raise UserError(f"{name} has no pretrained weights; 'weights' is for "
                     f"{', '.join(pretrained_names())}.")
+  if drop_path:
+    if not has_drop_path(name):
+      raise UserError(f"model {name} has no stochastic depth (drop_path={drop_path}); models "
+                      f"with it: {', '.join(drop_path_names())}.")
+    return family.builder(tuple(input_shape), num_classes, width=width or None,
+                          sync_bn=sync_bn, drop_path_rate=drop_path)
   return family.builder(tuple(input_shape), num_classes, width=width or None, sync_bn=sync_bn)

@@ -33,10 +33,10 @@ tokens as a map [H/p, W/p, D], for the methods that read maps), ``pooled`` (the 
 token after the final norm), ``pooled_dist`` (the distillation token's), ``head`` and
 ``head_dist`` (the two heads' logits).
 
-Departure, written down here until the vision-transformer issue's replica item is done:
-stochastic depth draws from Keras' seeded generator, not from stateless seeds of (seed,
-step, position), so a run with ``drop_path_rate > 0`` is not independent of the replica
-count. The registered models use rate 0.
+Stochastic depth (``config.<role>.drop_path``, 0 by default; DeiT's recipe uses 0.1) is
+models/stochastic_depth.py's: in kd_research's training step its masks are stateless draws
+of (seed, step, position in the global batch), independent of the replica count and exact
+on resume.
 """
 
 import math
@@ -50,6 +50,7 @@ from kd_research.models import imagenet
 from kd_research.models import parts
 from kd_research.models import pytorch_layers
 from kd_research.models import registry
+from kd_research.models import stochastic_depth
 
 LN_EPSILON = 1e-6  # timm's partial(nn.LayerNorm, eps=1e-6)
 MLP_RATIO = 4
@@ -86,28 +87,6 @@ class TokensAndPositions(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kd_research")
-class DropPath(keras.layers.Layer):
-  """Stochastic depth (timm's DropPath): in training, zeroes a residual branch per example
-  with probability ``rate`` and scales the kept ones by 1 / (1 - rate)."""
-
-  def __init__(self, rate=0.0, **kwargs):
-    super().__init__(**kwargs)
-    self.rate = rate
-    self.seed_generator = keras.random.SeedGenerator(0) if rate > 0 else None
-
-  def call(self, x, training=None):
-    if not training or self.rate <= 0:
-      return x
-    keep = 1.0 - self.rate
-    shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
-    mask = ops.floor(keep + keras.random.uniform(shape, seed=self.seed_generator))
-    return x * ops.cast(mask, x.dtype) / keep
-
-  def get_config(self):
-    return {**super().get_config(), "rate": self.rate}
-
-
-@keras.saving.register_keras_serializable(package="kd_research")
 class DistilledLogits(keras.layers.Layer):
   """A distilled model's output: the class token's head in training, the mean of the two
   heads in inference (DeiT's VisionTransformerDistilled)."""
@@ -129,10 +108,11 @@ def _block(x, heads, drop_rate, index):
   y = keras.layers.MultiHeadAttention(
       heads, width // heads, kernel_initializer=_trunc_normal(),
       bias_initializer="zeros")(y, y)
-  x = keras.layers.Add()([x, DropPath(drop_rate)(y)])
+  x = keras.layers.Add()([x, stochastic_depth.DropPath(drop_rate, 2 * index - 2)(y)])
   y = keras.layers.LayerNormalization(epsilon=LN_EPSILON)(x)
   y = keras.layers.Activation("gelu")(_linear(y, MLP_RATIO * width))  # exact (erf) GELU
-  x = keras.layers.Add()([x, DropPath(drop_rate)(_linear(y, width))])
+  x = keras.layers.Add()([x, stochastic_depth.DropPath(drop_rate, 2 * index - 1)(
+      _linear(y, width))])
   return parts.tap(x, f"block{index}")
 
 
@@ -191,10 +171,10 @@ def _builder(name, distilled):
   default_width, depth, heads, patch = CONFIGS[name]
   full = f"{name}_distilled" if distilled else name
 
-  def build(input_shape, num_classes, width=None, sync_bn=False):
+  def build(input_shape, num_classes, width=None, sync_bn=False, drop_path_rate=0.0):
     del sync_bn  # No BatchNorm.
     return vision_transformer(input_shape, num_classes, width or default_width, depth, heads,
-                              patch, distilled, name=full)
+                              patch, distilled, drop_path_rate, name=full)
   return full, build
 
 

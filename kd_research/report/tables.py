@@ -46,8 +46,10 @@ def bench_table(rows):
   lines = ["| row | configuration | examples/s | vs (a) | GFLOP/s | share of matmul peak |",
            "|---|---|---|---|---|---|"]
   for r in rows:
+    ratio = r["ratio_to_a"]  # NaN when row (a) was not run
+    vs_a = "-" if ratio != ratio else f"{ratio:.2f}x"
     lines.append(f"| ({r['row']}) | {r['name']} | {r['examples_per_second']:,.0f} | "
-                 f"{r['ratio_to_a']:.2f}x | {r['gflops']:.1f} | {100 * r['peak_share']:.1f}% |")
+                 f"{vs_a} | {r['gflops']:.1f} | {100 * r['peak_share']:.1f}% |")
   return "\n".join(lines)
 
 

@@ -137,6 +137,8 @@ FIELDS = {
     "model.init": "a .keras file to start training from (architecture and weights)",
     "model.cohort": "students: N >= 2 trains N students together by deep mutual learning "
                     "(no teacher); 0 = one student",
+    "model.drop_path": "stochastic depth rate of the models that have it (the ViTs: the last "
+                       "block's, rising linearly from 0); replica-independent; 0 = none",
     # Schedules.
     "schedule.kind": "constant | linear | cosine | exponential | piecewise",
     "schedule.start": "the value at the start",

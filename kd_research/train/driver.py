@@ -66,8 +66,9 @@ class Driver:
   """Runs the phases of one run; ``validate(step)`` and ``writer`` are the run's hooks."""
 
   def __init__(self, strategy, state, phases, cadence, global_batch_size, writer,
-               validate=None, lr_fn=None, jit_compile=False, l2=0.0):
+               validate=None, lr_fn=None, jit_compile=False, l2=0.0, seed=0):
     self.strategy, self.state, self.phases, self.cadence = strategy, state, phases, cadence
+    self.seed = seed  # keys the student's stochastic depth (steps.make_train_loop)
     self.global_batch_size, self.writer, self.validate = global_batch_size, writer, validate
     self.lr_fn, self.jit_compile, self.l2 = lr_fn, jit_compile, l2
     self.total_steps = phases[-1].end_step
@@ -87,7 +88,7 @@ class Driver:
       self._loops[phase.name] = steps.make_train_loop(
           self.strategy, self.state.model, self.state.optimizer, self.state.step,
           self.global_batch_size, phase.objective, phase.teacher_source, self.layout,
-          self.jit_compile, self.l2)
+          self.jit_compile, self.l2, self.seed)
     elif phase.select_trainable:
       phase.select_trainable()
     return self._loops[phase.name]

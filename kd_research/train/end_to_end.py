@@ -143,7 +143,7 @@ def make_driver(run, writer, validate=None):
       config.run.eval_every_epochs)
   return driver_lib.Driver(run.strategy, run.state, run.phases, cadence,
                            config.global_batch_size, writer, validate, run.lr_fn,
-                           config.run.jit_compile, config.optimizer.l2)
+                           config.run.jit_compile, config.optimizer.l2, run.entry.seed)
 
 
 def train_stream(run, writer=None):

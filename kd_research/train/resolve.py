@@ -175,7 +175,8 @@ def build_model(entry, splits, role):
   model = model_registry.build(
       entry.model, splits.input_shape, splits.num_classes, entry.width, entry.sync_bn,
       entry.image_size, entry.weights,
-      user_models.parse_kwargs(entry.get("kwargs", ""), f"config.{role}.kwargs"))
+      user_models.parse_kwargs(entry.get("kwargs", ""), f"config.{role}.kwargs"),
+      entry.get("drop_path", 0.0))
   pretrained.set_trainable(model, "finetune", entry.unfreeze_top, bool(entry.weights))
   return model
 

@@ -17,13 +17,17 @@ loop on a tensor, so they are traced as written (``do_not_convert``): converting
 about 2.5 s of every run's first trace, most of it in the objectives' ``terms``.
 """
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
 from kd_research.data import views as views_lib
 from kd_research.methods import losses
+from kd_research.common import example_draws
 from kd_research.common import metrics
 from kd_research.train import optimizers
+from kd_research.models import stochastic_depth
 from kd_research.models import taps
 
 
@@ -40,7 +44,7 @@ def train_layout(term_names):
 
 
 def make_train_loop(strategy, model, optimizer, step_var, global_batch_size, objective,
-                    teacher_source=None, layout=None, jit_compile=False, l2=0.0):
+                    teacher_source=None, layout=None, jit_compile=False, l2=0.0, seed=0):
   """Returns ``train_loop(iterator, num_steps) -> packed sums`` (see ``train_layout``).
 
   ``objective`` (methods/base.py) gives the per-example terms from the student's logits and
@@ -51,15 +55,17 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size, obj
   which XLA cannot place across replicas on CPU in TF 2.21: "Trying to access resource
   ... located in device CPU:1 from device CPU:0") with XLA. ``l2``: coupled L2 penalty
   l2/2 * sum(w^2) over the trained variables (gradient l2 * w, PyTorch SGD's weight_decay).
+  ``seed`` keys the student's stochastic depth (``drop_path_context``).
   """
   layout = layout or train_layout(objective.terms_names)
   optimizers.apply_gradients_as_given(optimizer)  # The step reduces the gradients itself.
   loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
   variables = list(model.trainable_variables) + list(objective.trainable_variables)
   tapped = taps.feature_model(model, objective.student_taps)  # One forward for all outputs.
+  drop_path_draws = drop_path_context(model, seed, global_batch_size)
 
   def forward_backward(batch, teacher, step):
-    with tf.GradientTape() as tape:
+    with tf.GradientTape() as tape, drop_path_draws(batch):
       student = student_outputs(tapped, objective, batch)
       logits = student["logits"]
       terms = objective.terms(batch, student, teacher, step)
@@ -97,6 +103,21 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size, obj
     return sums
 
   return train_loop
+
+
+def drop_path_context(model, seed, global_batch_size):
+  """batch -> the context in which ``model``'s stochastic depth reads its masks' uniforms
+  for that batch: stateless draws of (seed, step, each example's position in the global
+  batch) (models/stochastic_depth.py); no context for a model without stochastic depth."""
+  columns = stochastic_depth.columns(model)
+
+  def context(batch):
+    if not columns:
+      return contextlib.nullcontext()
+    return stochastic_depth.uniforms(example_draws.per_example(
+        tf.random.stateless_uniform, seed, stochastic_depth.SALT, batch["step"][0],
+        batch["position"], global_batch_size, [columns]))
+  return context
 
 
 def student_outputs(tapped, objective, batch):

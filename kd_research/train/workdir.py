@@ -46,7 +46,7 @@ def run_identity(config, role, teacher_paths=()):
               if k not in config_lib.NOT_IDENTITY + _MODEL_ENTRIES}
   entry = config.teacher if role == "teacher" else config.student
   identity["model"] = {k: v for k, v in entry.to_dict().items() if k != "path"}
-  for field in ("kwargs", "init", "cohort"):  # Runs from before these keep their identity.
+  for field in ("kwargs", "init", "cohort", "drop_path"):  # Older runs keep their identity.
     if not entry.get(field):
       identity["model"].pop(field, None)
   if entry.get("init"):  # A starting point: the file's contents, not its name.

@@ -114,10 +114,10 @@ def test_a_distilled_vit_student_learns_from_a_teacher(tmp_path, teacher_file, k
 def test_a_distilled_vit_is_replica_independent(tmp_path, conv_teacher, strategy_factory):
   """1 vs 2 replicas after 3 Adam steps of DeiT's hard distillation combined with OFA-KD
   (its branches on three blocks, with BatchNorm-free transformer blocks) of
-  vit_mini_distilled (width 16) from the session's convolutional teacher, on mixed
-  (cutmix) images: both methods in one run."""
+  vit_mini_distilled (width 16, stochastic depth 0.2) from the session's convolutional
+  teacher, on mixed (cutmix) images: both methods and the drop-path masks in one run."""
   config = method_config("deit,ofa", train_size=192, **{
-      "student.model": "vit_mini_distilled", "student.width": 16,
+      "student.model": "vit_mini_distilled", "student.width": 16, "student.drop_path": 0.2,
       "augment.ops": ("flip", "cutmix")})
   dirs = [str(tmp_path / "one"), str(tmp_path / "two")]
   for workdir, strategy in zip(dirs, (DEFAULT, strategy_factory(2))):

@@ -10,6 +10,7 @@ import pytest
 
 from kd_research.common.errors import UserError
 from kd_research.models import registry
+from kd_research.models import stochastic_depth
 from kd_research.models import taps
 from kd_research.models import vit
 from kd_research.train import end_to_end
@@ -119,6 +120,30 @@ def test_taps_save_and_load(tmp_path):
   model.save(path)
   loaded = keras.saving.load_model(path, safe_mode=True)
   np.testing.assert_array_equal(loaded(images, training=False), model(images, training=False))
+
+
+def test_stochastic_depth_reads_the_steps_uniforms():
+  """timm's DropPath: keep an example's branch when u >= rate (floor(1 - rate + u)), scale
+  the kept by 1 / (1 - rate); the rate rises linearly over the blocks to the model's
+  drop_path; inference is the identity; the training step's draws are per example."""
+  model = registry.build("vit_mini", (28, 28, 1), 10, 16, drop_path=0.1)
+  layers = [l for l in model.layers if isinstance(l, stochastic_depth.DropPath)]
+  np.testing.assert_allclose([l.rate for l in layers],
+                             np.repeat(np.linspace(0, 0.1, 4), 2), atol=1e-7)
+  assert [l.index for l in layers] == list(range(8)) and stochastic_depth.columns(model) == 8
+  rng = np.random.default_rng(0)
+  x = rng.normal(0, 1, (6, 5, 3)).astype(np.float32)
+  u = rng.uniform(0, 1, (6, 8)).astype(np.float32)
+  layer = stochastic_depth.DropPath(0.3, index=5)
+  with stochastic_depth.uniforms(u):
+    got = np.asarray(layer(x, training=True))
+  keep = np.floor(0.7 + u[:, 5])[:, None, None]
+  np.testing.assert_allclose(got, x * keep / 0.7, rtol=1e-6)
+  assert 0 < keep.sum() < 6
+  np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
+  assert stochastic_depth.columns(registry.build("vit_mini", (28, 28, 1), 10, 16)) == 0
+  with pytest.raises(UserError, match=r"cnn_article has no stochastic depth .*vit_mini"):
+    registry.build("cnn_article", (28, 28, 1), 10, 4, drop_path=0.1)
 
 
 def test_images_that_do_not_tile_into_patches_are_refused():

@@ -98,10 +98,11 @@ def test_sigterm_then_sigkill_then_rerun_matches_uninterrupted_run(tmp_path, con
 
 
 def _distilled_vit_cmd(teacher_file):
-  """DeiT's hard distillation with OFA-KD's branches into vit_mini_distilled, 2 epochs."""
+  """DeiT's hard distillation with OFA-KD's branches into vit_mini_distilled (stochastic
+  depth 0.2), 2 epochs."""
   return lambda workdir: distill_cmd(workdir, teacher_file, 2) + [
       "--config.student.model=vit_mini_distilled", "--config.student.width=16",
-      "--config.distill.method=deit,ofa", "--config.augment.ops=('flip','crop','cutmix')"]
+      "--config.student.drop_path=0.2", "--config.distill.method=deit,ofa", "--config.augment.ops=('flip','crop','cutmix')"]
 
 
 def test_sigkill_and_rerun_of_a_distilled_vit_matches_the_uninterrupted_run(tmp_path,
