@@ -22,7 +22,10 @@ Ops (``config.augment.ops``, comma-separated, applied in this order):
            erases after normalising by the ImageNet mean and std, so here, on [0, 255]
            pixels, 255 (mean_c + std_c z) (grey images: the channels' mean 0.449, std 0.226)
 Mixing partners are neighbouring positions (0<->1, 2<->3, ...) of the shuffled
-global batch, which stay on one replica whenever the per-replica batch is even.
+global batch, which stay on one replica whenever the per-replica batch is even. With both
+mixup and cutmix (DeiT's recipe: 0.8 and 1.0), each example is cut-mixed with probability
+1/2 and mixed up otherwise (timm's Mixup switch_prob 0.5, drawn per example here, as its
+'elem' mode; lam is per example in both).
 Extra views of the same images (data/views.py) draw with their own ``salt_offset``.
 """
 
@@ -48,8 +51,6 @@ def parse_ops(text):
     if op not in OPS:
       raise UserError(f"Unknown augmentation {op!r} in config.augment.ops; valid: "
                       f"{', '.join(OPS)}.")
-  if len(set(ops) & set(MIXING)) > 1:
-    raise UserError("config.augment.ops may contain only one of mixup, cutmix.")
   return ops
 
 
@@ -212,6 +213,26 @@ def _erase(images, u, noise, probability):
   return tf.where(inside[..., None], fill, images)
 
 
+SWITCH_SALT = 12  # mixup or cutmix per example, when both are on
+
+
+def _mix(op, images, one_hot, partner, alpha, lam_draw, draw):
+  """(images, labels) of ``op`` (mixup or cutmix) with each example's partner; ``lam_draw``
+  gives each example's Beta(alpha, alpha) draw."""
+  lam = lam_draw(alpha)
+  if op == "mixup":
+    lam4 = lam[:, None, None, None]
+    mixed = lam4 * images + (1.0 - lam4) * tf.gather(images, partner)
+  else:
+    height, width = images.shape[1], images.shape[2]
+    cut = tf.sqrt(1.0 - lam)
+    mask = _box_mask(height, width, tf.floor(draw(8) * height), tf.floor(draw(9) * width),
+                     cut * height, cut * width)
+    mixed = images * (1.0 - mask) + tf.gather(images, partner) * mask
+    lam = 1.0 - tf.reduce_mean(mask, axis=[1, 2, 3])  # The area actually pasted.
+  return mixed, lam[:, None] * one_hot + (1.0 - lam[:, None]) * tf.gather(one_hot, partner)
+
+
 def _partners(n):
   return tf.bitwise.bitwise_xor(tf.range(n), 1)
 
@@ -253,17 +274,17 @@ def augment_batch(batch, ops, cfg, seed, num_classes, global_batch_size, salt_of
   if mixing:
     one_hot = tf.one_hot(labels, num_classes, dtype=tf.float32)
     partner = _partners(tf.shape(images)[0])
-    alpha = cfg.mixup_alpha if mixing[0] == "mixup" else cfg.cutmix_alpha
-    lam = tf.gather(_beta(seed, step, 7 + salt_offset, n_global, alpha), pos)
-    if mixing[0] == "mixup":
-      lam4 = lam[:, None, None, None]
-      out["image"] = lam4 * images + (1.0 - lam4) * tf.gather(images, partner)
-    else:
-      height, width = images.shape[1], images.shape[2]
-      cut = tf.sqrt(1.0 - lam)
-      mask = _box_mask(height, width, tf.floor(draw(8) * height), tf.floor(draw(9) * width),
-                       cut * height, cut * width)
-      out["image"] = images * (1.0 - mask) + tf.gather(images, partner) * mask
-      lam = 1.0 - tf.reduce_mean(mask, axis=[1, 2, 3])  # The area actually pasted.
-    out["label"] = lam[:, None] * one_hot + (1.0 - lam[:, None]) * tf.gather(one_hot, partner)
+    mixed = {}
+    for op in mixing:  # Salt 7 for one op (as runs of one always drew); cutmix of both: 13.
+      salt = 13 if op == "cutmix" and len(mixing) == 2 else 7
+      lam_draw = lambda alpha, salt=salt: tf.gather(  # noqa: E731
+          _beta(seed, step, salt + salt_offset, n_global, alpha), pos)
+      alpha = cfg.mixup_alpha if op == "mixup" else cfg.cutmix_alpha
+      mixed[op] = _mix(op, images, one_hot, partner, alpha, lam_draw, draw)
+    if len(mixed) == 1:
+      out["image"], out["label"] = mixed[mixing[0]]
+    else:  # Both: cutmix for half of the examples (a per-example draw), mixup for the rest.
+      cut = draw(SWITCH_SALT) < 0.5
+      out["image"] = tf.where(cut[:, None, None, None], mixed["cutmix"][0], mixed["mixup"][0])
+      out["label"] = tf.where(cut[:, None], mixed["cutmix"][1], mixed["mixup"][1])
   return out
