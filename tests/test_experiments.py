@@ -17,7 +17,8 @@ PRESETS = {"fashion_mnist": ["quick", "full", "tiny"], "cifar10_article": [None,
            "cifar100_benchmark": ["resnet32x4_resnet8x4", "wrn_40_2_wrn_16_2",
                                   "resnet56_resnet20", "vgg13_vgg8", "vgg13_mobilenetv2",
                                   "mini"],
-           "imagenet_benchmark": ["resnet34_resnet18", "resnet50_mobilenetv1", "mini"],
+           "imagenet_benchmark": ["resnet34_resnet18", "resnet50_mobilenetv1", "mini",
+                                  "deit_tiny", "deit_mini"],
            "fashion_mnist_view_cache": [None]}
 
 
@@ -76,4 +77,28 @@ def test_imagenet_protocol_and_claimed_table():
   assert lr["boundaries"] == pytest.approx((0.3, 0.6, 0.9))
   assert imagenet_benchmark.learning_rate(512)["start"] == pytest.approx(0.2)
   for figure in ("71.03 (a)", "71.70 (a)", "72.05 (a)", "72.07 (b)", "73.31", "68.87"):
+    assert figure in imagenet_benchmark.CLAIMED_TABLE
+
+
+def test_deit_preset_is_deits_recipe():
+  """facebookresearch/deit main.py: AdamW, lr 5e-4 x batch / 512, weight decay 0.05 (no decay
+  on norms, biases, tokens), cosine to 1e-5 after 5 warm-up epochs from 1e-6, label
+  smoothing 0.1, mixup 0.8, cutmix 1.0, random erasing 0.25, drop path 0.1, hard
+  distillation alpha 0.5, 300 epochs; and DeiT's published rows in the claims."""
+  from experiments import imagenet_benchmark  # pylint: disable=g-import-not-at-top
+  config = load_experiment("imagenet_benchmark", "deit_tiny")
+  assert (config.student.model, config.student.epochs) == ("deit_tiny_distilled", 300)
+  assert config.optimizer.name == "adamw" and config.optimizer.weight_decay == 0.05
+  assert not config.optimizer.decay_norms_biases_tokens and config.optimizer.l2 == 0.0
+  lr = config.optimizer.learning_rate
+  assert lr["kind"] == "cosine" and lr["start"] == pytest.approx(5e-4 * 1024 / 512)
+  assert lr["end"] == pytest.approx(1e-5) and lr["warmup_from"] == pytest.approx(1e-6)
+  assert lr["warmup_steps"] == 5 * ((1_281_167 - 10_000) // 1024)
+  assert set(config.augment.ops) == {"randaugment", "erase", "mixup", "cutmix"}
+  assert (config.augment.mixup_alpha, config.augment.cutmix_alpha,
+          config.augment.erase_prob) == (0.8, 1.0, 0.25)
+  assert config.student.drop_path == 0.1 and config.distill.method == "deit"
+  assert (config.distill.deit.type, config.distill.deit.alpha,
+          config.distill.deit.label_smoothing) == ("hard", 0.5, 0.1)
+  for figure in ("74.5", "72.2", "79.8", "81.2", "82.9"):
     assert figure in imagenet_benchmark.CLAIMED_TABLE

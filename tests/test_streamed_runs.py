@@ -146,7 +146,8 @@ def test_teacher_cache_on_shards_matches_the_live_teacher(tmp_path, data, method
 def test_imagenet_benchmark_mini_on_a_generated_jpeg_folder(tmp_path, data):
   """The ImageNet protocol end to end (torchvision-layout resnet18 teacher, MobileNet-V1
   student, SGD + coupled L2, piecewise lr, inception crop seen by teacher and student, a
-  kd student) on the generated image folder."""
+  kd student) on the generated image folder; then the deit_mini preset distilled from its
+  teacher."""
   done = subprocess.run([sys.executable, "-m", "kd_research.main", "pipeline",
                          "--experiment=imagenet_benchmark:mini", f"--workdir={tmp_path}/run",
                          f"--config.dataset={data['folder']}"], cwd=REPO, env=ENV,
@@ -166,3 +167,16 @@ def test_imagenet_benchmark_mini_on_a_generated_jpeg_folder(tmp_path, data):
   assert report.returncode == 0, report.stderr[-3000:]
   text = open(tmp_path / "report.md").read()
   assert "NOT measured here" in text and "| ResNet-34 -> ResNet-18 | 73.31 | 69.76 | 71.03 (a)" in text
+  # DeiT's recipe (deit_mini: vit_mini_distilled, randaugment, erase, mixup + cutmix, drop
+  # path, AdamW) distilled from that pipeline's teacher through the distillation token.
+  deit = subprocess.run([sys.executable, "-m", "kd_research.main", "distill",
+                         "--experiment=imagenet_benchmark:deit_mini",
+                         f"--workdir={tmp_path}/deit",
+                         f"--config.dataset={data['folder']}",
+                         f"--config.teacher.path={tmp_path}/run/teacher/model.keras"],
+                        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+  assert deit.returncode == 0, deit.stderr[-3000:]
+  identity = json.load(open(tmp_path / "deit" / "config.json"))
+  assert identity["model"]["model"] == "vit_mini_distilled"
+  assert identity["model"]["drop_path"] == 0.1 and identity["augment"]["erase_prob"] == 0.25
+  assert identity["distill"]["method"] == "deit" and identity["optimizer"]["name"] == "adamw"
