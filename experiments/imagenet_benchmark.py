@@ -14,8 +14,9 @@ train/<wnid>/*.JPEG and val/<wnid>/*.JPEG, ImageFolder's layout) or its TFRecord
 few steps on a generated JPEG folder; the tests run it); ``deit_tiny`` (DeiT's recipe and
 hard distillation through the distillation token, ``deit_recipe``; ``distill`` it from a
 trained CNN teacher: --config.teacher.path) and ``deit_mini`` (that recipe on the mini
-folder). Departures of the DeiT presets from DeiT's main.py: no repeated augmentation yet
-(DeiT's --repeated-aug); RandAugment is the one of data/randaugment.py (2 ops per image,
+folder; repeated augmentation reads images by row: a folder, not TFRecord shards).
+Departures of the DeiT presets from DeiT's main.py: RandAugment is the one of
+data/randaugment.py (2 ops per image,
 uniform magnitudes) where DeiT's is timm's rand-m9-mstd0.5-inc1; mixup and cutmix switch
 per example (timm: per batch); the teacher is not RegNetY-16GF. Each pair preset trains the
 teacher, the labels-only student and one student per method over seed 0 (ImageNet runs
@@ -101,8 +102,8 @@ def deit_recipe(c, epochs=300, warmup_epochs=5):
   """DeiT's recipe (facebookresearch/deit main.py defaults) on config ``c``: AdamW, lr 5e-4
   per 512 examples, weight decay 0.05 sparing norms, biases and tokens, cosine to 1e-5 after
   a linear warm-up from 1e-6 over ``warmup_epochs``, label smoothing 0.1, RandAugment,
-  mixup 0.8 + cutmix 1.0, random erasing 0.25, stochastic depth 0.1, hard distillation
-  through the distillation token (alpha 0.5)."""
+  mixup 0.8 + cutmix 1.0, random erasing 0.25, repeated augmentation (3), stochastic depth
+  0.1, hard distillation through the distillation token (alpha 0.5)."""
   c.optimizer.name = "adamw"
   c.optimizer.weight_decay = 0.05
   c.optimizer.decay_norms_biases_tokens = False
@@ -114,6 +115,7 @@ def deit_recipe(c, epochs=300, warmup_epochs=5):
   c.augment.ops = ("randaugment", "erase", "mixup", "cutmix")
   c.augment.randaugment_layers = 2
   c.augment.mixup_alpha, c.augment.cutmix_alpha, c.augment.erase_prob = 0.8, 1.0, 0.25
+  c.augment.repeats = 3  # --repeated-aug (timm's RepeatAugSampler, 3 repeats)
   c.student.epochs, c.student.drop_path = epochs, 0.1
   c.distill.method = "deit"
   c.distill.deit.type, c.distill.deit.alpha, c.distill.deit.label_smoothing = "hard", 0.5, 0.1

@@ -102,6 +102,7 @@ def base_config():
   c.augment = ml_collections.ConfigDict(dict(
       ops=(), crop_padding=2, rotation_degrees=10.0, cutout_size=8, mixup_alpha=0.2,
       cutmix_alpha=1.0, randaugment_layers=2, erase_prob=0.25,
+      repeats=1,                 # repeated augmentation: each image r times per global batch
       # Extra views of each image for the methods that read them (data/views.py), e.g.
       # 'strong=flip,crop,randaugment'; several: 'a=...;b=...'. A method's own view (MLKD's
       # strong view, config.distill.mlkd.view_ops) needs no entry here.

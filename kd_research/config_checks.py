@@ -116,6 +116,19 @@ def model_entry(role, entry):
         f"depth; models with it: {', '.join(model_registry.drop_path_names())}.")
 
 
+def repeated_augmentation(config):
+  """config.augment.repeats: an integer in [1, global batch]; not with cached views."""
+  r = config.augment.repeats
+  need(isinstance(r, int) and 1 <= r <= config.global_batch_size,
+       f"config.augment.repeats must be an integer in [1, {config.global_batch_size}] (the "
+       f"global batch), got {r!r}.")
+  need(r == 1 or not (config.distill.cache_teacher and config.augment.ops),
+       f"config.augment.repeats={r} with config.distill.cache_teacher=true and "
+       f"augment.ops={','.join(config.augment.ops)}: the teacher cache of augmented views "
+       "follows the stream without repeats; distil from the live teacher "
+       "(config.distill.cache_teacher=false).")
+
+
 def distill_section(d, num_teachers, student_epochs, mixing=()):
   """A parsed distill section (a DistillSpec: config.distill, or a variant's, named by its
   ``where`` in the errors); ``mixing``: the mixup/cutmix ops of the run's augmentation."""

@@ -55,6 +55,7 @@ def parse(config):
   stability_ops = augment.parse_ops(config.run.stability_ops)
   checks.stability_ops(stability_ops)
   augmentation = augment.parse(config.augment)
+  checks.repeated_augmentation(config)
   spec = RunSpec(
       config=config, data=data, augment=augmentation,
       views=views_lib.parse(config.augment.views), stability_ops=stability_ops,

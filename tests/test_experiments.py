@@ -83,7 +83,8 @@ def test_imagenet_protocol_and_claimed_table():
 def test_deit_preset_is_deits_recipe():
   """facebookresearch/deit main.py: AdamW, lr 5e-4 x batch / 512, weight decay 0.05 (no decay
   on norms, biases, tokens), cosine to 1e-5 after 5 warm-up epochs from 1e-6, label
-  smoothing 0.1, mixup 0.8, cutmix 1.0, random erasing 0.25, drop path 0.1, hard
+  smoothing 0.1, mixup 0.8, cutmix 1.0, random erasing 0.25, repeated augmentation 3,
+  drop path 0.1, hard
   distillation alpha 0.5, 300 epochs; and DeiT's published rows in the claims."""
   from experiments import imagenet_benchmark  # pylint: disable=g-import-not-at-top
   config = load_experiment("imagenet_benchmark", "deit_tiny")
@@ -98,6 +99,7 @@ def test_deit_preset_is_deits_recipe():
   assert (config.augment.mixup_alpha, config.augment.cutmix_alpha,
           config.augment.erase_prob) == (0.8, 1.0, 0.25)
   assert config.student.drop_path == 0.1 and config.distill.method == "deit"
+  assert config.augment.repeats == 3
   assert (config.distill.deit.type, config.distill.deit.alpha,
           config.distill.deit.label_smoothing) == ("hard", 0.5, 0.1)
   for figure in ("74.5", "72.2", "79.8", "81.2", "82.9"):

@@ -153,10 +153,10 @@ def transfer_set(labels, role, train, global_batch_size):
 
 
 def train_dataset_fn(images, labels, global_batch_size, seed, start_step=0, extras=None,
-                     transform=None, threads=0):
+                     transform=None, threads=0, repeats=1):
   """The training stream of in-memory arrays (splits.ArraySplit.train_fn)."""
   return splits_lib.ArraySplit(images, labels).train_fn(global_batch_size, seed, start_step,
-                                                        extras, transform, threads)
+                                                        extras, transform, threads, repeats)
 
 
 def eval_dataset_fn(images, labels, global_batch_size, extras=None):

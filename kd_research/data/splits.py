@@ -131,9 +131,10 @@ class ArraySplit(RandomAccess):
                 label=tf.cast(batch["label"], tf.int32))
 
   def train_fn(self, global_batch_size, seed, start_step=0, extras=None, transform=None,
-               threads=0):
+               threads=0, repeats=1):
     def fn(input_context):
-      batches = streams.indexed_batches(self.num_examples, global_batch_size, seed, start_step)
+      batches = streams.indexed_batches(self.num_examples, global_batch_size, seed, start_step,
+                                        repeats)
       ds = streams.replica_slices(batches, input_context, global_batch_size)
       ds = ds.map(self._gather(extras), num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=True).map(self._cast)
@@ -187,11 +188,12 @@ class FileSplit(RandomAccess):
     return fn
 
   def train_fn(self, global_batch_size, seed, start_step=0, extras=None, transform=None,
-               threads=0):
+               threads=0, repeats=1):
 
     def fn(input_context):
       per_replica = streams.per_replica_batch(input_context, global_batch_size)
-      batches = streams.indexed_batches(self.num_examples, global_batch_size, seed, start_step)
+      batches = streams.indexed_batches(self.num_examples, global_batch_size, seed, start_step,
+                                        repeats)
       ds = streams.replica_slices(batches, input_context, global_batch_size).unbatch()
       load = self._load(_train_view(self.view, seed))
       ds = ds.map(plain(load), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -301,7 +303,12 @@ class ShardSplit:
     return fn
 
   def train_fn(self, global_batch_size, seed, start_step=0, extras=None, transform=None,
-               threads=0):
+               threads=0, repeats=1):
+    if repeats > 1:
+      raise UserError(f"config.augment.repeats={repeats} (repeated augmentation) needs a "
+                      "source read by row (in-memory arrays or an image folder); record "
+                      "shards are streamed once per epoch in their shuffled order. Use "
+                      "config.augment.repeats=1, or convert the shards' source to a folder.")
 
     def fn(input_context):
       per_replica = streams.per_replica_batch(input_context, global_batch_size)

@@ -66,14 +66,23 @@ def replica_slices(index_batches, input_context, global_batch_size):
   return index_batches.map(split).unbatch()
 
 
-def indexed_batches(n, global_batch_size, seed, start_step):
-  """Global batches {'index', 'step', 'position'} over rows 0..n-1 from ``start_step`` on."""
+def indexed_batches(n, global_batch_size, seed, start_step, repeats=1):
+  """Global batches {'index', 'step', 'position'} over rows 0..n-1 from ``start_step`` on.
+
+  ``repeats`` > 1 is repeated augmentation (Hoffer et al. 2020; DeiT's --repeated-aug, timm's
+  RepeatAugSampler): a global batch holds m = ceil(B / repeats) images of the epoch's
+  permutation, image k at positions k, k + m, k + 2m, ... (< B), each position augmented on
+  its own; an epoch keeps n // B steps, so it sees about n / repeats distinct images, as
+  timm's sampler selects. Neighbouring positions (mixup / cutmix partners) hold different
+  images. Every position is still read by exactly one replica of one worker: the copies
+  are ordinary positions of the global batch."""
   spe = n // global_batch_size
+  distinct = -(-global_batch_size // repeats)
 
   def epoch_batches(epoch):
     keys = tf.random.stateless_uniform([n], seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
-    order = tf.argsort(keys)[:spe * global_batch_size]
-    index = tf.reshape(tf.cast(order, tf.int64), [spe, global_batch_size])
+    order = tf.reshape(tf.cast(tf.argsort(keys)[:spe * distinct], tf.int64), [spe, distinct])
+    index = tf.gather(order, tf.range(global_batch_size) % distinct, axis=1)
     step = epoch * spe + tf.range(spe, dtype=tf.int64)
     step = tf.tile(step[:, None], [1, global_batch_size])
     position = tf.tile(tf.range(global_batch_size)[None], [spe, 1])

@@ -153,6 +153,9 @@ FIELDS = {
     "augment.crop_padding": "crop: pixels of padding before the random crop",
     "augment.rotation_degrees": "rotate: the largest angle",
     "augment.cutout_size": "cutout: the side of the square",
+    "augment.repeats": "repeated augmentation (DeiT: 3): each image of a global batch r times, "
+                       "each copy augmented on its own; an epoch keeps its steps (about n / r "
+                       "distinct images); 1 = off",
     "augment.erase_prob": "erase: the probability of erasing a box of an image (DeiT's "
                           "--reprob 0.25)",
     "augment.mixup_alpha": "mixup: Beta(alpha, alpha)",

@@ -163,7 +163,7 @@ def train_stream(run, writer=None):
     extras["labelled"] = run.labelled
   train_fn = functools.partial(run.train.train_fn, config.global_batch_size,
                                seed=run.entry.seed, transform=transform, extras=extras or None,
-                               threads=config.run.data_threads)
+                               threads=config.run.data_threads, repeats=config.augment.repeats)
   step = run.state.current_step
   if step == 0 and transform is not None and writer is not None:
     first = next(iter(train_fn()(tf.distribute.InputContext())))

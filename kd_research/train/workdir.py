@@ -94,6 +94,8 @@ def _drop_unused_augmentation(augment, method_views=()):
     augment.pop("randaugment_layers", None)
   if not any("erase" in ops for ops in used):
     augment.pop("erase_prob", None)
+  if augment.get("repeats") == 1:
+    augment.pop("repeats")
 
 
 def _schedule_v1(d, prefix):

@@ -34,11 +34,12 @@ def dataset(n=64, size=8, seed=0):
           rng.integers(0, 5, n).astype(np.int32))
 
 
-def train_fn(ops, gb=16, start_step=0, **kw):
+def train_fn(ops, gb=16, start_step=0, repeats=1, **kw):
   x, y = dataset()
   transform = functools.partial(augment.augment_batch, ops=ops, cfg=params(**kw), seed=7,
                                 num_classes=5, global_batch_size=gb)
-  return datasets.train_dataset_fn(x, y, gb, seed=3, start_step=start_step, transform=transform)
+  return datasets.train_dataset_fn(x, y, gb, seed=3, start_step=start_step, transform=transform,
+                                   repeats=repeats)
 
 
 @pytest.mark.parametrize("ops", [("flip", "crop", "rotate", "cutout", "mixup"), ("cutmix",),
@@ -51,6 +52,40 @@ def test_same_augmented_batch_for_any_replica_count(ops, replicas):
     # Pixels are 0..255; bilinear rotation on a differently sized batch differs by ~1e-4.
     np.testing.assert_allclose(a["image"], b["image"], rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(a["label"], b["label"], atol=1e-6)
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 4])
+def test_repeated_augmentation_copies_each_image_with_its_own_augmentation(replicas):
+  """repeats 3 at batch 16: 6 images per batch at positions k, k + 6, k + 12, neighbours
+  different images; each copy flipped / cropped / erased on its own; 4 steps per epoch of
+  64 (24 distinct images); the same batches for any replica count and after a resume."""
+  ops = ("flip", "crop", "erase")
+  batches = global_batches(train_fn(ops, repeats=3), replicas, 5)
+  reference = global_batches(train_fn(ops, repeats=3), 1, 5)
+  for got, want in zip(batches, reference):
+    np.testing.assert_allclose(got["image"], want["image"], atol=1e-3)
+    index = got["index"]
+    np.testing.assert_array_equal(index, np.tile(index[:6], 3)[:16])
+    assert len(set(index[:6])) == 6 and all(index[::2] != index[1::2])
+    for k in range(6):  # The copies of one image differ by their augmentation.
+      copies = got["image"][[k, k + 6, k + 12]] if k < 4 else got["image"][[k, k + 6]]
+      assert not all(np.array_equal(copies[0], c) for c in copies[1:])
+  epoch = np.concatenate([b["index"][:6] for b in batches[:4]])
+  assert len(set(epoch)) == 24
+  resumed = global_batches(train_fn(ops, repeats=3, start_step=3), 1, 2)
+  for a, b in zip(batches[3:], resumed):
+    np.testing.assert_array_equal(a["index"], b["index"])
+    np.testing.assert_allclose(a["image"], b["image"], atol=1e-6)
+
+
+def test_repeated_augmentation_is_checked():
+  from kd_research import run_spec  # pylint: disable=g-import-not-at-top
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  with pytest.raises(UserError, match=r"augment.repeats must be an integer in \[1, 64\]"):
+    run_spec.parse(tiny_config(**{"augment.repeats": 0}))
+  with pytest.raises(UserError, match="teacher cache of augmented views"):
+    run_spec.parse(tiny_config(**{"augment.repeats": 3, "augment.ops": ("flip",),
+                                  "distill.cache_teacher": True}))
 
 
 def test_augmentation_stream_resumes():
