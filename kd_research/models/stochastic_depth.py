@@ -14,22 +14,32 @@ Each layer has an ``index`` among its model's DropPath layers (its column of ``u
 """
 
 import contextlib
+import threading
 
 import keras
 from keras import ops
 
-_ACTIVE = []  # the [B, layers] uniforms of the step being traced, innermost last
-SALT = 17     # the draws' salt (common/example_draws.py)
+# The [B, layers] uniforms of the step being traced, per thread: MirroredStrategy traces
+# each replica's step in a thread of its own and switches between them at cross-replica
+# calls, so one replica must never see another's draws.
+_TRACING = threading.local()
+SALT = 17  # the draws' salt (common/example_draws.py)
+
+
+def _stack():
+  if not hasattr(_TRACING, "stack"):
+    _TRACING.stack = []
+  return _TRACING.stack
 
 
 @contextlib.contextmanager
 def uniforms(u):
-  """Within this block, DropPath layer k draws ``u[:, k]`` ([B, layers] float32)."""
-  _ACTIVE.append(u)
+  """Within this block (in this thread), DropPath layer k draws ``u[:, k]`` ([B, layers])."""
+  _stack().append(u)
   try:
     yield
   finally:
-    _ACTIVE.pop()
+    _stack().pop()
 
 
 def columns(model):
@@ -52,8 +62,9 @@ class DropPath(keras.layers.Layer):
     if not training or self.rate <= 0:
       return x
     keep = 1.0 - self.rate
-    if _ACTIVE:
-      u = _ACTIVE[-1][:, self.index]
+    stack = _stack()
+    if stack:
+      u = stack[-1][:, self.index]
     else:
       u = keras.random.uniform(ops.shape(x)[:1], seed=self.seed_generator)
     mask = ops.floor(keep + ops.cast(u, "float32"))

@@ -146,6 +146,38 @@ def test_stochastic_depth_reads_the_steps_uniforms():
     registry.build("cnn_article", (28, 28, 1), 10, 4, drop_path=0.1)
 
 
+def test_each_replica_thread_reads_its_own_draws():
+  """MirroredStrategy traces each replica's step in its own thread and switches threads at
+  cross-replica calls: a DropPath traced in one thread while another thread is inside its
+  own draws' block must still read its own."""
+  import threading  # pylint: disable=g-import-not-at-top
+  layer = stochastic_depth.DropPath(0.5, index=0)
+  x = np.ones((2, 3), np.float32)
+  a_in, b_in, a_done, seen = (threading.Event(), threading.Event(), threading.Event(), {})
+
+  def replica_a():
+    with stochastic_depth.uniforms(np.full((2, 1), 0.9, np.float32)):
+      a_in.set()
+      b_in.wait(10)  # replica b has entered its draws and waits inside its block
+      seen["a"] = np.asarray(layer(x, training=True))
+      a_done.set()
+
+  def replica_b():
+    a_in.wait(10)
+    with stochastic_depth.uniforms(np.full((2, 1), 0.1, np.float32)):
+      b_in.set()
+      a_done.wait(10)
+      seen["b"] = np.asarray(layer(x, training=True))
+
+  threads = [threading.Thread(target=replica_a), threading.Thread(target=replica_b)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(20)
+  np.testing.assert_array_equal(seen["a"], 2 * x)  # u 0.9 >= 0.5: kept, scaled by 1 / 0.5
+  np.testing.assert_array_equal(seen["b"], 0 * x)  # u 0.1 < 0.5: dropped
+
+
 def test_images_that_do_not_tile_into_patches_are_refused():
   with pytest.raises(UserError, match=r"30x30 images into 4x4 patches; use an image size "
                                       r"divisible by 4"):
