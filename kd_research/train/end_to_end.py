@@ -37,6 +37,7 @@ from kd_research.train import resolve as resolve_lib
 from kd_research.train import results as results_lib
 from kd_research.train import summaries
 from kd_research.train import teacher_sources
+from kd_research.train import teachers as teachers_lib
 from kd_research.train import workdir as workdir_lib
 
 ROLES = ("teacher", "student", "distill")
@@ -58,6 +59,8 @@ def train_and_evaluate(config, workdir, role, strategy, teacher_paths=(), overwr
   if choice.requested != choice.used:
     config = config_lib.replaced(config, mixed_precision=choice.used)
   spec = run_spec.parse(config)  # Checked before anything is written.
+  for k, path in enumerate(teacher_paths):  # A missing or cut file: before config.json too.
+    teachers_lib.check_teacher_file(path, f"teacher {k}")
   identity = workdir_lib.run_identity(config, role, teacher_paths)
   if chief:
     fileio.check_writable(workdir)

@@ -59,8 +59,9 @@ class TeacherEnsemble:
     return {"logits": tf.stop_gradient(tf.stack(logits)), "features": features}
 
 
-def load_teacher(path, input_shape, num_classes, name="teacher"):
-  """Loads a teacher saved as ``.keras`` and checks its input shape and class count."""
+def check_teacher_file(path, name="teacher"):
+  """UserError unless ``path`` names an existing, whole ``.keras`` file: checked before a
+  run writes anything, and again when the teacher loads."""
   if not path:
     raise UserError(f"{name}: no path given; set --config.teacher.path=RUN/model.keras or run "
                     "the 'pipeline' command, which trains the teacher first.")
@@ -73,6 +74,11 @@ def load_teacher(path, input_shape, num_classes, name="teacher"):
     raise UserError(f"{name}: teacher {path} is truncated or not a .keras file: a .keras file "
                     f"is a zip archive, this one ({os.path.getsize(path)} bytes) is not. "
                     "Copy it again, or retrain the teacher.")
+
+
+def load_teacher(path, input_shape, num_classes, name="teacher"):
+  """Loads a teacher saved as ``.keras`` and checks its input shape and class count."""
+  check_teacher_file(path, name)
   try:
     # safe_mode (the default, stated here on purpose) refuses Lambda layers holding
     # Python bytecode: loading a teacher file never runs code from it.

@@ -148,6 +148,11 @@ def test_bad_teacher_files(tmp_path, teacher_file):
                       shape, classes)
   with pytest.raises(UserError, match="at least one teacher"):
     teachers_lib.load([], shape, classes)
+  workdir = tmp_path / "run"  # A run refuses a missing teacher before writing anything.
+  with pytest.raises(UserError, match="teacher 0: teacher file .* does not exist"):
+    end_to_end.train_and_evaluate(tiny_config(), str(workdir), "distill", DEFAULT,
+                                  (str(tmp_path / "none.keras"),))
+  assert not workdir.exists() or not os.listdir(workdir)
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
