@@ -45,6 +45,13 @@ def batch_norm(sync_bn, name=None):
                                          synchronized=sync_bn, name=name)
 
 
+def timm_trunc_normal():
+  """A new initializer equal to timm's ``trunc_normal_(w, std=0.02)``: its bounds a=-2, b=2
+  are absolute, 100 standard deviations out, so it draws N(0, 0.02) (Keras'
+  TruncatedNormal would cut at 2 standard deviations, a narrower distribution)."""
+  return keras.initializers.RandomNormal(0.0, 0.02)
+
+
 def conv_initializer(init, depthwise=False):
   """A new Keras initializer equal to PyTorch's ``init`` (CONV_INITS) for a convolution."""
   if init not in CONV_INITS:

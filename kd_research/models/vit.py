@@ -57,8 +57,8 @@ MLP_RATIO = 4
 
 
 def _trunc_normal():
-  """timm's trunc_normal_(std=0.02) (a new initializer per layer: see pytorch_layers.py)."""
-  return keras.initializers.TruncatedNormal(0.0, 0.02)
+  """timm's trunc_normal_(std=0.02) (pytorch_layers.timm_trunc_normal), new per layer."""
+  return pytorch_layers.timm_trunc_normal()
 
 
 @keras.saving.register_keras_serializable(package="kd_research")
