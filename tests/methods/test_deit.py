@@ -5,6 +5,7 @@ end to end with a distilled ViT student."""
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 
@@ -97,15 +98,28 @@ def test_bad_section_values_are_refused():
 
 
 @pytest.mark.parametrize("kind", ["soft"])  # 'hard': the replica test below runs it
-def test_a_distilled_vit_student_learns_from_a_teacher(tmp_path, teacher_file, kind):
-  """vit_mini_distilled (width 16) distilled from the session's MLP teacher for one epoch:
-  the run evaluates the averaged heads and records the section."""
+def test_a_distilled_vit_student_reports_its_averaged_heads(tmp_path, teacher_file, kind):
+  """vit_mini_distilled (width 16) distilled from the session's MLP teacher for 2 epochs:
+  the test accuracy in results.json is that of the mean of the saved model's two heads
+  (DeiT's prediction), recomputed here on the test split; the run records the section.
+  (Whether distillation helps a ViT is the method benchmark's question: 2 epochs of this
+  preset leave it between 12% and 30% depending on the seed.)"""
+  from kd_research.models import taps  # pylint: disable=g-import-not-at-top
+  from kd_research.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   config = tiny_config(**{"student.model": "vit_mini_distilled", "student.width": 16,
-                          "student.epochs": 1, "distill.method": "deit",
+                          "student.epochs": 2, "distill.method": "deit",
                           "distill.deit.type": kind})
   workdir = str(tmp_path / kind)
   results = end_to_end.train_and_evaluate(config, workdir, "distill", DEFAULT, (teacher_file,))
-  assert results["test_accuracy"] > 0.12, results  # 10 classes
+  test = workdir_lib.splits_of_run(config, workdir).test
+  model = keras.models.load_model(os.path.join(workdir, "model.keras"), compile=False)
+  heads = taps.feature_model(model, ["head", "head_dist"])(test.images.astype(np.float32))
+  cls, dist = heads[1].numpy(), heads[2].numpy()
+  predicted = (cls + dist).argmax(-1)
+  # The check can tell the mean from either head: they disagree on some test examples.
+  assert np.mean(cls.argmax(-1) != dist.argmax(-1)) > 0.05
+  assert results["test_count"] == len(test.labels)
+  assert results["test_accuracy"] == pytest.approx(np.mean(predicted == test.labels), abs=1e-6)
   identity = json.load(open(os.path.join(workdir, "config.json")))
   assert identity["distill"]["deit"]["type"] == kind and identity["model"]["model"] == (
       "vit_mini_distilled")
