@@ -28,7 +28,9 @@ from generated_data import write_fake_mnist
 # and step); CRD's memory banks, Z and embedding heads; OFD's connectors, ReviewKD's fusion
 # modules, VID's regressors and variances (a conv teacher and student). It is run
 # uninterrupted once, and once interrupted twice: SIGTERM, then SIGKILL.
-EVERY_STATE = ["--config.distill.method=kd,mlkd,crd,ofd,reviewkd,vid",
+EVERY_STATE = ["--config.distill.method=kd,mlkd,crd,fitnets,ofd,reviewkd,vid",
+               # cnn_article's 12x12 stage1 against resnet_article's 14x14 stage2.
+               "--config.distill.fitnets.connector=resize",
                "--config.distill.ctkd.enabled=true", "--config.distill.ctkd.decay_epochs=2",
                "--config.distill.crd.negatives=64", "--config.distill.reviewkd.warmup_epochs=1",
                "--config.student.model=cnn_article", "--config.student.width=4",
@@ -99,8 +101,8 @@ def test_sigterm_then_sigkill_then_rerun_matches_uninterrupted_run(tmp_path, con
 
 def _distilled_vit_cmd(teacher_file):
   """DeiT's hard distillation with OFA-KD's branches into vit_mini_distilled (stochastic
-  depth 0.2), 2 epochs."""
-  return lambda workdir: distill_cmd(workdir, teacher_file, 2) + [
+  depth 0.2), one epoch."""
+  return lambda workdir: distill_cmd(workdir, teacher_file, 1) + [
       "--config.student.model=vit_mini_distilled", "--config.student.width=16",
       "--config.student.drop_path=0.2", "--config.distill.method=deit,ofa", "--config.augment.ops=('flip','crop','cutmix')"]
 
@@ -108,9 +110,9 @@ def _distilled_vit_cmd(teacher_file):
 def test_sigkill_and_rerun_of_a_distilled_vit_matches_the_uninterrupted_run(tmp_path,
                                                                             teacher_file):
   """The ViT's tokens and position embeddings, its two heads, OFA's branches and the
-  optimizer's moments resume exactly: SIGKILL after a checkpoint of step >= 20 of 56."""
+  optimizer's moments resume exactly: SIGKILL after a checkpoint of step >= 10 of 28."""
   killed_at, diff, (a, b) = killed_rerun_matches_uninterrupted(
-      _distilled_vit_cmd(teacher_file), tmp_path, 20, 2 * STEPS_PER_EPOCH)
+      _distilled_vit_cmd(teacher_file), tmp_path, 10, STEPS_PER_EPOCH)
   print(f"vit_mini_distilled (deit + ofa) killed after checkpoint {killed_at}; "
         f"max |dw| vs uninterrupted: {diff}")
   assert diff == 0.0
