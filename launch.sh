@@ -45,6 +45,9 @@ usage: ./launch.sh COMMAND [flags]
                skips them later), then results/RESULTS.md and its figure from what exists
   benchmark_fitnets  only FitNets (and the teachers and labels-only students) of that
                campaign on both pairs: results/RESULTS_FITNETS.md
+  benchmark_vit  the cross-architecture pairs of that campaign (CNN -> ViT with DeiT and
+               OFA-KD, ViT -> CNN, ViT -> ViT; the ViT's learning rate chosen on
+               validation first): results/RESULTS_VIT.md
   benchmark_short  the same at the earlier unconverged budget where plain KD lost, and the
                "why" axes: results/RESULTS_SHORT.md, results/RESULTS_WHY.md
   config_reference  regenerate docs/config.md from the config schema (every field, its
@@ -168,6 +171,39 @@ benchmark_campaign() {
   echo "benchmark: results/RESULTS.md and results/results_methods.svg written"
 }
 
+# The cross-architecture pairs (method_benchmark:vit, vit_reverse, vit_from_vit) below
+# runs/benchmark_vit: the resnet pair's CNN teacher, the ViT student's learning rate chosen
+# on validation (labels only, seed 0), then the three pipelines, and results/RESULTS_VIT.md.
+benchmark_vit_campaign() {
+  local root="${KD_BENCHMARK_DIR:-runs/benchmark}" vit="${KD_BENCHMARK_VIT_DIR:-runs/benchmark_vit}"
+  local run=("$PY" -m kd_research.main) lr
+  local cnn_teacher="$root/resnet/teacher" vit_teacher="$vit/vit_reverse/teacher"
+  # The same run as the resnet pipeline's teacher (finished: skipped).
+  "${run[@]}" train --role=teacher --experiment=method_benchmark:resnet \
+    --workdir="$cnn_teacher" "$@"
+  for lr in 0.001 0.003 0.01; do
+    "${run[@]}" train --role=student --experiment=method_benchmark:vit \
+      --config.optimizer.learning_rate.start=$lr --workdir="${vit}_sweep/lr/lr_$lr" "$@"
+  done
+  lr="$("$PY" -c 'import json, sys
+accuracy = {d: json.load(open(d + "/results.json"))["validation_accuracy"] for d in sys.argv[1:]}
+print(max(accuracy, key=accuracy.get).rsplit("lr_", 1)[1])' "${vit}_sweep"/lr/lr_*)"
+  echo "benchmark_vit: the ViT student's learning rate, chosen on validation: $lr"
+  "${run[@]}" pipeline --experiment=method_benchmark:vit --workdir="$vit/vit" \
+    --config.teacher.path="$cnn_teacher/model.keras" \
+    --config.optimizer.learning_rate.start=$lr "$@"
+  "${run[@]}" train --role=teacher --experiment=method_benchmark:vit_reverse \
+    --config.optimizer.learning_rate.start=$lr --workdir="$vit_teacher" "$@"
+  "${run[@]}" pipeline --experiment=method_benchmark:vit_reverse --workdir="$vit/vit_reverse" \
+    --config.teacher.path="$vit_teacher/model.keras" "$@"
+  "${run[@]}" pipeline --experiment=method_benchmark:vit_from_vit --workdir="$vit/vit_from_vit" \
+    --config.teacher.path="$vit_teacher/model.keras" \
+    --config.optimizer.learning_rate.start=$lr "$@"
+  "${run[@]}" report --workdir="$vit" --sweep="${vit}_sweep" --output=results/RESULTS_VIT.md \
+    > /dev/null
+  echo "benchmark_vit: results/RESULTS_VIT.md written"
+}
+
 # One part of the campaign above on both pairs (method_benchmark:article_PART and
 # resnet_PART: the same runs, which the full campaign then skips), and its page:
 # benchmark_part PART PAGE FIGURE [flags].
@@ -251,6 +287,9 @@ case "$cmd" in
   benchmark_features)
     [ -x "$PY" ] || setup
     benchmark_part features results/RESULTS.md results/results_methods.svg "$@" ;;
+  benchmark_vit)
+    [ -x "$PY" ] || setup
+    benchmark_vit_campaign "$@" ;;
   benchmark_fitnets)
     [ -x "$PY" ] || setup
     benchmark_part fitnets results/RESULTS_FITNETS.md results/results_methods_fitnets.svg "$@" ;;

@@ -7,6 +7,7 @@ pairs, hyper-parameters chosen on validation, 3 seeds each.
     ./launch.sh report --workdir=runs/benchmark --sweep=runs/benchmark_sweep \\
         --output=results/RESULTS.md --figure=results/results_methods.svg
     ./launch.sh benchmark_features  # only the feature methods below, kd and the baselines
+    ./launch.sh benchmark_vit       # the cross-architecture pairs (vit, vit_reverse, vit_from_vit)
 
 Each pipeline trains its teacher, runs every method's candidates once (seed 0) in
 runs/benchmark_sweep/<pair>/ and keeps the one with the best *validation* accuracy
@@ -47,6 +48,19 @@ Presets:
            (alpha 0.9, T 4: kd's validation choice on both pairs) from a teacher of its own
            architecture, given by --config.teacher.path: ``./launch.sh benchmark`` gives it
            the kd student of seed 0, so generation 2 learns from generation 1.
+  vit      cross-architecture, CNN -> ViT: the resnet pair's teacher (resnet56 w8, given by
+           --config.teacher.path) -> vit_mini_distilled (64 wide, 4 blocks, patch 4: 0.2M)
+           with a distillation token, 40 epochs at the learning rate the campaign chooses
+           for the ViT on validation (labels only, seed 0, over 1e-3, 3e-3 and 1e-2; the
+           preset's own 1e-3 otherwise): labels only, kd on the class token, DeiT soft,
+           DeiT hard, OFA-KD, DKD.
+  vit_reverse  ViT -> CNN: a vit_mini teacher at width 128 (0.8M; trained by the campaign
+           at the ViT's learning rate, then given by --config.teacher.path) -> the resnet
+           pair's student (resnet20 w8, 20 epochs, 1e-2): labels only, kd, OFA-KD.
+  vit_from_vit  the vit preset's student taught by that ViT teacher (kd, DeiT soft and
+           hard): with the vit preset, whether a CNN teacher helps a ViT student more than
+           a ViT teacher does (DeiT's observation), as far as the two teachers' accuracies
+           are alike.
   curve    the article pair's labels-only student at twice the budget (is it converged?).
   short    the previous, *unconverged* protocol (Adam 1e-3, 20 epochs for teacher and
            students) on the article pair, all methods: the budget at which plain KD lost
@@ -64,7 +78,8 @@ from kd_research import config as config_lib
 
 PRESETS = ("article", "resnet", "article_features", "resnet_features", "article_fitnets",
            "resnet_fitnets", "article_born_again",
-           "resnet_born_again", "curve", "short", "long", "why", "tiny")
+           "resnet_born_again", "vit", "vit_reverse", "vit_from_vit", "curve", "short", "long",
+           "why", "tiny")
 
 # {method variant: its fixed settings}; candidates below are tried on validation.
 _ARTICLE_METHODS = {
@@ -138,6 +153,25 @@ _CANDIDATES = {
     "mlkd": {"reference": dict(mlkd=dict(mask="reference")),
              "balanced": dict(mlkd=dict(batch_weight=0.5, class_weight=0.0025))},
 }
+# The cross-architecture pairs (DeiT reads the distillation token's head; kd and dkd the
+# class token's). DeiT's hard distillation has no hyper-parameter (alpha 0.5, its paper's).
+_VIT_METHODS = {
+    "kd": dict(method="kd"),
+    "deit_soft": dict(method="deit", deit=dict(type="soft")),
+    "deit_hard": dict(method="deit", deit=dict(type="hard")),
+    "ofa": dict(method="ofa"),
+    "dkd": dict(method="dkd", dkd=dict(warmup_epochs=3)),
+}
+_VIT_CANDIDATES = {
+    "kd": _CANDIDATES["kd"], "dkd": _CANDIDATES["dkd"],
+    # DeiT's main.py defaults (alpha 0.5, tau 1), and kd's stronger pair.
+    "deit_soft": {"a05_T1": dict(deit=dict(alpha=0.5, temperature=1.0)),
+                  "a09_T4": dict(deit=dict(alpha=0.9, temperature=4.0))},
+    # OFAKD's train.py default eps 1, and its ImageNet README's 1.5.
+    "ofa": {"eps1": dict(ofa=dict(eps=(1.0,))), "eps1_5": dict(ofa=dict(eps=(1.5,)))},
+}
+_VIT_PRESET_METHODS = {"vit": tuple(_VIT_METHODS), "vit_reverse": ("kd", "ofa"),
+                       "vit_from_vit": ("kd", "deit_soft", "deit_hard")}
 _RESNET_METHODS = ("kd", "dkd", "fitnets", "crd") + _FEATURE_METHODS + ("kd_ctkd", "dkd_ctkd",
                                                                          "mlkd")
 # Learning rate and epochs (teacher and students) of each protocol.
@@ -176,6 +210,24 @@ def _narrow_to_preset(c, arg):
     c.distill.method = "kd"
     c.distill.alpha = config_lib.schedule(0.9)
     c.distill.temperature = config_lib.schedule(4.0)
+
+
+def _cross_architecture(c, arg):
+  """The vit, vit_reverse and vit_from_vit presets: models, budgets and methods."""
+  vit_teacher = config_lib.model_config("vit_mini", width=128, epochs=40, seed=0)
+  c.teacher = (vit_teacher if arg != "vit" else
+               config_lib.model_config("resnet56", width=8, epochs=40, seed=0))
+  if arg == "vit_reverse":
+    c.student = config_lib.model_config("resnet20", width=8, epochs=20, seed=0)
+  else:  # The ViT student's learning rate: the campaign passes its validation choice.
+    c.student = config_lib.model_config("vit_mini_distilled", epochs=40, seed=0)
+    c.optimizer.learning_rate.start = 1e-3
+  c.pipeline.variants = ml_collections.ConfigDict()
+  c.pipeline.candidates = ml_collections.ConfigDict()
+  for name in _VIT_PRESET_METHODS[arg]:
+    c.pipeline.variants[name] = dict(_VIT_METHODS[name])
+    if name in _VIT_CANDIDATES:
+      c.pipeline.candidates[name] = _VIT_CANDIDATES[name]
 
 
 def _shrink_to_tiny(c):
@@ -230,6 +282,8 @@ def get_config(arg="article"):
     c.pipeline.variants[name] = dict(settings, **({"cache_teacher": False} if live else {}))
     c.pipeline.candidates[name] = _CANDIDATES[name]
   _narrow_to_preset(c, arg)
+  if arg in _VIT_PRESET_METHODS:
+    _cross_architecture(c, arg)
   c.run.stability_ops = ()
   c.run.eval_every_epochs = 5
   c.run.checkpoint_every_seconds = 120

@@ -12,7 +12,8 @@ PRESETS = {"fashion_mnist": ["quick", "full", "tiny"], "cifar10_article": [None,
            "fashion_mnist_pretrained_teacher": [None, "imagenet"],
            "fashion_mnist_results": [None],
            "method_benchmark": ["article", "resnet", "article_features", "resnet_features",
-                                 "article_born_again", "resnet_born_again", "curve",
+                                 "article_born_again", "resnet_born_again", "vit",
+                                 "vit_reverse", "vit_from_vit", "curve",
                                  "short", "long", "why", "tiny"],
            "cifar100_benchmark": ["resnet32x4_resnet8x4", "wrn_40_2_wrn_16_2",
                                   "resnet56_resnet20", "vgg13_vgg8", "vgg13_mobilenetv2",
@@ -104,3 +105,30 @@ def test_deit_preset_is_deits_recipe():
           config.distill.deit.label_smoothing) == ("hard", 0.5, 0.1)
   for figure in ("74.5", "72.2", "79.8", "81.2", "82.9"):
     assert figure in imagenet_benchmark.CLAIMED_TABLE
+
+
+def test_cross_architecture_presets_have_the_rows_of_the_vit_pair():
+  """method_benchmark:vit: the resnet pair's CNN teacher -> a ViT with a distillation token:
+  labels only, kd on the class token, DeiT soft and hard, OFA-KD and DKD, every method's
+  candidates but DeiT hard's (none); vit_reverse: a ViT teacher -> the resnet pair's student
+  with kd and OFA-KD; vit_from_vit: the ViT student from that ViT teacher."""
+  resnet = load_experiment("method_benchmark", "resnet")
+  vit, reverse, from_vit = (load_experiment("method_benchmark", preset)
+                            for preset in ("vit", "vit_reverse", "vit_from_vit"))
+  assert vit.teacher.to_dict() == resnet.teacher.to_dict()
+  assert reverse.student.to_dict() == resnet.student.to_dict()
+  assert reverse.optimizer.learning_rate.start == resnet.optimizer.learning_rate.start
+  assert from_vit.teacher.to_dict() == reverse.teacher.to_dict()
+  assert reverse.teacher.model == "vit_mini" and from_vit.student.to_dict() == (
+      vit.student.to_dict())
+  assert (vit.student.model, vit.student.epochs) == ("vit_mini_distilled", 40)
+  deit = {name: (v.method, v.get("deit", {}).get("type")) for name, v in
+          vit.pipeline.variants.items()}
+  assert deit == {"kd": ("kd", None), "deit_soft": ("deit", "soft"),
+                  "deit_hard": ("deit", "hard"), "ofa": ("ofa", None), "dkd": ("dkd", None)}
+  assert set(vit.pipeline.candidates) == set(deit) - {"deit_hard"}
+  assert set(reverse.pipeline.variants) == {"kd", "ofa"}
+  assert set(from_vit.pipeline.variants) == {"kd", "deit_soft", "deit_hard"}
+  launch = open(os.path.join(REPO, "launch.sh")).read()
+  for preset in ("vit", "vit_reverse", "vit_from_vit"):
+    assert f"--experiment=method_benchmark:{preset} " in launch
