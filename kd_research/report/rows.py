@@ -79,10 +79,19 @@ def describe(config):
   return label
 
 
+# Method fields that choose what the loss is, not how large it is: part of the method's name.
+_KIND_FIELDS = {"deit": "type"}
+
+
 def method_name(config):
-  """'dkd + ctkd + ls': a distilled run's method(s) with the modifiers of its loss."""
+  """'dkd + ctkd + ls', 'deit (soft)': a distilled run's method(s), each with its kind, and
+  the modifiers of its loss."""
   d = config["distill"]
-  return (d.get("method", "kd") + (" + ctkd" if _learns_temperature(d) else "")
+  methods = []
+  for method in d.get("method", "kd").split(","):
+    kind = d.get(method, {}).get(_KIND_FIELDS.get(method, ""))
+    methods.append(f"{method} ({kind})" if kind else method)
+  return (",".join(methods) + (" + ctkd" if _learns_temperature(d) else "")
           + (" + ls" if d.get("logit_standardization") else ""))
 
 
@@ -148,10 +157,15 @@ def hyper_parameters(config):
   defaults = methods_lib.defaults()
   for name in method.split(","):
     changed = [f"{field} {_short(value)}" for field, value in sorted(d.get(name, {}).items())
-               if name in defaults and defaults[name].get(field) != value]
+               if name in defaults and _as_json(defaults[name].get(field)) != value]
     if changed:
       parts.append(f"{name} " + ", ".join(changed))
   return "; ".join(parts) or "defaults"
+
+
+def _as_json(value):
+  """A default as config.json holds it (tuples become lists), to compare with a run's."""
+  return list(value) if isinstance(value, tuple) else value
 
 
 def _short(value):

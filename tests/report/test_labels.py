@@ -19,6 +19,8 @@ def _label(role="distill", **overrides):
     ({"distill.ctkd.enabled": True}, "1 teacher(s), kd + ctkd, alpha 0.7, T learned"),
     ({"distill.method": "dkd", "distill.ctkd.enabled": True}, "1 teacher(s), dkd + ctkd"),
     ({"distill.method": "dkd"}, "1 teacher(s), dkd"),
+    ({"distill.method": "deit", "distill.deit.type": "soft"}, "1 teacher(s), deit (soft)"),
+    ({"distill.method": "deit,ofa"}, "1 teacher(s), deit (hard),ofa"),
     ({"distill.logit_standardization": True}, "kd + ls, alpha 0.7, T 10"),
     ({"distill.method": "mlkd", "distill.logit_standardization": True}, "mlkd + ls"),
     ({"augment.views": "strong=flip,crop"}, "views strong=flip,crop"),
@@ -39,3 +41,12 @@ def test_settings_that_differ_read_differently_and_the_exact_cache_reads_as_live
   assert len({plain, ctkd, dkd, dkd_ctkd}) == 4
   assert _label(**{"distill.cache_teacher": True}) == plain  # float32, no views: same numbers
   assert "DML cohort of 2 (member 0)" in _label("student", **{"student.cohort": 2})
+
+
+def test_hyper_parameters_list_only_what_differs_from_the_defaults():
+  """Tuple defaults compare with the lists config.json holds: OFA's default stages () is not
+  listed as a change, its eps (1.5,) is."""
+  identity = workdir.run_identity(tiny_config(**{"distill.method": "ofa",
+                                                 "distill.ofa.eps": (1.5,)}),
+                                  "distill", ("/runs/teacher/model.keras",))
+  assert rows.hyper_parameters(identity) == "ofa eps [1.5]"
