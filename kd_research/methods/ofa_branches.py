@@ -47,10 +47,9 @@ def _dense(x, units, use_bias=True):
 def _kaiming_conv(x, filters, kernel, stride=1, depthwise=False, use_bias=False):
   """PyTorch Conv2d(kernel, stride, padding=kernel // 2) with kaiming_normal_(fan_out)."""
   if use_bias:  # The 1x1 conv of stage 4: its bias keeps PyTorch's default init.
-    bound = 1.0 / math.sqrt(x.shape[-1])
     return keras.layers.Conv2D(
         filters, kernel, kernel_initializer=pytorch_layers.conv_initializer("kaiming"),
-        bias_initializer=keras.initializers.RandomUniform(-bound, bound))(x)
+        bias_initializer=pytorch_layers.default_bias_initializer(kernel * kernel * x.shape[-1]))(x)
   return pytorch_layers.conv(x, filters, kernel, stride, depthwise, init="kaiming")
 
 

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from kd_research.methods import base
 from kd_research.methods import maps
+from kd_research.models import pytorch_layers
 
 
 def hcl(student_map, teacher_map):
@@ -42,11 +43,6 @@ def _lecun_uniform():
   return keras.initializers.VarianceScaling(1.0, "fan_in", "uniform")
 
 
-def _torch_conv_default():
-  """PyTorch's default conv init, U(+-1 / sqrt(fan_in)) for weights and bias."""
-  return keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
-
-
 def abf(student_shape, residual_shape, out_shape, mid, name):
   """One fusion module: inputs the student level (and the level above's fused map, unless
   ``residual_shape`` is None); outputs (the level's prediction, its fused map)."""
@@ -58,10 +54,12 @@ def abf(student_shape, residual_shape, out_shape, mid, name):
     r_in = keras.Input(tuple(residual_shape))
     inputs = [x_in, r_in]
     residual = maps.NearestResize(student_shape[:2])(r_in)
-    attention = keras.layers.Conv2D(2, 1, activation="sigmoid",
-                                    kernel_initializer=_torch_conv_default(),
-                                    bias_initializer=_torch_conv_default())(
-                                        keras.layers.Concatenate()([x, residual]))
+    # PyTorch's default init for the attention conv: U(+-1 / sqrt(fan_in)), fan_in = 2 mid.
+    attention = keras.layers.Conv2D(
+        2, 1, activation="sigmoid",
+        kernel_initializer=pytorch_layers.conv_initializer("default"),
+        bias_initializer=pytorch_layers.default_bias_initializer(2 * mid))(
+            keras.layers.Concatenate()([x, residual]))
     x = x * attention[..., 0:1] + residual * attention[..., 1:2]
   x = maps.NearestResize(out_shape[:2])(x)
   y = keras.layers.Conv2D(out_shape[-1], 3, padding="same", use_bias=False,

@@ -64,6 +64,14 @@ def conv_initializer(init, depthwise=False):
                                             "uniform")
 
 
+def default_bias_initializer(fan_in):
+  """PyTorch's default bias init for a conv or linear layer, U(+-1 / sqrt(fan_in)), fan_in
+  being the *weight's* (in_channels * k * k): a Keras VarianceScaling on the bias would read
+  the bias's own length instead."""
+  bound = 1.0 / math.sqrt(fan_in)
+  return keras.initializers.RandomUniform(-bound, bound)
+
+
 def conv(x, filters, kernel, stride=1, depthwise=False, init="kaiming", use_bias=False):
   """PyTorch's Conv2d(kernel, stride, padding=kernel // 2) (depthwise: groups=channels)."""
   padding = "same"
@@ -113,7 +121,7 @@ def linear(x, num_classes, init="default"):
   bound = 1.0 / math.sqrt(x.shape[-1])
   kernel = (keras.initializers.RandomNormal(0.0, 0.01) if init == "normal"
             else keras.initializers.RandomUniform(-bound, bound))
-  bias = (keras.initializers.RandomUniform(-bound, bound) if init == "default"
+  bias = (default_bias_initializer(x.shape[-1]) if init == "default"
           else keras.initializers.Zeros())
   return keras.layers.Dense(num_classes, dtype="float32", name="logits",
                             kernel_initializer=kernel, bias_initializer=bias)(x)

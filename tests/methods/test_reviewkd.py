@@ -54,3 +54,18 @@ def test_reviewkd_fusion_and_hierarchical_context_loss_match_numpy():
     y, residual = np_abf(module, x, residual, t.shape[1:3])
     want = want + np_hcl(y, t)
   check("reviewkd", got, 0.5 * want, rtol=2e-4)  # Step 5 of a 10-step warm-up.
+
+
+def test_the_attention_conv_starts_as_pytorchs_default_conv():
+  """ABF's attention conv (nn.Conv2d(mid * 2, 2, 1) in the reference, left at PyTorch's
+  default init): weight and bias U(+-1 / sqrt(2 mid)); the bias's bound is the weight's
+  fan-in, not the bias's own length (2), which gave U(+-0.71)."""
+  mid = 64
+  module = reviewkd_lib.abf((4, 4, 8), (2, 2, mid), (4, 4, 16), mid, "abf")
+  attention = layers_of(module, "Conv2D")[1]
+  bound = 1.0 / np.sqrt(2 * mid)
+  draws = [attention.bias_initializer(shape=(4096,)).numpy(),
+           attention.kernel_initializer(shape=(1, 1, 2 * mid, 32)).numpy()]
+  for values in draws:
+    assert np.abs(values).max() <= bound and np.abs(values).max() > 0.95 * bound
+    assert abs(values.std() - bound / np.sqrt(3)) < 0.05 * bound  # Uniform: std bound / sqrt 3.
