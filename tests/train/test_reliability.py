@@ -100,16 +100,17 @@ def test_sigterm_then_sigkill_then_rerun_matches_uninterrupted_run(tmp_path, con
 
 
 def _distilled_vit_cmd(teacher_file):
-  """DeiT's hard distillation with OFA-KD's branches into vit_mini_distilled (stochastic
-  depth 0.2), one epoch."""
+  """DeiT's hard distillation with an OFA-KD branch (on block 3) into vit_mini_distilled
+  (stochastic depth 0.2), one epoch."""
   return lambda workdir: distill_cmd(workdir, teacher_file, 1) + [
       "--config.student.model=vit_mini_distilled", "--config.student.width=16",
-      "--config.student.drop_path=0.2", "--config.distill.method=deit,ofa", "--config.augment.ops=('flip','crop','cutmix')"]
+      "--config.student.drop_path=0.2", "--config.distill.method=deit,ofa",
+      "--config.augment.ops=('flip','crop','cutmix')", "--config.distill.ofa.stages=('block3',)"]
 
 
 def test_sigkill_and_rerun_of_a_distilled_vit_matches_the_uninterrupted_run(tmp_path,
                                                                             teacher_file):
-  """The ViT's tokens and position embeddings, its two heads, OFA's branches and the
+  """The ViT's tokens and position embeddings, its two heads, OFA's branch and the
   optimizer's moments resume exactly: SIGKILL after a checkpoint of step >= 10 of 28."""
   killed_at, diff, (a, b) = killed_rerun_matches_uninterrupted(
       _distilled_vit_cmd(teacher_file), tmp_path, 10, STEPS_PER_EPOCH)
