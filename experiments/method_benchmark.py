@@ -33,11 +33,17 @@ a similar share of 40 or 20 epochs); ReviewKD's is 3 epochs too (20 of 240 in md
 Presets:
   article  the seed article's pair, resnet_article w16 (174K) -> cnn_article w16 (24K): kd,
            kd + logit standardization, dkd, dist, fitnets, at, rkd, pkt, sp, crd, ofd,
-           reviewkd, vid, nst, cc, kd + ctkd, dkd + ctkd, mlkd; and a DML cohort of 2
-           students (student_dml, no teacher).
+           reviewkd, vid, nst, cc, kd + ctkd, dkd + ctkd, mlkd, crld (each also with its
+           second view the image itself: *_no_strong), wttm, wttm + crd, nkd, SD-KD,
+           SD-DKD, and kd with SGD with and without DOT (kd_sgd, kd_dot: SGD momentum 0.9, learning rate
+           chosen over 0.05 and 0.1); and two students with no teacher: a DML cohort of 2
+           (student_dml) and USKD (student_uskd).
   resnet   a same-family pair of the standard benchmark at half width, resnet56 w8
            (0.22M) -> resnet20 w8 (0.07M): kd, dkd, fitnets, crd, ofd, reviewkd, vid,
-           nst, cc, kd + ctkd, dkd + ctkd, mlkd; the DML cohort too.
+           nst, cc, kd + ctkd, dkd + ctkd, mlkd, mlkd_no_strong, crld, crld_no_strong,
+           wttm, wttm + crd, nkd, sdd_kd, sdd_dkd,
+           kd_sgd, kd_dot; the
+           DML cohort and USKD too.
   article_features, resnet_features  the same pairs and protocol with kd and the feature
            methods added last (ofd, reviewkd, vid, nst, cc) only: their runs are the full
            presets' runs (same identities), so the full campaign later skips them.
@@ -113,12 +119,35 @@ _ARTICLE_METHODS = {
     # MLKD: its weak view is the protocol's image (no augmentation, as for every method
     # here), its strong view flip + crop + RandAugment(2) + Cutout (methods/mlkd.py).
     "mlkd": dict(method="mlkd"),
+    # CRLD reads the same strong view as MLKD (its reference's crop + flip + RandAugment).
+    "crld": dict(method="crld"),
+    # Without a strong view: the second view is the image itself (the protocol's main view
+    # has no augmentation), so that these rows against crld and mlkd show how much of their
+    # gain the strong augmentation brings (MLKD's tracker, issue 2).
+    "crld_no_strong": dict(method="crld", crld=dict(view_ops="")),
+    "mlkd_no_strong": dict(method="mlkd", mlkd=dict(view_ops="")),
+    "wttm": dict(method="wttm"),
+    # The README's WTTM + CRD row: CRD at weight 0.8 beside WTTM (its command, vgg13 -> vgg8).
+    "wttm_crd": dict(method="wttm,crd", crd=dict(negatives=4096, weight=0.8)),
+    "nkd": dict(method="nkd"),
+    # SD-KD (mdistiller's KD weights: CE 0.1, KD 0.9, T 4) and SD-DKD (DKD's CE 1; its warm-up
+    # at the share of 40 epochs that DKD's gets here).
+    "sdd_kd": dict(method="sdd"),
+    "sdd_dkd": dict(method="sdd", sdd=dict(type="dkd", ce_weight=1.0, weight=1.0,
+                                           warmup_epochs=3)),
+    # DOT changes the optimizer: kd (mdistiller's CE 0.1 / KD 0.9, T 4) with SGD momentum
+    # 0.9, with and without DOT's split momenta (delta 0.075, configs/cifar100/dot), so that
+    # the row compares DOT with the same SGD, not with the protocol's Adam.
+    "kd_sgd": dict(method="kd", alpha=0.9, temperature=4.0,
+                   optimizer=dict(name="sgd", momentum=0.9)),
+    "kd_dot": dict(method="kd", alpha=0.9, temperature=4.0,
+                   optimizer=dict(name="sgd", momentum=0.9, dot_delta=0.075)),
 }
 # Methods that read teacher feature maps run the teacher live (the cache holds logits and
 # the pooled feature).
-_MAP_METHODS = ("fitnets", "at", "sp", "ofd", "reviewkd", "vid", "nst")
+_MAP_METHODS = ("fitnets", "at", "sp", "ofd", "reviewkd", "vid", "nst", "sdd")
 # ... and so does MLKD: the teachers run on its strong view, which changes every step.
-_LIVE_METHODS = _MAP_METHODS + ("mlkd",)
+_LIVE_METHODS = _MAP_METHODS + ("mlkd", "crld")
 _FEATURE_METHODS = ("ofd", "reviewkd", "vid", "nst", "cc")
 # The reference weight first (RepDistiller / mdistiller / the paper), then weaker ones: at
 # short budgets the feature terms of the reference weights swamp the CE term.
@@ -152,6 +181,29 @@ _CANDIDATES = {
     # with (B / C)^2, would be 400x larger; methods/mlkd.py).
     "mlkd": {"reference": dict(mlkd=dict(mask="reference")),
              "balanced": dict(mlkd=dict(batch_weight=0.5, class_weight=0.0025))},
+    # The reference's CV weight 0.5 / WV 2, and the views weighted alike.
+    "crld": {"wv2_cv05": dict(crld=dict(wv_weight=2.0, cv_weight=0.5)),
+             "wv1_cv1": dict(crld=dict(wv_weight=1.0, cv_weight=1.0))},
+    "crld_no_strong": {"wv2_cv05": dict(crld=dict(wv_weight=2.0, cv_weight=0.5)),
+                       "wv1_cv1": dict(crld=dict(wv_weight=1.0, cv_weight=1.0))},
+    "mlkd_no_strong": {"reference": dict(mlkd=dict(mask="reference")),
+                       "balanced": dict(mlkd=dict(batch_weight=0.5, class_weight=0.0025))},
+    # The README's gamma 0.2 / weight 4, and a milder transform at weight 1.
+    "wttm": {"g02_w4": dict(wttm=dict(gamma=0.2, weight=4.0)),
+             "g05_w1": dict(wttm=dict(gamma=0.5, weight=1.0))},
+    "wttm_crd": {"g02_w4": dict(wttm=dict(gamma=0.2, weight=4.0))},
+    # cls_KD's ImageNet values (temp 1, gamma 1.5), and temperature 2.
+    "nkd": {"T1_g15": dict(nkd=dict(temperature=1.0, gamma=1.5)),
+            "T2_g15": dict(nkd=dict(temperature=2.0, gamma=1.5))},
+    # kd's two settings, as SD-KD's weights; SD-DKD's beta as dkd's.
+    "sdd_kd": {"w09_T4": dict(sdd=dict(weight=0.9, ce_weight=0.1, temperature=4.0)),
+               "w05_T2": dict(sdd=dict(weight=0.5, ce_weight=0.5, temperature=2.0))},
+    "sdd_dkd": {"beta8": dict(sdd=dict(beta=8.0)), "beta2": dict(sdd=dict(beta=2.0))},
+    # SGD's learning rate (the protocol's Adam 1e-2 is no guide): mdistiller's 0.05, and 0.1.
+    "kd_sgd": {"lr005": dict(optimizer=dict(learning_rate=dict(start=0.05))),
+               "lr01": dict(optimizer=dict(learning_rate=dict(start=0.1)))},
+    "kd_dot": {"lr005": dict(optimizer=dict(learning_rate=dict(start=0.05))),
+               "lr01": dict(optimizer=dict(learning_rate=dict(start=0.1)))},
 }
 # The cross-architecture pairs (DeiT reads the distillation token's head; kd and dkd the
 # class token's). DeiT's hard distillation has no hyper-parameter (alpha 0.5, its paper's).
@@ -172,8 +224,10 @@ _VIT_CANDIDATES = {
 }
 _VIT_PRESET_METHODS = {"vit": tuple(_VIT_METHODS), "vit_reverse": ("kd", "ofa"),
                        "vit_from_vit": ("kd", "deit_soft", "deit_hard")}
-_RESNET_METHODS = ("kd", "dkd", "fitnets", "crd") + _FEATURE_METHODS + ("kd_ctkd", "dkd_ctkd",
-                                                                         "mlkd")
+_RESNET_METHODS = (("kd", "dkd", "fitnets", "crd") + _FEATURE_METHODS
+                   + ("kd_ctkd", "dkd_ctkd", "mlkd", "mlkd_no_strong", "crld",
+                      "crld_no_strong", "wttm", "wttm_crd", "nkd", "sdd_kd",
+                      "sdd_dkd", "kd_sgd", "kd_dot"))
 # Learning rate and epochs (teacher and students) of each protocol.
 _CONVERGED = dict(learning_rate=1e-2, epochs=40)
 _SHORT = dict(learning_rate=1e-3, epochs=20)
@@ -275,8 +329,9 @@ def get_config(arg="article"):
   # methods on feature maps run the teacher live.
   c.distill.cache_teacher = True
   c.pipeline.seeds = (0, 1, 2)
-  if arg in ("article", "resnet"):  # Deep mutual learning: a cohort of 2, no teacher.
+  if arg in ("article", "resnet"):  # No teacher: a DML cohort of 2, and USKD.
     c.pipeline.dml_cohort = 2
+    c.pipeline.teacher_free = ("uskd",)
   for name, settings in methods.items():
     live = settings["method"] in _LIVE_METHODS
     c.pipeline.variants[name] = dict(settings, **({"cache_teacher": False} if live else {}))

@@ -44,6 +44,9 @@ def model_config(name, width=0, epochs=1, seed=0, path="", **kwargs):
   ``cohort`` (students): N >= 2 trains N students together by deep mutual learning
   (models/cohort.py, methods/mutual.py); 0 = one student. ``drop_path``: the stochastic
   depth rate of the models that have it (the ViTs: the last block's; 0 = none).
+  ``objective``: a teacher-free objective of its labels-only runs, by name (``uskd``:
+  methods/uskd.py, its fields config.distill.uskd); '' = cross-entropy (a distillation run
+  trains by config.distill.method instead).
 
   keras.applications teachers also use image_size (0 = 224), weights ('' | 'imagenet' |
   file), head_epochs (head-only warm-up before unfreezing), unfreeze_top (backbone layers
@@ -51,12 +54,29 @@ def model_config(name, width=0, epochs=1, seed=0, path="", **kwargs):
   """
   entry = dict(model=name, width=width, sync_bn=False, epochs=epochs, seed=seed, path=path,
                image_size=0, weights="", head_epochs=0, unfreeze_top=0, finetune_lr_factor=0.1,
-               kwargs="", init="", cohort=0, drop_path=0.0)
+               kwargs="", init="", cohort=0, drop_path=0.0, objective="")
   unknown = set(kwargs) - set(entry)
   if unknown:
     raise ValueError(f"model_config got unknown fields {sorted(unknown)}")
   entry.update(kwargs)
   return ml_collections.ConfigDict(entry)
+
+
+def _optimizer_section():
+  """config.optimizer: Adam on a cosine schedule by default; AdamW and SGD, decoupled or
+  coupled weight decay, and DOT's split momenta."""
+  return ml_collections.ConfigDict(dict(
+      name="adam", momentum=0.9, weight_decay=0.0,
+      # False: weight_decay spares biases, norm scales and offsets, a ViT's tokens and
+      # position embeddings (timm's and DeiT's rule for transformers).
+      decay_norms_biases_tokens=True,
+      # Coupled L2: l2 * w added to the gradient, as PyTorch SGD's weight_decay (the
+      # CIFAR-100 protocol's 5e-4); weight_decay above is decoupled (AdamW-style).
+      l2=0.0,
+      # DOT (train/dot.py): > 0 trains distillation runs with SGD whose task momentum is
+      # momentum - dot_delta and whose distillation momentum is momentum + dot_delta.
+      dot_delta=0.0,
+      learning_rate=schedule(1e-3, "cosine", end=0.0)))
 
 
 def base_config():
@@ -84,15 +104,7 @@ def base_config():
       initial=2.0 ** 15,         # fp16 only: starting loss scale (halved on overflow)
       growth_steps=2000))        # fp16 only: doubled after this many finite steps
   c.deterministic = False        # enable_op_determinism (slower, bit-exact resume)
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adam", momentum=0.9, weight_decay=0.0,
-      # False: weight_decay spares biases, norm scales and offsets, a ViT's tokens and
-      # position embeddings (timm's and DeiT's rule for transformers).
-      decay_norms_biases_tokens=True,
-      # Coupled L2: l2 * w added to the gradient, as PyTorch SGD's weight_decay (the
-      # CIFAR-100 protocol's 5e-4); weight_decay above is decoupled (AdamW-style).
-      l2=0.0,
-      learning_rate=schedule(1e-3, "cosine", end=0.0)))
+  c.optimizer = _optimizer_section()
   c.teacher = model_config("resnet_article", width=16, epochs=2, seed=0)
   c.student = model_config("cnn_article", width=16, epochs=2, seed=0)
   # More teachers for multi-teacher distillation: {name: model entry}; the ensemble is
@@ -225,7 +237,8 @@ def finalize(config):
 
 def apply_variant(config, name, extra=None):
   """A copy of ``config`` with ``config.pipeline.variants[name]`` (then ``extra``, a
-  candidate's overrides) applied to config.distill.
+  candidate's overrides) applied to config.distill; the key ``optimizer`` sets fields of
+  config.optimizer instead (a distilled run's own optimizer: DOT's SGD).
 
   A variant's values may be plain values or, for schedules, dicts of schedule fields
   ({'alpha': {'start': 0.9, 'end': 0.3, 'kind': 'linear'}}); a number for a schedule
@@ -238,6 +251,9 @@ def apply_variant(config, name, extra=None):
     if key == "teachers":  # Which teachers; handled by the pipeline.
       if value not in ("all", "primary"):
         raise UserError(f"variant {name}: teachers={value!r}; valid: all, primary.")
+      continue
+    if key == "optimizer":  # The distilled run's optimizer (DOT: train/dot.py).
+      _set_checked(variant, key, value, "config", where)
       continue
     _set_checked(variant.distill, key, value, "config.distill", where)
   variant.pipeline.variants = ml_collections.ConfigDict()

@@ -15,7 +15,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "auto")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 MODEL_FIELDS = ("model", "width", "sync_bn", "epochs", "seed", "path", "image_size", "weights",
                 "head_epochs", "unfreeze_top", "finetune_lr_factor", "kwargs", "init", "cohort",
-                "drop_path")
+                "drop_path", "objective")
 
 
 def need(cond, msg):
@@ -41,14 +41,28 @@ def data_and_speed(config, data):
         f"config.global_batch_size must be a positive integer, got {config.global_batch_size}.")
   for field in ("validation_size", "train_size", "test_size"):
     need(config[field] >= 0, f"config.{field} must be >= 0, got {config[field]}.")
+  optimizer(config)
+
+
+def optimizer(config, where="config.optimizer"):
+  """The optimizer section of ``config`` (the run's, or a variant's, named by ``where``)."""
   opt = config.optimizer
-  need(opt.name in OPTIMIZERS, f"config.optimizer.name={opt.name!r}; valid: "
-        f"{', '.join(OPTIMIZERS)}.")
-  need(opt.weight_decay >= 0, f"config.optimizer.weight_decay must be >= 0, got "
-        f"{opt.weight_decay}.")
-  need(opt.l2 >= 0, f"config.optimizer.l2 must be >= 0, got {opt.l2}.")
-  need(opt.learning_rate.start > 0, f"config.optimizer.learning_rate.start must be > 0, got "
-        f"{opt.learning_rate.start}.")
+  need(opt.name in OPTIMIZERS, f"{where}.name={opt.name!r}; valid: {', '.join(OPTIMIZERS)}.")
+  need(opt.weight_decay >= 0, f"{where}.weight_decay must be >= 0, got {opt.weight_decay}.")
+  need(opt.l2 >= 0, f"{where}.l2 must be >= 0, got {opt.l2}.")
+  need(opt.learning_rate.start > 0,
+       f"{where}.learning_rate.start must be > 0, got {opt.learning_rate.start}.")
+  need(0 <= opt.dot_delta <= opt.momentum and opt.momentum + opt.dot_delta < 1,
+       f"{where}.dot_delta={opt.dot_delta} with momentum {opt.momentum}: DOT's two momenta, "
+       "momentum - dot_delta and momentum + dot_delta, must lie in [0, 1) (mdistiller: 0.075 "
+       "with 0.9).")
+  need(not opt.dot_delta or (opt.name == "sgd" and not opt.weight_decay),
+       f"{where}.dot_delta={opt.dot_delta} needs {where}.name=sgd (got {opt.name!r}) and weight "
+       f"decay as {where}.l2 (coupled, in the task gradient, as DOT's reference), not "
+       f"weight_decay={opt.weight_decay}.")
+  need(not opt.dot_delta or config.mixed_precision != "fp16",
+       f"{where}.dot_delta with mixed_precision=fp16: DOT takes two gradients apart, which "
+       "dynamic loss scaling does not (mdistiller refuses AMP too); use bf16 or float32.")
 
 
 def learning_rate(schedule):
@@ -114,6 +128,13 @@ def model_entry(role, entry):
   need(not entry.drop_path or model_registry.has_drop_path(entry.model),
         f"config.{role}.drop_path={entry.drop_path}: model {entry.model} has no stochastic "
         f"depth; models with it: {', '.join(model_registry.drop_path_names())}.")
+  selectable = methods_lib.teacher_free()
+  need(not entry.objective or entry.objective in selectable,
+        f"config.{role}.objective={entry.objective!r}; valid: '' (cross-entropy), "
+        f"{', '.join(selectable)} (teacher-free, its fields in config.distill.<name>).")
+  need(not (entry.objective and entry.get("cohort")),
+        f"config.{role}.objective={entry.objective!r} with cohort={entry.cohort}: a cohort "
+        "trains by deep mutual learning; pick one.")
 
 
 def repeated_augmentation(config):

@@ -68,6 +68,7 @@ def parse(config):
       variant = config_lib.apply_variant(config, name, extra)
       where = f"variant {name}" + (f", candidate {candidate}" if candidate else "")
       _distill(config, variant.distill, augmentation, where)
+      checks.optimizer(variant, f"{where}: config.optimizer")
   for scheme in config_lib.campaign_schemes().values():
     scheme.validate(config)
   unknown = sorted(set(config.pipeline.candidates) - set(config.pipeline.variants))

@@ -42,6 +42,22 @@ def test_variant_fields_and_schedules_still_apply():
   assert variant.distill.temperature.kind == "linear" and variant.distill.temperature.end == 2.0
 
 
+def test_a_variant_sets_its_own_optimizer_checked_like_the_run_s():
+  """DOT's variants: ``optimizer=dict(...)`` sets config.optimizer of that variant's runs
+  only, by the same field rule, and the optimizer checks run on it before any run."""
+  config = _with_variant(method="kd", optimizer=dict(name="sgd", dot_delta=0.075,
+                                                     learning_rate=dict(start=0.05)))
+  run_spec.parse(config)
+  variant = config_lib.apply_variant(config, "v")
+  assert variant.optimizer.dot_delta == 0.075 and variant.optimizer.learning_rate.start == 0.05
+  assert config.optimizer.name == "adam" and variant.distill.method == "kd"
+  with pytest.raises(UserError, match=r"variant v: config.optimizer.dot_delta=0.075 needs "
+                     r"variant v: config.optimizer.name=sgd \(got 'adam'\)"):
+    run_spec.parse(_with_variant(method="kd", optimizer=dict(dot_delta=0.075)))
+  with pytest.raises(UserError, match=r"config.optimizer has no field 'delta'"):
+    run_spec.parse(_with_variant(method="kd", optimizer=dict(delta=0.075)))
+
+
 def test_a_candidate_with_an_unknown_field_is_refused():
   config = _with_variant(method="dist")
   with config.unlocked():

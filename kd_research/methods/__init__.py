@@ -1,7 +1,8 @@
 """Distillation methods, one registered file each: at.py, cc.py, crd.py, deit.py (DeiT's
-distillation token), dist.py, dkd.py, fitnets.py, hinton_kd.py, mlkd.py, mutual.py (DML's
-cohort objective), nst.py, ofa.py (OFA-KD across architectures, its stage branches in
-ofa_branches.py), ofd.py, pkt.py, reviewkd.py, rkd.py, sp.py, vid.py; and the
+distillation token), crld.py, dist.py, dkd.py, fitnets.py, hinton_kd.py, mlkd.py, mutual.py (DML's
+cohort objective), nkd.py, nst.py, ofa.py (OFA-KD across architectures, its stage branches
+in ofa_branches.py), ofd.py, pkt.py, reviewkd.py, rkd.py, sdd.py, sp.py, uskd.py (teacher-free
+self-distillation), vid.py, wttm.py; and the
 modifiers ctkd.py (learned temperature) and logit_standardization.py.
 Shared: base.py (the Objective seam, Method and its base classes), losses.py (the soft-label
 math), maps.py (pairing and resizing feature maps), connectors.py (student -> teacher feature

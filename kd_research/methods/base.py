@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from kd_research.common.errors import UserError
+from kd_research.data import views as views_lib
 from kd_research.methods import losses
 from kd_research.models import taps as taps_lib
 
@@ -166,6 +167,12 @@ class Objective:
     ce = labelled_cross_entropy(batch, student["logits"])
     return {"total": ce, "ce": ce}
 
+  def task_term(self, terms, step):
+    """The per-example task (label) part of ``terms['total']``; the rest is distillation.
+    DOT's optimizer takes their gradients apart (train/dot.py). Labels only: all of it."""
+    del step
+    return terms["total"]
+
   def scalars(self, step):
     """Scalar hyper-parameters at ``step`` to log as train/<name> (none here)."""
     del step
@@ -175,6 +182,13 @@ class Objective:
     """(objective, epochs) of a stage that runs before this one (FitNets' hint), or None."""
     return None
 
+  # Teacher-free objectives: ``selectable`` ones are named by a model entry's ``objective``
+  # (USKD); ``defaults`` / ``field_docs`` / ``reference``: their config.distill section.
+  selectable = False
+  defaults = None
+  field_docs = None
+  reference = ""
+
   @classmethod
   def applies(cls, entry):
     """Whether a labels-only run of model ``entry`` trains with this objective (the plain
@@ -183,9 +197,10 @@ class Objective:
     return False
 
   @classmethod
-  def for_entry(cls, entry):
-    """The objective for a labels-only run of model ``entry``."""
-    del entry
+  def for_entry(cls, entry, sections, model):
+    """The objective for a labels-only run of model ``entry`` (``model`` built), with
+    config.distill's ``sections`` ({name: section})."""
+    del entry, sections, model
     return cls()
 
 
@@ -200,9 +215,8 @@ class Method(Objective):
   needs_teacher = True
   kind = "logit"        # 'logit' or 'feature' (reads intermediate features)
   order = 100           # position in a combination and in listings
-  defaults = None       # config.distill.<name> (None: the method has no section)
-  reference = ""        # where the defaults come from
-  field_docs = None     # {field of defaults: what it means} (docs/config.md's tables)
+  # defaults: config.distill.<name> (None: no section); reference: where the defaults come
+  # from; field_docs: {field of defaults: what it means} (docs/config.md's tables).
   # Capabilities, read by the config checks and the tools (no list of names elsewhere):
   ctkd_modifies = False         # CTKD's learnable temperature may replace its T (ctkd.py)
   standardizes_logits = False   # config.distill.logit_standardization applies to it
@@ -210,6 +224,11 @@ class Method(Objective):
                                 # mixup/cutmix, whose images have two
   bank_field = None             # a section field counting examples drawn from the dataset
                                 # (CRD's negatives): at most the training set's size - 1
+
+  def task_term(self, terms, step):
+    """ce_weight * CE: the part of a method's total that reads the labels."""
+    del step
+    return part_ce_weight(self) * terms["ce"]
 
   @classmethod
   def from_config(cls, ctx):
@@ -292,6 +311,21 @@ class OwnsModules:
     return [v for m in self.modules for v in m.variables] + list(self.owned)
 
 
+class ReadsView:
+  """Mixin for a method that reads one extra view of each image (MLKD's and CRLD's strong
+  view): its section's ``view`` names it and ``view_ops`` gives the ops that make it unless
+  config.augment.views defines that name (data/views.py)."""
+
+  @classmethod
+  def views_read(cls, section):
+    return {section.view: section.view_ops}
+
+  @staticmethod
+  def check_view(section):
+    """UserError for a bad view name or ops that mix labels."""
+    views_lib.parse(f"{section.view}={section.view_ops}")
+
+
 class RelationalMethod(FeatureMethod):
   """A feature method that relates the examples of the global batch to each other on one
   (student tap, teacher tap) pair: subclasses implement ``relation``."""
@@ -352,6 +386,9 @@ class Combined(Objective):
 
   def scalars(self, step):
     return {k: v for part in self.parts for k, v in part.scalars(step).items()}
+
+  def task_term(self, terms, step):
+    return self.parts[0].task_term(terms, step)  # Its CE is the one that counts.
 
   def first_stage(self):
     stages = [s for s in (p.first_stage() for p in self.parts) if s is not None]

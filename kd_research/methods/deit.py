@@ -93,6 +93,10 @@ class DeiT(base.Method):
                  f"label_smoothing in [0, 1); got alpha={s.alpha}, "
                  f"temperature={s.temperature}, label_smoothing={s.label_smoothing}.")
 
+  def task_term(self, terms, step):
+    del step
+    return terms["ce"] if self.kind == "none" else (1.0 - self.alpha) * terms["ce"]
+
   def terms(self, batch, student, teacher, step):
     del step
     logits, dist = student["logits"], student["features"][DIST_HEAD]

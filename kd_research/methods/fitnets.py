@@ -93,6 +93,10 @@ class HintStage(base.Objective):
   def trainable_variables(self):
     return self.fitnets.trainable_variables
 
+  def task_term(self, terms, step):
+    del step
+    return tf.zeros_like(terms["total"])  # The hint alone: all distillation.
+
   def terms(self, batch, student, teacher, step):
     hint_loss = tf.add_n([w * self.fitnets.method_loss(batch, student, teacher, k, step)
                           for k, w in enumerate(self.fitnets.teacher_weights)])

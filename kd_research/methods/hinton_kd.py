@@ -44,6 +44,9 @@ class HintonKD(ctkd.OwnsTemperature, base.Method):
     ce = base.labelled_cross_entropy(batch, student["logits"])
     return {"total": alpha * distill + (1.0 - alpha) * ce, "distill": distill, "ce": ce}
 
+  def task_term(self, terms, step):
+    return (1.0 - self.alpha(step)) * terms["ce"]
+
   def scalars(self, step):
     if self._learnable():
       return {"alpha": float(self.alpha(step)), **self.temperature_scalars(step)}

@@ -40,7 +40,6 @@ replicas), so the loss does not depend on the replica count.
 
 import tensorflow as tf
 
-from kd_research.data import views
 from kd_research.methods import base
 from kd_research.methods import logit_standardization as ls
 from kd_research.methods import losses
@@ -121,7 +120,7 @@ def mlkd_levels(student_weak, student_strong, teacher_weak, teacher_strong, temp
 
 
 @base.register
-class MLKD(base.Method):
+class MLKD(base.ReadsView, base.Method):
   """ce_weight (CE_weak + CE_strong) + weight * (instance + batch + class levels)."""
 
   name, order = "mlkd", 2
@@ -152,10 +151,6 @@ class MLKD(base.Method):
     self.views = (view,)
 
   @classmethod
-  def views_read(cls, section):
-    return {section.view: section.view_ops}
-
-  @classmethod
   def validate(cls, distill, where, active, student_epochs):
     del active, student_epochs
     s = distill.section("mlkd")
@@ -167,7 +162,7 @@ class MLKD(base.Method):
     bad = {k: v for k, v in weights.items() if v < 0}
     base.require(not bad, f"{where}.mlkd: weights must be >= 0, got {bad}.")
     base.require(s.mask in MASKS, f"{where}.mlkd.mask={s.mask!r}; valid: {', '.join(MASKS)}.")
-    views.parse(f"{s.view}={s.view_ops}")  # A valid view name and ops that mix no labels.
+    cls.check_view(s)
 
   @classmethod
   def from_config(cls, ctx):

@@ -30,7 +30,8 @@ class MutualLearning(base.Objective):
     return bool(entry.get("cohort"))
 
   @classmethod
-  def for_entry(cls, entry):
+  def for_entry(cls, entry, sections, model):
+    del sections, model
     return cls(entry.cohort)
 
   def __init__(self, size):

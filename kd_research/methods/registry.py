@@ -33,13 +33,23 @@ def methods():
   return dict(sorted(base.REGISTERED.items(), key=lambda item: (item[1].order, item[0])))
 
 
-def labels_objective(entry):
-  """The objective of a labels-only run of model ``entry``: the registered teacher-free
-  objective that applies to it (DML for a cohort), else the plain labels objective."""
+def labels_objective(entry, sections=None, model=None, selectable=True):
+  """The objective of a labels-only run of model ``entry`` (``model``, built; config.distill's
+  ``sections``): the registered teacher-free objective that applies to it (DML for a
+  cohort, USKD for ``objective=uskd``), else the plain labels objective. ``selectable``
+  False leaves out those an entry's ``objective`` names (a distillation run's fine-tuning
+  phase trains on the labels alone)."""
   plugins.import_all(_PACKAGE)
   chosen = [cls for name, cls in sorted(base.TEACHER_FREE.items())
-            if name != base.Objective.name and cls.applies(entry)]
-  return (chosen[0] if chosen else base.Objective).for_entry(entry)
+            if name != base.Objective.name and cls.applies(entry)
+            and (selectable or not cls.selectable)]
+  return (chosen[0] if chosen else base.Objective).for_entry(entry, sections, model)
+
+
+def teacher_free():
+  """{name: class} of the teacher-free objectives a model entry's ``objective`` selects."""
+  plugins.import_all(_PACKAGE)
+  return {name: cls for name, cls in sorted(base.TEACHER_FREE.items()) if cls.selectable}
 
 
 def names():
@@ -50,7 +60,7 @@ def names():
 def defaults():
   """config.distill's per-method sections (each method's ``defaults``)."""
   d = ml_collections.ConfigDict()
-  for name, cls in methods().items():
+  for name, cls in {**methods(), **teacher_free()}.items():
     if cls.defaults is not None:
       d[name] = dict(cls.defaults)
   d[MODIFIER] = dict(ctkd.DEFAULTS)  # Not a method: it modifies kd / dkd (ctkd.py).
@@ -74,8 +84,8 @@ def parse(method):
 
 def field_docs():
   """{section: {field: meaning}} of config.distill's per-method sections (and CTKD's)."""
-  docs = {name: dict(cls.field_docs or {}) for name, cls in methods().items()
-          if cls.defaults is not None}
+  docs = {name: dict(cls.field_docs or {})
+          for name, cls in {**methods(), **teacher_free()}.items() if cls.defaults is not None}
   docs[MODIFIER] = dict(ctkd.FIELD_DOCS)
   return docs
 
@@ -129,9 +139,10 @@ def build(context):
 
 
 def build_variables(objective, student, ensemble):
-  """Creates the objective's variables for the taps' shapes; returns all of them."""
+  """Creates the objective's variables for the taps' shapes (``ensemble`` None: no
+  teacher); returns all of them."""
   student_shapes = {t: taps_lib.shape(student, t) for t in objective.student_taps}
   teacher_shapes = [{t: taps_lib.shape(m, t) for t in objective.teacher_taps}
-                    for m in ensemble.models]
+                    for m in (ensemble.models if ensemble is not None else ())]
   objective.build(student_shapes, teacher_shapes)
   return objective.variables

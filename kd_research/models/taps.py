@@ -59,13 +59,19 @@ def preact_batch_norm(model, stage):
 
 
 def resolve(model, name, what):
-  """A tap name: ``name`` itself, 'last_stage' / 'middle_stage' / 'pooled' resolved on
-  ``model``. Raises UserError naming the missing layer and the available ones."""
+  """A tap name: ``name`` itself, 'last_stage' / 'middle_stage' / 'penultimate_stage' /
+  'pooled' resolved on ``model``. Raises UserError naming the missing layer and the
+  available ones."""
   stages = stage_names(model)
   if name == "last_stage" and stages:
     return stages[-1]
   if name == "middle_stage" and stages:  # stage2 of 3 (RepDistiller's hint layer 2 of 0-4)
     return stages[(len(stages) - 1) // 2]
+  if name == "penultimate_stage" and len(stages) >= 2:  # the stage before the last (USKD)
+    return stages[-2]
+  if name == POOLED_MAP:
+    pooled_map(model)  # UserError naming what is missing
+    return name
   if name in {layer.name for layer in model.layers}:
     return name
   raise UserError(f"{what}: model {model.name} has no layer {name!r} to tap. Standard taps "
@@ -74,18 +80,45 @@ def resolve(model, name, what):
                   "A teacher saved before feature taps existed has none: retrain it.")
 
 
+# The map that a model's 'pooled' feature averages (SDD pools it at several scales and
+# applies the model's own classifier to each region): not a layer of its own, so a name here.
+POOLED_MAP = "pooled_map"
+
+
+def pooled_map(model):
+  """The [B, H, W, C] tensor whose global average pooling is ``model``'s 'pooled' tap, when
+  its logits layer reads 'pooled' directly (logits = Dense(GAP(map))); else UserError."""
+  names = {layer.name for layer in model.layers}
+  pooled = model.get_layer("pooled") if "pooled" in names else None
+  logits = model.get_layer("logits") if "logits" in names else None
+  gap = [layer for layer in model.layers
+         if isinstance(layer, keras.layers.GlobalAveragePooling2D) and pooled is not None
+         and layer.output is pooled.input]
+  if not (gap and logits is not None and logits.input is pooled.output):
+    raise UserError(
+        f"model {model.name} has no map whose global average pooling feeds its classifier "
+        "(a GlobalAveragePooling2D -> Identity 'pooled' -> Dense 'logits'), which SDD "
+        "applies at several scales. The registry's CNNs (CIFAR, ImageNet, resnet_article, "
+        "cnn_article) have it; a ViT or the MLP does not.")
+  return gap[0].input
+
+
+def _output(model, name):
+  return pooled_map(model) if name == POOLED_MAP else model.get_layer(name).output
+
+
 def feature_model(model, names):
-  """A model with outputs [logits, *the named layers' outputs], sharing ``model``'s layers."""
+  """A model with outputs [logits, *the named taps], sharing ``model``'s layers."""
   if not names:
     return model
   for check in _LAYOUT_CHECKS:
     message = check(model)
     if message:
       raise UserError(message)
-  outputs = [model.get_layer(name).output for name in names]
+  outputs = [_output(model, name) for name in names]
   return keras.Model(model.inputs, [model.outputs[0]] + outputs, name=f"{model.name}_taps")
 
 
 def shape(model, name):
-  """The output shape of a tapped layer, without the batch dimension."""
-  return tuple(model.get_layer(name).output.shape[1:])
+  """The output shape of a tap, without the batch dimension."""
+  return tuple(_output(model, name).shape[1:])

@@ -70,6 +70,8 @@ def describe(config):
     label += f" (seed {model['seed']})"
   if model.get("cohort"):  # Deep mutual learning: the row's accuracy is member 0's.
     label += f", DML cohort of {model['cohort']} (member 0)"
+  if model.get("objective") and config["role"] != "distill":  # Teacher-free (USKD).
+    label += f", {model['objective']} (no teacher)"
   if config.get("labels"):
     labels = config["labels"]
     share = labels["count"] or f"{100 * labels['fraction']:g}%"
@@ -80,7 +82,7 @@ def describe(config):
 
 
 # Method fields that choose what the loss is, not how large it is: part of the method's name.
-_KIND_FIELDS = {"deit": "type"}
+_KIND_FIELDS = {"deit": "type", "sdd": "type"}
 
 
 def method_name(config):

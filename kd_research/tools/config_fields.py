@@ -113,6 +113,8 @@ FIELDS = {
     "optimizer.decay_norms_biases_tokens": "false: weight_decay spares biases, norm scales "
                                            "and offsets, ViT tokens and position embeddings "
                                            "(timm's rule; coupled l2 is not affected)",
+    "optimizer.dot_delta": "DOT (distillation runs, SGD): task momentum - delta, "
+                           "distillation momentum + delta (mdistiller's 0.075); 0 = off",
     "optimizer.l2": "coupled L2: l2 * w added to the gradient, PyTorch SGD's weight_decay "
                     "(the CIFAR-100 protocol's 5e-4)",
     # Model entries (teacher, student, extra_teachers.NAME).
@@ -137,6 +139,8 @@ FIELDS = {
     "model.init": "a .keras file to start training from (architecture and weights)",
     "model.cohort": "students: N >= 2 trains N students together by deep mutual learning "
                     "(no teacher); 0 = one student",
+    "model.objective": "a teacher-free objective for its labels-only runs ('' = "
+                       "cross-entropy; uskd: its fields in distill.uskd)",
     "model.drop_path": "stochastic depth rate of the models that have it (the ViTs: the last "
                        "block's, rising linearly from 0); replica-independent; 0 = none",
     # Schedules.

@@ -11,6 +11,8 @@ the dominant communication cost of a multi-GPU step.
 import keras
 import tensorflow as tf
 
+from kd_research.train import dot
+
 # Variable names that ``decay_norms_biases_tokens=False`` spares from weight decay (matched
 # in the variable's name): biases, BatchNorm / LayerNorm scales and offsets, a ViT's class
 # and distillation tokens and position embeddings (models/vit.py): timm's rule of no decay
@@ -43,8 +45,9 @@ class _ScheduledLR(keras.optimizers.schedules.LearningRateSchedule):
     return {"name": self.schedule.name}
 
 
-def make_optimizer(opt_cfg, lr_schedule, loss_scale=None):
-  """Adam / AdamW / SGD+momentum with decoupled weight decay and a scheduled learning rate.
+def make_optimizer(opt_cfg, lr_schedule, loss_scale=None, distill=False):
+  """Adam / AdamW / SGD+momentum with decoupled weight decay and a scheduled learning rate;
+  DOT's SGD (train/dot.py) for a distillation run (``distill``) with opt_cfg.dot_delta.
 
   ``loss_scale=(initial, growth_steps)`` (float16 training) wraps it in Keras'
   dynamic LossScaleOptimizer: the step scales the loss, the optimizer unscales the
@@ -53,6 +56,10 @@ def make_optimizer(opt_cfg, lr_schedule, loss_scale=None):
   """
   lr = _ScheduledLR(lr_schedule)
   decay = opt_cfg.weight_decay or None
+  if distill and opt_cfg.get("dot_delta"):  # Checked: SGD, no decoupled decay, no fp16.
+    optimizer = dot.DistillationOrientedSGD(lr, opt_cfg.momentum, opt_cfg.dot_delta)
+    apply_gradients_as_given(optimizer)
+    return optimizer
   if opt_cfg.name == "adam":
     optimizer = keras.optimizers.Adam(lr, weight_decay=decay)
   elif opt_cfg.name == "adamw":

@@ -97,8 +97,9 @@ def resolve(spec, workdir, role, strategy, splits, teacher_paths, chief):
   def method_variables(model):
     """Teachers and the method's variables, after the student: its initial weights come
     first from the seeded RNG, which the teachers and connectors would otherwise advance."""
-    if role != "distill":
-      return []
+    if role != "distill":  # A labels-only objective may own variables (USKD's weak head).
+      method["labels"] = method_registry.labels_objective(entry, spec.distill.sections, model)
+      return method_registry.build_variables(method["labels"], model, None)
     method["ensemble"] = teachers_lib.load(teacher_paths, splits.input_shape,
                                            splits.num_classes)
     method["objective"] = method_registry.build(method_base.BuildContext(
@@ -116,13 +117,13 @@ def resolve(spec, workdir, role, strategy, splits, teacher_paths, chief):
       strategy, functools.partial(build_model, entry, splits, role), functools.partial(
           optimizers.make_optimizer, config.optimizer, lr_fn,
           (config.loss_scale.initial, config.loss_scale.growth_steps)
-          if config.mixed_precision == "fp16" else None),
+          if config.mixed_precision == "fp16" else None, role == "distill"),
       method_variables, workdir, config.run.keep_checkpoints, chief, entry.model)
   teachers = None
   if role == "distill":  # Checked and evaluated once, before any student step.
     teachers = _teachers_once(spec, workdir, method["ensemble"], teacher_paths, splits,
                               chief, distill_steps, method["objective"].teacher_taps)
-  phases = _phases(role, entry, state.model, teachers, method.get("objective"),
+  phases = _phases(role, entry, state.model, teachers, method,
                    total, head_steps, distill_steps)
   logging.info("%s: %s %s, %d params, %d steps (%d/epoch), %d replica(s), %s.", workdir, role,
                entry.model, state.model.count_params(), total, spe,
@@ -195,13 +196,16 @@ def _normalised_weights(spec, num_teachers):
   return losses.normalise_weights(spec.distill.teacher_weights or None, num_teachers)
 
 
-def _phases(role, entry, model, teachers, objective, total, head_steps, distill_steps):
-  """The run as phases: [head warm-up,] training, or [hint,] distillation [, fine-tuning]."""
+def _phases(role, entry, model, teachers, method, total, head_steps, distill_steps):
+  """The run as phases: [head warm-up,] training, or [hint,] distillation [, fine-tuning];
+  ``method``: the objectives built with the state ('labels' of a labels-only run, the
+  distillation 'objective')."""
   def trainable(mode):
     return functools.partial(pretrained.set_trainable, model, mode, entry.unfreeze_top,
                              bool(entry.weights))
 
-  labels = method_registry.labels_objective(entry)
+  labels = method.get("labels") or method_registry.labels_objective(entry, selectable=False)
+  objective = method.get("objective")
   if role != "distill":
     name = "teacher" if role == "teacher" else "student"
     head = ([driver_lib.Phase(f"{name} (head only)", head_steps, labels, None,

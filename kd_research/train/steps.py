@@ -26,6 +26,7 @@ from kd_research.data import views as views_lib
 from kd_research.methods import losses
 from kd_research.common import example_draws
 from kd_research.common import metrics
+from kd_research.train import dot
 from kd_research.train import optimizers
 from kd_research.models import stochastic_depth
 from kd_research.models import taps
@@ -60,25 +61,10 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size, obj
   layout = layout or train_layout(objective.terms_names)
   optimizers.apply_gradients_as_given(optimizer)  # The step reduces the gradients itself.
   loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+  split = isinstance(optimizer, dot.DistillationOrientedSGD)  # Task and distillation apart.
   variables = list(model.trainable_variables) + list(objective.trainable_variables)
-  tapped = taps.feature_model(model, objective.student_taps)  # One forward for all outputs.
-  drop_path_draws = drop_path_context(model, seed, global_batch_size)
-
-  def forward_backward(batch, teacher, step):
-    with tf.GradientTape() as tape, drop_path_draws(batch):
-      student = student_outputs(tapped, objective, batch)
-      logits = student["logits"]
-      terms = objective.terms(batch, student, teacher, step)
-      loss = tf.nn.compute_average_loss(terms["total"], global_batch_size=global_batch_size)
-      if model.losses:
-        loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-      if l2:  # Once per global step: each replica adds its 1/replicas share.
-        loss += tf.nn.scale_regularization_loss(0.5 * l2 * tf.add_n(
-            [tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables]))
-      if loss_scaling:  # float16: scaled before differentiation; the optimizer unscales.
-        loss = optimizer.scale_loss(loss)
-    return terms, logits, tape.gradient(loss, variables)
-
+  forward_backward = make_forward_backward(model, objective, optimizer, variables,
+                                           global_batch_size, l2, seed)
   if jit_compile:
     forward_backward = tf.function(forward_backward, jit_compile=True)
 
@@ -86,10 +72,12 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size, obj
   def replica_step(batch):
     teacher = teacher_source(batch) if objective.needs_teacher else None
     terms, logits, grads = forward_backward(batch, teacher, step_var.read_value())
-    grads, grad_norm = _all_reduce_gradients(grads)
+    grads, grad_norm = _all_reduce_gradients(grads, split)
     skipped = tf.constant(0.0)
     if loss_scaling:
       grad_norm, skipped = _loss_scale_stats(optimizer, grad_norm)
+    if split:
+      grads = dot.stack_gradients(grads[:len(variables)], grads[len(variables):])
     optimizer.apply_gradients(zip(grads, variables))
     return layout.pack(_train_sums(layout, terms, batch["label"], logits, grad_norm, skipped))
 
@@ -103,6 +91,42 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size, obj
     return sums
 
   return train_loop
+
+
+def make_forward_backward(model, objective, optimizer, variables, global_batch_size, l2,
+                          seed):
+  """``forward_backward(batch, teacher, step) -> (terms, logits, gradients)`` of one replica:
+  the gradient of its share of the global-batch loss (coupled L2 and the model's own losses
+  included; scaled under float16 loss scaling). With DOT's optimizer (train/dot.py) the
+  gradients are the task part's followed by the distillation part's, from one forward pass."""
+  loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+  split = isinstance(optimizer, dot.DistillationOrientedSGD)
+  tapped = taps.feature_model(model, objective.student_taps)  # One forward for all outputs.
+  drop_path_draws = drop_path_context(model, seed, global_batch_size)
+
+  def forward_backward(batch, teacher, step):
+    with tf.GradientTape(persistent=split) as tape, drop_path_draws(batch):
+      student = student_outputs(tapped, objective, batch)
+      terms = objective.terms(batch, student, teacher, step)
+      task = objective.task_term(terms, step) if split else terms["total"]
+      loss = tf.nn.compute_average_loss(task, global_batch_size=global_batch_size)
+      if model.losses:
+        loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+      if l2:  # Once per global step: each replica adds its 1/replicas share.
+        loss += tf.nn.scale_regularization_loss(0.5 * l2 * tf.add_n(
+            [tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables]))
+      if loss_scaling:  # float16: scaled before differentiation; the optimizer unscales.
+        loss = optimizer.scale_loss(loss)
+      if split:  # DOT: the distillation part's gradient apart.
+        distill = tf.nn.compute_average_loss(terms["total"] - task,
+                                             global_batch_size=global_batch_size)
+    if not split:
+      return terms, student["logits"], tape.gradient(loss, variables)
+    grads = [_zeros_if_none(g, v) for g, v in zip(
+        tape.gradient(loss, variables) + tape.gradient(distill, variables), variables * 2)]
+    return terms, student["logits"], grads
+
+  return forward_backward
 
 
 def drop_path_context(model, seed, global_batch_size):
@@ -156,17 +180,28 @@ def _train_sums(layout, terms, labels, logits, grad_norm, skipped):
   return sums
 
 
-def _all_reduce_gradients(grads):
+def _all_reduce_gradients(grads, split=False):
   """The global (all-replica) gradient and its norm, with one all-reduce.
 
   Replicas average their losses over the global batch, so the global gradient is the
   SUM of the replicas' gradients. Every replica then holds the same global gradient
-  and hands it to an optimizer that does not reduce again (optimizers.py).
+  and hands it to an optimizer that does not reduce again (optimizers.py). ``split``:
+  ``grads`` is DOT's task gradients followed by its distillation gradients (one list, one
+  all-reduce); the norm is that of their sum, the gradient of the total loss.
   """
   ctx = tf.distribute.get_replica_context()
   if ctx.num_replicas_in_sync > 1:
     grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+  if split:
+    half = len(grads) // 2
+    return grads, tf.linalg.global_norm([g + h for g, h in zip(grads[:half], grads[half:])])
   return grads, tf.linalg.global_norm(grads)
+
+
+def _zeros_if_none(gradient, variable):
+  """A zero gradient for a variable the loss does not reach (DOT's two losses each reach
+  only part of the variables: a connector has no task gradient)."""
+  return tf.zeros(variable.shape, variable.dtype) if gradient is None else gradient
 
 
 def eval_layout(num_classes, with_teacher):

@@ -46,8 +46,8 @@ def run_identity(config, role, teacher_paths=()):
               if k not in config_lib.NOT_IDENTITY + _MODEL_ENTRIES}
   entry = config.teacher if role == "teacher" else config.student
   identity["model"] = {k: v for k, v in entry.to_dict().items() if k != "path"}
-  for field in ("kwargs", "init", "cohort", "drop_path"):  # Older runs keep their identity.
-    if not entry.get(field):
+  for field in ("kwargs", "init", "cohort", "drop_path", "objective"):  # Older runs keep
+    if not entry.get(field) or (field == "objective" and role == "distill"):  # theirs.
       identity["model"].pop(field, None)
   if entry.get("init"):  # A starting point: the file's contents, not its name.
     identity["model"]["init"] = user_models.file_digest(entry.init)
@@ -64,6 +64,8 @@ def run_identity(config, role, teacher_paths=()):
     identity["optimizer"].pop("l2")
   if config.optimizer.decay_norms_biases_tokens:  # The default: older runs' identity holds.
     identity["optimizer"].pop("decay_norms_biases_tokens")
+  if not config.optimizer.dot_delta or role != "distill":  # DOT trains distillation only.
+    identity["optimizer"].pop("dot_delta")
   method_views = ([ops for _, ops in methods_lib.views_read(
       methods_lib.parse(config.distill.method), config.distill).values()]
                   if role == "distill" else [])
@@ -71,13 +73,16 @@ def run_identity(config, role, teacher_paths=()):
   if role == "distill":
     identity["teachers"] = [os.path.realpath(p) for p in teacher_paths]
     active = set(methods_lib.parse(config.distill.method))
-    for name in methods_lib.names():  # Only the sections of the methods the run uses.
+    sections = methods_lib.names() + tuple(methods_lib.teacher_free())
+    for name in sections:  # Only the sections of the methods the run uses.
       if name not in active:
         identity["distill"].pop(name, None)
     if not config.distill[methods_lib.MODIFIER].enabled:  # Runs from before CTKD, too.
       identity["distill"].pop(methods_lib.MODIFIER, None)
   else:
-    identity.pop("distill")
+    distill = identity.pop("distill")
+    if entry.get("objective"):  # A teacher-free objective's fields (USKD's).
+      identity["objective"] = distill[entry.objective]
   identity["format"] = FORMAT
   return json.loads(json.dumps(identity))
 

@@ -50,9 +50,15 @@ def throwaway(monkeypatch):
 
 def test_the_registered_schemes_declare_their_fields():
   found = schemes.schemes()
-  assert list(found) == ["chain", "dml_cohort"]
+  assert list(found) == ["chain", "dml_cohort", "teacher_free"]
   pipeline = config_lib.base_config().pipeline
-  assert pipeline.chain == () and pipeline.dml_cohort == 0
+  assert pipeline.chain == () and pipeline.dml_cohort == 0 and pipeline.teacher_free == ()
+  with pytest.raises(UserError, match=r"teacher_free=\('nope',\): each once, from uskd"):
+    run_spec.parse(tiny_config(**{"pipeline.teacher_free": ("nope",)}))
+  config = tiny_config(**{"pipeline.teacher_free": ("uskd",)})
+  run_spec.parse(config)
+  (name, uskd), = found["teacher_free"].student_stages(config)
+  assert name == "student_uskd" and uskd.student.objective == "uskd"
   with pytest.raises(UserError, match="dml_cohort=1: 0 .none. or a cohort of 2 or more"):
     run_spec.parse(tiny_config(**{"pipeline.dml_cohort": 1}))
   with pytest.raises(UserError, match="unknown model 'nope'"):

@@ -15,9 +15,10 @@ from conftest import method_config, read_scalars, weights_of
 # CRD's replica test, banks included, is tests/methods/test_crd.py's.
 # DeiT's (with OFA-KD on a ViT student) is tests/methods/test_deit.py's.
 # Every method in a whole run on 1 and 2 replicas, several per run (their terms add up in one
-# objective, each logged under its own name): four pairs of runs instead of fifteen, one per
-# logit method (kd, dkd, dist and mlkd each distil the logits: one per objective).
-METHOD_GROUPS = ("kd,at,fitnets,sp,rkd", "dkd,pkt,nst,cc,vid", "dist,reviewkd,ofa", "mlkd,ofd")
+# objective, each logged under its own name): four pairs of runs instead of twenty-one.
+# USKD's (a labels-only objective) is tests/methods/test_uskd.py's.
+METHOD_GROUPS = ("kd,at,fitnets,sp,rkd,sdd", "dkd,nkd,pkt,nst,cc,vid", "dist,wttm,reviewkd,ofa",
+                 "mlkd,crld,ofd")
 
 
 # SGD with momentum, not Adam, for OFD: Adam divides a gradient by its own magnitude, so
@@ -25,6 +26,8 @@ METHOD_GROUPS = ("kd,at,fitnets,sp,rkd", "dkd,pkt,nst,cc,vid", "dist,reviewkd,of
 # step. OFD has one: its connector's BatchNorm removes any per-channel shift, so the OFD
 # gradient on the student's last conv bias is exactly 0; 3 Adam steps put 1 and 2
 # replicas 8e-5 apart on that bias while every other weight agrees to 2e-7 (SGD: 6e-8).
+# That group trains with DOT's SGD (train/dot.py), whose two momenta cross replicas in the
+# step's one all-reduce.
 SGD_METHODS = ("ofd",)
 
 
@@ -34,7 +37,8 @@ def test_method_is_replica_independent(method, conv_teacher, tmp_path, strategy_
   one objective. Over 28 steps Adam turns float32 rounding noise in near-zero gradients into
   weight differences of 1e-5 to 3e-5 for DIST and RKD, while one step's gradients agree to
   float32 precision (next test)."""
-  sgd = {"optimizer.name": "sgd", "optimizer.learning_rate.start": 0.01}
+  sgd = {"optimizer.name": "sgd", "optimizer.learning_rate.start": 0.01,
+         "optimizer.dot_delta": 0.075}
   uses_sgd = set(method.split(",")) & set(SGD_METHODS)
   config = method_config(method, train_size=192, **(sgd if uses_sgd else {}))
   one = end_to_end.train_and_evaluate(config, str(tmp_path / "one"), "distill", DEFAULT,
@@ -102,7 +106,7 @@ def test_capabilities_are_class_attributes_read_by_the_checks():
   read it (no list of names kept beside the registry)."""
   assert method_registry.having("ctkd_modifies") == ["kd", "dkd"]
   assert method_registry.having("standardizes_logits") == ["kd", "dkd", "mlkd"]
-  assert method_registry.having("splits_target_class") == ["dkd"]
+  assert method_registry.having("splits_target_class") == ["dkd", "sdd"]
   assert [n for n, c in method_registry.methods().items() if c.bank_field] == ["crd"]
   with pytest.raises(UserError, match="ctkd.enabled=true modifies kd or dkd"):
     run_spec.parse(method_config("dist", **{"distill.ctkd.enabled": True}))

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -26,7 +27,8 @@ from generated_data import write_fake_mnist
 # One run holds every kind of state a resume must restore: kd with CTKD's learnable
 # temperature, a schedule of alpha and augmentation; MLKD's strong view (a function of seed
 # and step); CRD's memory banks, Z and embedding heads; OFD's connectors, ReviewKD's fusion
-# modules, VID's regressors and variances (a conv teacher and student). It is run
+# modules, VID's regressors and variances (a conv teacher and student); DOT's two momentum
+# buffers per variable (SGD; Adam's moments: the distilled ViT's run below). It is run
 # uninterrupted once, and once interrupted twice: SIGTERM, then SIGKILL.
 EVERY_STATE = ["--config.distill.method=kd,mlkd,crd,fitnets,ofd,reviewkd,vid",
                # cnn_article's 12x12 stage1 against resnet_article's 14x14 stage2.
@@ -34,6 +36,8 @@ EVERY_STATE = ["--config.distill.method=kd,mlkd,crd,fitnets,ofd,reviewkd,vid",
                "--config.distill.ctkd.enabled=true", "--config.distill.ctkd.decay_epochs=2",
                "--config.distill.crd.negatives=64", "--config.distill.reviewkd.warmup_epochs=1",
                "--config.student.model=cnn_article", "--config.student.width=4",
+               "--config.optimizer.name=sgd", "--config.optimizer.learning_rate.start=0.01",
+               "--config.optimizer.dot_delta=0.075", "--config.optimizer.l2=5e-4",
                "--config.run.allow_weak_teacher=true"]
 
 
@@ -95,7 +99,13 @@ def test_sigterm_then_sigkill_then_rerun_matches_uninterrupted_run(tmp_path, con
   names = [n for n in readers[0].get_variable_to_shape_map() if n.startswith("objective/")]
   # Connectors, fusion modules, regressors, variances, banks, heads, the temperature.
   assert len(names) > 40, names
-  for name in names:
+  # DOT's two buffers per trained variable (the student's and the objective's: positional
+  # names, optimizer/_variables/N) and its iteration count.
+  trained = len(keras.models.load_model(os.path.join(full, "model.keras"),
+                                        compile=False).trainable_weights)
+  buffers = [n for n in readers[0].get_variable_to_shape_map() if n.startswith("optimizer/")]
+  assert len(buffers) > 2 * trained, (len(buffers), trained)
+  for name in names + buffers:
     np.testing.assert_array_equal(readers[0].get_tensor(name), readers[1].get_tensor(name))
 
 

@@ -14,8 +14,9 @@ A scheme is one module of this package holding one ``Scheme`` subclass, register
 
 The pipeline, ``--plan`` and the Slurm arrays all take their stages from
 ``stages.campaign_stages``, which asks every active scheme: adding a scheme touches no other
-module. Schemes here: chain.py (teacher assistants, born-again generations) and
-dml_cohort.py (deep mutual learning beside the baseline).
+module. Schemes here: chain.py (teacher assistants, born-again generations),
+dml_cohort.py (deep mutual learning beside the baseline) and teacher_free.py (students of
+teacher-free objectives, USKD, beside it).
 """
 
 from kd_research.common import plugins
