@@ -41,7 +41,8 @@ flags.DEFINE_integer("replicas", 1, "Replicas for our loop's rows: > 1 runs them
                      "the batch stays global.")
 flags.DEFINE_string("methods", "", "Also one row per distillation method (comma-separated, e.g. "
                     "kd,dkd,dist,fitnets,at,rkd,pkt,sp): examples/s with a live teacher, "
-                    "relative to kd, same models; a row may add modifiers: kd+ctkd, dkd+ls; "
+                    "relative to kd, same models; a row may add modifiers: kd+ctkd, dkd+ls, "
+                    "kd+sgd, kd+dot (DOT's SGD); uskd: a teacher-free student row; "
                     "--profile=NAME traces that method's window.")
 flags.DEFINE_bool("data", False, "Also the input-pipeline rows: each source's examples/s on "
                   "one core, streamed vs in-memory training, the JPEG pipeline vs raw decode "

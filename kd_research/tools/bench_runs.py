@@ -135,16 +135,22 @@ def run_keras_distiller(opts, x, y, num_classes):
   return _time_fit(opts, distiller, x, y), forward_flops(student), forward_flops(teacher)
 
 
-# Modifiers a --methods row may add to its method: 'kd+ctkd', 'dkd+ls', 'kd+ls+ctkd'.
+# Modifiers a --methods row may add to its method: 'kd+ctkd', 'dkd+ls', 'kd+ls+ctkd';
+# 'kd+sgd' and 'kd+dot' (DOT's two momenta: their cost against the same SGD).
 MODIFIERS = {"ctkd": {"distill.ctkd.enabled": True},
-             "ls": {"distill.logit_standardization": True}}
+             "ls": {"distill.logit_standardization": True},
+             "sgd": {"optimizer.name": "sgd"},
+             "dot": {"optimizer.name": "sgd", "optimizer.dot_delta": 0.075}}
 
 
 def method_overrides(row):
-  """The config overrides of a --methods row 'METHOD[+MODIFIER...]' (UserError if unknown)."""
+  """The config overrides of a --methods row 'METHOD[+MODIFIER...]' (UserError if unknown);
+  a teacher-free objective's name (uskd) is a labels-only row: student.objective."""
   from kd_research.common.errors import UserError  # pylint: disable=g-import-not-at-top
   from kd_research.methods import registry as method_registry  # pylint: disable=g-import-not-at-top
   method, *modifiers = row.split("+")
+  if method in method_registry.teacher_free() and not modifiers:
+    return {"student.objective": method}
   method_registry.parse(method)
   bad = [m for m in modifiers if m not in MODIFIERS]
   if bad:
@@ -157,9 +163,14 @@ def method_overrides(row):
 
 
 def run_method(opts, x, y, num_classes, method, strategy=None, profile_dir=None):
-  """examples/s of --methods row ``method`` with a live teacher (and an op table)."""
+  """examples/s of --methods row ``method`` with a live teacher (and an op table); a
+  teacher-free row trains the student alone with its objective."""
   del x, y, num_classes
   overrides = method_overrides(method)
+  if "student.objective" in overrides:
+    rate, _, _, table = run_resolved(opts, overrides, role="student", profile_dir=profile_dir,
+                                     strategy=strategy)
+    return rate, table
   from kd_research.methods import registry as method_registry  # pylint: disable=g-import-not-at-top
   registered = method_registry.methods()
   for name in method_registry.parse(overrides["distill.method"]):

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -224,3 +225,29 @@ def test_overwrite_discards_a_different_run(tmp_path):
   results = end_to_end.train_and_evaluate(config, workdir, "student", DEFAULT, overwrite=True)
   assert json.load(open(os.path.join(workdir, "config.json")))["model"]["width"] == 16
   assert results["params"] == json.load(open(os.path.join(workdir, "results.json")))["params"]
+
+
+def _uskd_cmd(workdir):
+  """A labels-only student trained by USKD (no teacher): its weak head is trained state."""
+  return [sys.executable, "-m", "kd_research.main", "train", "--role=student",
+          "--experiment=fashion_mnist:tiny", f"--workdir={workdir}",
+          "--config.student.objective=uskd", "--config.student.model=cnn_article",
+          "--config.student.width=4", "--config.deterministic=true", "--config.student.epochs=2",
+          "--config.run.checkpoint_every_steps=6", "--config.run.steps_per_loop=2",
+          "--config.augment.ops=('flip','crop')"]
+
+
+def test_sigkill_and_rerun_of_a_uskd_student_matches_the_uninterrupted_run(tmp_path):
+  """USKD's weak head and its Adam moments resume exactly: SIGKILL after a checkpoint of step
+  >= 18 of 56, rerun; the model and every objective variable equal the uninterrupted run's."""
+  killed_at, diff, (a, b) = killed_rerun_matches_uninterrupted(_uskd_cmd, tmp_path, 18,
+                                                               2 * STEPS_PER_EPOCH)
+  print(f"uskd student killed after checkpoint {killed_at}; max |dw| vs uninterrupted: {diff}")
+  assert diff == 0.0 and a["test_accuracy"] == b["test_accuracy"]
+  readers = [tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / d /
+                                                                     "checkpoints")))
+             for d in ("full", "cut")]
+  head = [n for n in readers[0].get_variable_to_shape_map() if n.startswith("objective/")]
+  assert len(head) == 2, head
+  for name in head:
+    np.testing.assert_array_equal(readers[0].get_tensor(name), readers[1].get_tensor(name))
