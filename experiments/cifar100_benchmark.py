@@ -96,6 +96,19 @@ standardization with base temperature 2 (3 for KD on vgg13 -> vgg8) and KD weigh
 MLKD (Jin et al., CVPR 2023) and CTKD (Li et al., AAAI 2023) as that README reports them;
 that repository's MLKD configs train 480 epochs (the MLKD repository's own, 240; this
 protocol trains every method 240).
+
+| teacher -> student | WTTM | WTTM + CRD | KD + DOT | NKD | SD-KD | SD-DKD | CRLD |
+|---|---|---|---|---|---|---|---|
+| resnet32x4 -> resnet8x4 | 76.06 | 76.65 | 75.12 | - | - | - | - |
+| wrn_40_2 -> wrn_16_2 | 76.37 | 76.61 | - | - | - | - | - |
+| resnet56 -> resnet20 | 71.92 | 72.20 | - | - | - | - | - |
+| vgg13 -> vgg8 | 74.44 | 74.71 | 73.77 | - | - | - | - |
+
+Sources: WTTM and WTTM + CRD: zkxufo/TTM's README (Zheng & Yang, ICLR 2024), its
+same-architecture table. KD + DOT: mdistiller's README (Zhao et al., ICCV 2023; its KD
+column there: 73.33 and 72.98). NKD, SD-KD / SD-DKD (Wei et al., CVPR 2024) and CRLD (Zhang
+et al., ACM MM 2024): "-", no stored text source confirms a CIFAR-100 cell (SDD's README
+shows its table as an image; no official CRLD repository is stored).
 """
 
 

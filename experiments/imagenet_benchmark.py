@@ -79,6 +79,14 @@ CLAIMED_TABLE = """\
 | ResNet-34 -> ResNet-18 | 73.31 | 69.76 | 71.03 (a) | 71.70 (a) | 70.70 (b) | 71.17 (b) | 71.61 (b) | 72.07 (b) | 71.42 (b) |
 | ResNet-50 -> MobileNet-V1 | 76.16 | 68.87 | 70.50 (a) | 72.05 (a) | | | | | |
 
+| teacher -> student | WTTM (d) | NKD (e) | KD + DOT (a) |
+|---|---|---|---|
+| ResNet-34 -> ResNet-18 | 72.19 | 71.96 | 71.72 |
+| ResNet-50 -> MobileNet-V1 | 73.09 | 72.58 | 73.09 |
+
+Teacher-free, USKD (e): ResNet-18 69.90 -> 70.79, MobileNet 69.21 -> 70.38 (its own
+baselines, trained alone in its code base).
+
 | RegNetY-16GF -> DeiT-Ti (distilled) | 82.9 | 72.2 | | | | | | | |
 
 DeiT rows (c): the student alone 72.2 and with the distillation token, hard distillation from
@@ -90,6 +98,9 @@ epochs of the recipe below.
 torchdistill's own reproductions for R34 -> R18: KD 71.37, CRD 70.93, ReviewKD 71.64,
 DIST 71.95. Teachers and students trained alone: torchvision's pretrained ResNet-34 73.31,
 ResNet-18 69.76, ResNet-50 76.16 and the MobileNet-V1 of the CRD / mdistiller pair 68.87.
+(d) zkxufo/TTM's README, ImageNet table (Zheng & Yang, ICLR 2024; run with torchdistill).
+(e) yzd-v/cls_KD's nkd.md (Yang et al., ICCV 2023): NKD and USKD ("tf-NKD") tables; its
+ResNet-18 baseline is 69.90.
 (c) Touvron et al., ICML 2021 (DeiT), Tables 1 and 5 (the paper's "DeiT-Ti⚗" row: 74.5);
 facebookresearch/deit README (deit_tiny_distilled_patch16_224: 74.5).
 Blank: not in the sources we checked. Not reproduced here (no GPU): run this experiment.
