@@ -224,6 +224,18 @@ def conv_teacher(tmp_path_factory):
                                                                   DEFAULT))
 
 
+@pytest.fixture(scope="session")
+def vit_teacher(tmp_path_factory):
+  """A ViT teacher (vit_mini w24, one epoch on the synthetic data) for the methods between
+  transformers (ViTKD), trained once per session."""
+  from kd_research.train import end_to_end  # pylint: disable=g-import-not-at-top
+  config = tiny_config(**{"teacher.model": "vit_mini", "teacher.width": 24,
+                          "teacher.epochs": 1})
+  return built_once(tmp_path_factory, "vit_teacher",
+                    lambda workdir: end_to_end.train_and_evaluate(config, workdir, "teacher",
+                                                                  DEFAULT))
+
+
 def method_config(method, **overrides):
   return tiny_config(**{"student.model": "cnn_article", "student.width": 4, "student.epochs": 1,
                         "distill.method": method, "run.allow_weak_teacher": True,
@@ -290,7 +302,7 @@ SLOW_MODULES = {"test_e2e_fashion_mnist", "test_distribute", "test_reliability",
                 "test_pipeline", "test_cli", "test_keras_peer", "test_export",
                 "test_streamed_runs", "test_notebook", "test_slurm", "test_user_models",
                 "test_mutual_learning_runs"}
-SLOW_FIXTURES = {"teacher_file", "conv_teacher"}
+SLOW_FIXTURES = {"teacher_file", "conv_teacher", "vit_teacher"}
 
 
 def pytest_configure(config):

@@ -111,7 +111,8 @@ def test_cross_architecture_presets_have_the_rows_of_the_vit_pair():
   """method_benchmark:vit: the resnet pair's CNN teacher -> a ViT with a distillation token:
   labels only, kd on the class token, DeiT soft and hard, OFA-KD and DKD, every method's
   candidates but DeiT hard's (none); vit_reverse: a ViT teacher -> the resnet pair's student
-  with kd and OFA-KD; vit_from_vit: the ViT student from that ViT teacher."""
+  with kd and OFA-KD; vit_from_vit: the ViT student from that ViT teacher (kd, DeiT, NKD,
+  ViTKD, NKD + ViTKD)."""
   resnet = load_experiment("method_benchmark", "resnet")
   vit, reverse, from_vit = (load_experiment("method_benchmark", preset)
                             for preset in ("vit", "vit_reverse", "vit_from_vit"))
@@ -128,7 +129,9 @@ def test_cross_architecture_presets_have_the_rows_of_the_vit_pair():
                   "deit_hard": ("deit", "hard"), "ofa": ("ofa", None), "dkd": ("dkd", None)}
   assert set(vit.pipeline.candidates) == set(deit) - {"deit_hard"}
   assert set(reverse.pipeline.variants) == {"kd", "ofa"}
-  assert set(from_vit.pipeline.variants) == {"kd", "deit_soft", "deit_hard"}
+  assert set(from_vit.pipeline.variants) == {"kd", "deit_soft", "deit_hard", "nkd", "vitkd",
+                                             "nkd_vitkd"}
+  assert not from_vit.pipeline.variants.vitkd.cache_teacher  # ViTKD reads the tokens
   launch = open(os.path.join(REPO, "launch.sh")).read()
   for preset in ("vit", "vit_reverse", "vit_from_vit"):
     assert f"--experiment=method_benchmark:{preset} " in launch

@@ -20,6 +20,7 @@ import ml_collections
 from kd_research.common import plugins
 from kd_research.common.errors import UserError
 from kd_research.methods import base
+from kd_research.methods import combined
 from kd_research.methods import ctkd
 from kd_research.models import taps as taps_lib
 
@@ -135,7 +136,7 @@ def build(context):
   """The objective of the distillation phase: ``context.distill``'s methods (BuildContext)."""
   registered = methods()
   parts = [registered[name].from_config(context) for name in context.distill.methods]
-  return parts[0] if len(parts) == 1 else base.Combined(parts)
+  return parts[0] if len(parts) == 1 else combined.Combined(parts)
 
 
 def build_variables(objective, student, ensemble):

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from kd_research.common import console
 from kd_research.methods import base
+from kd_research.methods import combined
 from kd_research.train import optimizers
 from kd_research.runtime import preemption
 from kd_research.train import steps
@@ -72,7 +73,7 @@ class Driver:
     self.global_batch_size, self.writer, self.validate = global_batch_size, writer, validate
     self.lr_fn, self.jit_compile, self.l2 = lr_fn, jit_compile, l2
     self.total_steps = phases[-1].end_step
-    self.layout = steps.train_layout(base.term_layout([p.objective for p in phases]))
+    self.layout = steps.train_layout(combined.term_layout([p.objective for p in phases]))
     self.scalar_names = sorted({name for p in phases for name in p.objective.scalars(0)})
     self._loops = {}
 

@@ -72,13 +72,14 @@ def make_train_loop(strategy, model, optimizer, step_var, global_batch_size, obj
   def replica_step(batch):
     teacher = teacher_source(batch) if objective.needs_teacher else None
     terms, logits, grads = forward_backward(batch, teacher, step_var.read_value())
+    grads, trained = _reached(grads, variables, split)
     grads, grad_norm = _all_reduce_gradients(grads, split)
     skipped = tf.constant(0.0)
     if loss_scaling:
       grad_norm, skipped = _loss_scale_stats(optimizer, grad_norm)
     if split:
-      grads = dot.stack_gradients(grads[:len(variables)], grads[len(variables):])
-    optimizer.apply_gradients(zip(grads, variables))
+      grads = dot.stack_gradients(grads[:len(trained)], grads[len(trained):])
+    optimizer.apply_gradients(zip(grads, trained))
     return layout.pack(_train_sums(layout, terms, batch["label"], logits, grad_norm, skipped))
 
   @tf.function
@@ -122,9 +123,8 @@ def make_forward_backward(model, objective, optimizer, variables, global_batch_s
                                              global_batch_size=global_batch_size)
     if not split:
       return terms, student["logits"], tape.gradient(loss, variables)
-    grads = [_zeros_if_none(g, v) for g, v in zip(
-        tape.gradient(loss, variables) + tape.gradient(distill, variables), variables * 2)]
-    return terms, student["logits"], grads
+    return (terms, student["logits"],
+            tape.gradient(loss, variables) + tape.gradient(distill, variables))
 
   return forward_backward
 
@@ -198,10 +198,22 @@ def _all_reduce_gradients(grads, split=False):
   return grads, tf.linalg.global_norm(grads)
 
 
-def _zeros_if_none(gradient, variable):
-  """A zero gradient for a variable the loss does not reach (DOT's two losses each reach
-  only part of the variables: a connector has no task gradient)."""
-  return tf.zeros(variable.shape, variable.dtype) if gradient is None else gradient
+def _reached(grads, variables, split=False):
+  """(gradients, variables) without the variables the loss does not reach (no gradient:
+  known when the step is traced, the same on every replica), which the optimizer would skip
+  anyway and an all-reduce cannot carry: a distilled ViT's second head when no method reads
+  it. ``split`` (DOT): ``grads`` holds the task gradients, then the distillation ones; a
+  variable reached by one of the two gets zeros for the other (a connector has no task
+  gradient)."""
+  if not split:
+    kept = [(g, v) for g, v in zip(grads, variables) if g is not None]
+    return [g for g, _ in kept], [v for _, v in kept]
+  n = len(variables)
+  kept = [i for i in range(n) if grads[i] is not None or grads[n + i] is not None]
+  zeros = lambda g, v: tf.zeros(v.shape, v.dtype) if g is None else g
+  task = [zeros(grads[i], variables[i]) for i in kept]
+  distill = [zeros(grads[n + i], variables[i]) for i in kept]
+  return task + distill, [variables[i] for i in kept]
 
 
 def eval_layout(num_classes, with_teacher):

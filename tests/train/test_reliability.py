@@ -111,24 +111,32 @@ def test_sigterm_then_sigkill_then_rerun_matches_uninterrupted_run(tmp_path, con
 
 
 def _distilled_vit_cmd(teacher_file):
-  """DeiT's hard distillation with an OFA-KD branch (on block 3) into vit_mini_distilled
-  (stochastic depth 0.2), one epoch."""
+  """DeiT's hard distillation with an OFA-KD branch (on block 3) and ViTKD from a ViT
+  teacher into vit_mini_distilled (stochastic depth 0.2), one epoch."""
   return lambda workdir: distill_cmd(workdir, teacher_file, 1) + [
       "--config.student.model=vit_mini_distilled", "--config.student.width=16",
-      "--config.student.drop_path=0.2", "--config.distill.method=deit,ofa",
-      "--config.augment.ops=('flip','crop','cutmix')", "--config.distill.ofa.stages=('block3',)"]
+      "--config.student.drop_path=0.2", "--config.distill.method=deit,ofa,vitkd",
+      "--config.augment.ops=('flip','crop','cutmix')", "--config.distill.ofa.stages=('block3',)",
+      "--config.run.allow_weak_teacher=true"]
 
 
 def test_sigkill_and_rerun_of_a_distilled_vit_matches_the_uninterrupted_run(tmp_path,
-                                                                            teacher_file):
-  """The ViT's tokens and position embeddings, its two heads, OFA's branch and the
-  optimizer's moments resume exactly: SIGKILL after a checkpoint of step >= 10 of 28."""
+                                                                            vit_teacher):
+  """The ViT's tokens and position embeddings, its two heads, OFA's branch, ViTKD's aligns,
+  convs and mask token (and its masks' draws) and the optimizer's moments resume exactly:
+  SIGKILL after a checkpoint of step >= 10 of 28."""
   killed_at, diff, (a, b) = killed_rerun_matches_uninterrupted(
-      _distilled_vit_cmd(teacher_file), tmp_path, 10, STEPS_PER_EPOCH)
-  print(f"vit_mini_distilled (deit + ofa) killed after checkpoint {killed_at}; "
+      _distilled_vit_cmd(vit_teacher), tmp_path, 10, STEPS_PER_EPOCH)
+  print(f"vit_mini_distilled (deit + ofa + vitkd) killed after checkpoint {killed_at}; "
         f"max |dw| vs uninterrupted: {diff}")
   assert diff == 0.0
-  assert a["test_accuracy"] == b["test_accuracy"] and a["method"] == "deit,ofa"
+  assert a["test_accuracy"] == b["test_accuracy"] and a["method"] == "deit,ofa,vitkd"
+  readers = [tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / d /
+                                                                     "checkpoints")))
+             for d in ("full", "cut")]
+  names = [n for n in readers[0].get_variable_to_shape_map() if n.startswith("objective/")]
+  for name in names:
+    np.testing.assert_array_equal(readers[0].get_tensor(name), readers[1].get_tensor(name))
 
 
 def _sha(path):
