@@ -68,9 +68,10 @@ def test_a_run_parses_its_config_once(tmp_path, teacher_file, monkeypatch):
                           "augment.views": "plain=flip"})
   run_spec.parse(config)
   once = dict(counts)
-  # The main ops, the stability ops, the view's ops, MLKD's section check of its own view's
-  # ops (every method's section is checked, active or not); lr, alpha, T; config.distill.
-  assert once == {"augment.parse_ops": 4, "schedules.parse": 3, "distill_spec.parse": 1}
+  # The main ops, the stability ops, the view's ops, MLKD's and CRLD's section checks of
+  # their own views' ops (every method's section is checked, active or not); lr, alpha, T;
+  # config.distill.
+  assert once == {"augment.parse_ops": 5, "schedules.parse": 3, "distill_spec.parse": 1}
   counts.clear()
   end_to_end.train_and_evaluate(config, str(tmp_path / "kd"), "distill", DEFAULT,
                                 (teacher_file,))
