@@ -16,7 +16,7 @@ from kd_research.methods import distill_spec
 from kd_research.methods import registry as method_registry
 from kd_research.models import registry as model_registry
 from kd_research.train import end_to_end
-from conftest import DEFAULT, check, method_config, tiny_config, weights_of
+from conftest import DEFAULT, check, method_config, read_scalars, tiny_config, weights_of
 from method_references import case, softmax
 
 
@@ -125,18 +125,24 @@ def test_a_distilled_vit_student_reports_its_averaged_heads(tmp_path, teacher_fi
       "vit_mini_distilled")
 
 
-def test_a_distilled_vit_is_replica_independent(tmp_path, conv_teacher, strategy_factory):
+def test_a_distilled_vit_is_replica_independent(tmp_path, vit_teacher, strategy_factory):
   """1 vs 2 replicas after 3 Adam steps of DeiT's hard distillation combined with OFA-KD
   (one branch, on block 3 of 4: a transformer block, the class token, a head; the default
-  three branches repeat it at twice the tracing cost, and their choice is test_ofa.py's) of
-  vit_mini_distilled (width 16, stochastic depth 0.2) from the session's convolutional
-  teacher, on mixed (cutmix) images: both methods and the drop-path masks in one run."""
-  config = method_config("deit,ofa", train_size=192, **{
+  three branches repeat it at twice the tracing cost, and their choice is test_ofa.py's),
+  NKD and ViTKD (its masks, aligns 16 -> 24 and generation convs) of vit_mini_distilled
+  (width 16, stochastic depth 0.2) from the session's ViT teacher (vit_mini w24), on mixed
+  (cutmix) images: every method between ViTs and the drop-path masks in one run (one ViT
+  run pair: tracing a ViT is the cost). CNN -> ViT: the run above and the SIGKILL tests."""
+  config = method_config("deit,nkd,ofa,vitkd", train_size=192, **{
       "student.model": "vit_mini_distilled", "student.width": 16, "student.drop_path": 0.2,
       "augment.ops": ("flip", "cutmix"), "distill.ofa.stages": ("block3",)})
   dirs = [str(tmp_path / "one"), str(tmp_path / "two")]
   for workdir, strategy in zip(dirs, (DEFAULT, strategy_factory(2))):
-    end_to_end.train_and_evaluate(config, workdir, "distill", strategy, (conv_teacher,))
+    end_to_end.train_and_evaluate(config, workdir, "distill", strategy, (vit_teacher,))
   diff = max(float(np.max(np.abs(a - b))) for a, b in zip(*map(weights_of, dirs)))
-  print(f"deit (hard) + ofa, cutmix, vit_mini_distilled: 1 vs 2 replicas max |dw| {diff:.2e}")
+  print(f"deit (hard) + nkd + ofa + vitkd, cutmix, vit_mini w24 -> vit_mini_distilled w16: "
+        f"1 vs 2 replicas max |dw| {diff:.2e}")
   assert diff < 1e-5
+  scalars = read_scalars(dirs[0])
+  for term in ("distill", "nkd", "ofa", "vitkd"):
+    assert all(np.isfinite(v) for _, v in scalars[f"train/loss_{term}"]), term
