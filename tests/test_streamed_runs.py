@@ -48,19 +48,26 @@ def distill_args(data, dataset, workdir, **extra):
           "--experiment=fashion_mnist:tiny", f"--workdir={workdir}"] + flags(values)
 
 
-@pytest.mark.parametrize("kind", ["folder", "tfrecord", "tfds"])
-def test_distill_end_to_end_from_each_source(tmp_path, data, kind):
-  done = subprocess.run(distill_args(data, data[kind], tmp_path / "run"), cwd=REPO, env=ENV,
-                        capture_output=True, text=True, timeout=300)
-  assert done.returncode == 0, done.stderr[-3000:]
-  results = json.load(open(tmp_path / "run" / "results.json"))
+def check_streamed_run(workdir, data, kind):
+  """A finished distillation run on source ``kind``: its splits, test count, classes."""
+  results = json.load(open(workdir / "results.json"))
   assert results["dataset"] == data[kind]
   assert results["data"]["examples"]["validation"] == 12
   assert results["test_count"] == (27 if kind != "tfds" else 15)
   assert results["teacher_test_accuracy"] > 0.6
-  classes = json.load(open(tmp_path / "run" / "classes.json"))["classes"]
+  classes = json.load(open(workdir / "classes.json"))["classes"]
   assert classes == (["class_0", "class_1", "class_2"] if kind != "tfds"
                      else ["dark", "mid", "bright"])
+  return results
+
+
+# TFRecord shards end to end: the SIGKILL test's uninterrupted run below checks them.
+@pytest.mark.parametrize("kind", ["folder", "tfds"])
+def test_distill_end_to_end_from_each_source(tmp_path, data, kind):
+  done = subprocess.run(distill_args(data, data[kind], tmp_path / "run"), cwd=REPO, env=ENV,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = check_streamed_run(tmp_path / "run", data, kind)
   if kind == "folder":  # eval and export find the run's streamed data from its config.json
     out = {}
     for command in ("eval", "export"):
@@ -74,12 +81,15 @@ def test_distill_end_to_end_from_each_source(tmp_path, data, kind):
 
 
 def test_sigkill_mid_run_resumes_bit_identical_on_shards(tmp_path, data):
+  """A distillation run on TFRecord shards end to end (its splits, classes), then killed
+  mid-epoch and rerun: bit-identical to the uninterrupted run."""
   extra = {"student.epochs": 6, "run.checkpoint_every_steps": 8, "run.steps_per_loop": 2,
            "deterministic": "true", "augment.ops": "('flip','cutout')"}
   full, cut = tmp_path / "full", tmp_path / "cut"
   done = subprocess.run(distill_args(data, data["tfrecord"], full, **extra), cwd=REPO, env=ENV,
                         capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
+  check_streamed_run(full, data, "tfrecord")  # TFRecord shards end to end
   # Killed mid-epoch (8 steps per epoch) after a checkpoint of step >= 20.
   killed_at = kill_after_checkpoint(distill_args(data, data["tfrecord"], cut, **extra),
                                     str(cut / "checkpoints"), 20)
