@@ -36,11 +36,9 @@ BRANCH_HEADS = 4            # Block(dim=feature_dim_s, num_heads=4)
 LN_EPSILON = 1e-5           # nn.LayerNorm's default (PatchMerging's and Block's norm)
 
 
-_timm_normal = pytorch_layers.timm_trunc_normal  # the linear layers' init_weights
-
-
 def _dense(x, units, use_bias=True):
-  return keras.layers.Dense(units, use_bias=use_bias, kernel_initializer=_timm_normal(),
+  return keras.layers.Dense(units, use_bias=use_bias,
+                            kernel_initializer=pytorch_layers.timm_trunc_normal(),
                             bias_initializer="zeros")(x)
 
 
@@ -75,7 +73,7 @@ def cnn_branch(shape, stage, dim, num_classes, name):
   else:
     x = _kaiming_conv(x, dim, 1, use_bias=True)
   x = keras.layers.GlobalAveragePooling2D()(x)
-  logits = keras.layers.Dense(num_classes, kernel_initializer=_timm_normal(),
+  logits = keras.layers.Dense(num_classes, kernel_initializer=pytorch_layers.timm_trunc_normal(),
                               bias_initializer="zeros", dtype="float32")(x)
   return keras.Model(inputs, logits, name=name)
 
@@ -111,8 +109,9 @@ class Attention(keras.layers.Layer):
 
   def build(self, input_shape):
     dim = input_shape[-1]
-    self.qkv = keras.layers.Dense(3 * dim, use_bias=False, kernel_initializer=_timm_normal())
-    self.proj = keras.layers.Dense(dim, kernel_initializer=_timm_normal(),
+    self.qkv = keras.layers.Dense(3 * dim, use_bias=False,
+                                  kernel_initializer=pytorch_layers.timm_trunc_normal())
+    self.proj = keras.layers.Dense(dim, kernel_initializer=pytorch_layers.timm_trunc_normal(),
                                    bias_initializer="zeros")
     self.qkv.build(input_shape)
     self.proj.build(input_shape)
@@ -163,6 +162,6 @@ def vit_branch(shape, grid, num_tokens, stage, num_classes, name):
   x = keras.layers.Concatenate(axis=1)([tokens, patches])
   for _ in range(max(4 - stage, 1)):
     x = timm_block(x)
-  logits = keras.layers.Dense(num_classes, kernel_initializer=_timm_normal(),
+  logits = keras.layers.Dense(num_classes, kernel_initializer=pytorch_layers.timm_trunc_normal(),
                               bias_initializer="zeros", dtype="float32")(x[:, 0])
   return keras.Model(inputs, logits, name=name)

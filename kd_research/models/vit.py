@@ -56,11 +56,6 @@ LN_EPSILON = 1e-6  # timm's partial(nn.LayerNorm, eps=1e-6)
 MLP_RATIO = 4
 
 
-def _trunc_normal():
-  """timm's trunc_normal_(std=0.02) (pytorch_layers.timm_trunc_normal), new per layer."""
-  return pytorch_layers.timm_trunc_normal()
-
-
 @keras.saving.register_keras_serializable(package="kd_research")
 class TokensAndPositions(keras.layers.Layer):
   """Prepends the class token (and the distillation token) to the patch tokens and adds
@@ -73,9 +68,10 @@ class TokensAndPositions(keras.layers.Layer):
   def build(self, input_shape):
     _, patches, width = input_shape
     self.tokens = self.add_weight(shape=(1, self.num_tokens, width), name="tokens",
-                                  initializer=_trunc_normal())
+                                  initializer=pytorch_layers.timm_trunc_normal())
     self.positions = self.add_weight(shape=(1, self.num_tokens + patches, width),
-                                     name="positions", initializer=_trunc_normal())
+                                     name="positions",
+                                     initializer=pytorch_layers.timm_trunc_normal())
 
   def call(self, patches):
     tokens = ops.broadcast_to(ops.cast(self.tokens, patches.dtype),
@@ -97,7 +93,7 @@ class DistilledLogits(keras.layers.Layer):
 
 
 def _linear(x, units, name=None, dtype=None):
-  return keras.layers.Dense(units, kernel_initializer=_trunc_normal(),
+  return keras.layers.Dense(units, kernel_initializer=pytorch_layers.timm_trunc_normal(),
                             bias_initializer="zeros", name=name, dtype=dtype)(x)
 
 
@@ -106,7 +102,7 @@ def _block(x, heads, drop_rate, index):
   width = x.shape[-1]
   y = keras.layers.LayerNormalization(epsilon=LN_EPSILON)(x)
   y = keras.layers.MultiHeadAttention(
-      heads, width // heads, kernel_initializer=_trunc_normal(),
+      heads, width // heads, kernel_initializer=pytorch_layers.timm_trunc_normal(),
       bias_initializer="zeros")(y, y)
   x = keras.layers.Add()([x, stochastic_depth.DropPath(drop_rate, 2 * index - 2)(y)])
   y = keras.layers.LayerNormalization(epsilon=LN_EPSILON)(x)
