@@ -209,5 +209,16 @@ def main(argv):
   return 0
 
 
+def run(argv):
+  """``main`` with a bad flag value or a method that does not fit the models (a UserError)
+  reported as one line and exit status 2, not a traceback."""
+  from kd_research.common.errors import UserError  # pylint: disable=g-import-not-at-top
+  try:
+    return main(argv)
+  except UserError as e:
+    sys.stderr.write(f"error: {e}\n")
+    return 2
+
+
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: sys.exit(run(argv)))

@@ -19,6 +19,8 @@ import os
 import shutil
 import socket
 
+from absl import logging
+
 from kd_research import config as config_lib
 from kd_research.common import fileio
 from kd_research.train import results as results_lib
@@ -160,13 +162,19 @@ def prepare(workdir, identity, overwrite=False, write=True):
   """Checks ``workdir`` against ``identity``; returns finished results or None.
 
   Raises UserError when the workdir holds a different run (listing the differing
-  fields) unless ``overwrite``, which clears it. Writes config.json atomically.
+  fields) unless ``overwrite``, which clears it, or unless that run stopped before its first
+  checkpoint (refused at set-up: a method that does not fit the models, a missing file),
+  which left nothing to resume or lose. Writes config.json atomically.
   """
   if write:
     fileio.check_writable(workdir)
   config_path = os.path.join(workdir, CONFIG_FILE)
   if os.path.exists(config_path):
     differences = diff(read_identity(workdir), identity)
+    if differences and not overwrite and not resumable(workdir):
+      logging.info("%s: replacing a run that stopped before its first checkpoint (%s).",
+                   workdir, ", ".join(sorted(differences)))
+      overwrite = True
     if differences and not overwrite:
       lines = "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in differences.items())
       raise UserError(f"Workdir {workdir} holds a run with a different config ({lines}). "
@@ -180,6 +188,13 @@ def prepare(workdir, identity, overwrite=False, write=True):
   if write:
     fileio.atomic_write_json(config_path, identity)
   return None
+
+
+def resumable(workdir):
+  """Whether ``workdir`` holds something a rerun would resume or report: a checkpoint (the
+  checkpoint manager's index) or results."""
+  return (results_lib.exists(workdir)
+          or os.path.exists(os.path.join(workdir, "checkpoints", "checkpoint")))
 
 
 def clear(workdir):

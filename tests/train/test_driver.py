@@ -143,3 +143,21 @@ def test_format1_config_json_is_migrated(tmp_path):
     json.dump(identity, f)
   again = end_to_end.train_and_evaluate(config, workdir, "student", DEFAULT)
   assert again["test_accuracy"] == first["test_accuracy"]  # Found finished, not refused.
+
+
+def test_a_run_refused_at_set_up_leaves_no_workdir_that_blocks_the_next_config(tmp_path):
+  """A run stopped before its first checkpoint (config.json written, then refused at set-up,
+  e.g. a method that does not fit the models) holds nothing to resume: the next config takes
+  the workdir over. With a checkpoint or results, a different config is still refused."""
+  from kd_research.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  os.makedirs(workdir)
+  first, second = (workdir_lib.run_identity(tiny_config(**{"student.width": w}), "student")
+                   for w in (8, 16))
+  assert workdir_lib.prepare(workdir, first) is None
+  assert workdir_lib.prepare(workdir, second) is None  # the first never saved anything
+  assert json.load(open(os.path.join(workdir, "config.json"))) == second
+  os.makedirs(os.path.join(workdir, "checkpoints"))
+  open(os.path.join(workdir, "checkpoints", "checkpoint"), "w").close()
+  with pytest.raises(UserError, match="holds a run with a different config"):
+    workdir_lib.prepare(workdir, first)
