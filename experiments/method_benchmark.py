@@ -47,6 +47,11 @@ Presets:
   article_features, resnet_features  the same pairs and protocol with kd and the feature
            methods added last (ofd, reviewkd, vid, nst, cc) only: their runs are the full
            presets' runs (same identities), so the full campaign later skips them.
+  article_new_logit  the article pair's teacher and labels-only student with kd (alpha 0.9,
+           T 4: kd's validation choice there), WTTM (gamma 0.2, weight 4), NKD (T 1, gamma
+           1.5) and kd with SGD (learning rate 0.05, mdistiller's) with and without DOT, each
+           at its reference's values with no sweep, 3 seeds: the new logit rows within one
+           session's budget (results/RESULTS_NEW_LOGIT.md).
   article_fitnets, resnet_fitnets  the teacher, the labels-only student and FitNets alone
            (the runs that the connector's reference parity changed), identities as above.
   article_born_again, resnet_born_again  one born-again generation (Furlanello et al.):
@@ -82,7 +87,8 @@ import ml_collections
 
 from kd_research import config as config_lib
 
-PRESETS = ("article", "resnet", "article_features", "resnet_features", "article_fitnets",
+PRESETS = ("article", "resnet", "article_features", "resnet_features", "article_new_logit",
+           "article_fitnets",
            "resnet_fitnets", "article_born_again",
            "resnet_born_again", "vit", "vit_reverse", "vit_from_vit", "curve", "short", "long",
            "why", "tiny")
@@ -256,7 +262,17 @@ def _only(c, variants):
 
 def _narrow_to_preset(c, arg):
   """The presets that run a subset of the variants, or fixed settings (why, long, curve,
-  *_born_again)."""
+  article_new_logit, *_born_again)."""
+  if arg == "article_new_logit":  # One session's budget: the references' values, no sweep.
+    _only(c, {"kd": dict(method="kd", alpha=0.9, temperature=4.0),
+              "wttm": dict(_ARTICLE_METHODS["wttm"], wttm=dict(gamma=0.2, weight=4.0)),
+              "nkd": dict(_ARTICLE_METHODS["nkd"], nkd=dict(temperature=1.0, gamma=1.5)),
+              "kd_sgd": dict(_ARTICLE_METHODS["kd_sgd"],
+                             optimizer=dict(_ARTICLE_METHODS["kd_sgd"]["optimizer"],
+                                            learning_rate=dict(start=0.05))),
+              "kd_dot": dict(_ARTICLE_METHODS["kd_dot"],
+                             optimizer=dict(_ARTICLE_METHODS["kd_dot"]["optimizer"],
+                                            learning_rate=dict(start=0.05)))})
   if arg == "why":  # kd alone, with the short protocol's validation choice.
     _only(c, {"kd": dict(method="kd", alpha=0.5, temperature=2.0)})
   if arg == "long":  # The short protocol's choices, at 40 student epochs.
