@@ -52,6 +52,10 @@ Presets:
            1.5) and kd with SGD (learning rate 0.05, mdistiller's) with and without DOT, each
            at its reference's values with no sweep, 3 seeds: the new logit rows within one
            session's budget (results/RESULTS_NEW_LOGIT.md).
+  article_views  the same pair and budget: kd (as above), MLKD and CRLD at their
+           references' values with their strong view (flip, crop, RandAugment) and with the
+           image itself as the second view, 3 seeds, no sweep: whether their gain comes from
+           the strong augmentation (MLKD's tracker, issue 2) (results/RESULTS_VIEWS.md).
   article_fitnets, resnet_fitnets  the teacher, the labels-only student and FitNets alone
            (the runs that the connector's reference parity changed), identities as above.
   article_born_again, resnet_born_again  one born-again generation (Furlanello et al.):
@@ -88,7 +92,7 @@ import ml_collections
 from kd_research import config as config_lib
 
 PRESETS = ("article", "resnet", "article_features", "resnet_features", "article_new_logit",
-           "article_fitnets",
+           "article_views", "article_fitnets",
            "resnet_fitnets", "article_born_again",
            "resnet_born_again", "vit", "vit_reverse", "vit_from_vit", "curve", "short", "long",
            "why", "tiny")
@@ -263,6 +267,11 @@ def _only(c, variants):
 def _narrow_to_preset(c, arg):
   """The presets that run a subset of the variants, or fixed settings (why, long, curve,
   article_new_logit, *_born_again)."""
+  if arg == "article_views":  # MLKD and CRLD with and without their strong view, no sweep.
+    live = {"cache_teacher": False}
+    _only(c, {"kd": dict(method="kd", alpha=0.9, temperature=4.0),
+              **{name: dict(_ARTICLE_METHODS[name], **live)
+                 for name in ("mlkd", "mlkd_no_strong", "crld", "crld_no_strong")}})
   if arg == "article_new_logit":  # One session's budget: the references' values, no sweep.
     _only(c, {"kd": dict(method="kd", alpha=0.9, temperature=4.0),
               "wttm": dict(_ARTICLE_METHODS["wttm"], wttm=dict(gamma=0.2, weight=4.0)),
