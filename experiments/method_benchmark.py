@@ -51,11 +51,12 @@ Presets:
            T 4: kd's validation choice there), WTTM (gamma 0.2, weight 4), NKD (T 1, gamma
            1.5) and kd with SGD (learning rate 0.05, mdistiller's) with and without DOT, each
            at its reference's values with no sweep, 3 seeds: the new logit rows within one
-           session's budget (results/RESULTS_NEW_LOGIT.md).
+           session's budget (results/RESULTS_NEW_METHODS.md).
   article_views  the same pair and budget: kd (as above), MLKD and CRLD at their
            references' values with their strong view (flip, crop, RandAugment) and with the
            image itself as the second view, 3 seeds, no sweep: whether their gain comes from
-           the strong augmentation (MLKD's tracker, issue 2) (results/RESULTS_VIEWS.md).
+           the strong augmentation (MLKD's tracker, issue 2); results/RESULTS_NEW_METHODS.md
+           holds both presets' runs (./launch.sh report --workdir=runs/new_logit).
   article_fitnets, resnet_fitnets  the teacher, the labels-only student and FitNets alone
            (the runs that the connector's reference parity changed), identities as above.
   article_born_again, resnet_born_again  one born-again generation (Furlanello et al.):
