@@ -86,15 +86,18 @@ _KIND_FIELDS = {"deit": "type", "sdd": "type"}
 
 
 def method_name(config):
-  """'dkd + ctkd + ls', 'deit (soft)': a distilled run's method(s), each with its kind, and
-  the modifiers of its loss."""
+  """'dkd + ctkd + ls', 'deit (soft)', 'kd + dot': a distilled run's method(s), each with its
+  kind, the modifiers of its loss, and DOT's optimizer (or SGD) when it trains with one."""
   d = config["distill"]
   methods = []
   for method in d.get("method", "kd").split(","):
     kind = d.get(method, {}).get(_KIND_FIELDS.get(method, ""))
     methods.append(f"{method} ({kind})" if kind else method)
+  optimizer = config.get("optimizer", {})
+  trainer = (" + dot" if optimizer.get("dot_delta") else
+             " + sgd" if optimizer.get("name") == "sgd" else "")
   return (",".join(methods) + (" + ctkd" if _learns_temperature(d) else "")
-          + (" + ls" if d.get("logit_standardization") else ""))
+          + (" + ls" if d.get("logit_standardization") else "") + trainer)
 
 
 def input_form(config):
