@@ -221,9 +221,16 @@ def groups(runs):
 
 
 def student_key(config):
-  """What makes two student runs comparable: dataset and model entry without the seed."""
+  """What makes two student runs comparable: dataset, model entry without the seed, and the
+  main view's augmentation (the fields a method's own extra views bring in, MLKD's and
+  CRLD's RandAugment, do not set a distilled run apart from its labels-only baseline)."""
   model = dict(config["model"], seed=None)
-  return json.dumps([config["dataset"], model, config.get("augment")], sort_keys=True)
+  augment = dict(config.get("augment") or {})
+  main = list(augment.get("ops", ())) + [augment.get("views", "")]
+  for field, op in (("randaugment_layers", "randaugment"), ("erase_prob", "erase")):
+    if not any(op in ops for ops in main):
+      augment.pop(field, None)
+  return json.dumps([config["dataset"], model, augment], sort_keys=True)
 
 
 def ensemble_rows(runs):
