@@ -132,7 +132,7 @@ def test_a_distilled_vit_is_replica_independent(tmp_path, vit_teacher, strategy_
   NKD and ViTKD (its masks, aligns 16 -> 24 and generation convs) of vit_mini_distilled
   (width 16, stochastic depth 0.2) from the session's ViT teacher (vit_mini w24), on mixed
   (cutmix) images: every method between ViTs and the drop-path masks in one run (one ViT
-  run pair: tracing a ViT is the cost). CNN -> ViT: the run above and the SIGKILL tests."""
+  run pair: tracing a ViT is the cost). A non-ViT teacher -> ViT: the run above."""
   config = method_config("deit,nkd,ofa,vitkd", train_size=192, **{
       "student.model": "vit_mini_distilled", "student.width": 16, "student.drop_path": 0.2,
       "augment.ops": ("flip", "cutmix"), "distill.ofa.stages": ("block3",)})
